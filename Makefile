@@ -1,0 +1,52 @@
+# weitiao — the two commands a newcomer needs:
+#   make demo   set everything up, then fine-tune a tiny model on the waimai reviews and evaluate it
+#   make test   set everything up, then run every test (node's test runner and pytest)
+# `make setup` is idempotent and quick when nothing changed (stamp files track the inputs).
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# pip: never wait on an unreachable index (the local wheel store answers at once).
+PIP_FLAGS ?= --retries 0 --disable-pip-version-check
+export WEITIAO_PYTHON := $(CURDIR)/$(VPY)
+
+.PHONY: setup demo test test-node test-engine typecheck bench clean check-python
+
+setup: node_modules/.stamp $(VENV)/.stamp dist/.stamp
+
+check-python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "error: $(PYTHON) not found. Install Python 3.10+ (Debian/Ubuntu: apt-get install python3 python3-venv)," >&2; \
+	  echo "       or point PYTHON=/path/to/python3 at one. 错误：未找到 python3，请先安装 Python 3.10 以上版本。" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || { \
+	  echo "error: weitiao's engine needs Python >= 3.10, found $$($(PYTHON) --version)" >&2; exit 1; }
+
+node_modules/.stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+$(VENV)/.stamp: engine/requirements.txt | check-python
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install $(PIP_FLAGS) -q -r engine/requirements.txt
+	@touch $@
+
+dist/.stamp: node_modules/.stamp $(shell find src -name '*.ts' -not -name '*.test.ts' 2>/dev/null) tsconfig.json
+	npx tsc -p tsconfig.json
+	@touch $@
+
+demo: setup
+	node scripts/demo.mjs
+
+typecheck: node_modules/.stamp
+	npx tsc -p tsconfig.json --noEmit
+
+test-engine: $(VENV)/.stamp
+	cd engine && ../$(VPY) -m pytest -q tests
+
+test-node: setup
+	node scripts/run-node-tests.mjs
+
+test: setup typecheck test-engine test-node
+
+clean:
+	rm -rf dist node_modules $(VENV) .demo

@@ -1,0 +1,3 @@
+"""weitiao's training and inference engine: a thin layer over PyTorch, transformers and PEFT."""
+
+__version__ = "0.1.0"

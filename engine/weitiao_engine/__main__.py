@@ -1,0 +1,77 @@
+"""Entry point: `python -m weitiao_engine <command>` with the request as one JSON line on stdin.
+
+Each command lives in its own module with a `run(request) -> dict` function; this file only
+validates the request, says hello, and turns the outcome into a `result` or `error` event.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+
+from . import __version__
+from .protocol import PROTOCOL_VERSION, REQUESTS, EngineError, emit
+
+# command -> module that implements it
+MODULES = {
+    "create-tiny": "weitiao_engine.tiny",
+    "count-tokens": "weitiao_engine.tokens",
+    "train": "weitiao_engine.recipes.lora_finetune",
+    "evaluate": "weitiao_engine.evaluate",
+    "chat": "weitiao_engine.generate",
+}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in MODULES:
+        print(f"usage: python -m weitiao_engine {{{','.join(MODULES)}}} < request.json", file=sys.stderr)
+        return 2
+    command = argv[0]
+    try:
+        import torch
+
+        emit(
+            "hello",
+            protocol_version=PROTOCOL_VERSION,
+            engine_version=__version__,
+            command=command,
+            pid=os.getpid(),
+            torch_version=torch.__version__,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+            threads=torch.get_num_threads(),
+        )
+        raw = sys.stdin.readline()
+        try:
+            payload = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise EngineError("invalid_request", f"request is not JSON: {e}") from e
+        from pydantic import ValidationError
+
+        try:
+            request = REQUESTS[command].model_validate(payload)
+        except ValidationError as e:
+            # Every problem at once, each with the field it concerns.
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            first = ".".join(map(str, e.errors()[0]["loc"])) if e.errors() else None
+            raise EngineError("invalid_request", f"invalid {command} request: {problems}", first) from e
+        module = importlib.import_module(MODULES[command])
+        result = module.run(request)
+        emit("result", data=result)
+        return 0
+    except EngineError as e:
+        emit("error", code=e.code, message=e.message, param=e.param)
+        return 1
+    except KeyboardInterrupt:
+        emit("error", code="cancelled", message="interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the control plane must always get an error event
+        traceback.print_exc(file=sys.stderr)
+        emit("error", code="engine_error", message=f"{type(e).__name__}: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,159 @@
+"""The engine side of the TypeScript <-> engine protocol, version 1 (mirror of src/engine/protocol.ts).
+
+One request per process: `python -m weitiao_engine <command>` reads the request as one JSON line on
+stdin and writes JSON-line events on stdout, flushed one at a time. Logs go to stderr. The first event
+is `hello` (with `protocol_version`), the last `result` or `error`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+
+class Strict(BaseModel):
+    # Unknown keys are errors, as in nanoGPT's configurator: a typo must not silently become a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------------------------- requests
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+    weight: Optional[Literal[0, 1]] = None  # OpenAI's field: 0 = do not train on this assistant turn
+
+
+class ChatExample(Strict):
+    messages: list[ChatMessage]
+
+
+class CreateTinyRequest(Strict):
+    output_dir: str
+    architecture: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    vocab_size: int = Field(4096, gt=0)
+    max_position_embeddings: int = Field(1024, gt=0)
+    corpus_files: list[str] = Field(min_length=1)
+    chat_template: Literal["chatml", "llama3"] = "chatml"
+    config_from: Optional[str] = None  # a real config.json whose shapes to copy (e.g. Qwen2.5-0.5B)
+    seed: int = 0
+
+
+class CountTokensRequest(Strict):
+    model: str
+    examples: list[ChatExample]
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, le=1)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+
+
+class TrainHyperparameters(Strict):
+    n_epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    seed: int = 42
+    max_seq_length: int = Field(1024, gt=0)
+
+
+class TrainRequest(Strict):
+    base_model: str
+    output_dir: str  # checkpoints: <output_dir>/checkpoints/step-N; result: <output_dir>/model
+    training_file: str
+    validation_file: Optional[str] = None
+    method: Literal["lora"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    hyperparameters: TrainHyperparameters
+    eval_every_steps: int = Field(0, ge=0)  # 0 = validation loss only at epoch ends
+    save_every_steps: int = Field(0, ge=0)  # 0 = checkpoints only at epoch ends
+    label_set: Optional[list[str]] = None  # answers form a label set: classification metrics per epoch
+    resume: bool = False  # continue from the newest checkpoint in <output_dir>/checkpoints
+    max_steps: Optional[int] = Field(None, gt=0)
+    threads: Optional[int] = Field(None, gt=0)
+
+
+class EvaluateRequest(Strict):
+    model: str
+    adapter: Optional[str] = None
+    data_file: str
+    labels: Optional[list[str]] = None  # score these answers directly; None = generate and compare text
+    batch_size: int = Field(32, gt=0)
+    max_examples: Optional[int] = Field(None, gt=0)
+
+
+class ChatRequest(Strict):
+    model: str
+    adapter: Optional[str] = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int = Field(256, gt=0)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = []
+    seed: Optional[int] = None
+    stream: bool = True
+
+
+REQUESTS: dict[str, type[Strict]] = {
+    "create-tiny": CreateTinyRequest,
+    "count-tokens": CountTokensRequest,
+    "train": TrainRequest,
+    "evaluate": EvaluateRequest,
+    "chat": ChatRequest,
+}
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+class EngineError(Exception):
+    """An error the control plane shows to the user as is (code from src/errors.ts)."""
+
+    def __init__(self, code: str, message: str, param: Optional[str] = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+# ------------------------------------------------------------------------------------------------- events
+
+_lock = threading.Lock()
+_out = sys.stdout
+
+
+def emit(type: str, **fields: Any) -> None:
+    """Writes one event as a JSON line on stdout and flushes it, so the control plane sees it at once."""
+    line = json.dumps({"type": type, **fields}, ensure_ascii=False, allow_nan=False)
+    with _lock:
+        _out.write(line + "\n")
+        _out.flush()
+
+
+def log(message: str, level: str = "info") -> None:
+    emit("log", level=level, message=message)
+
+
+def progress(phase: str, current: float, total: float, message: Optional[str] = None) -> None:
+    fields: dict[str, Any] = {"phase": phase, "current": current, "total": total}
+    if message is not None:
+        fields["message"] = message
+    emit("progress", **fields)

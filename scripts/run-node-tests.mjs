@@ -1,0 +1,30 @@
+// Runs every `*.test.ts` under src/ with node's own test runner (through tsx, so no build is needed).
+// Node 20's `--test` does not expand globs itself. Pass paths or substrings to run a subset:
+//   node scripts/run-node-tests.mjs data jobs
+import { spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import path from 'node:path';
+
+function find(dir) {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) return e.name === 'node_modules' ? [] : find(p);
+    return e.name.endsWith('.test.ts') ? [p] : [];
+  });
+}
+
+const filters = process.argv.slice(2);
+const files = find('src')
+  .sort()
+  .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)));
+if (files.length === 0) {
+  console.error('no test files match', filters);
+  process.exit(1);
+}
+const concurrency = process.env.WEITIAO_TEST_CONCURRENCY ?? '2';
+const r = spawnSync(
+  process.execPath,
+  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
+  { stdio: 'inherit' },
+);
+process.exit(r.status ?? 1);

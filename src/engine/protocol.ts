@@ -1,0 +1,247 @@
+/**
+ * The TypeScript ↔ engine protocol, version 1. Mirrors engine/weitiao_engine/protocol.py; a test runs
+ * each command through the real engine so the two cannot drift apart silently.
+ *
+ * One request per process: the control plane runs `python -m weitiao_engine <command>`, writes the
+ * request as one JSON line on stdin and reads JSON-line events from stdout (logs go to stderr).
+ * The first event is `hello` with `protocol_version`; the last is `result` or `error`.
+ */
+import { z } from 'zod';
+
+export const PROTOCOL_VERSION = 1;
+
+// ---------------------------------------------------------------------------------------------- requests
+
+export const ChatMessage = z.object({
+  role: z.enum(['system', 'user', 'assistant', 'tool', 'developer']),
+  content: z.string(),
+  /** OpenAI's per-message training weight: 0 means "do not train on this assistant turn". */
+  weight: z.union([z.literal(0), z.literal(1)]).optional(),
+});
+export type ChatMessage = z.infer<typeof ChatMessage>;
+
+export const ChatExample = z.object({ messages: z.array(ChatMessage) });
+export type ChatExample = z.infer<typeof ChatExample>;
+
+export const CreateTinyRequest = z.object({
+  output_dir: z.string(),
+  architecture: z.enum(['qwen2', 'llama']).default('qwen2'),
+  hidden_size: z.number().int().positive().default(128),
+  num_hidden_layers: z.number().int().positive().default(2),
+  num_attention_heads: z.number().int().positive().default(4),
+  num_key_value_heads: z.number().int().positive().default(2),
+  intermediate_size: z.number().int().positive().default(512),
+  vocab_size: z.number().int().positive().default(4096),
+  max_position_embeddings: z.number().int().positive().default(1024),
+  /** Text files whose lines train the byte-level BPE tokenizer (CSV is fine: it is just text). */
+  corpus_files: z.array(z.string()).min(1),
+  /** `chatml` (Qwen) or `llama3`. */
+  chat_template: z.enum(['chatml', 'llama3']).default('chatml'),
+  /** A real model's config.json whose shapes to copy (e.g. Qwen2.5-0.5B), overriding the sizes above. */
+  config_from: z.string().nullable().default(null),
+  seed: z.number().int().default(0),
+});
+export type CreateTinyRequest = z.input<typeof CreateTinyRequest>;
+
+export const CountTokensRequest = z.object({
+  model: z.string(),
+  examples: z.array(ChatExample),
+});
+export type CountTokensRequest = z.input<typeof CountTokensRequest>;
+
+export const LoraConfig = z.object({
+  r: z.number().int().positive().default(8),
+  alpha: z.number().positive().default(16),
+  dropout: z.number().min(0).max(1).default(0.05),
+  /** `all-linear` (every linear layer but the LM head) or explicit module names. */
+  target_modules: z.union([z.literal('all-linear'), z.array(z.string()).min(1)]).default('all-linear'),
+});
+
+export const TrainHyperparameters = z.object({
+  n_epochs: z.number().int().positive(),
+  batch_size: z.number().int().positive(),
+  learning_rate: z.number().positive(),
+  weight_decay: z.number().min(0).default(0),
+  max_grad_norm: z.number().positive().default(1),
+  warmup_ratio: z.number().min(0).max(1).default(0),
+  lr_scheduler: z.enum(['linear', 'cosine', 'constant']).default('linear'),
+  seed: z.number().int().default(42),
+  max_seq_length: z.number().int().positive().default(1024),
+});
+
+export const TrainRequest = z.object({
+  base_model: z.string(),
+  /** The job's directory: checkpoints go to `<output_dir>/checkpoints/step-N`, the result to `<output_dir>/model`. */
+  output_dir: z.string(),
+  training_file: z.string(),
+  validation_file: z.string().nullable().default(null),
+  method: z.literal('lora').default('lora'),
+  lora: LoraConfig.default(LoraConfig.parse({})),
+  hyperparameters: TrainHyperparameters,
+  /** Validation loss every N steps (besides every epoch end); 0 = only at epoch ends. */
+  eval_every_steps: z.number().int().min(0).default(0),
+  /** A checkpoint every N steps (besides every epoch end); 0 = only at epoch ends. */
+  save_every_steps: z.number().int().min(0).default(0),
+  /** When the answers form a small label set: accuracy/precision/recall/F1 at each epoch end. */
+  label_set: z.array(z.string()).nullable().default(null),
+  /** Continue from the newest checkpoint in `<output_dir>/checkpoints` when there is one. */
+  resume: z.boolean().default(false),
+  /** Stop after this many optimizer steps (tests, smoke runs). */
+  max_steps: z.number().int().positive().nullable().default(null),
+  threads: z.number().int().positive().nullable().default(null),
+});
+export type TrainRequest = z.input<typeof TrainRequest>;
+
+export const EvaluateRequest = z.object({
+  model: z.string(),
+  adapter: z.string().nullable().default(null),
+  data_file: z.string(),
+  /** Score these answers directly (one forward pass per batch); null = generate and compare text. */
+  labels: z.array(z.string()).nullable().default(null),
+  batch_size: z.number().int().positive().default(32),
+  max_examples: z.number().int().positive().nullable().default(null),
+});
+export type EvaluateRequest = z.input<typeof EvaluateRequest>;
+
+export const ChatRequest = z.object({
+  model: z.string(),
+  adapter: z.string().nullable().default(null),
+  messages: z.array(ChatMessage).min(1),
+  max_tokens: z.number().int().positive().default(256),
+  temperature: z.number().min(0).max(2).default(1),
+  top_p: z.number().gt(0).max(1).default(1),
+  stop: z.array(z.string()).default([]),
+  seed: z.number().int().nullable().default(null),
+  stream: z.boolean().default(true),
+});
+export type ChatRequest = z.input<typeof ChatRequest>;
+
+// ------------------------------------------------------------------------------------------------ events
+
+export const LabelMetrics = z.object({
+  n: z.number().int(),
+  accuracy: z.number(),
+  macro_f1: z.number(),
+  labels: z.array(z.string()),
+  per_class: z.record(
+    z.string(),
+    z.object({ precision: z.number(), recall: z.number(), f1: z.number(), support: z.number().int() }),
+  ),
+  /** confusion_matrix[i][j] = examples whose answer is labels[i] and prediction labels[j]. */
+  confusion_matrix: z.array(z.array(z.number().int())),
+});
+export type LabelMetrics = z.infer<typeof LabelMetrics>;
+
+const Hello = z.object({
+  type: z.literal('hello'),
+  protocol_version: z.number().int(),
+  engine_version: z.string(),
+  command: z.string(),
+  pid: z.number().int(),
+  torch_version: z.string(),
+  device: z.string(),
+  threads: z.number().int(),
+});
+const Log = z.object({ type: z.literal('log'), level: z.enum(['debug', 'info', 'warning', 'error']), message: z.string() });
+const Progress = z.object({
+  type: z.literal('progress'),
+  phase: z.string(),
+  current: z.number(),
+  total: z.number(),
+  message: z.string().optional(),
+});
+const Metrics = z.object({
+  type: z.literal('metrics'),
+  step: z.number().int(),
+  total_steps: z.number().int(),
+  epoch: z.number(),
+  train_loss: z.number().optional(),
+  valid_loss: z.number().optional(),
+  train_mean_token_accuracy: z.number().optional(),
+  valid_mean_token_accuracy: z.number().optional(),
+  learning_rate: z.number().optional(),
+  grad_norm: z.number().optional(),
+  tokens_per_second: z.number().optional(),
+  examples_per_second: z.number().optional(),
+  trained_tokens: z.number().int().optional(),
+  elapsed_seconds: z.number(),
+  eta_seconds: z.number().optional(),
+});
+const Eval = z.object({
+  type: z.literal('eval'),
+  step: z.number().int(),
+  epoch: z.number(),
+  valid_loss: z.number().optional(),
+  label_metrics: LabelMetrics.optional(),
+});
+const Checkpoint = z.object({
+  type: z.literal('checkpoint'),
+  step: z.number().int(),
+  epoch: z.number(),
+  path: z.string(),
+  train_loss: z.number().optional(),
+  valid_loss: z.number().optional(),
+});
+const Token = z.object({ type: z.literal('token'), text: z.string() });
+const Result = z.object({ type: z.literal('result'), data: z.record(z.string(), z.unknown()) });
+const EngineErrorEvent = z.object({
+  type: z.literal('error'),
+  code: z.string(),
+  message: z.string(),
+  param: z.string().nullable().optional(),
+});
+
+export const EngineEvent = z.discriminatedUnion('type', [Hello, Log, Progress, Metrics, Eval, Checkpoint, Token, Result, EngineErrorEvent]);
+export type EngineEvent = z.infer<typeof EngineEvent>;
+export type MetricsEvent = z.infer<typeof Metrics>;
+export type EvalEvent = z.infer<typeof Eval>;
+export type CheckpointEvent = z.infer<typeof Checkpoint>;
+
+// ------------------------------------------------------------------------------------------------ results
+
+export const TrainResult = z.object({
+  model_dir: z.string().nullable(),
+  interrupted: z.boolean(),
+  steps: z.number().int(),
+  total_steps: z.number().int(),
+  trained_tokens: z.number().int(),
+  final_train_loss: z.number().nullable(),
+  final_valid_loss: z.number().nullable(),
+  last_checkpoint: z.string().nullable(),
+});
+export type TrainResult = z.infer<typeof TrainResult>;
+
+export const EvaluateResult = z.object({
+  n: z.number().int(),
+  valid_loss: z.number().nullable(),
+  label_metrics: LabelMetrics.nullable(),
+  predictions: z.array(z.object({ index: z.number().int(), expected: z.string(), predicted: z.string() })),
+  examples_per_second: z.number(),
+});
+export type EvaluateResult = z.infer<typeof EvaluateResult>;
+
+export const ChatResult = z.object({
+  text: z.string(),
+  finish_reason: z.enum(['stop', 'length']),
+  usage: z.object({ prompt_tokens: z.number().int(), completion_tokens: z.number().int(), total_tokens: z.number().int() }),
+});
+export type ChatResult = z.infer<typeof ChatResult>;
+
+export const CountTokensResult = z.object({
+  counts: z.array(z.number().int()),
+  model_max_length: z.number().int(),
+});
+export type CountTokensResult = z.infer<typeof CountTokensResult>;
+
+export const CreateTinyResult = z.object({ path: z.string(), parameters: z.number().int(), vocab_size: z.number().int() });
+export type CreateTinyResult = z.infer<typeof CreateTinyResult>;
+
+/** Each command's request and result schemas, so `runEngine` is typed end to end. */
+export const COMMANDS = {
+  'create-tiny': { request: CreateTinyRequest, result: CreateTinyResult },
+  'count-tokens': { request: CountTokensRequest, result: CountTokensResult },
+  train: { request: TrainRequest, result: TrainResult },
+  evaluate: { request: EvaluateRequest, result: EvaluateResult },
+  chat: { request: ChatRequest, result: ChatResult },
+} as const;
+export type EngineCommand = keyof typeof COMMANDS;

@@ -1,0 +1,96 @@
+/**
+ * The store's schema, as an append-only list of migrations. Never edit a migration that has shipped:
+ * add a new one. `PRAGMA user_version` records how many have run.
+ *
+ * Times are Unix seconds (OpenAI's `created_at`); JSON columns hold the wire objects as they are.
+ */
+export const MIGRATIONS: readonly string[] = [
+  // 1: files, models, jobs with their events and checkpoints, API keys
+  `
+  CREATE TABLE files (
+    id          TEXT PRIMARY KEY,              -- file-…
+    filename    TEXT NOT NULL,
+    purpose     TEXT NOT NULL,                 -- fine-tune | evaluation | …
+    bytes       INTEGER NOT NULL,
+    path        TEXT NOT NULL,                 -- absolute path of the stored copy
+    created_at  INTEGER NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'processed',
+    status_details TEXT
+  );
+
+  CREATE TABLE models (
+    id          TEXT PRIMARY KEY,              -- 'tiny-qwen2', 'Qwen/Qwen2.5-0.5B-Instruct', 'ft:tiny-qwen2:waimai:abc123'
+    kind        TEXT NOT NULL,                 -- base | fine-tuned | checkpoint
+    path        TEXT NOT NULL,                 -- base: HF model dir; fine-tuned/checkpoint: adapter dir
+    base_model  TEXT,                          -- id of the base model (fine-tuned, checkpoint)
+    job_id      TEXT,                          -- the job that made it
+    source      TEXT NOT NULL,                 -- tiny | huggingface | modelscope | local | training
+    owned_by    TEXT NOT NULL DEFAULT 'weitiao',
+    created_at  INTEGER NOT NULL,
+    metadata    TEXT NOT NULL DEFAULT '{}'     -- JSON: lineage (training file, hyperparameters), sizes, …
+  );
+  CREATE INDEX models_job ON models(job_id);
+
+  CREATE TABLE jobs (
+    id               TEXT PRIMARY KEY,         -- ftjob-…
+    model            TEXT NOT NULL,            -- base model id
+    training_file    TEXT NOT NULL,            -- file id
+    validation_file  TEXT,
+    status           TEXT NOT NULL,            -- validating_files | queued | running | pausing | paused | succeeded | failed | cancelled
+    method           TEXT NOT NULL,            -- JSON: OpenAI's method object, hyperparameters resolved
+    extension        TEXT NOT NULL DEFAULT '{}', -- JSON: weitiao's own settings (lora, label_set, eval/save intervals)
+    suffix           TEXT,
+    seed             INTEGER NOT NULL,
+    metadata         TEXT,                     -- JSON object or NULL
+    fine_tuned_model TEXT,
+    trained_tokens   INTEGER,
+    error            TEXT,                     -- JSON {code, message, param} or NULL
+    result_files     TEXT NOT NULL DEFAULT '[]', -- JSON array of file ids
+    estimated_finish INTEGER,
+    created_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    -- queue bookkeeping
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    worker_id        TEXT,
+    worker_pid       INTEGER,                  -- the engine process while running
+    heartbeat_at     INTEGER,
+    requested_action TEXT                      -- cancel | pause, set by the API, acted on by the worker
+  );
+  CREATE INDEX jobs_status ON jobs(status, created_at);
+
+  CREATE TABLE job_events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT, -- total order for pagination and live following
+    id          TEXT NOT NULL UNIQUE,          -- ftevent-…
+    job_id      TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    created_at  INTEGER NOT NULL,
+    level       TEXT NOT NULL,                 -- info | warn | error
+    type        TEXT NOT NULL,                 -- message | metrics
+    message     TEXT NOT NULL,
+    data        TEXT                           -- JSON or NULL
+  );
+  CREATE INDEX job_events_job ON job_events(job_id, seq);
+
+  CREATE TABLE checkpoints (
+    id          TEXT PRIMARY KEY,              -- ftckpt-…
+    job_id      TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    step        INTEGER NOT NULL,
+    epoch       REAL NOT NULL,
+    metrics     TEXT NOT NULL,                 -- JSON {step, train_loss, valid_loss, …}
+    path        TEXT NOT NULL,                 -- the checkpoint directory
+    fine_tuned_model_checkpoint TEXT NOT NULL, -- model id usable for chat: ft:…:ckpt-step-N
+    created_at  INTEGER NOT NULL,
+    UNIQUE (job_id, step)
+  );
+
+  CREATE TABLE api_keys (
+    id          TEXT PRIMARY KEY,              -- key-…
+    name        TEXT NOT NULL,
+    prefix      TEXT NOT NULL,                 -- first characters, to recognise a key in lists
+    hash        TEXT NOT NULL UNIQUE,          -- sha256 of the whole key; the key itself is never stored
+    created_at  INTEGER NOT NULL,
+    last_used_at INTEGER,
+    revoked_at  INTEGER
+  );
+  `,
+];
