@@ -35,7 +35,7 @@ dist/.stamp: node_modules/.stamp $(shell find src -name '*.ts' -not -name '*.tes
 	@touch $@
 
 demo: setup
-	node scripts/demo.mjs
+	bash scripts/demo.sh
 
 typecheck: node_modules/.stamp
 	npx tsc -p tsconfig.json --noEmit

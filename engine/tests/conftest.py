@@ -1,0 +1,114 @@
+"""Shared fixtures: a tiny real model and small chat files made from the waimai reviews, built once per session.
+
+    tiny_model    path of a 2-layer, 64-wide Qwen2 (ChatML, vocab 1024) with a tokenizer trained on 2,000 reviews
+    waimai_small  {"train": path, "validation": path}: 256 / 128 chat examples (system, review, 好评/差评)
+    run_engine    run(command, request) -> (returncode, events): `python -m weitiao_engine` as a subprocess
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ENGINE_DIR = Path(__file__).resolve().parents[1]
+REPO_ROOT = ENGINE_DIR.parent
+WAIMAI_CSV = (REPO_ROOT / ".." / "shared" / "data" / "waimai_10k.csv").resolve()
+SYSTEM_PROMPT = "你是一位外卖评论好评差评评论专家。"
+LABELS = {"1": "好评", "0": "差评"}
+
+if str(ENGINE_DIR) not in sys.path:
+    sys.path.insert(0, str(ENGINE_DIR))
+
+
+def waimai_rows() -> list[dict[str, str]]:
+    """Every row of the waimai CSV as {label, review} (csv module: reviews contain commas and quotes)."""
+    if not WAIMAI_CSV.exists():
+        pytest.skip(f"{WAIMAI_CSV} is not present")
+    with WAIMAI_CSV.open(encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def chat_example(row: dict[str, str]) -> dict[str, Any]:
+    """One waimai row in OpenAI's chat fine-tuning format."""
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": row["review"]},
+            {"role": "assistant", "content": LABELS[row["label"]]},
+        ]
+    }
+
+
+def write_jsonl(path: Path, examples: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 64-wide random-weight Qwen2 whose tokenizer is trained on 2,000 reviews of both labels."""
+    from weitiao_engine import tiny
+    from weitiao_engine.protocol import CreateTinyRequest
+
+    root = tmp_path_factory.mktemp("tiny")
+    # The file is sorted by label, so sample across it: the tokenizer must see 差评 reviews too.
+    rows = random.Random(0).sample(waimai_rows(), 2000)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(r["review"] for r in rows) + "\n", encoding="utf-8")
+    request = CreateTinyRequest(
+        output_dir=str(root / "qwen2-tiny"),
+        architecture="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        vocab_size=1024,
+        max_position_embeddings=512,
+        corpus_files=[str(corpus)],
+        chat_template="chatml",
+        seed=0,
+    )
+    return tiny.run(request)["path"]
+
+
+@pytest.fixture(scope="session")
+def waimai_small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """256 training and 128 validation chat examples, a seeded sample of the waimai file (both labels)."""
+    root = tmp_path_factory.mktemp("waimai")
+    rows = random.Random(1).sample(waimai_rows(), 384)
+    return {
+        "train": str(write_jsonl(root / "train.jsonl", [chat_example(r) for r in rows[:256]])),
+        "validation": str(write_jsonl(root / "validation.jsonl", [chat_example(r) for r in rows[256:]])),
+    }
+
+
+@pytest.fixture(scope="session")
+def run_engine() -> Callable[..., tuple[int, list[dict[str, Any]]]]:
+    """Runs `python -m weitiao_engine <command>` with `request` on stdin; returns (exit code, events)."""
+
+    def run(command: str, request: dict[str, Any], timeout: float = 300) -> tuple[int, list[dict[str, Any]]]:
+        env = {**os.environ, "PYTHONPATH": str(ENGINE_DIR), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "weitiao_engine", command],
+            input=json.dumps(request, ensure_ascii=False) + "\n",
+            capture_output=True,
+            text=True,
+            cwd=ENGINE_DIR,
+            env=env,
+            timeout=timeout,
+        )
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        if proc.returncode != 0 and not any(e["type"] == "error" for e in events):
+            raise AssertionError(f"engine {command} crashed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc.returncode, events
+
+    return run

@@ -1,0 +1,126 @@
+"""chat_format: token ids exactly as the chat template makes them, loss only on assistant turns."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from weitiao_engine import tiny
+from weitiao_engine.chat_format import IGNORE_INDEX, answer_ids, count_tokens, prompt_ids, tokenize_example, tokenize_examples
+from weitiao_engine.protocol import ChatMessage, CreateTinyRequest, EngineError
+
+SYSTEM = {"role": "system", "content": "你是一位外卖评论好评差评评论专家。"}
+SINGLE = [SYSTEM, {"role": "user", "content": "很快，好吃，味道足，量大"}, {"role": "assistant", "content": "好评"}]
+MULTI = [
+    SYSTEM,
+    {"role": "user", "content": "送餐太慢了"},
+    {"role": "assistant", "content": "差评"},
+    {"role": "user", "content": "味道不错，下次还点"},
+    {"role": "assistant", "content": "好评"},
+]
+
+
+@pytest.fixture(scope="module")
+def chatml(tiny_model: str):
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("llama3")
+    corpus = root / "corpus.txt"
+    corpus.write_text("很快，好吃，味道足，量大\n送餐太慢了\n味道不错，下次还点\n好评\n差评\n" * 40, encoding="utf-8")
+    request = CreateTinyRequest(
+        output_dir=str(root / "m"), architecture="llama", chat_template="llama3", hidden_size=16, intermediate_size=32,
+        num_attention_heads=2, num_key_value_heads=1, vocab_size=400, corpus_files=[str(corpus)],
+    )  # fmt: skip
+    return AutoTokenizer.from_pretrained(tiny.run(request)["path"])
+
+
+def trained_text(tokenizer, example) -> list[str]:
+    """The trained spans, each decoded (consecutive labelled positions form one span)."""
+    spans, current = [], []
+    for token, label in zip(example.input_ids, example.labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            spans.append(current)
+            current = []
+    if current:
+        spans.append(current)
+    return [tokenizer.decode(s) for s in spans]
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3"])
+def test_ids_identical_to_apply_chat_template(name: str, request: pytest.FixtureRequest) -> None:
+    tokenizer = request.getfixturevalue(name)
+    for messages in [SINGLE, MULTI]:
+        example = tokenize_example(tokenizer, messages)
+        assert example.input_ids == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+        assert len(example.labels) == len(example.input_ids) and not example.truncated
+    assert count_tokens(tokenizer, [SINGLE, MULTI]) == [
+        len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in [SINGLE, MULTI]
+    ]
+    assert prompt_ids(tokenizer, SINGLE[:2]) == tokenizer.apply_chat_template(
+        SINGLE[:2], tokenize=True, add_generation_prompt=True, return_dict=False
+    )
+
+
+def test_mask_is_assistant_content_and_end_token(chatml, llama3) -> None:
+    assert trained_text(chatml, tokenize_example(chatml, SINGLE)) == ["好评<|im_end|>"]
+    assert trained_text(llama3, tokenize_example(llama3, SINGLE)) == ["好评<|eot_id|>"]
+    # The newline ChatML puts after <|im_end|> is template scaffolding, not something the model writes.
+    example = tokenize_example(chatml, SINGLE)
+    assert example.labels[-1] == IGNORE_INDEX and chatml.decode(example.input_ids[-1:]) == "\n"
+    assert example.n_trained == len(chatml.encode("好评", add_special_tokens=False)) + 1
+
+
+def test_multi_turn_and_weight_zero(chatml, llama3) -> None:
+    for tokenizer, end in [(chatml, "<|im_end|>"), (llama3, "<|eot_id|>")]:
+        assert trained_text(tokenizer, tokenize_example(tokenizer, MULTI)) == [f"差评{end}", f"好评{end}"]
+        skipped = copy.deepcopy(MULTI)
+        skipped[2]["weight"] = 0
+        example = tokenize_example(tokenizer, skipped)
+        assert trained_text(tokenizer, example) == [f"好评{end}"]
+        # weight is OpenAI's training field, not part of the text: the ids do not change.
+        assert example.input_ids == tokenize_example(tokenizer, MULTI).input_ids
+    # pydantic messages (as the engine receives them) work the same as dicts.
+    as_models = [ChatMessage(**m) for m in MULTI]
+    assert tokenize_example(chatml, as_models) == tokenize_example(chatml, MULTI)
+
+
+def test_truncation_is_counted(chatml) -> None:
+    full = len(tokenize_example(chatml, MULTI).input_ids)
+    examples, n_truncated = tokenize_examples(chatml, [SINGLE, MULTI, MULTI], max_seq_length=full - 3)
+    assert n_truncated == 2
+    assert [len(e.input_ids) for e in examples[1:]] == [full - 3, full - 3]
+    assert [e.truncated for e in examples] == [False, True, True]
+    assert examples[1].input_ids == tokenize_example(chatml, MULTI).input_ids[: full - 3]
+
+
+def test_template_that_rewrites_history_is_refused(chatml) -> None:
+    # Like reasoning templates that drop past turns' thoughts: the last assistant turn renders differently.
+    broken = copy.copy(chatml)
+    broken.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}(past){% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenize_example(broken, SINGLE)  # one assistant turn: still a prefix
+    with pytest.raises(EngineError, match="incrementally") as e:
+        tokenize_example(broken, MULTI)
+    assert e.value.code == "invalid_request"
+
+
+def test_answer_ids_for_label_scoring(chatml, llama3) -> None:
+    for tokenizer, end in [(chatml, "<|im_end|>"), (llama3, "<|eot_id|>")]:
+        prompt, answers = answer_ids(tokenizer, SINGLE[:2], ["好评", "差评"])
+        assert prompt == prompt_ids(tokenizer, SINGLE[:2])
+        assert [tokenizer.decode(a) for a in answers] == [f"好评{end}", f"差评{end}"]
+        # prompt + answer is exactly the training sequence up to the end-of-turn token.
+        example = tokenize_example(tokenizer, SINGLE)
+        assert example.input_ids[: len(prompt) + len(answers[0])] == prompt + answers[0]

@@ -1,0 +1,167 @@
+"""Chat examples -> token ids and loss labels, with the base model's own chat template.
+
+Training sees exactly what `tokenizer.apply_chat_template(messages, tokenize=True)` produces. Labels are
+-100 everywhere except the tokens the model must write: each assistant turn's content and its
+end-of-turn token (`<|im_end|>`, `<|eot_id|>`…), unless the turn has `weight: 0`.
+
+The assistant spans come from prefix differences: the tokens of `messages[:i]` rendered with the
+generation prompt must be a prefix of the tokens of `messages[:i+1]`, and what follows is turn i.
+Templates that rewrite earlier turns (e.g. drop past reasoning) break that property; we check it and
+refuse rather than train on misaligned labels.
+
+    >>> example = tokenize_example(tokenizer, [{"role": "user", "content": "很好吃"}, {"role": "assistant", "content": "好评"}])
+    >>> [tokenizer.decode(t) for t, l in zip(example.input_ids, example.labels) if l != IGNORE_INDEX]
+    ['好评', '<|im_end|>']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from .protocol import EngineError
+
+IGNORE_INDEX = -100  # PyTorch's cross-entropy ignore_index
+
+# Tokens that close an assistant turn in common templates; the tokenizer's eos is added to these.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "</s>")
+
+Message = Mapping[str, Any]
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]  # same length as input_ids; IGNORE_INDEX where there is no loss
+    truncated: bool = False
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+def as_dicts(messages: Iterable[Any]) -> list[dict[str, Any]]:
+    """Messages as plain dicts (pydantic ChatMessage or dict), without the `weight` key templates do not expect."""
+    out = []
+    for m in messages:
+        d = m.model_dump(exclude_none=True) if hasattr(m, "model_dump") else dict(m)
+        d.pop("weight", None)
+        out.append(d)
+    return out
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """Ids of the tokens that can end an assistant turn for this tokenizer."""
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def render(tokenizer, messages: Sequence[Any], add_generation_prompt: bool = False) -> str:
+    """The chat template's text for `messages`."""
+    try:
+        return tokenizer.apply_chat_template(as_dicts(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja raises anything (TemplateError, TypeError…) on messages it does not expect
+        raise EngineError("invalid_request", f"the model's chat template cannot render this conversation: {e} / 聊天模板无法渲染该对话") from e
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    # Exactly as apply_chat_template(tokenize=True) does: the template already holds every special token.
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_examples(
+    tokenizer, examples: Sequence[Sequence[Any]], max_seq_length: Optional[int] = None
+) -> tuple[list[TokenizedExample], int]:
+    """Tokenizes many examples (each a list of messages) in one batch; returns (examples, how many were truncated)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise EngineError("invalid_request", "the model's tokenizer has no chat template / 模型的分词器没有聊天模板", "base_model")
+    eot = end_of_turn_ids(tokenizer)
+
+    # All texts of all examples go through the fast tokenizer in one call.
+    texts: list[str] = []
+    plans: list[tuple[int, list[tuple[int, int]]]] = []  # (index of the full text, [(prompt text, turn text)])
+    for messages in examples:
+        messages = list(messages)
+        full = len(texts)
+        texts.append(render(tokenizer, messages))
+        turns = []
+        for i, m in enumerate(messages):
+            if _get(m, "role") != "assistant" or _get(m, "weight") == 0:
+                continue
+            turns.append((len(texts), len(texts) + 1))
+            texts.append(render(tokenizer, messages[:i], add_generation_prompt=True))
+            texts.append(render(tokenizer, messages[: i + 1]))
+        plans.append((full, turns))
+    ids = _encode(tokenizer, texts)
+
+    out: list[TokenizedExample] = []
+    n_truncated = 0
+    for number, (full, turns) in enumerate(plans):
+        input_ids = ids[full]
+        labels = [IGNORE_INDEX] * len(input_ids)
+        for p, t in turns:
+            start, end = len(ids[p]), len(ids[t])
+            if input_ids[:start] != ids[p] or input_ids[:end] != ids[t]:
+                raise EngineError(
+                    "invalid_request",
+                    f"example {number + 1}: the chat template does not render conversations incrementally "
+                    "(an earlier turn changes when a later one is added), so assistant tokens cannot be located"
+                    " / 聊天模板不满足前缀性质，无法定位助手回复",
+                    "base_model",
+                )
+            # The turn's content and its end-of-turn token; what the template adds after it (a newline) is not trained.
+            for j in range(start, end):
+                labels[j] = input_ids[j]
+                if input_ids[j] in eot:
+                    break
+        example = TokenizedExample(input_ids, labels)
+        if max_seq_length is not None and len(input_ids) > max_seq_length:
+            example = TokenizedExample(input_ids[:max_seq_length], labels[:max_seq_length], truncated=True)
+            n_truncated += 1
+        out.append(example)
+    return out, n_truncated
+
+
+def tokenize_example(tokenizer, messages: Sequence[Any], max_seq_length: Optional[int] = None) -> TokenizedExample:
+    """One chat example -> input ids and labels (loss on assistant content + end-of-turn token only)."""
+    return tokenize_examples(tokenizer, [messages], max_seq_length)[0][0]
+
+
+def count_tokens(tokenizer, examples: Sequence[Sequence[Any]]) -> list[int]:
+    """The number of tokens of each fully rendered example, as training sees it (before truncation)."""
+    return [len(ids) for ids in _encode(tokenizer, [render(tokenizer, list(m)) for m in examples])]
+
+
+def prompt_ids(tokenizer, messages: Sequence[Any]) -> list[int]:
+    """Token ids of `messages` followed by the generation prompt (what the model continues at inference)."""
+    return _encode(tokenizer, [render(tokenizer, messages, add_generation_prompt=True)])[0]
+
+
+def answer_ids(tokenizer, messages: Sequence[Any], answers: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """For scoring fixed answers: the prompt ids and, for each answer, the tokens the assistant would write
+    (content + end-of-turn token), both exactly as training renders them."""
+    messages = list(messages)
+    eot = end_of_turn_ids(tokenizer)
+    texts = [render(tokenizer, messages, add_generation_prompt=True)]
+    texts += [render(tokenizer, messages + [{"role": "assistant", "content": a}]) for a in answers]
+    prompt, *fulls = _encode(tokenizer, texts)
+    out = []
+    for answer, full in zip(answers, fulls):
+        if full[: len(prompt)] != prompt or len(full) == len(prompt):
+            raise EngineError("invalid_request", f"cannot locate the answer {answer!r} after the prompt / 无法定位答案", "labels")
+        tokens = []
+        for t in full[len(prompt) :]:
+            tokens.append(t)
+            if t in eot:
+                break
+        out.append(tokens)
+    return prompt, out
+
+
+def _get(message: Any, key: str) -> Any:
+    return message.get(key) if isinstance(message, Mapping) else getattr(message, key, None)

@@ -1,0 +1,631 @@
+"""LoRA fine-tuning on CPU or one GPU: `train` with method `lora`.
+
+    echo '{"base_model": "...", "output_dir": "...", "training_file": "train.jsonl", "hyperparameters":
+          {"n_epochs": 2, "batch_size": 16, "learning_rate": 2e-3}}' | python -m weitiao_engine train
+
+Reads top to bottom: setup (threads, seed, base model + LoRA, data, optimizer, scheduler, resume) ->
+train (one optimizer step per batch; validation, label metrics and checkpoints on schedule) ->
+save_final -> cleanup. Events (metrics, eval, checkpoint) go to stdout as JSON lines.
+
+Determinism: the data order of epoch e comes from its own generator seeded with (seed, e), and each
+checkpoint holds the optimizer, scheduler and every RNG state (dropout included) plus the position in
+the epoch, so a run stopped by SIGTERM and resumed ends exactly where an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..chat_format import IGNORE_INDEX, TokenizedExample, answer_ids, tokenize_examples
+from ..metrics import label_metrics
+from ..protocol import ChatExample, EngineError, TrainRequest, emit, log, progress
+
+EVAL_BATCH_SIZE = 64  # validation needs no gradients, so bigger batches are cheap
+CHECKPOINT_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class LabelTask:
+    """Validation examples as a classification task: every candidate answer's tokens after each prompt."""
+
+    labels: list[str]
+    expected: list[str]
+    sequences: list[list[int]] = field(default_factory=list)  # prompt + answer, example-major, label-minor
+    answer_lengths: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything a run needs, built by setup(); the counters are what a checkpoint restores."""
+
+    request: TrainRequest
+    output_dir: Path
+    model: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_data: list[TokenizedExample]
+    valid_data: list[TokenizedExample]
+    label_task: Optional[LabelTask]
+    steps_per_epoch: int
+    total_steps: int
+    pad_id: int
+    # counters, saved in every checkpoint
+    step: int = 0
+    epoch_index: int = 0  # the epoch being trained (0-based)
+    batches_done: int = 0  # batches of that epoch already trained
+    trained_tokens: int = 0
+    elapsed_before: float = 0.0  # seconds spent by earlier processes of a resumed run
+    train_loss: Optional[float] = None
+    valid_loss: Optional[float] = None
+    best_valid_loss: Optional[float] = None
+    last_checkpoint: Optional[str] = None
+    last_checkpoint_step: int = -1
+    last_eval_step: int = -1
+    stop_requested: bool = False
+    started: float = field(default_factory=time.monotonic)
+    previous_handlers: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> float:
+        return self.epoch_index + self.batches_done / self.steps_per_epoch
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+
+def run(request: TrainRequest) -> dict[str, Any]:
+    """Trains a LoRA adapter; returns {model_dir, interrupted, steps, total_steps, trained_tokens,
+    final_train_loss, final_valid_loss, last_checkpoint}."""
+    state = setup(request)
+    try:
+        interrupted = train(state)
+        model_dir = None if interrupted else save_final(state)
+    finally:
+        cleanup(state)
+    return {
+        "model_dir": model_dir,
+        "interrupted": interrupted,
+        "steps": state.step,
+        "total_steps": state.total_steps,
+        "trained_tokens": state.trained_tokens,
+        "final_train_loss": state.train_loss,
+        "final_valid_loss": state.valid_loss,
+        "last_checkpoint": state.last_checkpoint,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- setup
+
+
+def setup(request: TrainRequest) -> Run:
+    """Threads, seed, data, base model + LoRA, optimizer and scheduler; restores a checkpoint on resume."""
+    import psutil
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+    hp = request.hyperparameters
+    # Physical cores: hyper-threads only contend for the same matmul units.
+    torch.set_num_threads(request.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    output_dir = Path(request.output_dir)
+    (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    # Data first: a bad file should fail before minutes of model loading.
+    progress("setup", 0, 4, "reading data / 读取数据")
+    train_examples = load_examples(request.training_file, "training_file")
+    valid_examples = load_examples(request.validation_file, "validation_file") if request.validation_file else []
+
+    progress("setup", 1, 4, "loading the base model / 加载基础模型")
+    base = request.base_model
+    if not Path(base).is_dir():
+        raise EngineError("not_found", f"base model directory {base} does not exist / 基础模型目录不存在", "base_model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    except Exception as e:  # transformers raises OSError, ValueError… for broken directories
+        raise EngineError("invalid_file", f"{base}: cannot load the model: {e} / 无法加载模型", "base_model") from e
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    progress("setup", 2, 4, "tokenizing / 分词")
+    train_data, n_truncated = tokenize_examples(tokenizer, train_examples, hp.max_seq_length)
+    valid_data, n_valid_truncated = tokenize_examples(tokenizer, valid_examples, hp.max_seq_length)
+    if n_truncated or n_valid_truncated:
+        log(
+            f"{n_truncated} training and {n_valid_truncated} validation examples are longer than max_seq_length="
+            f"{hp.max_seq_length} and were truncated / {n_truncated} 条训练样本和 {n_valid_truncated} 条验证样本被截断",
+            "warning",
+        )
+    if not any(e.n_trained for e in train_data):
+        raise EngineError(
+            "invalid_file", f"{request.training_file}: no assistant tokens to train on / 没有可训练的助手回复", "training_file"
+        )
+    label_task = build_label_task(tokenizer, valid_examples, request.label_set) if request.label_set and valid_examples else None
+
+    progress("setup", 3, 4, "adding LoRA / 添加 LoRA")
+    seed_everything(hp.seed)  # LoRA's A matrices are initialised from the global RNG
+    target = request.lora.target_modules
+    lora = LoraConfig(
+        r=request.lora.r,
+        lora_alpha=request.lora.alpha,
+        lora_dropout=request.lora.dropout,
+        target_modules=linear_module_names(model) if target == "all-linear" else list(target),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as e:  # PEFT: target modules not found in the base model
+        raise EngineError("invalid_request", f"LoRA: {e} / LoRA 配置无效", "lora.target_modules") from e
+    model.train()
+
+    # Weight decay only on matrices: decaying biases and norm gains pulls them to 0 for no benefit.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.learning_rate
+    )
+    steps_per_epoch = math.ceil(len(train_data) / hp.batch_size)
+    total_steps = hp.n_epochs * steps_per_epoch
+    if request.max_steps is not None:
+        total_steps = min(total_steps, request.max_steps)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if hp.lr_scheduler == "constant" else hp.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(hp.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+
+    state = Run(
+        request=request,
+        output_dir=output_dir,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_data=train_data,
+        valid_data=valid_data,
+        label_task=label_task,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        pad_id=pad_id,
+    )
+
+    # From here on a signal only sets a flag: the current step finishes, then a checkpoint is saved.
+    def on_signal(signum, _frame):
+        state.stop_requested = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        state.previous_handlers[sig] = signal.signal(sig, on_signal)
+    if request.resume:
+        restore_checkpoint(state)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(
+        f"{len(train_data)} training / {len(valid_data)} validation examples, {steps_per_epoch} steps per epoch,"
+        f" {total_steps} steps; LoRA r={lora.r} on {sorted(lora.target_modules)}: {trainable:,} trainable parameters,"
+        f" {torch.get_num_threads()} threads"
+    )
+    progress("setup", 4, 4)
+    return state
+
+
+def load_examples(path: str, param: str) -> list[list[dict[str, Any]]]:
+    """The messages of every example in a chat JSONL file; the first bad line is an error naming file:line."""
+    from pydantic import ValidationError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError as e:
+        raise EngineError("invalid_file", f"{path}: file not found / 文件不存在", param) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise EngineError("invalid_file", f"{path}: cannot read as UTF-8 text: {e} / 无法读取", param) from e
+    examples = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise EngineError("invalid_file", f"{path}:{number}: invalid JSON: {e.msg} / JSON 格式错误", param) from e
+        try:
+            example = ChatExample.model_validate(record)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(map(str, err["loc"]))
+            raise EngineError("invalid_file", f"{path}:{number}: {where}: {err['msg']} / 样本格式错误", param) from e
+        if not example.messages:
+            raise EngineError("invalid_file", f"{path}:{number}: messages: empty / messages 为空", param)
+        examples.append([m.model_dump(exclude_none=True) for m in example.messages])
+    if not examples:
+        raise EngineError("invalid_file", f"{path}: no examples / 文件中没有样本", param)
+    return examples
+
+
+def linear_module_names(model) -> list[str]:
+    """`all-linear`: the names of every nn.Linear but the LM head (which is tied to the embedding)."""
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    return sorted(names)
+
+
+def build_label_task(tokenizer, examples: list[list[dict[str, Any]]], labels: list[str]) -> LabelTask:
+    """For each validation example: the prompt before its last assistant turn, followed by every label."""
+    task = LabelTask(labels=list(labels), expected=[])
+    for messages in examples:
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            continue
+        prompt, answers = answer_ids(tokenizer, messages[:last], labels)
+        task.expected.append(messages[last]["content"])
+        for answer in answers:
+            task.sequences.append(prompt + answer)
+            task.answer_lengths.append(len(answer))
+    return task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------- train
+
+
+def train(state: Run) -> bool:
+    """The training loop; returns True when a signal stopped it (after saving a checkpoint)."""
+    request, hp = state.request, state.request.hyperparameters
+    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+    steps_seconds = 0.0  # time in optimizer steps only, for tokens/s and the ETA
+    tokens_this_process = examples_this_process = steps_this_process = 0
+
+    while state.step < state.total_steps:
+        order = epoch_order(hp.seed, state.epoch_index, len(state.train_data))
+        batches = [order[i : i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
+        # On resume, skip the batches of this epoch that the checkpoint already trained.
+        for batch_indices in batches[state.batches_done :]:
+            if state.stop_requested:
+                return interrupt(state)
+            t0 = time.monotonic()
+            input_ids, attention_mask, labels = collate([state.train_data[i] for i in batch_indices], state.pad_id)
+            loss_sum, n_tokens, n_correct = token_loss(model, input_ids, attention_mask, labels)
+            loss = loss_sum / max(n_tokens, 1)  # mean over the batch's assistant tokens
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], hp.max_grad_norm)
+            learning_rate = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+
+            state.step += 1
+            state.batches_done += 1
+            state.train_loss = loss.item()
+            batch_tokens = int(attention_mask.sum())
+            state.trained_tokens += batch_tokens
+            steps_seconds += time.monotonic() - t0
+            tokens_this_process += batch_tokens
+            examples_this_process += len(batch_indices)
+            steps_this_process += 1
+            emit(
+                "metrics",
+                step=state.step,
+                total_steps=state.total_steps,
+                epoch=state.epoch,
+                train_loss=state.train_loss,
+                train_mean_token_accuracy=n_correct / max(n_tokens, 1),
+                learning_rate=learning_rate,
+                grad_norm=float(grad_norm),
+                tokens_per_second=tokens_this_process / steps_seconds,
+                examples_per_second=examples_this_process / steps_seconds,
+                trained_tokens=state.trained_tokens,
+                elapsed_seconds=state.elapsed,
+                eta_seconds=(state.total_steps - state.step) * steps_seconds / steps_this_process,
+            )
+
+            epoch_end = state.batches_done == len(batches)
+            last = state.step == state.total_steps
+            if state.valid_data and (epoch_end or last or due(state.step, request.eval_every_steps)):
+                validate(state, with_labels=epoch_end or last)
+            if epoch_end or last or due(state.step, request.save_every_steps):
+                save_checkpoint(state)
+            if last:
+                break
+        if state.batches_done == len(batches):
+            state.epoch_index += 1
+            state.batches_done = 0
+    return False
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def collate(examples: list[TokenizedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pads a batch to its longest example (right, so positions of real tokens do not move)."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids)
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(e.labels)
+    return input_ids, attention_mask, labels
+
+
+def token_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the labelled tokens: (logp [B, K], mask [B, K], argmax correct [B, K]).
+
+    Only the K positions where some row has a label go through the LM head: for short answers after
+    long prompts that is most of the compute of a large vocabulary saved.
+    """
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    keep = mask.any(dim=0).nonzero().squeeze(1)  # logits at position j predict token j + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits.float()
+    targets, mask = targets[:, keep], mask[:, keep]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    correct = (logits.argmax(dim=-1) == targets) & mask
+    return logp * mask, mask, correct
+
+
+def token_loss(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, int, int]:
+    """(sum of cross-entropy over labelled tokens, their number, how many the model's argmax got right)."""
+    logp, mask, correct = token_logprobs(model, input_ids, attention_mask, labels)
+    return -logp.sum(), int(mask.sum()), int(correct.sum())
+
+
+# ---------------------------------------------------------------------------------------------- validate
+
+
+@torch.no_grad()
+def validate(state: Run, with_labels: bool) -> None:
+    """Validation loss (mean over assistant tokens) and, at epoch ends, label metrics; emits the events."""
+    model = state.model
+    model.eval()  # no dropout: validation neither varies nor consumes the RNG that training uses
+    try:
+        loss_sum, n_tokens, n_correct = 0.0, 0, 0
+        for batch in length_sorted_batches([len(e.input_ids) for e in state.valid_data], EVAL_BATCH_SIZE):
+            s, n, c = token_loss(model, *collate([state.valid_data[i] for i in batch], state.pad_id))
+            loss_sum, n_tokens, n_correct = loss_sum + s.item(), n_tokens + n, n_correct + c
+        state.valid_loss = loss_sum / max(n_tokens, 1)
+        state.best_valid_loss = min(state.valid_loss, state.best_valid_loss or math.inf)
+        state.last_eval_step = state.step
+        emit(
+            "metrics",
+            step=state.step,
+            total_steps=state.total_steps,
+            epoch=state.epoch,
+            valid_loss=state.valid_loss,
+            valid_mean_token_accuracy=n_correct / max(n_tokens, 1),
+            elapsed_seconds=state.elapsed,
+        )
+        if with_labels:
+            fields: dict[str, Any] = {"valid_loss": state.valid_loss}
+            if state.label_task is not None:
+                predicted = classify(model, state.label_task, state.pad_id)
+                fields["label_metrics"] = label_metrics(state.label_task.expected, predicted, state.label_task.labels)
+                log(f"step {state.step}: validation accuracy {fields['label_metrics']['accuracy']:.4f}")
+            emit("eval", step=state.step, epoch=state.epoch, **fields)
+    finally:
+        model.train()
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, so padding costs little."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def score_sequences(model, sequences: list[list[int]], answer_lengths: list[int], pad_id: int, batch_size: int = EVAL_BATCH_SIZE) -> list[float]:
+    """Teacher-forced log-probability of the last `answer_lengths[i]` tokens of each sequence."""
+    scores = [0.0] * len(sequences)
+    for batch in length_sorted_batches([len(s) for s in sequences], batch_size):
+        examples = []
+        for i in batch:
+            seq, k = sequences[i], answer_lengths[i]
+            examples.append(TokenizedExample(seq, [IGNORE_INDEX] * (len(seq) - k) + seq[-k:]))
+        logp, _, _ = token_logprobs(model, *collate(examples, pad_id))
+        for row, i in enumerate(batch):
+            scores[i] = logp[row].sum().item()
+    return scores
+
+
+def classify(model, task: LabelTask, pad_id: int) -> list[str]:
+    """Each example's prediction: the label whose answer tokens (and end-of-turn token) are most likely."""
+    scores = score_sequences(model, task.sequences, task.answer_lengths, pad_id)
+    k = len(task.labels)
+    return [task.labels[int(np.argmax(scores[i * k : (i + 1) * k]))] for i in range(len(task.expected))]
+
+
+# ----------------------------------------------------------------------------------------- checkpointing
+
+
+def save_checkpoint(state: Run) -> str:
+    """Writes `checkpoints/step-NNNNNN/` (adapter, training_state.pt, state.json) atomically; emits `checkpoint`."""
+    final = state.output_dir / "checkpoints" / f"step-{state.step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        state.model.save_pretrained(tmp)
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model card: noise in every checkpoint
+        torch.save(
+            {
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "rng": rng_state(),
+                "step": state.step,
+                "epoch_index": state.epoch_index,
+                "batches_done": state.batches_done,
+                "trained_tokens": state.trained_tokens,
+                "elapsed_seconds": state.elapsed,
+                "train_loss": state.train_loss,
+                "valid_loss": state.valid_loss,
+                "best_valid_loss": state.best_valid_loss,
+            },
+            tmp / "training_state.pt",
+        )
+        summary = {
+            "step": state.step,
+            "total_steps": state.total_steps,
+            "epoch": state.epoch,
+            "train_loss": state.train_loss,
+            "valid_loss": state.valid_loss,
+            "best_valid_loss": state.best_valid_loss,
+            "trained_tokens": state.trained_tokens,
+            "config": state.request.model_dump(),
+        }
+        (tmp / "state.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    state.last_checkpoint, state.last_checkpoint_step = str(final), state.step
+    fields = {k: v for k, v in (("train_loss", state.train_loss), ("valid_loss", state.valid_loss)) if v is not None}
+    emit("checkpoint", step=state.step, epoch=state.epoch, path=str(final), **fields)
+    return str(final)
+
+
+def newest_checkpoint(output_dir: Path) -> Optional[Path]:
+    """The complete checkpoint with the highest step (temp directories of an interrupted save are ignored)."""
+    found = []
+    for d in (output_dir / "checkpoints").glob("step-*"):
+        m = CHECKPOINT_DIR.match(d.name)
+        if m and (d / "training_state.pt").is_file():
+            found.append((int(m.group(1)), d))
+    return max(found)[1] if found else None
+
+
+def restore_checkpoint(state: Run) -> None:
+    """Loads the newest checkpoint's adapter, optimizer, scheduler, RNG states and counters into `state`."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = newest_checkpoint(state.output_dir)
+    if path is None:
+        log("resume: no checkpoint yet, starting from the beginning / 没有检查点，从头开始")
+        return
+    try:
+        weights = load_file(path / "adapter_model.safetensors")
+        saved = torch.load(path / "training_state.pt", weights_only=True)
+    except Exception as e:  # a damaged checkpoint must be reported, not silently restarted
+        raise EngineError("invalid_file", f"{path}: cannot load checkpoint: {e} / 无法加载检查点", "resume") from e
+    result = set_peft_model_state_dict(state.model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise EngineError("invalid_file", f"{path}: adapter does not match this LoRA config / 适配器与 LoRA 配置不符", "resume")
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    state.step = saved["step"]
+    state.epoch_index = saved["epoch_index"]
+    state.batches_done = saved["batches_done"]
+    state.trained_tokens = saved["trained_tokens"]
+    state.elapsed_before = saved["elapsed_seconds"]
+    state.train_loss, state.valid_loss, state.best_valid_loss = saved["train_loss"], saved["valid_loss"], saved["best_valid_loss"]
+    state.last_checkpoint, state.last_checkpoint_step = str(path), state.step
+    state.last_eval_step = state.step if state.valid_loss is not None else -1
+    if state.batches_done >= state.steps_per_epoch:  # saved at an epoch end
+        state.epoch_index, state.batches_done = state.epoch_index + 1, 0
+    log(f"resumed from {path} at step {state.step} / 从检查点恢复")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG training draws from, as plain lists and tensors (so torch.load(weights_only=True) reads it)."""
+    np_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": np_state["state"]["pos"],
+                  "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]},
+    }  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        {"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+         "has_gauss": n["has_gauss"], "gauss": n["gauss"]}
+    )  # fmt: skip
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def interrupt(state: Run) -> bool:
+    """A signal arrived: keep what has been trained (unless a checkpoint holds it already) and stop."""
+    if state.step > 0 and state.last_checkpoint_step != state.step:
+        save_checkpoint(state)
+    log(f"stopped at step {state.step}; resume continues from {state.last_checkpoint} / 已停止，可恢复训练", "warning")
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ finish
+
+
+def save_final(state: Run) -> str:
+    """The adapter, tokenizer and weitiao.json (lineage) in `<output_dir>/model/`, written atomically."""
+    final = state.output_dir / "model"
+    tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=state.output_dir))
+    try:
+        state.model.save_pretrained(tmp)
+        state.tokenizer.save_pretrained(tmp, save_jinja_files=False)
+        lineage = {
+            "base_model": str(Path(state.request.base_model).resolve()),
+            "method": state.request.method,
+            "steps": state.step,
+            "total_steps": state.total_steps,
+            "trained_tokens": state.trained_tokens,
+            "final_train_loss": state.train_loss,
+            "final_valid_loss": state.valid_loss,
+            "engine_version": __version__,
+            "request": state.request.model_dump(),
+        }
+        (tmp / "weitiao.json").write_text(json.dumps(lineage, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"model saved to {final} / 模型已保存")
+    return str(final)
+
+
+def cleanup(state: Run) -> None:
+    """Gives the signal handlers back (matters when the recipe runs inside another process, e.g. tests)."""
+    for sig, handler in state.previous_handlers.items():
+        signal.signal(sig, handler)

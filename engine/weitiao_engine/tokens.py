@@ -1,0 +1,53 @@
+"""`count-tokens`: how many tokens each chat example takes with a model's tokenizer and chat template.
+
+Data validation uses it to flag examples over the model's context and to estimate trained tokens.
+The count is that of the fully rendered conversation, exactly what training tokenizes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .chat_format import count_tokens
+from .protocol import CountTokensRequest, EngineError, progress
+
+BATCH = 2048  # examples per tokenizer call: large enough to be fast, small enough for steady progress
+
+
+def run(request: CountTokensRequest) -> dict[str, Any]:
+    """Returns {counts, model_max_length}: one count per example, and the model's context length."""
+    tokenizer = load_tokenizer(request.model)
+    max_length = model_max_length(request.model, tokenizer)
+    examples = [e.messages for e in request.examples]
+    counts: list[int] = []
+    for start in range(0, len(examples), BATCH):
+        counts += count_tokens(tokenizer, examples[start : start + BATCH])
+        progress("count", len(counts), len(examples))
+    return {"counts": counts, "model_max_length": max_length}
+
+
+def load_tokenizer(model: str):
+    """The model directory's fast tokenizer, or a user-facing error when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    if not Path(model).is_dir():
+        raise EngineError("not_found", f"model directory {model} does not exist / 模型目录不存在", "model")
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except Exception as e:  # transformers raises OSError, ValueError… for a broken or partial directory
+        raise EngineError("invalid_file", f"{model}: cannot load the tokenizer: {e} / 无法加载分词器", "model") from e
+
+
+def model_max_length(model: str, tokenizer) -> int:
+    """The context length: config.json's max_position_embeddings, else the tokenizer's model_max_length."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        config = {}
+    # Multimodal configs keep the language model's settings in text_config.
+    value = config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+    if value is None:
+        value = tokenizer.model_max_length if tokenizer.model_max_length < 10**9 else 0
+    return int(value)

@@ -1,0 +1,185 @@
+/**
+ * The OpenAI-compatible HTTP API: a thin Hono shell over the services. Point an OpenAI SDK at
+ * `http://127.0.0.1:8080/v1` with a weitiao key and its fine-tuning, files, models and chat calls work.
+ *
+ * ```ts
+ * const server = await startServer(ctx, { port: 8080, auth: true, worker: true });
+ * // … later
+ * await server.close();
+ * ```
+ * Every route is declared once with its zod schemas (internal/routes.ts): they validate the request and
+ * make `/openapi.json`. Every error leaves through one handler as `{error: {message, type, param, code}}`.
+ */
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createAdaptorServer } from '@hono/node-server';
+import { Hono } from 'hono';
+import type { Context } from '../context.js';
+import { DEFAULT_MAX_BYTES } from '../files/index.js';
+import { Worker } from '../jobs/index.js';
+import { verifyKey } from '../keys/index.js';
+import { apiKeyAuth, type ApiEnv } from './internal/auth.js';
+import { notFound, onError } from './internal/errors.js';
+import { RouteTable } from './internal/routes.js';
+import { chatRoutes } from './routes/chat.js';
+import { fileRoutes } from './routes/files.js';
+import { jobRoutes } from './routes/jobs.js';
+import { modelRoutes } from './routes/models.js';
+import { z } from 'zod';
+
+export const API_VERSION = '0.1.0';
+
+export interface AppOptions {
+  /** Require `Authorization: Bearer <key>` on /v1 routes. `false` is for local use only (`--no-auth`). */
+  auth: boolean;
+  /** Largest accepted upload; default OpenAI's 512 MB. */
+  maxUploadBytes?: number;
+  /** Largest JSON body (chat messages, job requests); default 16 MiB. */
+  maxJsonBytes?: number;
+}
+
+const Health = z.object({ status: z.literal('ok'), version: z.string(), auth: z.boolean() });
+
+/** The Hono app with every route; `app.request(...)` drives it in-process, `startServer` serves it. */
+export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
+  const app = new Hono<ApiEnv>();
+  app.onError(onError);
+  app.notFound(notFound);
+  if (options.auth) app.use('/v1/*', apiKeyAuth({ verify: (key) => verifyKey(ctx, key) }));
+
+  const routes = new RouteTable(app, { maxJsonBytes: options.maxJsonBytes ?? 16 * 1024 * 1024 });
+  routes.add(
+    {
+      method: 'get',
+      path: '/health',
+      operationId: 'health',
+      summary: 'Liveness (no key needed)',
+      tag: 'Server',
+      public: true,
+      response: { description: 'The server is up', schema: Health, name: 'Health' },
+    },
+    (c) => c.json({ status: 'ok' as const, version: API_VERSION, auth: options.auth }),
+  );
+  fileRoutes(routes, ctx, { maxUploadBytes: options.maxUploadBytes ?? DEFAULT_MAX_BYTES });
+  jobRoutes(routes, ctx);
+  modelRoutes(routes, ctx);
+  chatRoutes(routes, ctx);
+
+  let document: Record<string, unknown> | undefined;
+  routes.add(
+    {
+      method: 'get',
+      path: '/openapi.json',
+      operationId: 'openapi',
+      summary: 'This document',
+      tag: 'Server',
+      public: true,
+      response: { description: 'OpenAPI 3.1' },
+    },
+    (c) => {
+      document ??= routes.openapi({
+        title: 'weitiao 微调 API',
+        version: API_VERSION,
+        description: "OpenAI-compatible fine-tuning, files, models and chat completions. Weitiao's own job settings sit in `weitiao`.",
+      });
+      return c.json(document);
+    },
+  );
+  return app;
+}
+
+export interface ServerOptions {
+  /** Default 127.0.0.1: exposing the API is a decision, not a default. */
+  host?: string;
+  /** 0 picks a free port (see `RunningServer.port`). */
+  port: number;
+  auth: boolean;
+  /** Run queued jobs in this process. */
+  worker: boolean;
+  maxUploadBytes?: number;
+  /** Stop gracefully on SIGTERM/SIGINT (default true; in-process tests turn it off). */
+  handleSignals?: boolean;
+  /** Where start-up and shutdown notes go (default stderr). */
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  url: string;
+  host: string;
+  port: number;
+  worker: Worker | null;
+  /** Stops accepting, ends open streams, stops the worker (a running job checkpoints), idempotent. */
+  close(): Promise<void>;
+}
+
+/** Serves `createApp` over HTTP and, with `worker`, runs queued jobs in the same process. */
+export async function startServer(ctx: Context, options: ServerOptions): Promise<RunningServer> {
+  const host = options.host ?? '127.0.0.1';
+  const log = options.log ?? ((line: string) => process.stderr.write(line + '\n'));
+  if (!options.auth) {
+    log(
+      [
+        '',
+        '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!',
+        `!! WARNING: authentication is OFF (--no-auth). Anyone who can reach ${host} can`,
+        '!! upload data, start training and delete models. Use it on your own machine only.',
+        '!! 警告：已关闭身份验证（--no-auth），任何能访问此地址的人都可以上传数据、训练和删除模型。',
+        '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!',
+        '',
+      ].join('\n'),
+    );
+  }
+
+  const app = createApp(ctx, { auth: options.auth, maxUploadBytes: options.maxUploadBytes });
+  const server = createAdaptorServer({ fetch: app.fetch, hostname: host }) as Server;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+
+  const worker = options.worker ? new Worker(ctx) : null;
+  worker?.on('worker_error', (err) => log(`worker: ${err.code}: ${err.message}`));
+  worker?.start();
+  log(`weitiao API listening on ${url}/v1 (OpenAPI: ${url}/openapi.json)${worker ? ', worker running' : ''}`);
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Idle keep-alive sockets would hold close() open; live streams end with their connection.
+      server.closeIdleConnections();
+      const streamsGrace = setTimeout(() => server.closeAllConnections(), 2000);
+      await worker?.stop();
+      await stopped;
+      clearTimeout(streamsGrace);
+    })());
+
+  const onSignal = (sig: NodeJS.Signals) => {
+    log(`${sig}: shutting down (a running job saves a checkpoint first) / 正在关闭`);
+    close().then(
+      () => {
+        ctx.close();
+        process.exit(0);
+      },
+      (err) => {
+        log(`shutdown failed: ${err instanceof Error ? err.stack : String(err)}`);
+        process.exit(1);
+      },
+    );
+  };
+  if (options.handleSignals ?? true) {
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  }
+
+  return { url, host, port, worker, close };
+}
+
+export { createKey, listKeys, revokeKey, verifyKey, type CreatedKey, type KeyRecord } from '../keys/index.js';

@@ -1,0 +1,83 @@
+/**
+ * The API's one error path: everything thrown by a handler or middleware ends here and leaves as OpenAI's
+ * `{error: {message, type, param, code}}` with the status from src/errors.ts's table, so the official SDKs
+ * raise their typed errors (AuthenticationError, NotFoundError, …) unchanged.
+ */
+import type { Context as HonoContext, ErrorHandler, NotFoundHandler } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { z } from 'zod';
+import { WeitiaoError, type ErrorCode } from '../../errors.js';
+
+/** `messages[1].role`: the form params are named in everywhere (see ErrorDetails.param). */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const key of path) {
+    if (typeof key === 'number') out += `[${key}]`;
+    else out += out ? `.${String(key)}` : String(key);
+  }
+  return out;
+}
+
+/** A zod failure as one invalid_request naming the first offending param; the others follow in the message. */
+export function fromZodError(err: z.ZodError, where?: string): WeitiaoError {
+  const [first, ...rest] = err.issues;
+  // An unknown key is itself the param at fault (zod reports it at the enclosing object).
+  const pathOf = (issue: z.core.$ZodIssue) => formatPath(issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]] : issue.path);
+  const param = first ? pathOf(first) : undefined;
+  const describe = (issue: z.core.$ZodIssue) => {
+    const p = formatPath(issue.path);
+    return p ? `${p}: ${issue.message}` : issue.message;
+  };
+  const more = rest.length ? ` (and ${rest.length} more: ${rest.slice(0, 4).map(describe).join('; ')})` : '';
+  const prefix = where ? `invalid ${where} / ${where} 无效: ` : 'invalid request / 请求无效: ';
+  return new WeitiaoError('invalid_request', `${prefix}${first ? describe(first) : 'failed validation'}${more}`, {
+    param: param || undefined,
+    cause: err,
+  });
+}
+
+const HTTP_STATUS_CODES: Partial<Record<number, ErrorCode>> = {
+  400: 'invalid_request',
+  401: 'unauthorized',
+  403: 'permission_denied',
+  404: 'not_found',
+  409: 'conflict',
+  413: 'payload_too_large',
+  415: 'invalid_request',
+  422: 'unprocessable',
+  429: 'rate_limited',
+};
+
+/** Anything thrown → WeitiaoError. Unknown errors become internal_error and keep their cause. */
+export function toWeitiaoError(err: unknown): WeitiaoError {
+  if (err instanceof WeitiaoError) return err;
+  if (err instanceof z.ZodError) return fromZodError(err);
+  if (err instanceof HTTPException) {
+    const code = HTTP_STATUS_CODES[err.status];
+    if (code) return new WeitiaoError(code, err.message || `HTTP ${err.status}`, { cause: err });
+  }
+  return WeitiaoError.from(err);
+}
+
+/** The response for an error; 5xx that are not ours are logged with their stack, which never leaves the server. */
+export function errorResponse(c: HonoContext, err: unknown): Response {
+  const e = toWeitiaoError(err);
+  if (e.code === 'internal_error') {
+    const cause = e.cause instanceof Error ? e.cause : e;
+    console.error(`[weitiao api] ${c.req.method} ${c.req.path}: ${cause.stack ?? cause.message}`);
+    // The message of an unexpected error may carry paths or internals: say what happened, not how.
+    const body = new WeitiaoError('internal_error', 'internal server error / 服务器内部错误').toJSON();
+    return c.json(body, 500);
+  }
+  if (e.httpStatus >= 500) console.error(`[weitiao api] ${c.req.method} ${c.req.path}: ${e.code}: ${e.message}`);
+  return c.json(e.toJSON(), e.httpStatus as ContentfulStatusCode);
+}
+
+export const onError: ErrorHandler = (err, c) => errorResponse(c, err);
+
+export const notFound: NotFoundHandler = (c) =>
+  errorResponse(
+    c,
+    new WeitiaoError('not_found', `no route ${c.req.method} ${c.req.path} / 没有此路由`, { param: undefined }),
+  );

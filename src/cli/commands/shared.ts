@@ -1,0 +1,34 @@
+/** What every command needs: the context from the global `--home`, and option parsers. */
+import type { Command } from 'commander';
+import { openContext, type Context } from '../../context.js';
+import { WeitiaoError } from '../../errors.js';
+
+/** Opens the context for the command's `--home`, runs `fn`, and closes the store even when `fn` throws. */
+export async function withContext<T>(command: Command, fn: (ctx: Context) => Promise<T> | T): Promise<T> {
+  const ctx = openContext({ home: command.optsWithGlobals().home });
+  try {
+    return await fn(ctx);
+  } finally {
+    ctx.close();
+  }
+}
+
+/** `auto` or a number, for hyperparameters. */
+export function autoOr(kind: 'int' | 'float', name: string) {
+  return (value: string): number | 'auto' => {
+    if (value === 'auto') return 'auto';
+    const n = kind === 'int' ? Number.parseInt(value, 10) : Number.parseFloat(value);
+    if (!Number.isFinite(n) || String(n) === 'NaN' || (kind === 'int' && !/^\d+$/.test(value))) {
+      throw new WeitiaoError('invalid_request', `${name} must be 'auto' or a number, got '${value}' / ${name} 须为 auto 或数字`, { param: name });
+    }
+    return n;
+  };
+}
+
+export function number(name: string, kind: 'int' | 'float' = 'float') {
+  return (value: string): number => {
+    const n = autoOr(kind, name)(value);
+    if (n === 'auto') throw new WeitiaoError('invalid_request', `${name} must be a number / ${name} 须为数字`, { param: name });
+    return n;
+  };
+}

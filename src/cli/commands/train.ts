@@ -1,0 +1,197 @@
+/**
+ * `weitiao train`: upload the files, create a fine-tuning job and run it in this process with a live
+ * progress bar. Ctrl-C pauses the job (the engine saves a checkpoint); `weitiao train --resume <job>`
+ * continues it where it stopped.
+ */
+import type { Command } from 'commander';
+import type { Context } from '../../context.js';
+import type { EngineEvent } from '../../engine/index.js';
+import { WeitiaoError } from '../../errors.js';
+import { createFile } from '../../files/index.js';
+import { createJob, pauseJob, resumeJob, retrieveJob, Worker, type CreateJobParams, type FineTuningJob } from '../../jobs/index.js';
+import { ProgressBar } from '../progress.js';
+import { fmt, formatLabelMetrics } from '../output.js';
+import { autoOr, number, withContext } from './shared.js';
+import path from 'node:path';
+
+export function registerTrainCommands(program: Command): void {
+  program
+    .command('train')
+    .description('fine-tune a base model on a chat JSONL file (LoRA) / 微调模型')
+    .option('--model <model>', 'base model id or directory')
+    .option('--train <file>', 'training file (chat JSONL)')
+    .option('--validation <file>', 'validation file (chat JSONL)')
+    .option('--suffix <suffix>', 'part of the fine-tuned model name: ft:<base>:<suffix>:<id>')
+    .option('--epochs <n>', "number of epochs or 'auto'", autoOr('int', 'n_epochs'), 'auto')
+    .option('--batch-size <n>', "batch size or 'auto'", autoOr('int', 'batch_size'), 'auto')
+    .option('--lr-multiplier <x>', "learning-rate multiplier (× the method's base rate) or 'auto'", autoOr('float', 'learning_rate_multiplier'), 'auto')
+    .option('--learning-rate <lr>', 'absolute learning rate (overrides the multiplier)', number('learning_rate'))
+    .option('--weight-decay <x>', 'AdamW weight decay', number('weight_decay'))
+    .option('--max-grad-norm <x>', 'gradient clipping norm', number('max_grad_norm'))
+    .option('--warmup-ratio <x>', 'share of steps for learning-rate warmup', number('warmup_ratio'))
+    .option('--scheduler <name>', 'linear | cosine | constant')
+    .option('--lora-r <n>', 'LoRA rank', number('lora.r', 'int'))
+    .option('--lora-alpha <x>', 'LoRA alpha', number('lora.alpha'))
+    .option('--lora-dropout <x>', 'LoRA dropout', number('lora.dropout'))
+    .option('--target-modules <list>', "'all-linear' or comma-separated module names")
+    .option('--seed <n>', 'seed (data order, initialisation)', number('seed', 'int'))
+    .option('--eval-every <steps>', 'validation loss every N steps (besides each epoch end)', number('eval_every_steps', 'int'))
+    .option('--save-every <steps>', 'checkpoint every N steps (besides each epoch end)', number('save_every_steps', 'int'))
+    .option('--max-steps <n>', 'stop after N optimizer steps', number('max_steps', 'int'))
+    .option('--max-seq-length <n>', 'truncate examples to N tokens', number('max_seq_length', 'int'))
+    .option('--no-label-metrics', 'no accuracy/precision/recall even when the answers form a label set')
+    .option('--resume <job>', 'continue a paused or interrupted job from its last checkpoint')
+    .option('--json', 'print the engine events as JSON lines on stdout')
+    .action(async (o, cmd: Command) => {
+      await withContext(cmd, async (ctx) => {
+        let jobId: string;
+        if (o.resume) {
+          const job = retrieveJob(ctx, o.resume);
+          if (job.status === 'paused') resumeJob(ctx, job.id);
+          else if (job.status !== 'queued') {
+            throw new WeitiaoError('conflict', `job ${job.id} is ${job.status}; only paused or queued jobs can be resumed / 只能继续已暂停或排队中的任务`, {
+              param: 'resume',
+            });
+          }
+          jobId = job.id;
+        } else {
+          if (!o.model || !o.train) throw new WeitiaoError('invalid_request', '--model and --train are required / 需要 --model 和 --train', { param: o.model ? 'train' : 'model' });
+          const training = await createFile(ctx, { source: o.train, filename: path.basename(o.train), purpose: 'fine-tune' });
+          const validation = o.validation
+            ? await createFile(ctx, { source: o.validation, filename: path.basename(o.validation), purpose: 'fine-tune' })
+            : null;
+          const lora = {
+            ...(o.loraR !== undefined && { r: o.loraR }),
+            ...(o.loraAlpha !== undefined && { alpha: o.loraAlpha }),
+            ...(o.loraDropout !== undefined && { dropout: o.loraDropout }),
+            ...(o.targetModules && { target_modules: o.targetModules === 'all-linear' ? 'all-linear' : String(o.targetModules).split(',') }),
+          };
+          const params: CreateJobParams = {
+            model: o.model,
+            training_file: training.id,
+            validation_file: validation?.id ?? null,
+            suffix: o.suffix ?? null,
+            seed: o.seed ?? null,
+            method: {
+              type: 'supervised',
+              supervised: { hyperparameters: { n_epochs: o.epochs, batch_size: o.batchSize, learning_rate_multiplier: o.lrMultiplier } },
+            },
+            weitiao: {
+              ...(Object.keys(lora).length > 0 && { lora }),
+              ...(o.learningRate !== undefined && { learning_rate: o.learningRate }),
+              ...(o.weightDecay !== undefined && { weight_decay: o.weightDecay }),
+              ...(o.maxGradNorm !== undefined && { max_grad_norm: o.maxGradNorm }),
+              ...(o.warmupRatio !== undefined && { warmup_ratio: o.warmupRatio }),
+              ...(o.scheduler && { lr_scheduler: o.scheduler }),
+              ...(o.evalEvery !== undefined && { eval_every_steps: o.evalEvery }),
+              ...(o.saveEvery !== undefined && { save_every_steps: o.saveEvery }),
+              ...(o.maxSteps !== undefined && { max_steps: o.maxSteps }),
+              ...(o.maxSeqLength !== undefined && { max_seq_length: o.maxSeqLength }),
+              label_set: o.labelMetrics ? 'auto' : null,
+            },
+          };
+          const job = createJob(ctx, params);
+          jobId = job.id;
+          process.stderr.write(`created job 已创建任务 ${job.id}\n`);
+        }
+        const job = await runInForeground(ctx, jobId, { json: Boolean(o.json) });
+        reportOutcome(job);
+      });
+    });
+}
+
+/** Runs one job in this process, drawing progress; Ctrl-C pauses it (checkpoint), a second Ctrl-C kills. */
+export async function runInForeground(ctx: Context, jobId: string, options: { json: boolean }): Promise<FineTuningJob> {
+  const worker = new Worker(ctx, { pollMs: 250 });
+  let bar = null as ProgressBar | null;
+
+  worker.on('engine', (_id, event: EngineEvent) => {
+    if (options.json) {
+      process.stdout.write(JSON.stringify(event) + '\n');
+      return;
+    }
+    const out = bar ?? { log: (m: string) => process.stderr.write(m + '\n') };
+    switch (event.type) {
+      case 'metrics': {
+        bar ??= new ProgressBar({ label: 'training 训练', total: event.total_steps });
+        bar.total = event.total_steps;
+        if (event.valid_loss !== undefined && event.train_loss === undefined) {
+          bar.log(`step ${event.step}: valid_loss 验证损失 ${fmt(event.valid_loss)}`);
+          break;
+        }
+        const parts = [
+          `epoch ${event.epoch.toFixed(2)}`,
+          event.train_loss !== undefined ? `loss ${fmt(event.train_loss, 3)}` : '',
+          event.tokens_per_second !== undefined ? `${Math.round(event.tokens_per_second)} tok/s` : '',
+        ];
+        bar.update(event.step, parts.filter(Boolean).join(' '), event.eta_seconds);
+        break;
+      }
+      case 'eval':
+        out.log(`\n— epoch ${event.epoch.toFixed(0)} (step ${event.step}) — valid_loss 验证损失 ${fmt(event.valid_loss)}`);
+        if (event.label_metrics) out.log(formatLabelMetrics(event.label_metrics) + '\n');
+        break;
+      case 'checkpoint':
+        out.log(`checkpoint 检查点: step ${event.step} → ${event.path}`);
+        break;
+      case 'log':
+        if (event.level === 'warning' || event.level === 'error') out.log(`${event.level}: ${event.message}`);
+        break;
+      default:
+        break;
+    }
+  });
+  worker.on('event', (_id, event) => {
+    if (!options.json && event.type === 'message' && event.level !== 'info') {
+      (bar ?? { log: (m: string) => process.stderr.write(m + '\n') }).log(`${event.level}: ${event.message}`);
+    }
+  });
+
+  let interrupts = 0;
+  const onSigint = () => {
+    interrupts += 1;
+    if (interrupts === 1) {
+      bar?.log('\nstopping: saving a checkpoint (Ctrl-C again to kill) / 正在保存检查点后停止…');
+      try {
+        pauseJob(ctx, jobId);
+      } catch {
+        /* not running yet: the worker stops before starting it */
+      }
+      void worker.stop();
+    } else {
+      process.exit(130);
+    }
+  };
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigint);
+  try {
+    const job = await worker.runJob(jobId);
+    bar?.done();
+    return job;
+  } finally {
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigint);
+  }
+}
+
+function reportOutcome(job: FineTuningJob): void {
+  const lines: string[] = [];
+  switch (job.status) {
+    case 'succeeded':
+      lines.push(`\njob ${job.id} succeeded 训练完成. fine-tuned model 微调模型: ${job.fine_tuned_model}`);
+      lines.push(`trained tokens: ${job.trained_tokens ?? '-'}`);
+      lines.push(`next 下一步: weitiao eval --model ${job.fine_tuned_model} --data <validation.jsonl>`);
+      lines.push(`            weitiao chat --model ${job.fine_tuned_model}`);
+      process.stderr.write(lines.join('\n') + '\n');
+      return;
+    case 'paused':
+    case 'queued':
+      process.stderr.write(`\njob ${job.id} is ${job.status} at its last checkpoint. Continue with 继续训练: weitiao train --resume ${job.id}\n`);
+      process.exitCode = 130;
+      return;
+    default:
+      throw new WeitiaoError(job.error?.code === 'invalid_training_file' ? 'invalid_file' : 'engine_error', `job ${job.id} ${job.status}: ${job.error?.message ?? ''}`, {
+        param: job.error?.param ?? undefined,
+      });
+  }
+}

@@ -1,0 +1,37 @@
+/**
+ * The `weitiao` command: a thin shell over the services. Each command group lives in commands/;
+ * every failure is a WeitiaoError printed as one readable line, with the exit code from src/errors.ts.
+ */
+import { Command, CommanderError } from 'commander';
+import { WeitiaoError } from '../errors.js';
+import { registerDataCommands } from './commands/data.js';
+import { registerModelCommands } from './commands/models.js';
+import { registerTrainCommands } from './commands/train.js';
+import { registerJobCommands } from './commands/jobs.js';
+import { registerEvalCommands } from './commands/eval.js';
+import { registerChatCommands } from './commands/chat.js';
+import { registerServeCommands } from './commands/serve.js';
+
+const program = new Command('weitiao')
+  .description('微调 weitiao: fine-tune open LLMs on your own data, on your own machines')
+  .option('--home <dir>', 'state directory (store, files, models, checkpoints); default $WEITIAO_HOME or ~/.weitiao')
+  .showHelpAfterError()
+  .exitOverride();
+
+registerDataCommands(program);
+registerModelCommands(program);
+registerTrainCommands(program);
+registerJobCommands(program);
+registerEvalCommands(program);
+registerChatCommands(program);
+registerServeCommands(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2);
+  const e = WeitiaoError.from(err);
+  process.stderr.write(`\nerror 错误 [${e.code}]: ${e.message}\n`);
+  if (e.code === 'internal_error' && process.env.WEITIAO_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+  process.exit(e.exitCode);
+}

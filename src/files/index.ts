@@ -1,0 +1,230 @@
+/**
+ * Uploaded and prepared data files, in OpenAI's Files shape.
+ *
+ * ```ts
+ * const file = await createFile(ctx, { source: 'train.jsonl', filename: 'train.jsonl', purpose: 'fine-tune' });
+ * // {id: 'file-…', object: 'file', bytes, created_at, filename, purpose, status: 'processed'}
+ * ```
+ * A file is stored once, as `<home>/files/<id>/<filename>`: streamed to a temporary directory while its
+ * bytes are counted (never whole in memory), then renamed into place, so a failed or oversized upload
+ * leaves nothing behind.
+ */
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { z } from 'zod';
+import type { Context } from '../context.js';
+import { WeitiaoError } from '../errors.js';
+import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
+
+/** OpenAI's purposes that make sense here; `fine-tune-results` is what jobs write (metrics CSV). */
+export const FilePurpose = z.enum(['fine-tune', 'fine-tune-results', 'evals', 'user_data', 'batch', 'assistants', 'vision']);
+export type FilePurpose = z.infer<typeof FilePurpose>;
+
+/** OpenAI's file object. */
+export const FileObject = z.object({
+  id: z.string(),
+  object: z.literal('file'),
+  bytes: z.number().int(),
+  created_at: z.number().int(),
+  filename: z.string(),
+  purpose: FilePurpose,
+  status: z.enum(['uploaded', 'processed', 'error']),
+  status_details: z.string().nullable().optional(),
+});
+export type FileObject = z.infer<typeof FileObject>;
+
+export const FileDeleted = z.object({ id: z.string(), object: z.literal('file'), deleted: z.boolean() });
+export type FileDeleted = z.infer<typeof FileDeleted>;
+
+export const ListFilesParams = z.object({
+  after: z.string().optional(),
+  limit: z.coerce.number().int().min(1).max(10000).default(10000),
+  order: z.enum(['asc', 'desc']).default('desc'),
+  purpose: z.string().optional(),
+});
+export type ListFilesParams = z.input<typeof ListFilesParams>;
+
+/** OpenAI's upload limit for fine-tuning files. */
+export const DEFAULT_MAX_BYTES = 512 * 1024 * 1024;
+
+export interface CreateFileParams {
+  /** A path to copy, or a stream (an HTTP upload) to drain. */
+  source: string | NodeJS.ReadableStream;
+  /** The name to keep; any directory part is dropped. */
+  filename: string;
+  purpose: string;
+  maxBytes?: number;
+}
+
+interface FileRow {
+  id: string;
+  filename: string;
+  purpose: string;
+  bytes: number;
+  path: string;
+  created_at: number;
+  status: string;
+  status_details: string | null;
+}
+
+/** Stores a file under the home directory and records it; `payload_too_large` past `maxBytes`. */
+export async function createFile(ctx: Context, params: CreateFileParams): Promise<FileObject> {
+  const purpose = FilePurpose.safeParse(params.purpose);
+  if (!purpose.success) {
+    throw new WeitiaoError(
+      'invalid_request',
+      `unsupported purpose '${params.purpose}', expected one of ${FilePurpose.options.join(', ')} / 不支持的用途`,
+      { param: 'purpose' },
+    );
+  }
+  const filename = cleanFilename(params.filename);
+  const maxBytes = params.maxBytes ?? DEFAULT_MAX_BYTES;
+
+  let input: NodeJS.ReadableStream;
+  if (typeof params.source === 'string') {
+    const info = await stat(params.source).catch(() => null);
+    if (!info?.isFile()) {
+      throw new WeitiaoError('not_found', `no such file: ${params.source} / 文件不存在`, { param: 'file', file: params.source });
+    }
+    if (info.size > maxBytes) throw tooLarge(maxBytes);
+    input = createReadStream(params.source);
+  } else {
+    input = params.source;
+  }
+
+  const id = newId('file');
+  const tmpDir = path.join(ctx.home.files, `.tmp-${id}`);
+  const finalDir = path.join(ctx.home.files, id);
+  await mkdir(tmpDir, { recursive: true });
+  let bytes = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      bytes += chunk.length;
+      if (bytes > maxBytes) done(tooLarge(maxBytes));
+      else done(null, chunk);
+    },
+  });
+  try {
+    await pipeline(input as Readable, counter, createWriteStream(path.join(tmpDir, filename), { flags: 'wx' }));
+    await rename(tmpDir, finalDir);
+  } catch (err) {
+    await rm(tmpDir, { recursive: true, force: true });
+    // A stream source must not be left half-read and paused (an HTTP request would hang).
+    if (typeof params.source !== 'string') (params.source as Readable).resume?.();
+    throw err instanceof WeitiaoError ? err : new WeitiaoError('internal_error', `could not store ${filename}: ${String(err)}`, { cause: err });
+  }
+
+  const row: FileRow = {
+    id,
+    filename,
+    purpose: purpose.data,
+    bytes,
+    path: path.join(finalDir, filename),
+    created_at: now(),
+    status: 'processed',
+    status_details: null,
+  };
+  try {
+    ctx.db
+      .prepare(
+        `INSERT INTO files (id, filename, purpose, bytes, path, created_at, status, status_details)
+         VALUES (@id, @filename, @purpose, @bytes, @path, @created_at, @status, @status_details)`,
+      )
+      .run(row);
+  } catch (err) {
+    await rm(finalDir, { recursive: true, force: true });
+    throw WeitiaoError.from(err);
+  }
+  return toWire(row);
+}
+
+/** Files, newest first, in OpenAI's cursor pages. */
+export function listFiles(ctx: Context, params: ListFilesParams = {}): ListPage<FileObject> {
+  const p = parseParams(ListFilesParams, params);
+  const where: string[] = [];
+  const args: unknown[] = [];
+  if (p.purpose !== undefined) {
+    where.push('purpose = ?');
+    args.push(p.purpose);
+  }
+  const page = selectPage<FileRow>(ctx.db, { table: 'files', where, params: args, after: p.after, limit: p.limit, order: p.order });
+  if (!page) throw new WeitiaoError('not_found', `no such file: ${p.after} / 文件不存在`, { param: 'after' });
+  return listPage(page.rows.map(toWire), page.has_more);
+}
+
+/** One file; `not_found` (param `file_id`) when there is none. */
+export function retrieveFile(ctx: Context, id: string): FileObject {
+  return toWire(getRow(ctx, id));
+}
+
+/** Where a file's bytes are, e.g. to stream `GET /v1/files/{id}/content` or to hand to the engine. */
+export function fileContentPath(ctx: Context, id: string): string {
+  return getRow(ctx, id).path;
+}
+
+/** Deletes a file and its bytes; `conflict` while an unfinished job still needs it. */
+export async function deleteFile(ctx: Context, id: string): Promise<FileDeleted> {
+  const row = getRow(ctx, id);
+  const user = ctx.db
+    .prepare(
+      `SELECT id FROM jobs WHERE (training_file = ? OR validation_file = ?)
+       AND status NOT IN ('succeeded', 'failed', 'cancelled') LIMIT 1`,
+    )
+    .get(id, id) as { id: string } | undefined;
+  if (user) {
+    throw new WeitiaoError('conflict', `file ${id} is used by job ${user.id}, which has not finished / 该文件正被未结束的任务使用`, {
+      param: 'file_id',
+    });
+  }
+  ctx.db.prepare('DELETE FROM files WHERE id = ?').run(id);
+  await rm(path.dirname(row.path), { recursive: true, force: true });
+  return { id, object: 'file', deleted: true };
+}
+
+function getRow(ctx: Context, id: string): FileRow {
+  const row = ctx.db.prepare('SELECT * FROM files WHERE id = ?').get(id) as FileRow | undefined;
+  if (!row) throw new WeitiaoError('not_found', `no such file: ${id} / 文件不存在`, { param: 'file_id' });
+  return row;
+}
+
+function toWire(row: FileRow): FileObject {
+  return {
+    id: row.id,
+    object: 'file',
+    bytes: row.bytes,
+    created_at: row.created_at,
+    filename: row.filename,
+    purpose: row.purpose as FilePurpose,
+    status: row.status as FileObject['status'],
+    ...(row.status_details ? { status_details: row.status_details } : {}),
+  };
+}
+
+/** Keeps the last path segment (browsers may send `C:\\data\\train.csv`) and refuses names that cannot be a file. */
+function cleanFilename(raw: string): string {
+  const name = raw.split(/[\\/]/).pop()?.trim() ?? '';
+  // eslint-disable-next-line no-control-regex
+  if (!name || name === '.' || name === '..' || /[\u0000-\u001f]/.test(name) || Buffer.byteLength(name) > 255) {
+    throw new WeitiaoError('invalid_request', `invalid filename '${raw}' / 文件名无效`, { param: 'filename' });
+  }
+  return name;
+}
+
+function tooLarge(maxBytes: number): WeitiaoError {
+  return new WeitiaoError('payload_too_large', `file is larger than the limit of ${maxBytes} bytes / 文件超过大小上限 ${maxBytes} 字节`, {
+    param: 'file',
+  });
+}
+
+/** Parses service parameters with a schema; every problem is reported at once, the first one's path as `param`. */
+function parseParams<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new WeitiaoError('invalid_request', z.prettifyError(parsed.error), { param: issue?.path.map(String).join('.') || undefined });
+  }
+  return parsed.data;
+}

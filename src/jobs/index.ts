@@ -1,0 +1,609 @@
+/**
+ * Fine-tuning jobs in OpenAI's shape: create, list, retrieve, cancel, pause, resume, events, checkpoints.
+ *
+ * ```ts
+ * const job = createJob(ctx, { model: 'tiny-qwen2', training_file: 'file-…', suffix: 'waimai' });
+ * await new Worker(ctx).runNext();           // validates the files, trains, registers ft:tiny-qwen2:waimai:…
+ * for await (const e of followJobEvents(ctx, job.id)) console.log(e.message);
+ * ```
+ * Jobs are rows in the store, so the CLI, the HTTP API and any worker process see the same state; the
+ * worker (worker.ts) moves them through the statuses in internal/status.ts, the one transition table.
+ * The wire job is OpenAI's FineTuningJob; weitiao's settings and live progress sit in its `weitiao` field.
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import { z } from 'zod';
+import type { Context } from '../context.js';
+import { WeitiaoError } from '../errors.js';
+import { LabelMetrics } from '../engine/protocol.js';
+import { retrieveFile } from '../files/index.js';
+import { resolveModel } from '../models/index.js';
+import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
+import { RequestedHyperparameters } from '../train/index.js';
+import { isGroupAlive, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
+import {
+  addEvent,
+  eventToWire,
+  getJobRow,
+  parseExtension,
+  type CheckpointRow,
+  type EventRow,
+  type JobExtension,
+  type JobRow,
+  type JobSettings,
+  type WireJobEvent,
+} from './internal/records.js';
+import { JOB_STATUSES, TERMINAL, transition, transitionError, type JobStatus } from './internal/status.js';
+
+export { JOB_STATUSES, TERMINAL, TRANSITIONS, canTransition, type JobStatus } from './internal/status.js';
+export { Worker, type WorkerOptions } from './worker.js';
+
+export { STALE_WORKER_SECONDS } from './internal/process.js';
+
+// ------------------------------------------------------------------------------------------- requests
+
+const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
+
+/** OpenAI's supervised hyperparameters; each may be `auto`. */
+export const SupervisedHyperparameters = z.strictObject({
+  n_epochs: auto(z.number().int().min(1).max(50)).optional(),
+  batch_size: auto(z.number().int().min(1).max(256)).optional(),
+  learning_rate_multiplier: auto(z.number().positive().max(10)).optional(),
+});
+export type SupervisedHyperparameters = z.infer<typeof SupervisedHyperparameters>;
+
+/** OpenAI's metadata: up to 16 string pairs, keys ≤ 64 and values ≤ 512 characters. */
+export const Metadata = z
+  .record(z.string().min(1).max(64), z.string().max(512))
+  .refine((m) => Object.keys(m).length <= 16, { message: 'metadata holds at most 16 keys' });
+
+/** weitiao's own settings: the one extension object of the create request. */
+export const WeitiaoJobSettings = z.strictObject({
+  lora: z
+    .strictObject({
+      r: z.number().int().positive().max(1024),
+      alpha: z.number().positive(),
+      dropout: z.number().min(0).max(1),
+      target_modules: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]),
+    })
+    .partial()
+    .optional(),
+  /** An absolute learning rate, instead of the base rate × `learning_rate_multiplier`. */
+  learning_rate: z.number().positive().max(1).optional(),
+  weight_decay: z.number().min(0).optional(),
+  max_grad_norm: z.number().positive().optional(),
+  warmup_ratio: z.number().min(0).max(1).optional(),
+  lr_scheduler: z.enum(['linear', 'cosine', 'constant']).optional(),
+  eval_every_steps: z.number().int().min(0).optional(),
+  save_every_steps: z.number().int().min(0).optional(),
+  /** `auto`: use the training file's answers when they form a small label set; null: no label metrics. */
+  label_set: z.union([z.literal('auto'), z.null(), z.array(z.string().min(1)).min(2)]).default('auto'),
+  /** Stop after this many optimizer steps (smoke runs, tests). */
+  max_steps: z.number().int().positive().nullable().optional(),
+  max_seq_length: z.number().int().positive().optional(),
+});
+
+/** OpenAI's create-job body, plus `weitiao`. */
+export const CreateJobParams = z.strictObject({
+  model: z.string().min(1),
+  training_file: z.string().min(1),
+  validation_file: z.string().min(1).nullable().optional(),
+  suffix: z
+    .string()
+    .max(64)
+    .regex(/^[\p{L}\p{N}._-]+$/u, 'use letters, digits, ".", "_" or "-" / 只能包含字母、数字、"."、"_"、"-"')
+    .nullable()
+    .optional(),
+  seed: z.number().int().min(0).max(2147483647).nullable().optional(),
+  metadata: Metadata.nullable().optional(),
+  method: z
+    .object({
+      type: z.enum(['supervised', 'dpo', 'reinforcement']),
+      supervised: z.object({ hyperparameters: SupervisedHyperparameters.optional() }).optional(),
+    })
+    .optional(),
+  /** Deprecated by OpenAI in favour of `method`, still accepted. */
+  hyperparameters: SupervisedHyperparameters.optional(),
+  integrations: z.array(z.unknown()).nullable().optional(),
+  weitiao: WeitiaoJobSettings.optional(),
+});
+export type CreateJobParams = z.input<typeof CreateJobParams>;
+
+export const ListJobsParams = z.object({
+  after: z.string().optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(20),
+  /** Only jobs whose metadata holds every one of these pairs. */
+  metadata: z.record(z.string(), z.string()).optional(),
+});
+export type ListJobsParams = z.input<typeof ListJobsParams>;
+
+export const ListEventsParams = z.object({
+  after: z.string().optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(20),
+  /** `desc` (OpenAI's order: newest first) or `asc` (reading order). */
+  order: z.enum(['asc', 'desc']).default('desc'),
+});
+export type ListEventsParams = z.input<typeof ListEventsParams>;
+
+export const ListCheckpointsParams = z.object({
+  after: z.string().optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(10),
+});
+export type ListCheckpointsParams = z.input<typeof ListCheckpointsParams>;
+
+// ------------------------------------------------------------------------------------------ wire objects
+
+export const JobStatusSchema = z.enum(JOB_STATUSES);
+
+const ResolvedOrAuto = z.object({
+  n_epochs: z.union([z.literal('auto'), z.number()]),
+  batch_size: z.union([z.literal('auto'), z.number()]),
+  learning_rate_multiplier: z.union([z.literal('auto'), z.number()]),
+});
+
+/** OpenAI's FineTuningJob, plus `weitiao`. */
+export const FineTuningJob = z.object({
+  id: z.string(),
+  object: z.literal('fine_tuning.job'),
+  created_at: z.number().int(),
+  finished_at: z.number().int().nullable(),
+  model: z.string(),
+  fine_tuned_model: z.string().nullable(),
+  organization_id: z.string(),
+  result_files: z.array(z.string()),
+  status: JobStatusSchema,
+  validation_file: z.string().nullable(),
+  training_file: z.string(),
+  hyperparameters: ResolvedOrAuto,
+  method: z.object({ type: z.literal('supervised'), supervised: z.object({ hyperparameters: ResolvedOrAuto }) }),
+  trained_tokens: z.number().int().nullable(),
+  error: z.object({ code: z.string(), message: z.string(), param: z.string().nullable() }).nullable(),
+  seed: z.number().int(),
+  estimated_finish: z.number().int().nullable(),
+  metadata: z.record(z.string(), z.string()).nullable(),
+  suffix: z.string().nullable(),
+  user_provided_suffix: z.string().nullable(),
+  integrations: z.array(z.unknown()),
+  weitiao: z.object({
+    /** Live progress while running (and where a paused job stopped). */
+    progress: z.object({ step: z.number().int(), total_steps: z.number().int(), epoch: z.number() }).nullable(),
+    /** Everything the engine was (or will be) given, `auto` resolved once the files were read. */
+    hyperparameters: z
+      .object({
+        n_epochs: z.number(),
+        batch_size: z.number(),
+        learning_rate: z.number(),
+        learning_rate_multiplier: z.number(),
+        weight_decay: z.number(),
+        max_grad_norm: z.number(),
+        warmup_ratio: z.number(),
+        lr_scheduler: z.string(),
+        /** Which of OpenAI's three were set by the `auto` rules. */
+        auto: z.array(z.string()),
+        estimated_total_steps: z.number().int(),
+      })
+      .nullable(),
+    lora: z.record(z.string(), z.unknown()),
+    eval_every_steps: z.number().int(),
+    save_every_steps: z.number().int(),
+    max_steps: z.number().int().nullable(),
+    label_set: z.union([z.literal('auto'), z.array(z.string())]).nullable(),
+    n_examples: z.number().int().nullable(),
+    n_validation_examples: z.number().int().nullable(),
+    /** Accuracy, per-class precision/recall/F1 and the confusion matrix at the newest epoch end. */
+    label_metrics: LabelMetrics.nullable(),
+    /** `cancel` or `pause` while the worker acts on it. */
+    requested_action: z.enum(['cancel', 'pause']).nullable(),
+    /** Times the job's worker was lost and the job resumed from a checkpoint. */
+    attempts: z.number().int(),
+  }),
+});
+export type FineTuningJob = z.infer<typeof FineTuningJob>;
+
+export const FineTuningJobEvent = z.object({
+  id: z.string(),
+  object: z.literal('fine_tuning.job.event'),
+  created_at: z.number().int(),
+  level: z.enum(['info', 'warn', 'error']),
+  message: z.string(),
+  type: z.enum(['message', 'metrics']),
+  data: z.unknown(),
+});
+export type FineTuningJobEvent = WireJobEvent;
+
+export const FineTuningJobCheckpoint = z.object({
+  id: z.string(),
+  object: z.literal('fine_tuning.job.checkpoint'),
+  created_at: z.number().int(),
+  fine_tuned_model_checkpoint: z.string(),
+  step_number: z.number().int(),
+  metrics: z.object({
+    step: z.number().int(),
+    train_loss: z.number().optional(),
+    train_mean_token_accuracy: z.number().optional(),
+    valid_loss: z.number().optional(),
+    valid_mean_token_accuracy: z.number().optional(),
+    full_valid_loss: z.number().optional(),
+    full_valid_mean_token_accuracy: z.number().optional(),
+  }),
+  fine_tuning_job_id: z.string(),
+});
+export type FineTuningJobCheckpoint = z.infer<typeof FineTuningJobCheckpoint>;
+
+/** OpenAI's list envelope around any wire schema (for OpenAPI). */
+export const ListOf = <T extends z.ZodType>(item: T) =>
+  z.object({ object: z.literal('list'), data: z.array(item), has_more: z.boolean(), first_id: z.string().nullable(), last_id: z.string().nullable() });
+
+// ------------------------------------------------------------------------------------------ service
+
+/** Creates a job in `validating_files`; `not_found` (param model/training_file/validation_file) for unknown names. */
+export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob {
+  const p = parseParams(CreateJobParams, params);
+
+  if (p.method && p.method.type !== 'supervised') {
+    throw new WeitiaoError('invalid_request', `method '${p.method.type}' is not supported yet; use 'supervised' / 暂不支持该训练方法`, {
+      param: 'method.type',
+    });
+  }
+  if (p.integrations?.length) {
+    throw new WeitiaoError('invalid_request', 'integrations are not supported / 不支持 integrations', { param: 'integrations' });
+  }
+  const fromMethod = p.method?.supervised?.hyperparameters;
+  if (fromMethod && p.hyperparameters) {
+    throw new WeitiaoError(
+      'invalid_request',
+      'give hyperparameters in method.supervised.hyperparameters or the legacy top-level hyperparameters, not both / 超参数只能在一处指定',
+      { param: 'hyperparameters' },
+    );
+  }
+  const openaiHp = fromMethod ?? p.hyperparameters ?? {};
+  const settings: JobSettings = { ...(p.weitiao ?? { label_set: 'auto' }) };
+  const requested = {
+    n_epochs: openaiHp.n_epochs ?? 'auto',
+    batch_size: openaiHp.batch_size ?? 'auto',
+    learning_rate_multiplier: openaiHp.learning_rate_multiplier ?? 'auto',
+    learning_rate: settings.learning_rate,
+    weight_decay: settings.weight_decay,
+    max_grad_norm: settings.max_grad_norm,
+    warmup_ratio: settings.warmup_ratio,
+    lr_scheduler: settings.lr_scheduler,
+  };
+  // The same checks the worker's rules will make, now, so a bad combination fails the request, not the job.
+  const hpCheck = RequestedHyperparameters.safeParse(requested);
+  if (!hpCheck.success) throw new WeitiaoError('invalid_request', z.prettifyError(hpCheck.error), { param: 'hyperparameters' });
+  if (requested.learning_rate !== undefined && requested.learning_rate_multiplier !== 'auto') {
+    throw new WeitiaoError(
+      'invalid_request',
+      'give either learning_rate_multiplier or weitiao.learning_rate, not both / 学习率倍数与学习率只能指定一个',
+      { param: 'weitiao.learning_rate' },
+    );
+  }
+
+  let model;
+  try {
+    model = resolveModel(ctx, p.model);
+  } catch (err) {
+    const e = WeitiaoError.from(err);
+    throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
+  }
+  if (model.kind !== 'base') {
+    throw new WeitiaoError(
+      'invalid_request',
+      `'${p.model}' is a ${model.kind} model; fine-tune its base '${model.baseId}' instead / 暂不支持在微调模型上继续微调，请使用基础模型`,
+      { param: 'model' },
+    );
+  }
+  requireTrainingFile(ctx, p.training_file, 'training_file');
+  if (p.validation_file) requireTrainingFile(ctx, p.validation_file, 'validation_file');
+
+  const hyper = { n_epochs: requested.n_epochs, batch_size: requested.batch_size, learning_rate_multiplier: requested.learning_rate_multiplier };
+  const extension: JobExtension = {
+    settings,
+    requested: hpCheck.data,
+    resolved: null,
+    n_examples: null,
+    n_validation_examples: null,
+    label_set: null,
+    progress: null,
+    label_metrics: null,
+    last_metrics: null,
+    last_eval: null,
+  };
+  const row = {
+    id: newId('ftjob'),
+    model: model.id,
+    training_file: p.training_file,
+    validation_file: p.validation_file ?? null,
+    status: 'validating_files',
+    method: JSON.stringify({ type: 'supervised', supervised: { hyperparameters: hyper } }),
+    extension: JSON.stringify(extension),
+    suffix: p.suffix ?? null,
+    seed: p.seed ?? Math.floor(Math.random() * 2147483647),
+    metadata: p.metadata ? JSON.stringify(p.metadata) : null,
+    created_at: now(),
+  };
+  ctx.db.transaction(() => {
+    ctx.db
+      .prepare(
+        `INSERT INTO jobs (id, model, training_file, validation_file, status, method, extension, suffix, seed, metadata, created_at)
+         VALUES (@id, @model, @training_file, @validation_file, @status, @method, @extension, @suffix, @seed, @metadata, @created_at)`,
+      )
+      .run(row);
+    addEvent(ctx.db, row.id, { message: `Created fine-tuning job: ${row.id} / 已创建微调任务` });
+  })();
+  return retrieveJob(ctx, row.id);
+}
+
+/** Jobs, newest first, in OpenAI's cursor pages; `metadata` keeps jobs holding all the given pairs. */
+export function listJobs(ctx: Context, params: ListJobsParams = {}): ListPage<FineTuningJob> {
+  const p = parseParams(ListJobsParams, params);
+  const where: string[] = [];
+  const args: unknown[] = [];
+  for (const [key, value] of Object.entries(p.metadata ?? {})) {
+    where.push(`EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE json_each.key = ? AND json_each.value = ?)`);
+    args.push(key, value);
+  }
+  const page = selectPage<JobRow>(ctx.db, { table: 'jobs', where, params: args, after: p.after, limit: p.limit });
+  if (!page) throw jobNotFound(p.after!, 'after');
+  return listPage(page.rows.map(jobToWire), page.has_more);
+}
+
+/** One job; `not_found` (param `fine_tuning_job_id`) when there is none. */
+export function retrieveJob(ctx: Context, id: string): FineTuningJob {
+  return jobToWire(requireJob(ctx, id));
+}
+
+/**
+ * Cancels a job. Not yet running (or paused): cancelled at once. Running: the worker is asked to stop
+ * the engine's process group (within seconds) and marks it cancelled; if that worker is gone, the
+ * engine is stopped here. `conflict` for a finished job.
+ */
+export async function cancelJob(ctx: Context, id: string): Promise<FineTuningJob> {
+  const row = requireJob(ctx, id);
+  if (row.status === 'running' || row.status === 'pausing') {
+    if (workerGone(row.worker_id, row.heartbeat_at, STALE_WORKER_SECONDS)) {
+      // Nobody will act on a request: stop a left-over engine ourselves, then cancel.
+      if (isGroupAlive(row.worker_pid)) await stopGroup(row.worker_pid!, 2000);
+      return finishCancel(ctx, id);
+    }
+    ctx.db.transaction(() => {
+      const current = requireJob(ctx, id);
+      if (current.status !== 'running' && current.status !== 'pausing') throw transitionError(id, current.status, 'cancelled', 'cancel');
+      ctx.db.prepare(`UPDATE jobs SET requested_action = 'cancel' WHERE id = ?`).run(id);
+      addEvent(ctx.db, id, { message: 'Cancellation requested / 已请求取消任务' });
+    })();
+    return retrieveJob(ctx, id);
+  }
+  return finishCancel(ctx, id);
+}
+
+function finishCancel(ctx: Context, id: string): FineTuningJob {
+  ctx.db.transaction(() => {
+    transition(
+      ctx.db,
+      id,
+      'cancelled',
+      { finished_at: now(), requested_action: null, worker_id: null, worker_pid: null, estimated_finish: null },
+      { action: 'cancel' },
+    );
+    addEvent(ctx.db, id, { message: 'The job was cancelled / 任务已取消' });
+  })();
+  return retrieveJob(ctx, id);
+}
+
+/**
+ * Pauses a job: running → pausing (the worker sends the engine SIGTERM; it saves a checkpoint and the job
+ * becomes paused); queued → paused at once. `conflict` otherwise.
+ */
+export function pauseJob(ctx: Context, id: string): FineTuningJob {
+  ctx.db.transaction(() => {
+    const row = requireJob(ctx, id);
+    if (row.status === 'queued') {
+      transition(ctx.db, id, 'paused', { worker_id: null }, { from: ['queued'], action: 'pause' });
+      addEvent(ctx.db, id, { message: 'The job was paused before it started / 任务在开始前已暂停' });
+    } else {
+      transition(ctx.db, id, 'pausing', { requested_action: 'pause' }, { from: ['running'], action: 'pause' });
+      addEvent(ctx.db, id, { message: 'Pause requested: saving a checkpoint / 已请求暂停，正在保存检查点' });
+    }
+  })();
+  return retrieveJob(ctx, id);
+}
+
+/** Resumes a paused job: it is queued again and continues from its newest checkpoint. */
+export function resumeJob(ctx: Context, id: string): FineTuningJob {
+  ctx.db.transaction(() => {
+    transition(
+      ctx.db,
+      id,
+      'queued',
+      { requested_action: null, worker_id: null, worker_pid: null, estimated_finish: null },
+      { from: ['paused'], action: 'resume' },
+    );
+    addEvent(ctx.db, id, { message: 'The job was resumed and is queued / 任务已继续，正在排队' });
+  })();
+  return retrieveJob(ctx, id);
+}
+
+/** A job's events in OpenAI's cursor pages (newest first unless `order: 'asc'`). */
+export function listJobEvents(ctx: Context, id: string, params: ListEventsParams = {}): ListPage<FineTuningJobEvent> {
+  requireJob(ctx, id);
+  const p = parseParams(ListEventsParams, params);
+  const page = selectPage<EventRow>(ctx.db, {
+    table: 'job_events',
+    where: ['job_id = ?'],
+    params: [id],
+    after: p.after,
+    limit: p.limit,
+    order: p.order,
+    orderBy: 'seq',
+  });
+  if (!page) throw new WeitiaoError('not_found', `no such event: ${p.after} / 找不到该事件`, { param: 'after' });
+  return listPage(page.rows.map(eventToWire), page.has_more);
+}
+
+export interface FollowOptions {
+  /** Start after this event id (e.g. an SSE client's Last-Event-ID)… */
+  after?: string;
+  /** …or after this sequence number (0 = from the first event). */
+  afterSeq?: number;
+  signal?: AbortSignal;
+  pollMs?: number;
+}
+
+/**
+ * A job's events as they happen, oldest first, read from the store (so it follows a worker in another
+ * process). Ends once the job is finished or paused and every event has been yielded, or on `signal`.
+ */
+export async function* followJobEvents(ctx: Context, id: string, options: FollowOptions = {}): AsyncGenerator<FineTuningJobEvent> {
+  requireJob(ctx, id);
+  let seq = options.afterSeq ?? 0;
+  if (options.after !== undefined) {
+    const row = ctx.db.prepare('SELECT seq FROM job_events WHERE id = ? AND job_id = ?').get(options.after, id) as { seq: number } | undefined;
+    if (!row) throw new WeitiaoError('not_found', `no such event: ${options.after} / 找不到该事件`, { param: 'after' });
+    seq = row.seq;
+  }
+  const next = ctx.db.prepare('SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT 500');
+  const status = ctx.db.prepare('SELECT status FROM jobs WHERE id = ?');
+  while (!options.signal?.aborted) {
+    // Status first: any event written before the job settled is visible to the read that follows.
+    const current = (status.get(id) as { status: JobStatus } | undefined)?.status;
+    const rows = next.all(id, seq) as EventRow[];
+    for (const row of rows) {
+      seq = row.seq;
+      yield eventToWire(row);
+      if (options.signal?.aborted) return;
+    }
+    if (rows.length === 500) continue;
+    if (current === undefined || TERMINAL.includes(current) || current === 'paused') return;
+    try {
+      await delay(options.pollMs ?? 250, undefined, { signal: options.signal });
+    } catch {
+      return; // aborted
+    }
+  }
+}
+
+/** A job's checkpoints, newest step first, in OpenAI's cursor pages. */
+export function listJobCheckpoints(ctx: Context, id: string, params: ListCheckpointsParams = {}): ListPage<FineTuningJobCheckpoint> {
+  requireJob(ctx, id);
+  const p = parseParams(ListCheckpointsParams, params);
+  const page = selectPage<CheckpointRow>(ctx.db, {
+    table: 'checkpoints',
+    where: ['job_id = ?'],
+    params: [id],
+    after: p.after,
+    limit: p.limit,
+    orderBy: 'step',
+  });
+  if (!page) throw new WeitiaoError('not_found', `no such checkpoint: ${p.after} / 找不到该检查点`, { param: 'after' });
+  return listPage(page.rows.map(checkpointToWire), page.has_more);
+}
+
+// ------------------------------------------------------------------------------------------ helpers
+
+export function jobToWire(row: JobRow): FineTuningJob {
+  const ext = parseExtension(row);
+  const method = JSON.parse(row.method) as FineTuningJob['method'];
+  const r = ext.resolved;
+  return {
+    id: row.id,
+    object: 'fine_tuning.job',
+    created_at: row.created_at,
+    finished_at: row.finished_at,
+    model: row.model,
+    fine_tuned_model: row.fine_tuned_model,
+    organization_id: 'org-weitiao',
+    result_files: JSON.parse(row.result_files) as string[],
+    status: row.status,
+    validation_file: row.validation_file,
+    training_file: row.training_file,
+    hyperparameters: method.supervised.hyperparameters,
+    method,
+    trained_tokens: row.trained_tokens,
+    error: row.error ? (JSON.parse(row.error) as FineTuningJob['error']) : null,
+    seed: row.seed,
+    estimated_finish: row.estimated_finish,
+    metadata: row.metadata ? (JSON.parse(row.metadata) as Record<string, string>) : null,
+    suffix: row.suffix,
+    user_provided_suffix: row.suffix,
+    integrations: [],
+    weitiao: {
+      progress: ext.progress,
+      hyperparameters: r
+        ? {
+            n_epochs: r.n_epochs,
+            batch_size: r.batch_size,
+            learning_rate: r.learning_rate,
+            learning_rate_multiplier: r.learning_rate_multiplier,
+            weight_decay: r.weight_decay,
+            max_grad_norm: r.max_grad_norm,
+            warmup_ratio: r.warmup_ratio,
+            lr_scheduler: r.lr_scheduler,
+            auto: r.auto,
+            estimated_total_steps: r.estimated_total_steps,
+          }
+        : null,
+      lora: { ...ext.settings.lora },
+      eval_every_steps: ext.settings.eval_every_steps ?? 0,
+      save_every_steps: ext.settings.save_every_steps ?? 0,
+      max_steps: ext.settings.max_steps ?? null,
+      label_set: ext.label_set ?? ext.settings.label_set,
+      n_examples: ext.n_examples,
+      n_validation_examples: ext.n_validation_examples,
+      label_metrics: ext.label_metrics,
+      requested_action: row.requested_action,
+      attempts: row.attempts,
+    },
+  };
+}
+
+function checkpointToWire(row: CheckpointRow): FineTuningJobCheckpoint {
+  return {
+    id: row.id,
+    object: 'fine_tuning.job.checkpoint',
+    created_at: row.created_at,
+    fine_tuned_model_checkpoint: row.fine_tuned_model_checkpoint,
+    step_number: row.step,
+    metrics: JSON.parse(row.metrics) as FineTuningJobCheckpoint['metrics'],
+    fine_tuning_job_id: row.job_id,
+  };
+}
+
+function requireJob(ctx: Context, id: string): JobRow {
+  const row = getJobRow(ctx.db, id);
+  if (!row) throw jobNotFound(id);
+  return row;
+}
+
+function jobNotFound(id: string, param = 'fine_tuning_job_id'): WeitiaoError {
+  return new WeitiaoError('not_found', `no such fine-tuning job: ${id} / 找不到微调任务 ${id}`, { param });
+}
+
+function requireTrainingFile(ctx: Context, id: string, param: 'training_file' | 'validation_file'): void {
+  let file;
+  try {
+    file = retrieveFile(ctx, id);
+  } catch (err) {
+    const e = WeitiaoError.from(err);
+    if (e.code !== 'not_found') throw e;
+    throw new WeitiaoError('not_found', `${param} '${id}' not found; upload it first (\`weitiao files upload\`) / 找不到文件 ${id}`, {
+      param,
+    });
+  }
+  if (file.purpose !== 'fine-tune') {
+    throw new WeitiaoError(
+      'invalid_request',
+      `${param} '${id}' has purpose '${file.purpose}'; upload it with purpose 'fine-tune' / 文件用途须为 fine-tune`,
+      { param },
+    );
+  }
+}
+
+/** Parses service parameters: every problem in the message, the first one's path as `param`. */
+function parseParams<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new WeitiaoError('invalid_request', z.prettifyError(parsed.error), { param: issue?.path.map(String).join('.') || undefined });
+  }
+  return parsed.data;
+}

@@ -1,0 +1,209 @@
+/**
+ * Training requests: the `auto` hyperparameter rules, and a job's settings → the engine's TrainRequest.
+ *
+ * The `auto` rules (OpenAI's, from its fine-tuning guide and cookbook, with a CPU cap on batch size):
+ *
+ * | setting                    | auto rule                                                                      | range    |
+ * | -------------------------- | ------------------------------------------------------------------------------ | -------- |
+ * | `n_epochs`                 | 3, then adjusted so n_examples × n_epochs stays within [100, 25000]:           | 1 … 25   |
+ * |                            | below 100 → ⌈100 / n⌉; above 25000 → ⌊25000 / n⌋                               |          |
+ * | `batch_size`               | 0.2 % of n_examples, rounded to the nearest power of two (in log scale)        | 1 … 64 on CPU, 1 … 256 on GPU |
+ * | `learning_rate_multiplier` | 1                                                                              | > 0, ≤ 10 |
+ * | learning rate              | the method's base rate (LoRA: 2e-4) × the multiplier; an explicit              | > 0      |
+ * |                            | `weitiao.learning_rate` replaces both (the multiplier is then reported as      |          |
+ * |                            | learning_rate / base)                                                          |          |
+ *
+ * Edge cases: 1 example → 25 epochs (⌈100/1⌉ capped at 25); 20 examples → 5 epochs (⌈100/20⌉); 64 examples → 3 epochs,
+ * batch 1; 8,390 examples (waimai's 70 % split) → 2 epochs (3 × 8,390 > 25,000), batch 16; 100,000 examples → 1 epoch
+ * (⌊25000/100000⌋ = 0, raised to 1), batch 64 on CPU (0.2 % = 200 → 256, capped).
+ * An explicit batch size larger than the data is cut to n_examples (a batch cannot hold more than all of it).
+ */
+import { z } from 'zod';
+import { WeitiaoError } from '../errors.js';
+import { TrainRequest, type TrainRequest as TrainRequestInput } from '../engine/protocol.js';
+
+export type Method = 'lora';
+
+/** Each method's base learning rate (multiplier 1). */
+export const BASE_LEARNING_RATE: Record<Method, number> = {
+  // LoRA trains small low-rank matrices from zero: it wants ~10× a full fine-tune's rate (PEFT/QLoRA papers use 1e-4…3e-4).
+  lora: 2e-4,
+};
+
+export const EPOCH_RULE = { default: 3, minTrainedExamples: 100, maxTrainedExamples: 25000, min: 1, max: 25 } as const;
+export const BATCH_RULE = { fraction: 0.002, min: 1, maxCpu: 64, maxGpu: 256 } as const;
+
+const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
+
+/** The hyperparameters a user may ask for: OpenAI's three (each may be `auto`) plus weitiao's optimiser settings. */
+export const RequestedHyperparameters = z.object({
+  n_epochs: auto(z.number().int().min(1).max(50)).optional(),
+  batch_size: auto(z.number().int().min(1).max(256)).optional(),
+  learning_rate_multiplier: auto(z.number().positive().max(10)).optional(),
+  learning_rate: z.number().positive().max(1).optional(),
+  weight_decay: z.number().min(0).optional(),
+  max_grad_norm: z.number().positive().optional(),
+  warmup_ratio: z.number().min(0).max(1).optional(),
+  lr_scheduler: z.enum(['linear', 'cosine', 'constant']).optional(),
+});
+export type RequestedHyperparameters = z.infer<typeof RequestedHyperparameters>;
+
+export interface ResolvedHyperparameters {
+  n_epochs: number;
+  batch_size: number;
+  learning_rate_multiplier: number;
+  learning_rate: number;
+  weight_decay: number;
+  max_grad_norm: number;
+  warmup_ratio: number;
+  lr_scheduler: 'linear' | 'cosine' | 'constant';
+  /** Which of OpenAI's three were chosen by the `auto` rules. */
+  auto: Array<'n_epochs' | 'batch_size' | 'learning_rate_multiplier'>;
+  /** ⌈n_examples / batch_size⌉ × n_epochs: what the engine will run unless `max_steps` stops it first. */
+  estimated_total_steps: number;
+}
+
+export interface ResolveHyperparametersInput {
+  n_examples: number;
+  requested?: RequestedHyperparameters;
+  method?: Method;
+  device?: 'cpu' | 'cuda';
+}
+
+/** Applies the `auto` rules above; throws `invalid_request` for values out of range. */
+export function resolveHyperparameters(input: ResolveHyperparametersInput): ResolvedHyperparameters {
+  const { n_examples } = input;
+  const method = input.method ?? 'lora';
+  if (!Number.isInteger(n_examples) || n_examples < 1) {
+    throw new WeitiaoError('invalid_request', `the training file has no usable examples (${n_examples}) / 训练文件没有可用的样本`, {
+      param: 'training_file',
+    });
+  }
+  const parsed = RequestedHyperparameters.safeParse(input.requested ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new WeitiaoError('invalid_request', `invalid hyperparameters: ${z.prettifyError(parsed.error)}`, {
+      param: ['hyperparameters', ...(issue?.path.map(String) ?? [])].join('.'),
+    });
+  }
+  const req = parsed.data;
+  const autoKeys: ResolvedHyperparameters['auto'] = [];
+
+  let n_epochs: number;
+  if (req.n_epochs === undefined || req.n_epochs === 'auto') {
+    autoKeys.push('n_epochs');
+    n_epochs = autoEpochs(n_examples);
+  } else n_epochs = req.n_epochs;
+
+  let batch_size: number;
+  if (req.batch_size === undefined || req.batch_size === 'auto') {
+    autoKeys.push('batch_size');
+    batch_size = autoBatchSize(n_examples, input.device ?? 'cpu');
+  } else batch_size = Math.min(req.batch_size, n_examples);
+
+  const base = BASE_LEARNING_RATE[method];
+  const multiplierGiven = req.learning_rate_multiplier !== undefined && req.learning_rate_multiplier !== 'auto';
+  if (req.learning_rate !== undefined && multiplierGiven) {
+    throw new WeitiaoError(
+      'invalid_request',
+      'give either learning_rate_multiplier or weitiao.learning_rate, not both / 学习率倍数与学习率只能指定一个',
+      { param: 'weitiao.learning_rate' },
+    );
+  }
+  let learning_rate: number;
+  let learning_rate_multiplier: number;
+  if (req.learning_rate !== undefined) {
+    learning_rate = req.learning_rate;
+    learning_rate_multiplier = learning_rate / base;
+  } else {
+    if (!multiplierGiven) autoKeys.push('learning_rate_multiplier');
+    learning_rate_multiplier = multiplierGiven ? (req.learning_rate_multiplier as number) : 1;
+    learning_rate = base * learning_rate_multiplier;
+  }
+
+  return {
+    n_epochs,
+    batch_size,
+    learning_rate_multiplier,
+    learning_rate,
+    weight_decay: req.weight_decay ?? 0,
+    max_grad_norm: req.max_grad_norm ?? 1,
+    warmup_ratio: req.warmup_ratio ?? 0,
+    lr_scheduler: req.lr_scheduler ?? 'linear',
+    auto: autoKeys,
+    estimated_total_steps: Math.ceil(n_examples / batch_size) * n_epochs,
+  };
+}
+
+/** 3 epochs, adjusted so the model sees between 100 and 25,000 examples in all; 1 … 25. */
+export function autoEpochs(n_examples: number): number {
+  let epochs: number = EPOCH_RULE.default;
+  if (n_examples * epochs < EPOCH_RULE.minTrainedExamples) epochs = Math.ceil(EPOCH_RULE.minTrainedExamples / n_examples);
+  else if (n_examples * epochs > EPOCH_RULE.maxTrainedExamples) epochs = Math.floor(EPOCH_RULE.maxTrainedExamples / n_examples);
+  return Math.min(EPOCH_RULE.max, Math.max(EPOCH_RULE.min, epochs));
+}
+
+/** 0.2 % of the examples, to the nearest power of two; 1 … 64 on CPU (memory and step time), 1 … 256 on GPU. */
+export function autoBatchSize(n_examples: number, device: 'cpu' | 'cuda' = 'cpu'): number {
+  const target = n_examples * BATCH_RULE.fraction;
+  const power = target <= 1 ? 1 : 2 ** Math.round(Math.log2(target));
+  const max = device === 'cpu' ? BATCH_RULE.maxCpu : BATCH_RULE.maxGpu;
+  return Math.min(max, Math.max(BATCH_RULE.min, power));
+}
+
+export interface BuildTrainRequestInput {
+  /** The base model's directory (HF format). */
+  basePath: string;
+  /** The job's directory; checkpoints and the final model go under it. */
+  outputDir: string;
+  trainingFile: string;
+  validationFile?: string | null;
+  hyperparameters: ResolvedHyperparameters;
+  seed: number;
+  lora?: { r?: number; alpha?: number; dropout?: number; target_modules?: 'all-linear' | string[] };
+  labelSet?: string[] | null;
+  evalEverySteps?: number;
+  saveEverySteps?: number;
+  maxSteps?: number | null;
+  maxSeqLength?: number;
+  resume?: boolean;
+  threads?: number | null;
+}
+
+/** The engine's `train` request for resolved settings, validated against the protocol schema. */
+export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestInput {
+  const hp = input.hyperparameters;
+  const request: TrainRequestInput = {
+    base_model: input.basePath,
+    output_dir: input.outputDir,
+    training_file: input.trainingFile,
+    validation_file: input.validationFile ?? null,
+    method: 'lora',
+    lora: input.lora ?? {},
+    hyperparameters: {
+      n_epochs: hp.n_epochs,
+      batch_size: hp.batch_size,
+      learning_rate: hp.learning_rate,
+      weight_decay: hp.weight_decay,
+      max_grad_norm: hp.max_grad_norm,
+      warmup_ratio: hp.warmup_ratio,
+      lr_scheduler: hp.lr_scheduler,
+      seed: input.seed,
+      ...(input.maxSeqLength !== undefined ? { max_seq_length: input.maxSeqLength } : {}),
+    },
+    eval_every_steps: input.evalEverySteps ?? 0,
+    save_every_steps: input.saveEverySteps ?? 0,
+    label_set: input.labelSet ?? null,
+    resume: input.resume ?? false,
+    max_steps: input.maxSteps ?? null,
+    threads: input.threads ?? null,
+  };
+  const parsed = TrainRequest.safeParse(request);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new WeitiaoError('invalid_request', `invalid training settings: ${z.prettifyError(parsed.error)}`, {
+      param: issue?.path.map(String).join('.'),
+    });
+  }
+  return request;
+}
