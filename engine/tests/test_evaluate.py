@@ -11,7 +11,8 @@ import torch
 
 from weitiao_engine import evaluate
 from weitiao_engine.generate import chat_completion
-from weitiao_engine.loading import answer_ids, label_scores, load_model, prompt_ids, score_labels
+from weitiao_engine.chat_format import answer_ids
+from weitiao_engine.loading import label_scores, load_model, score_labels
 from weitiao_engine.protocol import EngineError, EvaluateRequest
 
 LABELS = ["好评", "差评"]
@@ -48,7 +49,7 @@ def read_examples(path: str, n: int) -> list[list[dict[str, str]]]:
 
 def reference_logprob(model, tokenizer, messages, answer: str) -> float:
     """log p(answer + end-of-turn | prompt) from one plain, unpadded forward pass over the whole sequence."""
-    p, c = prompt_ids(tokenizer, messages), answer_ids(tokenizer, answer)
+    p, (c,) = answer_ids(tokenizer, messages, [answer])
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([p + c])).logits[0].float()
     logp = torch.log_softmax(logits, dim=-1)
@@ -59,10 +60,10 @@ def test_batched_scores_equal_unbatched_and_reference(base, waimai_small):
     model, tokenizer = base
     prompts = [m[:-1] for m in read_examples(waimai_small["validation"], 13)]
     labels = LABELS + ["一般般吧，还行"]  # answers of different token lengths share a batch
-    assert len({len(answer_ids(tokenizer, label)) for label in labels}) > 1
+    assert len({len(c) for c in answer_ids(tokenizer, prompts[0], labels)[1]}) > 1
     batched = label_scores(model, tokenizer, prompts, labels, batch_size=5)  # 39 rows: ragged last batch
     single = [label_scores(model, tokenizer, [p], labels, batch_size=1)[0] for p in prompts]
-    assert len({len(prompt_ids(tokenizer, p)) for p in prompts}) > 3  # padding really happens
+    assert len({len(answer_ids(tokenizer, p, [])[0]) for p in prompts}) > 3  # padding really happens
     for b_row, s_row, p in zip(batched, single, prompts):
         for j, label in enumerate(labels):
             assert b_row[j] == pytest.approx(s_row[j], abs=1e-4)
@@ -98,7 +99,7 @@ def test_evaluate_with_labels(tiny_model, adapter, tuned, waimai_small):
     single = [label_scores(model, tokenizer, [m[:-1]], LABELS, batch_size=1)[0] for m in examples]
     assert [p["predicted"] for p in result["predictions"]] == [LABELS[0] if s[0] >= s[1] else LABELS[1] for s in single]
     nll = -sum(s[LABELS.index(e)] for s, e in zip(single, expected))
-    tokens = sum(len(answer_ids(tokenizer, e)) for e in expected)
+    tokens = sum(len(answer_ids(tokenizer, m[:-1], [m[-1]["content"]])[1][0]) for m in examples)
     assert result["valid_loss"] == pytest.approx(nll / tokens, abs=1e-4)
 
     metrics = result["label_metrics"]

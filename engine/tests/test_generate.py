@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from weitiao_engine.chat_format import prompt_ids
 from weitiao_engine.generate import TextStream, chat_completion
-from weitiao_engine.loading import load_model, prompt_ids
+from weitiao_engine.loading import load_model
 
 MESSAGES = [
     {"role": "system", "content": "你是一位外卖评论好评差评评论专家。"},

@@ -20,7 +20,8 @@ import torch
 from pydantic import ValidationError
 
 from . import protocol
-from .loading import answer_ids, continuation_logprobs, label_scores, load_model, prompt_ids, stop_token_ids
+from .chat_format import answer_ids, prompt_ids
+from .loading import continuation_logprobs, load_model, stop_token_ids
 from .metrics import label_metrics
 from .protocol import ChatExample, EngineError, EvaluateRequest
 
@@ -40,24 +41,21 @@ def run(request: EvaluateRequest) -> dict[str, Any]:
 
     if request.labels:
         labels = list(request.labels)
-        scores = label_scores(
-            model, tokenizer, prompts, labels, request.batch_size, on_batch=lambda rows: report(rows // len(labels))
-        )
-        predicted = [labels[max(range(len(labels)), key=lambda j: row[j])] for row in scores]
-        # The expected answer's label score is already its teacher-forced log-likelihood.
-        known = {i: row[labels.index(expected[i])] for i, row in enumerate(scores) if expected[i] in labels}
-        missing = len(examples) - len(known)
+        missing = sum(1 for e in expected if e not in labels)
         if missing:
             protocol.log(
                 f"{missing} expected answers are not among the labels {labels} / {missing} 条答案不在标签集中",
                 level="warning",
             )
-        valid_loss = _answer_loss(model, tokenizer, prompts, expected, request.batch_size, known)
+        # One pass scores every label and, for answers outside the label set, the answer itself (for the loss).
+        scores, answer_logp, answer_tokens = _score(model, tokenizer, prompts, expected, labels, request.batch_size, report)
+        predicted = [labels[max(range(len(labels)), key=lambda j: row[j])] for row in scores]
         metrics: Optional[dict[str, Any]] = label_metrics(expected, predicted, labels)
     else:
         predicted = generate_greedy(model, tokenizer, prompts, request.batch_size, _max_new_tokens(tokenizer, expected), report)
-        valid_loss = _answer_loss(model, tokenizer, prompts, expected, request.batch_size, {})
+        _, answer_logp, answer_tokens = _score(model, tokenizer, prompts, expected, [], request.batch_size, None)
         metrics = None
+    valid_loss = -sum(answer_logp) / answer_tokens if answer_tokens else None
 
     elapsed = time.perf_counter() - started
     report(len(examples), force=True)
@@ -122,28 +120,37 @@ def _field(loc: tuple[Any, ...]) -> str:
 # ------------------------------------------------------------------------------------------------- passes
 
 
-def _answer_loss(
+def _score(
     model: Any,
     tokenizer: Any,
     prompts: list[list[dict[str, str]]],
     expected: list[str],
+    labels: list[str],
     batch_size: int,
-    known: dict[int, float],
-) -> Optional[float]:
-    """Mean per-token negative log-likelihood of the expected answers; `known` holds log-likelihoods already scored."""
-    answers = [answer_ids(tokenizer, e) for e in expected]
-    todo = [i for i in range(len(expected)) if i not in known]
-    if todo:
-        pairs = [(prompt_ids(tokenizer, prompts[i]), answers[i]) for i in todo]
-        for i, s in zip(todo, continuation_logprobs(model, pairs, batch_size, tokenizer.pad_token_id)):
-            known[i] = s
-    tokens = sum(len(a) for a in answers)
-    return -sum(known.values()) / tokens if tokens else None
+    report: Any,
+) -> tuple[list[list[float]], list[float], int]:
+    """(label scores per example, log-likelihood of each expected answer, total expected-answer tokens)."""
+    pairs: list[tuple[list[int], list[int]]] = []
+    slots: list[tuple[int, int]] = []  # per example: (first pair, index of the expected answer's pair)
+    tokens = 0
+    for messages, answer in zip(prompts, expected):
+        candidates = labels if answer in labels else labels + [answer]
+        prompt, conts = answer_ids(tokenizer, messages, candidates)
+        slots.append((len(pairs), len(pairs) + candidates.index(answer)))
+        tokens += len(conts[candidates.index(answer)])
+        pairs.extend((prompt, c) for c in conts)
+    on_batch = None
+    if report is not None:
+        # Rows run shortest first, not in file order, so progress is the share of rows done, in examples.
+        on_batch = lambda rows: report(rows * len(prompts) // len(pairs))  # noqa: E731
+    flat = continuation_logprobs(model, pairs, batch_size, tokenizer.pad_token_id, on_batch)
+    k = len(labels)
+    return [flat[first : first + k] for first, _ in slots], [flat[at] for _, at in slots], tokens
 
 
 def _max_new_tokens(tokenizer: Any, expected: list[str]) -> int:
-    longest = max(len(answer_ids(tokenizer, e)) for e in expected)
-    return max(MIN_NEW_TOKENS, longest + 8)
+    longest = max(len(tokenizer.encode(e, add_special_tokens=False)) for e in expected)
+    return max(MIN_NEW_TOKENS, longest + 8)  # room for the end-of-turn token and a little more
 
 
 @torch.no_grad()
@@ -191,14 +198,16 @@ def generate_greedy(
 
 
 class _Progress:
-    """Emits `progress` events (phase `evaluate`, in examples), at most a few per second."""
+    """Emits `progress` events (phase `evaluate`, in examples), at most two a second, never the same twice."""
 
     def __init__(self, total: int):
         self.total = total
-        self.last = 0.0
+        self.when = 0.0
+        self.sent = -1
 
     def __call__(self, current: int, force: bool = False) -> None:
+        current = min(current, self.total)
         now = time.monotonic()
-        if force or now - self.last >= 0.5:
-            self.last = now
-            protocol.progress("evaluate", min(current, self.total), self.total)
+        if current != self.sent and (force or now - self.when >= 0.5):
+            self.when, self.sent = now, current
+            protocol.progress("evaluate", current, self.total)

@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import protocol
-from .loading import Message, load_model, prompt_ids, stop_token_ids
+from .chat_format import Message, prompt_ids
+from .loading import load_model, stop_token_ids
 from .protocol import ChatRequest, EngineError
 
 

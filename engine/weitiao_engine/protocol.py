@@ -29,6 +29,7 @@ class ChatMessage(Strict):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
     weight: Optional[Literal[0, 1]] = None  # OpenAI's field: 0 = do not train on this assistant turn
+    name: Optional[str] = None  # OpenAI allows it; templates ignore it
 
 
 class ChatExample(Strict):

@@ -17,6 +17,8 @@ export const ChatMessage = z.object({
   content: z.string(),
   /** OpenAI's per-message training weight: 0 means "do not train on this assistant turn". */
   weight: z.union([z.literal(0), z.literal(1)]).optional(),
+  /** OpenAI allows it; chat templates ignore it. */
+  name: z.string().optional(),
 });
 export type ChatMessage = z.infer<typeof ChatMessage>;
 

@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,7 +39,7 @@ let tmp: string;
 let ctx: Context;
 let key: string;
 let baseUrl: string;
-let server: ReturnType<typeof createAdaptorServer>;
+let server: Server;
 let worker: Worker;
 let browser: Browser;
 
@@ -84,7 +85,7 @@ before(async () => {
   const app = createApp(ctx, { auth: true });
   app.route('/', extensionRoutes(ctx));
   app.use('/*', serveStatic({ root: path.relative(process.cwd(), DIST) || '.' }));
-  server = createAdaptorServer({ fetch: app.fetch, hostname: '127.0.0.1' });
+  server = createAdaptorServer({ fetch: app.fetch, hostname: '127.0.0.1' }) as Server;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   worker = new Worker(ctx, { pollMs: 200 });

@@ -378,25 +378,26 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> tuple[torch.Tensor
 
 
 def token_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the labelled tokens: (logp [B, K], mask [B, K], argmax correct [B, K]).
+    """Log-probabilities of the labelled tokens, flattened: (logp [N], row of each [N], argmax right [N]).
 
-    Only the K positions where some row has a label go through the LM head: for short answers after
-    long prompts that is most of the compute of a large vocabulary saved.
+    Only the N positions that predict a labelled token go through the LM head: with short answers
+    after long prompts that skips most of the head's matmul and softmax over the vocabulary.
     """
     targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    keep = mask.any(dim=0).nonzero().squeeze(1)  # logits at position j predict token j + 1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits.float()
-    targets, mask = targets[:, keep], mask[:, keep]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    correct = (logits.argmax(dim=-1) == targets) & mask
-    return logp * mask, mask, correct
+    mask = targets != IGNORE_INDEX  # hidden state j predicts token j + 1
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT's LoRA layers live inside it
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    targets = targets[mask]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    rows = mask.nonzero()[:, 0]
+    return logp, rows, logits.argmax(dim=-1) == targets
 
 
 def token_loss(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, int, int]:
     """(sum of cross-entropy over labelled tokens, their number, how many the model's argmax got right)."""
-    logp, mask, correct = token_logprobs(model, input_ids, attention_mask, labels)
-    return -logp.sum(), int(mask.sum()), int(correct.sum())
+    logp, _, correct = token_logprobs(model, input_ids, attention_mask, labels)
+    return -logp.sum(), logp.numel(), int(correct.sum())
 
 
 # ---------------------------------------------------------------------------------------------- validate
@@ -450,9 +451,10 @@ def score_sequences(model, sequences: list[list[int]], answer_lengths: list[int]
         for i in batch:
             seq, k = sequences[i], answer_lengths[i]
             examples.append(TokenizedExample(seq, [IGNORE_INDEX] * (len(seq) - k) + seq[-k:]))
-        logp, _, _ = token_logprobs(model, *collate(examples, pad_id))
+        logp, rows, _ = token_logprobs(model, *collate(examples, pad_id))
+        sums = torch.zeros(len(batch)).index_add_(0, rows, logp)
         for row, i in enumerate(batch):
-            scores[i] = logp[row].sum().item()
+            scores[i] = sums[row].item()
     return scores
 
 

@@ -1,0 +1,791 @@
+/**
+ * Data preparation: read a user's CSV/TSV/JSONL (UTF-8, GBK/GB18030, UTF-16), map columns to chat
+ * turns, check every example, split reproducibly and write OpenAI chat fine-tuning JSONL atomically.
+ *
+ * ```ts
+ * const result = await prepareDataset({
+ *   input: 'waimai_10k.csv', output_dir: 'out',
+ *   system: '你是一位外卖评论好评差评评论专家。', user: '{review}', assistant: '{label}',
+ *   label_map: '1=好评,0=差评', validation: 0.3, seed: 100,
+ * });
+ * if (result.errors.length) process.exitCode = 3; // nothing was written
+ * ```
+ * Data problems never throw: they come back as `Issue`s (file, line, field, code, bilingual message),
+ * all of them, so a person can fix a file in one go. Bad options throw `invalid_request`, a missing
+ * file `not_found`.
+ */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { runEngine, type ChatExample } from '../engine/index.js';
+import { WeitiaoError, formatLocation } from '../errors.js';
+import { answerOf, charLength, checkExample, clip, DuplicateFinder, problem, promptOf, type Problem } from './internal/check.js';
+import { ENCODINGS, resolveEncoding } from './internal/encoding.js';
+import { mulberry32, permutation } from './internal/random.js';
+import { assertReadable, openSource, readJsonLines, readTable } from './internal/source.js';
+import { histogram, summarize } from './internal/summary.js';
+import { parseTemplate, renderTemplate, type Template } from './internal/template.js';
+import { writeFilesAtomic } from './internal/atomic.js';
+
+export { writeFileAtomic, writeFilesAtomic, type AtomicFile } from './internal/atomic.js';
+export { detectEncoding } from './internal/encoding.js';
+export { mulberry32 } from './internal/random.js';
+
+// ------------------------------------------------------------------------------------------- schemas
+
+export const Encoding = z.enum(ENCODINGS);
+export const DataFormat = z.enum(['csv', 'tsv', 'jsonl']);
+export type DataFormat = z.infer<typeof DataFormat>;
+
+/**
+ * Issue codes. Errors: data_type, missing_messages_list, message_missing_key, message_unrecognized_key,
+ * unrecognized_role, missing_content, example_missing_assistant_message, invalid_weight, too_many_tokens,
+ * empty_file, and for source files csv_syntax, field_count, duplicate_column, missing_field,
+ * invalid_value, empty_value (when the message would be empty), unknown_label.
+ * Warnings: exact_duplicate, conflicting_duplicate (an error with `conflicts: 'error'`), empty_value
+ * (when the template still has text around the empty value).
+ */
+export const Issue = z.object({
+  file: z.string(),
+  /** 1-based physical line; null for whole-file problems (an empty file). */
+  line: z.number().int().nullable(),
+  /** The field at fault, e.g. `messages[1].role`, or a source column such as `review`. */
+  field: z.string().nullable(),
+  code: z.string(),
+  severity: z.enum(['error', 'warning']),
+  /** English, then Chinese: "unrecognized role 'bot' (allowed: …) / 无法识别的角色 'bot'". */
+  message: z.string(),
+});
+export type Issue = z.infer<typeof Issue>;
+
+/** Options of `prepareDataset`; the CLI and API validate their input with this schema. */
+export const PrepareOptions = z.object({
+  /** The source file: .csv, .tsv, .jsonl (chat format or plain records). */
+  input: z.string().min(1),
+  /** Where train.jsonl and validation.jsonl go (created if missing). */
+  output_dir: z.string().min(1),
+  /** Defaults to the extension (.csv/.tsv/.jsonl), else a look at the first line. */
+  format: DataFormat.optional(),
+  /** `auto`: BOM, else valid UTF-8, else GB18030 (what Chinese Excel writes). */
+  encoding: Encoding.default('auto'),
+  /** Message templates with `{column}` placeholders; user and assistant are required for CSV/TSV and record JSONL. */
+  system: z.string().optional(),
+  user: z.string().min(1).optional(),
+  assistant: z.string().min(1).optional(),
+  /** `1=好评,0=差评` (full-width ＝ and ， too) or an object; applied to the label column. */
+  label_map: z.union([z.string(), z.record(z.string(), z.string())]).optional(),
+  /** The column the label map applies to; defaults to the assistant template's only placeholder. */
+  label_column: z.string().optional(),
+  /** Fraction of examples for validation.jsonl; 0 writes train.jsonl only. */
+  validation: z.number().min(0).lt(1).default(0),
+  seed: z.number().int().default(42),
+  /** `auto`: stratify by answer when the answers form a small label set (see detectLabelSet). */
+  stratify: z.union([z.literal('auto'), z.boolean()]).default('auto'),
+  /** Same prompt, different answer: a warning by default (real data has a few), or an error. */
+  conflicts: z.enum(['warning', 'error']).default('warning'),
+  /** A base model directory: examples longer than its max length (real tokenizer) are errors. */
+  model_dir: z.string().optional(),
+  /** Overrides the model's max length for the too_many_tokens check. */
+  max_length: z.number().int().positive().optional(),
+  /** Output file names or paths, relative to output_dir. */
+  train_file: z.string().min(1).default('train.jsonl'),
+  validation_file: z.string().min(1).default('validation.jsonl'),
+});
+export type PrepareOptions = z.input<typeof PrepareOptions>;
+
+export const ValidateOptions = z.object({
+  encoding: Encoding.default('auto'),
+  model_dir: z.string().optional(),
+  max_length: z.number().int().positive().optional(),
+  conflicts: z.enum(['warning', 'error']).default('warning'),
+});
+export type ValidateOptions = z.input<typeof ValidateOptions>;
+
+export const StatsOptions = z.object({
+  encoding: Encoding.default('auto'),
+  /** Count with this base model's tokenizer; without it, lengths are in characters. */
+  model_dir: z.string().optional(),
+  max_length: z.number().int().positive().optional(),
+  /** For the estimate of trained tokens (OpenAI bills tokens × epochs). */
+  epochs: z.number().int().positive().default(1),
+  /** About this many histogram bins. */
+  bins: z.number().int().min(1).max(200).default(20),
+});
+export type StatsOptions = z.input<typeof StatsOptions>;
+
+const SplitPart = z.object({
+  file: z.string(),
+  examples: z.number().int(),
+  /** Examples per answer, when the answers form a label set. */
+  label_counts: z.record(z.string(), z.number().int()).nullable(),
+});
+
+export const PrepareResult = z.object({
+  input: z.string(),
+  format: DataFormat,
+  encoding: z.string(),
+  /** `chat` for chat-format JSONL; `columns` when templates mapped records. */
+  mode: z.enum(['chat', 'columns']),
+  /** Source records read (header excluded). */
+  rows: z.number().int(),
+  /** Examples produced (rows without errors). */
+  examples: z.number().int(),
+  label_set: z.array(z.string()).nullable(),
+  stratified: z.boolean(),
+  seed: z.number().int(),
+  validation_fraction: z.number(),
+  /** False when there were errors: then nothing was written. */
+  written: z.boolean(),
+  train: SplitPart.nullable(),
+  validation: SplitPart.nullable(),
+  errors: z.array(Issue),
+  warnings: z.array(Issue),
+});
+export type PrepareResult = z.infer<typeof PrepareResult>;
+
+export const ValidationReport = z.object({
+  file: z.string(),
+  encoding: z.string(),
+  /** Non-blank lines. */
+  examples: z.number().int(),
+  /** Examples without errors. */
+  valid_examples: z.number().int(),
+  errors: z.array(Issue),
+  warnings: z.array(Issue),
+  label_set: z.array(z.string()).nullable(),
+  /** With a tokenizer: one count per valid example, in file order (one per line when there are no errors). */
+  token_counts: z.array(z.number().int()).optional(),
+  max_length: z.number().int().optional(),
+});
+export type ValidationReport = z.infer<typeof ValidationReport>;
+
+const Summary = z.object({ min: z.number(), mean: z.number(), p50: z.number(), p95: z.number(), max: z.number() });
+
+export const DatasetStats = z.object({
+  file: z.string(),
+  encoding: z.string(),
+  /** Valid examples, the ones every figure below is about. */
+  examples: z.number().int(),
+  /** Lines skipped because of errors (run validate for the details). */
+  invalid_examples: z.number().int(),
+  /** `tokens` with the base model's tokenizer (model_dir), else `characters` (Unicode code points, no template). */
+  token_unit: z.enum(['tokens', 'characters']),
+  messages_per_example: Summary.nullable(),
+  tokens_per_example: Summary.nullable(),
+  /** The final assistant turn (with its template tokens when counted by tokenizer): what the loss is on. */
+  assistant_tokens_per_example: Summary.nullable(),
+  total_tokens: z.number().int(),
+  total_assistant_tokens: z.number().int(),
+  epochs: z.number().int(),
+  /** total_tokens × epochs. */
+  estimated_trained_tokens: z.number().int(),
+  estimated_trained_assistant_tokens: z.number().int(),
+  label_set: z.array(z.string()).nullable(),
+  distinct_answers: z.number().int(),
+  /** Per answer, when the answers form a label set; largest first. */
+  answer_distribution: z.array(z.object({ answer: z.string(), count: z.number().int(), share: z.number() })).nullable(),
+  histogram: z.object({
+    unit: z.enum(['tokens', 'characters']),
+    bin_width: z.number(),
+    bins: z.array(z.object({ start: z.number(), end: z.number(), count: z.number().int() })),
+  }),
+  /** With a tokenizer: the max length used and how many examples exceed it. */
+  max_length: z.number().int().optional(),
+  over_max_length: z.number().int().optional(),
+});
+export type DatasetStats = z.infer<typeof DatasetStats>;
+
+/** Counts tokens of chat examples with a real tokenizer (chat template applied). Injectable for tests. */
+export type TokenCounter = (examples: ChatExample[]) => Promise<{ counts: number[]; model_max_length: number }>;
+
+export interface DataDeps {
+  /** Replaces the engine-backed counter (normally built from `model_dir`). */
+  countTokens?: TokenCounter;
+}
+
+/** The base model's tokenizer, through the engine's `count-tokens` command (one process per call). */
+export function engineTokenCounter(modelDir: string): TokenCounter {
+  return (examples) => runEngine('count-tokens', { model: modelDir, examples });
+}
+
+// ------------------------------------------------------------------------------------------- helpers
+
+/**
+ * Parses `1=好评,0=差评` into `{ "1": "好评", "0": "差评" }`. Half- and full-width `=`/`＝` and
+ * `,`/`，` both work; spaces around keys and values are dropped. Labels cannot contain a comma.
+ */
+export function parseLabelMap(text: string): Record<string, string> {
+  const map: Record<string, string> = {};
+  for (const raw of text.split(/[,，]/)) {
+    const entry = raw.trim();
+    if (!entry) continue;
+    const eq = entry.search(/[=＝]/);
+    const key = eq < 0 ? '' : entry.slice(0, eq).trim();
+    const value = eq < 0 ? '' : entry.slice(eq + 1).trim();
+    if (!key || !value) {
+      throw new WeitiaoError('invalid_request', `label map entry '${entry}' is not key=label (e.g. 1=好评,0=差评) / 标签映射项 '${entry}' 格式应为 键=标签`, {
+        param: 'label_map',
+      });
+    }
+    if (Object.hasOwn(map, key)) {
+      throw new WeitiaoError('invalid_request', `label map has '${key}' twice / 标签映射中 '${key}' 重复`, { param: 'label_map' });
+    }
+    map[key] = value;
+  }
+  if (Object.keys(map).length === 0) {
+    throw new WeitiaoError('invalid_request', 'label map is empty (e.g. 1=好评,0=差评) / 标签映射为空', { param: 'label_map' });
+  }
+  return map;
+}
+
+/** Limits of detectLabelSet, exported so documentation and tests quote the same numbers. */
+export const LABEL_SET_RULE = { max_labels: 20, max_label_chars: 20, max_share_of_examples: 0.05 } as const;
+
+/**
+ * The answers' label set, or null when they look like free text. A label set has 2 to 20 distinct
+ * answers, each 1–20 characters on one line, and no more distinct answers than 5 % of the examples
+ * (at least 2 are always allowed), so every label repeats on average at least 20 times in a large file.
+ * Labels come sorted (code-point order), the same however the file is ordered or split.
+ */
+export function detectLabelSet(answers: readonly string[]): string[] | null {
+  const distinct = new Set<string>();
+  for (const a of answers) {
+    const n = charLength(a);
+    if (n < 1 || n > LABEL_SET_RULE.max_label_chars || /[\r\n]/.test(a) || a.trim() === '') return null;
+    distinct.add(a);
+    if (distinct.size > LABEL_SET_RULE.max_labels) return null;
+  }
+  const allowed = Math.max(2, Math.floor(answers.length * LABEL_SET_RULE.max_share_of_examples));
+  if (distinct.size < 2 || distinct.size > allowed) return null;
+  return [...distinct].sort();
+}
+
+/**
+ * A reproducible train/validation split: one seeded permutation (mulberry32 + Fisher–Yates, so the same
+ * seed gives the same split on any machine); both parts keep the permutation's order, which mixes
+ * classes even when the source is sorted by label. Validation gets round(n × fraction) examples (at
+ * least 1 and at most n − 1 when the fraction is above 0 and n ≥ 2). Stratified, each answer gives
+ * floor or ceil of count × fraction (largest remainders first, ties to the answer met first in the
+ * permutation), so every answer is within one example of its exact share.
+ */
+export function splitExamples(
+  answers: readonly string[],
+  options: { validation: number; seed: number; stratify: boolean },
+): { train: number[]; validation: number[] } {
+  const n = answers.length;
+  const order = permutation(n, mulberry32(options.seed));
+  if (options.validation <= 0 || n < 2) return { train: order, validation: [] };
+  const k = Math.min(n - 1, Math.max(1, Math.round(n * options.validation)));
+  const keyOf = (i: number) => (options.stratify ? answers[i] : '');
+
+  // Classes in order of first appearance in the permutation, with their sizes.
+  const counts = new Map<string, number>();
+  for (const i of order) counts.set(keyOf(i), (counts.get(keyOf(i)) ?? 0) + 1);
+  const quota = new Map<string, number>();
+  const remainders: { key: string; rem: number; rank: number }[] = [];
+  let assigned = 0;
+  let rank = 0;
+  for (const [key, count] of counts) {
+    const exact = count * options.validation;
+    quota.set(key, Math.floor(exact));
+    assigned += Math.floor(exact);
+    remainders.push({ key, rem: exact - Math.floor(exact), rank: rank++ });
+  }
+  remainders.sort((a, b) => b.rem - a.rem || a.rank - b.rank);
+  for (let j = 0; assigned < k && j < remainders.length; j++, assigned++) quota.set(remainders[j].key, quota.get(remainders[j].key)! + 1);
+
+  const train: number[] = [];
+  const validation: number[] = [];
+  for (const i of order) {
+    const left = quota.get(keyOf(i))!;
+    if (left > 0) {
+      quota.set(keyOf(i), left - 1);
+      validation.push(i);
+    } else {
+      train.push(i);
+    }
+  }
+  return { train, validation };
+}
+
+/** `file:line: field: severity: message [code]`, the one-line form every shell prints. */
+export function formatIssue(issue: Issue): string {
+  const where = formatLocation(issue.file, issue.line ?? undefined, issue.field ?? undefined);
+  return `${where}: ${issue.severity}: ${issue.message} [${issue.code}]`;
+}
+
+/**
+ * The first error of a report as a WeitiaoError (`invalid_file`, with file, line and field), or null
+ * when there is none: what a job or command fails with after validating its files.
+ */
+export function reportError(report: { errors: Issue[] }): WeitiaoError | null {
+  const first = report.errors[0];
+  if (!first) return null;
+  const more = report.errors.length > 1 ? ` (and ${report.errors.length - 1} more error(s) / 另有 ${report.errors.length - 1} 个错误)` : '';
+  return new WeitiaoError('invalid_file', `${formatIssue(first)}${more}`, {
+    file: first.file,
+    line: first.line ?? undefined,
+    param: first.field ?? undefined,
+  });
+}
+
+function parseOptions<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
+  const parsed = schema.safeParse(input);
+  if (parsed.success) return parsed.data;
+  const first = parsed.error.issues[0];
+  throw new WeitiaoError('invalid_request', `invalid options: ${z.prettifyError(parsed.error)}`, { param: first?.path.join('.') });
+}
+
+class IssueList {
+  readonly errors: Issue[] = [];
+  readonly warnings: Issue[] = [];
+  constructor(private readonly file: string) {}
+  add(line: number | null, p: Problem): void {
+    (p.severity === 'error' ? this.errors : this.warnings).push({ file: this.file, line, ...p });
+  }
+  /** Sorted by line (stable), since token checks come after the reading pass. */
+  sorted(): { errors: Issue[]; warnings: Issue[] } {
+    const byLine = (a: Issue, b: Issue) => (a.line ?? 0) - (b.line ?? 0);
+    return { errors: [...this.errors].sort(byLine), warnings: [...this.warnings].sort(byLine) };
+  }
+}
+
+interface Located {
+  line: number;
+  example: ChatExample;
+}
+
+function tokenCounter(options: { model_dir?: string }, deps: DataDeps): TokenCounter | null {
+  return deps.countTokens ?? (options.model_dir ? engineTokenCounter(options.model_dir) : null);
+}
+
+async function countTokens(counter: TokenCounter, examples: ChatExample[]): Promise<{ counts: number[]; model_max_length: number }> {
+  if (examples.length === 0) return { counts: [], model_max_length: 0 };
+  const result = await counter(examples);
+  if (result.counts.length !== examples.length) {
+    throw new WeitiaoError('engine_error', `token counter returned ${result.counts.length} counts for ${examples.length} examples`);
+  }
+  return result;
+}
+
+/**
+ * Adds `too_many_tokens` errors. An over-long example is an error, not a warning: truncation cuts the
+ * end, which is the assistant answer, the only part the loss is computed on.
+ */
+async function checkLengths(
+  items: Located[],
+  counter: TokenCounter,
+  maxLength: number | undefined,
+  issues: IssueList,
+): Promise<{ counts: number[]; max_length: number }> {
+  const { counts, model_max_length } = await countTokens(counter, items.map((i) => i.example));
+  const max = maxLength ?? model_max_length;
+  counts.forEach((n, i) => {
+    if (n > max) {
+      issues.add(
+        items[i].line,
+        problem('too_many_tokens', 'messages', `example has ${n} tokens, more than the maximum length ${max} / 样本有 ${n} 个 token，超过最大长度 ${max}`),
+      );
+    }
+  });
+  return { counts, max_length: max };
+}
+
+function labelCounts(answers: string[], labelSet: string[] | null): Record<string, number> | null {
+  if (!labelSet) return null;
+  const counts: Record<string, number> = Object.fromEntries(labelSet.map((l) => [l, 0]));
+  for (const a of answers) counts[a] = (counts[a] ?? 0) + 1;
+  return counts;
+}
+
+// ------------------------------------------------------------------------------------------- mapping
+
+interface Mapper {
+  /** The columns templates read, for the record JSONL per-row check. */
+  columns: string[];
+  map(get: (column: string) => { value: string } | { problem: Problem }): { example: ChatExample | null; problems: Problem[] };
+}
+
+function makeMapper(options: z.infer<typeof PrepareOptions>, available: string[], where: string): Mapper {
+  for (const param of ['user', 'assistant'] as const) {
+    if (options[param] === undefined) {
+      throw new WeitiaoError(
+        'invalid_request',
+        `a ${param} template is required to turn ${where} into chat examples, e.g. user "{review}", assistant "{label}" / 需要 ${param} 模板`,
+        { param },
+      );
+    }
+  }
+  const templates: { role: 'system' | 'user' | 'assistant'; template: Template }[] = [];
+  for (const role of ['system', 'user', 'assistant'] as const) {
+    const source = options[role];
+    if (source === undefined || (role === 'system' && source === '')) continue;
+    templates.push({ role, template: parseTemplate(source, role) });
+  }
+  const list = available.map((c) => `'${c}'`).join(', ');
+  for (const { role, template } of templates) {
+    for (const column of template.columns) {
+      if (!available.includes(column)) {
+        throw new WeitiaoError(
+          'invalid_request',
+          `${role} template uses column '${column}', which ${where} does not have; available columns: ${list} / ` +
+            `${role} 模板中的列 '${column}' 不存在，可用的列：${list}`,
+          { param: role },
+        );
+      }
+    }
+  }
+
+  const assistant = templates.find((t) => t.role === 'assistant')!.template;
+  const labelMap = options.label_map === undefined ? null : typeof options.label_map === 'string' ? parseLabelMap(options.label_map) : options.label_map;
+  let labelColumn: string | null = null;
+  if (options.label_column !== undefined) {
+    if (!available.includes(options.label_column)) {
+      throw new WeitiaoError('invalid_request', `label column '${options.label_column}' is not in ${where}; available columns: ${list} / 标签列不存在`, {
+        param: 'label_column',
+      });
+    }
+    labelColumn = options.label_column;
+  } else if (labelMap) {
+    if (assistant.columns.length !== 1) {
+      throw new WeitiaoError(
+        'invalid_request',
+        `the assistant template has ${assistant.columns.length} placeholders; name the one the label map applies to with label_column / 请用 label_column 指定标签列`,
+        { param: 'label_column' },
+      );
+    }
+    labelColumn = assistant.columns[0];
+  }
+  const labelKeys = labelMap ? Object.keys(labelMap).map((k) => `'${k}'`).join(', ') : '';
+  const columns = [...new Set(templates.flatMap((t) => t.template.columns))];
+
+  return {
+    columns,
+    map(get) {
+      const problems: Problem[] = [];
+      const values = new Map<string, string>();
+      for (const column of columns) {
+        const got = get(column);
+        if ('problem' in got) {
+          problems.push(got.problem);
+          continue;
+        }
+        let value = got.value;
+        if (column === labelColumn && labelMap) {
+          const key = value.trim();
+          if (!Object.hasOwn(labelMap, key)) {
+            problems.push(
+              problem('unknown_label', column, `value '${clip(value)}' is not in the label map (${labelKeys}) / 值 '${clip(value)}' 不在标签映射中`),
+            );
+            continue;
+          }
+          value = labelMap[key];
+        }
+        values.set(column, value);
+      }
+      if (problems.length) return { example: null, problems };
+
+      const messages: ChatExample['messages'] = [];
+      for (const { role, template } of templates) {
+        const content = renderTemplate(template, (c) => values.get(c)!);
+        const empty = template.columns.filter((c) => values.get(c)!.trim() === '');
+        // An empty value is fatal when the whole message ends up empty, else worth a warning.
+        const severity = content.trim() === '' ? 'error' : 'warning';
+        for (const c of empty) {
+          problems.push(problem('empty_value', c, `column '${c}' is empty${severity === 'error' ? `, so the ${role} message would be empty` : ''} / 列 '${c}' 为空`, severity));
+        }
+        messages.push({ role, content });
+      }
+      if (problems.some((p) => p.severity === 'error')) return { example: null, problems };
+      // The same structural checks a chat file gets, so prepare can never write what validate rejects.
+      const checked = checkExample({ messages });
+      return { example: checked.example, problems: [...problems, ...checked.problems] };
+    },
+  };
+}
+
+function jsonValue(record: Record<string, unknown>, column: string): { value: string } | { problem: Problem } {
+  if (!Object.hasOwn(record, column)) return { problem: problem('missing_field', column, `record has no '${column}' field / 记录缺少 '${column}' 字段`) };
+  const v = record[column];
+  if (typeof v === 'string') return { value: v };
+  if (typeof v === 'number' || typeof v === 'boolean') return { value: String(v) };
+  if (v === null) return { value: '' };
+  return {
+    problem: problem('invalid_value', column, `field '${column}' is ${Array.isArray(v) ? 'an array' : 'an object'}; templates take text, numbers or booleans / 字段 '${column}' 不是文本`),
+  };
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+// ------------------------------------------------------------------------------------------- services
+
+/**
+ * Turns a CSV/TSV/JSONL file into train.jsonl (and validation.jsonl) in OpenAI's chat format. Every
+ * problem is reported at its source line; when there is any error nothing is written. Output is UTF-8
+ * without BOM, Chinese unescaped, one `{"messages":[…]}` per line; both files are written atomically.
+ */
+export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {}): Promise<PrepareResult> {
+  const options = parseOptions(PrepareOptions, input);
+  const file = options.input;
+  await assertReadable(file, 'input');
+  const source = await openSource(file, options.format, options.encoding);
+  const issues = new IssueList(file);
+  const duplicates = new DuplicateFinder(options.conflicts);
+  /** The object written per example: the mapped example, or a chat line as it was (keeping e.g. `name`). */
+  const items: (Located & { output: unknown })[] = [];
+  let rows = 0;
+  let mode: 'chat' | 'columns' = 'columns';
+
+  const accept = (line: number, example: ChatExample, output: unknown) => {
+    const dup = duplicates.check(example, line);
+    if (dup) issues.add(line, dup);
+    items.push({ line, example, output });
+  };
+
+  if (source.format === 'jsonl') {
+    const hasTemplates = options.user !== undefined || options.assistant !== undefined || options.system !== undefined;
+    let decided = false;
+    let mapper: Mapper | null = null;
+    for await (const row of readJsonLines(file, source.encoding)) {
+      rows++;
+      if (row.problem) {
+        issues.add(row.line, row.problem);
+        continue;
+      }
+      const value = row.value;
+      if (!decided && isObject(value)) {
+        decided = true;
+        mode = Object.hasOwn(value, 'messages') && !hasTemplates ? 'chat' : 'columns';
+        if (Object.hasOwn(value, 'messages') && hasTemplates) {
+          throw new WeitiaoError(
+            'invalid_request',
+            `${file} is already in chat format ("messages" on line ${row.line}); templates apply to CSV/TSV and plain-record JSONL / 文件已是对话格式，无需模板`,
+            { param: options.user !== undefined ? 'user' : options.assistant !== undefined ? 'assistant' : 'system', file, line: row.line },
+          );
+        }
+        if (mode === 'columns') mapper = makeMapper(options, Object.keys(value), `${file} (keys of the record on line ${row.line})`);
+      }
+      if (mapper) {
+        if (!isObject(value)) {
+          issues.add(row.line, problem('data_type', null, 'record is not a JSON object / 记录不是 JSON 对象'));
+          continue;
+        }
+        const { example, problems } = mapper.map((c) => jsonValue(value, c));
+        problems.forEach((p) => issues.add(row.line, p));
+        if (example) accept(row.line, example, example);
+      } else {
+        mode = 'chat';
+        if (options.label_map !== undefined) {
+          throw new WeitiaoError('invalid_request', 'a label map applies to CSV/TSV and plain-record JSONL, not chat files / 对话格式文件不使用标签映射', {
+            param: 'label_map',
+          });
+        }
+        const { example, problems } = checkExample(value);
+        problems.forEach((p) => issues.add(row.line, p));
+        if (example) accept(row.line, example, value);
+      }
+    }
+  } else {
+    const table = await readTable(file, source);
+    if (table.header) {
+      table.header.problems.forEach((p) => issues.add(table.header!.line, p));
+      const mapper = makeMapper(options, table.header.columns, `the header of ${file}`);
+      if (table.header.problems.length === 0) {
+        for await (const row of table.rows) {
+          rows++;
+          if (row.problems.length) {
+            row.problems.forEach((p) => issues.add(row.line, p));
+            continue;
+          }
+          const { example, problems } = mapper.map((c) => ({ value: row.values[c] }));
+          problems.forEach((p) => issues.add(row.line, p));
+          if (example) accept(row.line, example, example);
+        }
+      }
+    }
+  }
+  if (rows === 0 && issues.errors.length === 0) {
+    issues.add(null, problem('empty_file', null, `${file} has no ${source.format === 'jsonl' ? 'lines' : 'rows'} / 文件中没有数据`));
+  }
+
+  const counter = tokenCounter(options, deps);
+  if (counter && items.length) await checkLengths(items, counter, options.max_length, issues);
+
+  const answers = items.map((i) => answerOf(i.example));
+  const labelSet = detectLabelSet(answers);
+  const stratified = options.stratify === 'auto' ? labelSet !== null : options.stratify;
+  const { errors, warnings } = issues.sorted();
+  const result: PrepareResult = {
+    input: file,
+    format: source.format,
+    encoding: source.encoding,
+    mode,
+    rows,
+    examples: items.length,
+    label_set: labelSet,
+    stratified,
+    seed: options.seed,
+    validation_fraction: options.validation,
+    written: false,
+    train: null,
+    validation: null,
+    errors,
+    warnings,
+  };
+  if (errors.length) return result;
+
+  const split = splitExamples(answers, { validation: options.validation, seed: options.seed, stratify: stratified });
+  const trainPath = path.resolve(options.output_dir, options.train_file);
+  const validationPath = path.resolve(options.output_dir, options.validation_file);
+  const lines = (indices: number[]) => indices.map((i) => JSON.stringify(items[i].output) + '\n');
+  const files = [{ path: trainPath, chunks: lines(split.train) }];
+  if (split.validation.length) files.push({ path: validationPath, chunks: lines(split.validation) });
+  try {
+    await mkdir(path.resolve(options.output_dir), { recursive: true });
+    await writeFilesAtomic(files);
+  } catch (err) {
+    throw new WeitiaoError('internal_error', `cannot write the prepared files: ${err instanceof Error ? err.message : String(err)} / 无法写入文件`, {
+      cause: err,
+      file: (err as { path?: string }).path,
+    });
+  }
+  const part = (file: string, indices: number[]) => ({
+    file,
+    examples: indices.length,
+    label_counts: labelCounts(
+      indices.map((i) => answers[i]),
+      labelSet,
+    ),
+  });
+  result.written = true;
+  result.train = part(trainPath, split.train);
+  result.validation = split.validation.length ? part(validationPath, split.validation) : null;
+  return result;
+}
+
+/**
+ * Checks a chat-format JSONL file and reports every problem (OpenAI cookbook categories, weights,
+ * duplicates, conflicting answers, and with a model the token length). Errors mean the file must not be
+ * trained on; warnings are for a person to look at.
+ */
+export async function validateChatFile(file: string, options: ValidateOptions = {}, deps: DataDeps = {}): Promise<ValidationReport> {
+  const opts = parseOptions(ValidateOptions, options);
+  await assertReadable(file, 'file');
+  const encoding = await resolveEncoding(file, opts.encoding);
+  const issues = new IssueList(file);
+  const duplicates = new DuplicateFinder(opts.conflicts);
+  const counter = tokenCounter(opts, deps);
+  const valid: Located[] = [];
+  const answers: string[] = [];
+  let examples = 0;
+
+  for await (const row of readJsonLines(file, encoding)) {
+    examples++;
+    if (row.problem) {
+      issues.add(row.line, row.problem);
+      continue;
+    }
+    const { example, problems } = checkExample(row.value);
+    problems.forEach((p) => issues.add(row.line, p));
+    if (!example) continue;
+    const dup = duplicates.check(example, row.line);
+    if (dup) issues.add(row.line, dup);
+    answers.push(answerOf(example));
+    if (counter) valid.push({ line: row.line, example });
+  }
+  if (examples === 0) issues.add(null, problem('empty_file', null, `${file} has no examples / 文件中没有样本`));
+
+  const report: ValidationReport = {
+    file,
+    encoding,
+    examples,
+    valid_examples: answers.length,
+    errors: [],
+    warnings: [],
+    label_set: detectLabelSet(answers),
+  };
+  if (counter && valid.length) {
+    const { counts, max_length } = await checkLengths(valid, counter, opts.max_length, issues);
+    report.token_counts = counts;
+    report.max_length = max_length;
+  }
+  Object.assign(report, issues.sorted());
+  return report;
+}
+
+/**
+ * Figures about a chat-format JSONL file: sizes, lengths (real tokens with model_dir, else characters),
+ * answer distribution, the trained-token estimate for some epochs and a length histogram. Lines with
+ * errors are skipped and counted in `invalid_examples`.
+ */
+export async function datasetStats(file: string, options: StatsOptions = {}, deps: DataDeps = {}): Promise<DatasetStats> {
+  const opts = parseOptions(StatsOptions, options);
+  await assertReadable(file, 'file');
+  const encoding = await resolveEncoding(file, opts.encoding);
+  const examples: ChatExample[] = [];
+  let invalid = 0;
+  for await (const row of readJsonLines(file, encoding)) {
+    const example = row.problem ? null : checkExample(row.value).example;
+    if (example) examples.push(example);
+    else invalid++;
+  }
+
+  const counter = tokenCounter(opts, deps);
+  let unit: 'tokens' | 'characters' = 'characters';
+  let sizes: number[];
+  let assistantSizes: number[];
+  let maxLength: number | undefined;
+  if (counter && examples.length) {
+    unit = 'tokens';
+    // One engine call for both: whole examples, then each prompt alone. The difference is the final
+    // assistant turn with its template tokens, and it cancels any system prompt a template injects.
+    const prompts = examples.map((e) => ({ messages: promptOf(e) }));
+    const withPrompt = prompts.map((p, i) => (p.messages.length ? i : -1)).filter((i) => i >= 0);
+    const { counts, model_max_length } = await countTokens(counter, [...examples, ...withPrompt.map((i) => prompts[i])]);
+    sizes = counts.slice(0, examples.length);
+    assistantSizes = [...sizes];
+    withPrompt.forEach((i, k) => (assistantSizes[i] = Math.max(0, sizes[i] - counts[examples.length + k])));
+    maxLength = opts.max_length ?? model_max_length;
+  } else {
+    sizes = examples.map((e) => e.messages.reduce((s, m) => s + charLength(m.content), 0));
+    assistantSizes = examples.map((e) => charLength(answerOf(e)));
+  }
+
+  const answers = examples.map(answerOf);
+  const labelSet = detectLabelSet(answers);
+  const counts = labelCounts(answers, labelSet);
+  const sum = (xs: number[]) => xs.reduce((s, x) => s + x, 0);
+  const total = sum(sizes);
+  const totalAssistant = sum(assistantSizes);
+  const hist = histogram(sizes, opts.bins);
+  const stats: DatasetStats = {
+    file,
+    encoding,
+    examples: examples.length,
+    invalid_examples: invalid,
+    token_unit: unit,
+    messages_per_example: summarize(examples.map((e) => e.messages.length)),
+    tokens_per_example: summarize(sizes),
+    assistant_tokens_per_example: summarize(assistantSizes),
+    total_tokens: total,
+    total_assistant_tokens: totalAssistant,
+    epochs: opts.epochs,
+    estimated_trained_tokens: total * opts.epochs,
+    estimated_trained_assistant_tokens: totalAssistant * opts.epochs,
+    label_set: labelSet,
+    distinct_answers: new Set(answers).size,
+    answer_distribution: counts
+      ? Object.entries(counts)
+          .map(([answer, count]) => ({ answer, count, share: count / examples.length }))
+          .sort((a, b) => b.count - a.count || (a.answer < b.answer ? -1 : 1))
+      : null,
+    histogram: { unit, ...hist },
+  };
+  if (maxLength !== undefined) {
+    stats.max_length = maxLength;
+    stats.over_max_length = sizes.filter((s) => s > maxLength!).length;
+  }
+  return stats;
+}
