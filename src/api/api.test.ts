@@ -76,7 +76,6 @@ describe('HTTP API (in-process)', () => {
   after(() => {
     ctx.close();
     rmSync(dir, { recursive: true, force: true });
-    setTimeout(() => { console.log('DBG handles', (process as any)._getActiveHandles().map((h: any) => h.constructor.name + ' ' + (h._onTimeout?.toString().slice(0,200) ?? '')), (process as any)._getActiveRequests()); }, 1000).unref();
   });
 
   describe('auth', () => {
@@ -249,7 +248,6 @@ describe('HTTP API (in-process)', () => {
     const jobs: Json[] = [];
 
     before(async () => {
-      console.log('DBG before');
       trainingFile = (await upload(example('好吃', '好评') + example('难吃', '差评'), 'train.jsonl')).json.id;
     });
 
@@ -337,17 +335,13 @@ describe('HTTP API (in-process)', () => {
     test('pause holds a queued job; resume queues it again', async () => {
       const job = jobs[2];
       ctx.db.prepare("UPDATE jobs SET status = 'queued' WHERE id = ?").run(job.id); // what the worker's validation would do
-      console.log('DBG pause start');
       const paused = await call('POST', `/v1/fine_tuning/jobs/${job.id}/pause`);
-      console.log('DBG paused', paused.status);
       assert.equal(paused.json.status, 'paused');
       const resumed = await call('POST', `/v1/fine_tuning/jobs/${job.id}/resume`);
       assert.equal(resumed.json.status, 'queued');
       const checkpoints = await call('GET', `/v1/fine_tuning/jobs/${job.id}/checkpoints`);
       assert.deepEqual(checkpoints.json, { object: 'list', data: [], has_more: false, first_id: null, last_id: null });
-      console.log('DBG before final cancel');
       await call('POST', `/v1/fine_tuning/jobs/${job.id}/cancel`);
-      console.log('DBG after final cancel');
     });
   });
 

@@ -19,8 +19,10 @@ import type { Context } from '../context.js';
 import {
   datasetStats,
   detectLabelSet,
+  engineTokenCounter,
   prepareDataset,
   validateChatFile,
+  type DataDeps,
   type DatasetStats,
   type Issue,
   type PrepareOptions,
@@ -30,6 +32,7 @@ import {
 // TODO(data): import from '../data/index.js' once src/data exports them.
 import { openSource, readJsonLines, readTable } from '../data/internal/source.js';
 import { WeitiaoError } from '../errors.js';
+import type { ChatExample } from '../engine/index.js';
 import { compareModels, evaluateModel, type EvalReport } from '../eval/index.js';
 import { createFile, fileContentPath, retrieveFile, type FileObject } from '../files/index.js';
 import { resolveModel, retrieveModel } from '../models/index.js';
@@ -141,6 +144,49 @@ function modelDir(ctx: Context, model: string | undefined, param = 'model'): str
     const e = WeitiaoError.from(err);
     throw new WeitiaoError(e.code, e.message, { param, cause: err });
   }
+}
+
+/**
+ * Token counts per model directory, kept across requests. The console asks about the same examples
+ * several times (validate, prepare, then the estimate), and each count is an engine process that loads
+ * the tokenizer: with the cache a dataset costs one engine run, not one per request.
+ */
+const tokenCache = new Map<string, { maxLength: number; counts: Map<string, number> }>();
+const TOKEN_CACHE_ENTRIES = 200_000;
+
+const exampleKey = (e: ChatExample): string => JSON.stringify(e.messages.map((m) => [m.role, m.content, m.weight ?? null]));
+
+/** The messages before the final answer: datasetStats counts these too, so they are counted in the same run. */
+function promptPart(e: ChatExample): ChatExample {
+  const i = e.messages.map((m) => m.role).lastIndexOf('assistant');
+  return { messages: i < 0 ? e.messages : e.messages.slice(0, i) };
+}
+
+/** src/data's dependencies for a model's tokenizer (or none, to count characters), counted through the cache. */
+function tokenDeps(dir: string | undefined): DataDeps {
+  if (!dir) return {};
+  const count = engineTokenCounter(dir);
+  return {
+    countTokens: async (examples) => {
+      let entry = tokenCache.get(dir);
+      if (!entry || entry.counts.size > TOKEN_CACHE_ENTRIES) tokenCache.set(dir, (entry = { maxLength: 0, counts: new Map() }));
+      const counts = entry.counts;
+      const missing = new Map<string, ChatExample>();
+      for (const e of examples) {
+        for (const x of [e, promptPart(e)]) {
+          const k = exampleKey(x);
+          if (x.messages.length && !counts.has(k)) missing.set(k, x);
+        }
+      }
+      if (missing.size || !entry.maxLength) {
+        const batch = missing.size ? [...missing.values()] : examples.slice(0, 1);
+        const result = await count(batch);
+        batch.forEach((x, i) => counts.set(exampleKey(x), result.counts[i]));
+        entry.maxLength = result.model_max_length;
+      }
+      return { counts: examples.map((e) => counts.get(exampleKey(e)) ?? 0), model_max_length: entry.maxLength };
+    },
+  };
 }
 
 interface StoredFile {
@@ -476,8 +522,8 @@ async function validate(ctx: Context, body: z.infer<typeof ValidateBody>) {
   const model_dir = modelDir(ctx, body.model);
   const scan = await scanFile(filePath, body.format, body.encoding);
   if (scan.chat && !body.mapping) {
-    const report: ValidationReport = await validateChatFile(filePath, { ...(body.encoding ? { encoding: body.encoding } : {}), model_dir });
-    const stats = await datasetStats(filePath, { ...(body.encoding ? { encoding: body.encoding } : {}), model_dir });
+    const report: ValidationReport = await validateChatFile(filePath, body.encoding ? { encoding: body.encoding } : {}, tokenDeps(model_dir));
+    const stats = await datasetStats(filePath, body.encoding ? { encoding: body.encoding } : {}, tokenDeps(model_dir));
     return {
       object: 'weitiao.dataset_validation' as const,
       file_id: file.id,
@@ -489,8 +535,8 @@ async function validate(ctx: Context, body: z.infer<typeof ValidateBody>) {
     };
   }
   return withScratch(ctx, async (dir) => {
-    const result = await prepareDataset({ ...prepareOptions(body, filePath, dir), model_dir });
-    const stats = result.written && result.train ? await datasetStats(result.train.file, { model_dir }) : null;
+    const result = await prepareDataset(prepareOptions(body, filePath, dir), tokenDeps(model_dir));
+    const stats = result.written && result.train ? await datasetStats(result.train.file, {}, tokenDeps(model_dir)) : null;
     return {
       object: 'weitiao.dataset_validation' as const,
       file_id: file.id,
@@ -512,14 +558,16 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
   const model_dir = modelDir(ctx, body.model);
   const stem = body.name ?? (file.filename.replace(/\.[^.]+$/, '') || 'dataset');
   return withScratch(ctx, async (dir) => {
-    const result = await prepareDataset({
-      ...prepareOptions(body, filePath, dir),
-      model_dir,
-      validation: body.validation,
-      seed: body.seed,
-      train_file: `${stem}-train.jsonl`,
-      validation_file: `${stem}-validation.jsonl`,
-    });
+    const result = await prepareDataset(
+      {
+        ...prepareOptions(body, filePath, dir),
+        validation: body.validation,
+        seed: body.seed,
+        train_file: `${stem}-train.jsonl`,
+        validation_file: `${stem}-validation.jsonl`,
+      },
+      tokenDeps(model_dir),
+    );
     const base = {
       object: 'weitiao.dataset' as const,
       source_file: file.id,
@@ -533,7 +581,7 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
       report: publicReport(result, file.filename, [filePath, dir]),
     };
     if (!result.written || !result.train) return { ...base, training_file: null, validation_file: null, stats: null };
-    const stats = await datasetStats(result.train.file, { model_dir });
+    const stats = await datasetStats(result.train.file, {}, tokenDeps(model_dir));
     const training_file = await createFile(ctx, { source: result.train.file, filename: path.basename(result.train.file), purpose: 'fine-tune' });
     const validation_file = result.validation
       ? await createFile(ctx, { source: result.validation.file, filename: path.basename(result.validation.file), purpose: 'fine-tune' })
@@ -603,13 +651,13 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
   const baseDir = modelDir(ctx, body.model)!;
   const train = storedFile(ctx, body.training_file, 'training_file');
   const valid = body.validation_file ? storedFile(ctx, body.validation_file, 'validation_file') : null;
-  const stats = await datasetStats(train.path, { model_dir: baseDir, ...(body.max_seq_length ? { max_length: body.max_seq_length } : {}) });
+  const stats = await datasetStats(train.path, body.max_seq_length ? { max_length: body.max_seq_length } : {}, tokenDeps(baseDir));
   if (stats.examples === 0) {
     throw new WeitiaoError('invalid_file', `${train.file.filename} has no valid chat examples: validate it first / 训练文件中没有有效的对话样本`, {
       param: 'training_file',
     });
   }
-  const validStats = valid ? await datasetStats(valid.path, { model_dir: baseDir }) : null;
+  const validStats = valid ? await datasetStats(valid.path, {}, tokenDeps(baseDir)) : null;
   const hp = resolveHyperparameters({ n_examples: stats.examples, requested: body.hyperparameters ?? {}, method: 'lora' });
   const n = stats.examples;
   const isAuto = (k: 'n_epochs' | 'batch_size' | 'learning_rate_multiplier') => hp.auto.includes(k);
@@ -781,7 +829,7 @@ export function extensionRoutes(ctx: Context): Hono {
   app.get(`${base}/datasets/:file_id/stats`, async (c) => {
     const query = parse(StatsQuery, c.req.query());
     const { file, path: filePath } = storedFile(ctx, c.req.param('file_id'));
-    const stats = await datasetStats(filePath, { model_dir: modelDir(ctx, query.model), epochs: query.epochs });
+    const stats = await datasetStats(filePath, { epochs: query.epochs }, tokenDeps(modelDir(ctx, query.model)));
     return c.json({ object: 'weitiao.dataset_stats', ...publicStats(stats, file.id) });
   });
   app.post(`${base}/estimate`, async (c) => c.json(await estimate(ctx, parse(EstimateBody, await jsonBody(c.req)))));

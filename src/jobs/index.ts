@@ -546,7 +546,8 @@ export function jobToWire(row: JobRow): FineTuningJob {
       eval_every_steps: ext.settings.eval_every_steps ?? 0,
       save_every_steps: ext.settings.save_every_steps ?? 0,
       max_steps: ext.settings.max_steps ?? null,
-      label_set: ext.label_set ?? ext.settings.label_set,
+      // Once the files are read, the resolved set (null: the answers are free text); before, what was asked.
+      label_set: ext.resolved ? ext.label_set : ext.settings.label_set,
       n_examples: ext.n_examples,
       n_validation_examples: ext.n_validation_examples,
       label_metrics: ext.label_metrics,

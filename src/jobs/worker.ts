@@ -147,6 +147,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.loop = null;
   }
 
+  /**
+   * SIGKILL to the running engine's process group, at once (a second Ctrl-C). The engine runs in its own
+   * group, so exiting this process would otherwise leave it training; the job is re-queued by the next
+   * worker's recovery and resumes from its last checkpoint.
+   */
+  kill(): void {
+    if (this.run?.pid) signalGroup(this.run.pid, 'SIGKILL');
+  }
+
   /** Claims the oldest waiting job (atomically, across processes) and runs it; its id, or null when none waits. */
   async runNext(): Promise<string | null> {
     if (this.busy) return null;
@@ -438,9 +447,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
     } finally {
       clearInterval(watch);
       if (run.killTimer) clearTimeout(run.killTimer);
+      // Children the engine started must not outlive it (a pgid is not reused while a member lives, so this is safe).
+      if (run.pid !== null && isGroupAlive(run.pid)) signalGroup(run.pid, 'SIGKILL');
+      run.pid = null; // from here no signal may reach a process that later reuses the id
       this.ctx.db.prepare('UPDATE jobs SET worker_pid = NULL WHERE id = ?').run(id);
     }
-    this.watch(run); // a request that arrived in the last moments still counts
+    this.watch(run); // a request that arrived in the last moments still decides the outcome
     await this.finish(run, state, result, failure);
   }
 

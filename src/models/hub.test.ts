@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { openContext, type Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
-import { pullModel, resolveModel, retrieveModel, type PullProgress } from './index.js';
+import { deleteModel, pullModel, resolveModel, retrieveModel, type PullProgress } from './index.js';
 
 const WEIGHTS = randomBytes(300_000);
 const FILES: Record<string, Buffer> = {
@@ -28,7 +28,7 @@ const FILES: Record<string, Buffer> = {
   'assets/logo.png': randomBytes(50),
 };
 const WANTED = ['config.json', 'generation_config.json', 'merges.txt', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'];
-const COMMIT = 'a'.repeat(40);
+let COMMIT = 'a'.repeat(40);
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const LFS = (name: string) => name.endsWith('.safetensors') || name.endsWith('.bin') || name.endsWith('.pth') || name.endsWith('.png');
 
@@ -172,7 +172,8 @@ after(() => {
 });
 
 function assertPulled(dir: string): void {
-  assert.deepEqual(readdirSync(dir).sort(), WANTED);
+  // Besides the model files, only the marker of the snapshot they came from (the lock is gone).
+  assert.deepEqual(readdirSync(dir).sort(), ['.weitiao-pull.json', ...WANTED]);
   for (const name of WANTED) assert.ok(readFileSync(path.join(dir, name)).equals(FILES[name]), `${name} is byte-identical`);
 }
 
@@ -215,6 +216,28 @@ describe('pullModel from a Hugging Face-like hub', () => {
       hub.seen.map((s) => s.url),
       [`/api/models/acme/tiny/revision/main?blobs=true`],
     );
+
+    // Deleting it (base models need force) removes the download, and the empty org folder with it.
+    deleteModel(ctx, 'acme/tiny', { force: true });
+    assert.ok(!existsSync(path.join(home, 'models', 'acme')));
+    assert.ok(existsSync(path.join(home, 'models')));
+  });
+
+  test('pulling a newer commit into the same folder replaces files even when their size is unchanged', async () => {
+    const dir = path.join(home, 'models', 'acme', 'tiny');
+    await pullModel(ctx, { repo: 'acme/tiny', endpoint: hub.url });
+    const [oldCommit, oldConfig] = [COMMIT, FILES['config.json']];
+    try {
+      COMMIT = 'b'.repeat(40);
+      FILES['config.json'] = Buffer.from(oldConfig.toString().replace('64', '32'));
+      assert.equal(FILES['config.json'].length, oldConfig.length);
+      const model = await pullModel(ctx, { repo: 'acme/tiny', endpoint: hub.url });
+      assertPulled(dir);
+      assert.equal(JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8')).hidden_size, 32);
+      assert.equal(model.weitiao.metadata.commit, COMMIT);
+    } finally {
+      [COMMIT, FILES['config.json']] = [oldCommit, oldConfig];
+    }
   });
 
   test('an interrupted download leaves a partial file that the next pull continues with a Range request', async () => {

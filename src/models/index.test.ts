@@ -199,6 +199,9 @@ describe('deleteModel', () => {
     assert.equal(conflict.code, 'conflict');
     assert.match(conflict.message, /ft:tiny-qwen2:外卖:abc123/);
     assert.ok(existsSync(path.join(home, 'models', 'tiny-qwen2', 'config.json')));
+    // Nor may new weights replace the ones those fine-tunes were trained on.
+    const replace = createTinyModel(ctx, { name: 'tiny-qwen2', corpusFiles: [WAIMAI], overwrite: true });
+    return assert.rejects(replace, { code: 'conflict', param: 'name' });
   });
 
   test('a local model is registered in place, validated, and its directory survives deletion', () => {

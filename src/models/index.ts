@@ -203,7 +203,11 @@ export function deleteModel(ctx: Context, id: string, options: { force?: boolean
   // Rows first, files after: a crash in between leaves stray files, never a model whose files are gone.
   for (const r of rows) {
     if (r.source === 'local') continue; // the user's own directory, only registered here
-    if (isOwnedPath(ctx, r.path)) rmSync(r.path, { recursive: true, force: true });
+    if (!isOwnedPath(ctx, r.path)) continue;
+    rmSync(r.path, { recursive: true, force: true });
+    // `models/org/name`: drop `org/` too once its last model is gone.
+    const parent = path.dirname(r.path);
+    if (path.dirname(parent) === ctx.home.models && isDir(parent) && readdirSync(parent).length === 0) rmSync(parent, { recursive: true });
   }
   return { id, object: 'model', deleted: true };
 }
@@ -347,7 +351,18 @@ export function validateModelName(name: string, param = 'name'): void {
 }
 
 function requireNewName(ctx: Context, name: string, overwrite: boolean): void {
-  if (overwrite) return;
+  if (overwrite) {
+    // Fine-tunes of the old weights would silently load onto new ones.
+    const dependents = ctx.db.prepare('SELECT id FROM models WHERE base_model = ?').all(name) as { id: string }[];
+    if (dependents.length) {
+      throw new WeitiaoError(
+        'conflict',
+        `cannot replace '${name}': ${dependents.map((d) => `'${d.id}'`).join(', ')} were trained on it / 无法替换 '${name}'，已有模型基于它训练`,
+        { param: 'name' },
+      );
+    }
+    return;
+  }
   if (getRow(ctx, name)) {
     throw new WeitiaoError(
       'conflict',

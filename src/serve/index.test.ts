@@ -1,5 +1,6 @@
 // Chat completions through the real engine on a tiny model built from the waimai reviews.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,6 +34,16 @@ after(() => {
   ctx.close();
   rmSync(home, { recursive: true, force: true });
 });
+
+/** Waits (up to 10 s) until this process has no engine child left. */
+async function noEngineLeft(): Promise<void> {
+  const engines = () =>
+    execFileSync('ps', ['-o', 'pid=,args=', '--ppid', String(process.pid)], { encoding: 'utf8' })
+      .split('\n')
+      .filter((line) => line.includes('weitiao_engine'));
+  for (let i = 0; i < 100 && engines().length; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(engines(), []);
+}
 
 const REVIEW: ChatCompletionParams['messages'] = [
   { role: 'system', content: '你是一位外卖评论好评差评评论专家。' },
@@ -84,12 +95,19 @@ describe('chatCompletion', () => {
     assert.equal(pieces.join(''), cut.text);
   });
 
-  test('aborting stops the engine and rejects with cancelled', async () => {
+  test('aborting, or leaving a stream early, stops the engine process', async () => {
     const stop = new AbortController();
     await assert.rejects(
       chatCompletion(ctx, { model: 'tiny', messages: REVIEW, max_tokens: 500, temperature: 1, seed: 1 }, { signal: stop.signal, onToken: () => stop.abort() }),
       { code: 'cancelled' },
     );
+    await noEngineLeft();
+
+    const stream = await streamChatCompletion(ctx, { model: 'tiny', messages: REVIEW, max_tokens: 500, temperature: 1, seed: 1 });
+    let contents = 0;
+    for await (const chunk of stream) if (chunk.choices[0]?.delta.content && ++contents === 2) break;
+    assert.equal(contents, 2);
+    await noEngineLeft();
   });
 
   test('bad requests fail before any engine starts, naming the parameter', async () => {

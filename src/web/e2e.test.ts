@@ -66,6 +66,7 @@ function writeSlice(file: string): void {
 }
 
 before(async () => {
+  const t0 = Date.now();
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium`);
   assert.ok(existsSync(WAIMAI), `${WAIMAI} is missing`);
   const build = spawnSync(process.execPath, [path.join(REPO, 'node_modules', 'vite', 'bin', 'vite.js'), 'build', '--config', 'src/web/vite.config.ts', '--logLevel', 'warn'], {
@@ -91,6 +92,7 @@ before(async () => {
   worker = new Worker(ctx, { pollMs: 200 });
   worker.start();
 
+  console.log(`# set-up (build, tiny model, server): ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -107,6 +109,8 @@ after(async () => {
 });
 
 test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170_000 }, async () => {
+  const started = Date.now();
+  const mark = (what: string) => console.log(`# ${((Date.now() - started) / 1000).toFixed(1)} s: ${what}`);
   const page = await newPage();
 
   // Sign in: a wrong key is refused with the server's message, the right one gets in.
@@ -134,8 +138,11 @@ test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170
 
   // A label map that misses a label: the report lists each bad row with its line and field.
   await page.fill('textarea[name=label-map]', '1=好评');
+  mark('preview shown');
   await page.click('[data-testid=validate]');
-  await page.waitForSelector('[data-testid=validation-report]');
+  // Validation counts tokens with the model's tokenizer: an engine process, slow on a busy machine.
+  await page.waitForSelector('[data-testid=validation-report]', { timeout: 60_000 });
+  mark('first report');
   const badReport = (await page.textContent('[data-testid=validation-report]')) ?? '';
   assert.match(badReport, /100 errors/);
   assert.match(badReport, /line 102/);
@@ -148,19 +155,21 @@ test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170
 
   await page.fill('textarea[name=label-map]', '1=好评\n0=差评');
   await page.click('[data-testid=validate]');
-  await page.waitForSelector('[data-testid=stats]');
+  await page.waitForSelector('[data-testid=stats]', { timeout: 60_000 });
+  mark('second report');
   const report = (await page.textContent('[data-testid=validation-report]')) ?? '';
   assert.match(report, /0 errors/);
   const stats = (await page.textContent('[data-testid=stats]')) ?? '';
   assert.match(stats, /tokens per example/, 'counted with the tiny model’s tokenizer');
   assert.match(stats, /好评100 \(50\.0%\)/);
-  assert.ok(await page.isVisible('[data-testid=token-histogram] svg rect'));
+  assert.ok((await page.locator('[data-testid=token-histogram] svg rect').count()) > 3, 'the token histogram has bars');
 
   await page.fill('input[name=validation-share]', '0.2');
   await page.fill('input[name=seed]', '100');
   await page.click('[data-testid=save-dataset]');
-  await page.waitForSelector('[data-testid=saved]');
+  await page.waitForSelector('[data-testid=saved]', { timeout: 60_000 });
   await shot(page, '02-datasets');
+  mark('dataset saved');
   const saved = (await page.textContent('[data-testid=saved]')) ?? '';
   assert.match(saved, /waimai-200-train\.jsonl/);
   assert.match(saved, /waimai-200-validation\.jsonl/);
@@ -178,6 +187,7 @@ test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170
   assert.match((await page.textContent('[data-testid=explain-batch_size]')) ?? '', /set by you/);
   assert.match((await page.textContent('[data-testid=explain-learning_rate_multiplier]')) ?? '', /auto/);
   await shot(page, '03-new-fine-tune');
+  mark('estimate shown');
   await page.click('[data-testid=launch]');
 
   // The job page: the loss chart grows while the job runs, without a reload.
@@ -204,6 +214,7 @@ test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170
   assert.ok((await chartPoints(page, 'loss-chart')) >= Math.max(...seen));
   assert.ok(await page.isVisible('[data-testid=accuracy-chart] svg'), 'label-set data gets an accuracy chart');
   await shot(page, '05-job-finished');
+  mark('job succeeded');
   const fineTuned = ((await page.textContent('[data-testid=fine-tuned-model]')) ?? '').split(/\s/)[0];
   assert.match(fineTuned, /^ft:tiny:waimai:/);
 
@@ -219,6 +230,7 @@ test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170
   const answer = (await page.textContent(`[data-testid=chat-column][data-model="${fineTuned}"] [data-testid=answer] .content`)) ?? '';
   assert.ok(answer.trim().length > 0, 'the fine-tuned model answered');
   await shot(page, '06-playground');
+  mark('playground answered');
 
   // Evaluation: the fine-tune against its base on the validation file.
   await page.goto(`${baseUrl}/#/evaluation/${encodeURIComponent(fineTuned)}/${validationFile}/tiny`);
@@ -231,6 +243,7 @@ test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170
   assert.deepEqual(matrices, [40, 40], 'each confusion matrix counts the 40 validation examples');
   assert.ok(await page.isVisible('[data-testid=comparison]'));
   await shot(page, '07-evaluation');
+  mark('evaluation shown');
 
   // Models, with lineage; jobs list.
   await page.click('a[data-nav=models]');

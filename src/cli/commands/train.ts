@@ -159,6 +159,7 @@ export async function runInForeground(ctx: Context, jobId: string, options: { js
       }
       void worker.stop();
     } else {
+      worker.kill(); // the engine runs in its own process group: it would outlive us otherwise
       process.exit(130);
     }
   };

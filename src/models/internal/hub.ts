@@ -8,7 +8,7 @@
  * `original/` or `onnx/`.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { WeitiaoError } from '../../errors.js';
@@ -93,6 +93,7 @@ export async function downloadRepo(dir: string, options: DownloadRepoOptions): P
   mkdirSync(dir, { recursive: true });
   const release = lock(dir, options.repo);
   try {
+    startSnapshot(dir, source, listing.commit ?? `revision:${revision}`);
     const done: { path: string; size: number }[] = [];
     for (const [index, file] of files.entries()) {
       const url = fileUrl(hub, listing.commit, file.path);
@@ -417,9 +418,31 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 
 // ------------------------------------------------------------------------------------------------ lock
 
+const SNAPSHOT = '.weitiao-pull.json';
+
+/**
+ * Files in `dir` are only reused (skipped, or continued from `.partial`) when they come from the same
+ * snapshot: pulling another commit into the same folder first clears what the old one left.
+ */
+function startSnapshot(dir: string, source: HubSource, key: string): void {
+  const file = path.join(dir, SNAPSHOT);
+  let previous: { source?: string; key?: string } | null = null;
+  try {
+    previous = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    /* first pull into this folder */
+  }
+  if (previous && (previous.source !== source || previous.key !== key)) {
+    for (const name of readdirSync(dir)) if (name !== LOCK) rmSync(path.join(dir, name), { recursive: true, force: true });
+  }
+  writeFileSync(file, JSON.stringify({ source, key }) + '\n');
+}
+
+const LOCK = '.weitiao-pull.lock';
+
 /** One pull per directory at a time: two would write the same partial files. */
 function lock(dir: string, repo: string): () => void {
-  const file = path.join(dir, '.weitiao-pull.lock');
+  const file = path.join(dir, LOCK);
   try {
     const pid = Number(readFileSync(file, 'utf8'));
     if (pid && pid !== process.pid && alive(pid)) {
