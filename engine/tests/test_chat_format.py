@@ -124,3 +124,14 @@ def test_answer_ids_for_label_scoring(chatml, llama3) -> None:
         # prompt + answer is exactly the training sequence up to the end-of-turn token.
         example = tokenize_example(tokenizer, SINGLE)
         assert example.input_ids[: len(prompt) + len(answers[0])] == prompt + answers[0]
+
+
+def test_count_tokens_command(tiny_model, chatml, run_engine) -> None:
+    examples = [{"messages": SINGLE}, {"messages": MULTI}, {"messages": [{"role": "user", "content": "你好"}]}]
+    code, events = run_engine("count-tokens", {"model": tiny_model, "examples": examples})
+    assert code == 0 and events[-1]["type"] == "result"
+    expected = [len(chatml.apply_chat_template(e["messages"], tokenize=True, return_dict=False)) for e in examples]
+    assert events[-1]["data"] == {"counts": expected, "model_max_length": 512}
+
+    code, events = run_engine("count-tokens", {"model": "/nonexistent/model", "examples": examples})
+    assert code == 1 and (events[-1]["code"], events[-1]["param"]) == ("not_found", "model")

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from weitiao_engine.chat_format import prompt_ids
+from weitiao_engine import generate
 from weitiao_engine.generate import TextStream, chat_completion
 from weitiao_engine.loading import load_model
+from weitiao_engine.protocol import ChatRequest, EngineError
 
 MESSAGES = [
     {"role": "system", "content": "你是一位外卖评论好评差评评论专家。"},
@@ -111,6 +113,13 @@ def test_end_of_turn_stops_generation(base):
     assert "<|im_end|>" not in result["text"] and "".join(pieces) == result["text"]
 
 
+def test_adapter_directory_without_adapter_config(tiny_model, tmp_path):
+    with pytest.raises(EngineError) as e:
+        load_model(tiny_model, tmp_path)
+    assert (e.value.code, e.value.param) == ("not_found", "adapter")
+    assert "adapter_config.json" in e.value.message and str(tmp_path) in e.value.message
+
+
 def byte_tokens(tokenizer, text: str) -> list[int]:
     """`text` as one byte-level token per UTF-8 byte, so every Chinese character spans three tokens."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -148,7 +157,7 @@ def test_stop_prefix_is_released_when_it_does_not_complete(base):
     assert "".join(out) == "真好吃！" and not stream.stopped
 
 
-def test_chat_through_the_engine(run_engine, tiny_model, adapter, tmp_path):
+def test_chat_through_the_engine(run_engine, tiny_model, adapter, tmp_path, monkeypatch):
     request = {"model": tiny_model, "adapter": adapter, "messages": MESSAGES, "max_tokens": 12, "temperature": 0.7, "seed": 4}
     code, events = run_engine("chat", request)
     assert code == 0 and events[0]["type"] == "hello" and events[-1]["type"] == "result"
@@ -157,16 +166,15 @@ def test_chat_through_the_engine(run_engine, tiny_model, adapter, tmp_path):
     assert "".join(e["text"] for e in events if e["type"] == "token") == result["text"]
     assert result["usage"]["total_tokens"] == result["usage"]["prompt_tokens"] + result["usage"]["completion_tokens"]
 
-    code, events = run_engine("chat", {**request, "stream": False})
-    assert code == 0 and not any(e["type"] == "token" for e in events)
-    assert events[-1]["data"] == result  # same seed, same answer, streamed or not
+    # In-process with stream off: no token events, and the same answer for the same seed.
+    emitted: list[str] = []
+    monkeypatch.setattr(generate.protocol, "emit", lambda type, **fields: emitted.append(type))
+    assert generate.run(ChatRequest.model_validate({**request, "stream": False})) == result
+    assert "token" not in emitted
+    assert generate.run(ChatRequest.model_validate(request)) == result and "token" in emitted  # the recorder works
 
     missing = tmp_path / "没有这个模型"
     code, events = run_engine("chat", {"model": str(missing), "messages": MESSAGES})
     assert code == 1 and events[0]["type"] == "hello" and events[-1]["type"] == "error"
     assert events[-1]["code"] == "not_found" and events[-1]["param"] == "model"
     assert str(missing) in events[-1]["message"]
-
-    code, events = run_engine("chat", {"model": tiny_model, "adapter": str(tmp_path), "messages": MESSAGES})
-    assert events[-1]["code"] == "not_found" and events[-1]["param"] == "adapter"
-    assert "adapter_config.json" in events[-1]["message"]

@@ -22,6 +22,7 @@ MODULES = {
     "train": "weitiao_engine.recipes.lora_finetune",
     "evaluate": "weitiao_engine.evaluate",
     "chat": "weitiao_engine.generate",
+    "serve": "weitiao_engine.serve",
 }
 
 

@@ -145,22 +145,35 @@ def prompt_ids(tokenizer, messages: Sequence[Any]) -> list[int]:
 def answer_ids(tokenizer, messages: Sequence[Any], answers: Sequence[str]) -> tuple[list[int], list[list[int]]]:
     """For scoring fixed answers: the prompt ids and, for each answer, the tokens the assistant would write
     (content + end-of-turn token), both exactly as training renders them."""
-    messages = list(messages)
+    return answers_for_prompts(tokenizer, [messages], answers)[0]
+
+
+def answers_for_prompts(
+    tokenizer, prompts: Sequence[Sequence[Any]], answers: Sequence[str]
+) -> list[tuple[list[int], list[list[int]]]]:
+    """`answer_ids` for many prompts at once (one tokenizer call: label scoring of a whole validation file)."""
     eot = end_of_turn_ids(tokenizer)
-    texts = [render(tokenizer, messages, add_generation_prompt=True)]
-    texts += [render(tokenizer, messages + [{"role": "assistant", "content": a}]) for a in answers]
-    prompt, *fulls = _encode(tokenizer, texts)
+    texts = []
+    for messages in prompts:
+        messages = list(messages)
+        texts.append(render(tokenizer, messages, add_generation_prompt=True))
+        texts += [render(tokenizer, messages + [{"role": "assistant", "content": a}]) for a in answers]
+    ids = _encode(tokenizer, texts)
     out = []
-    for answer, full in zip(answers, fulls):
-        if full[: len(prompt)] != prompt or len(full) == len(prompt):
-            raise EngineError("invalid_request", f"cannot locate the answer {answer!r} after the prompt / 无法定位答案", "labels")
-        tokens = []
-        for t in full[len(prompt) :]:
-            tokens.append(t)
-            if t in eot:
-                break
-        out.append(tokens)
-    return prompt, out
+    for i in range(len(prompts)):
+        prompt, fulls = ids[i * (len(answers) + 1)], ids[i * (len(answers) + 1) + 1 : (i + 1) * (len(answers) + 1)]
+        tokens_per_answer = []
+        for answer, full in zip(answers, fulls):
+            if full[: len(prompt)] != prompt or len(full) == len(prompt):
+                raise EngineError("invalid_request", f"cannot locate the answer {answer!r} after the prompt / 无法定位答案", "labels")
+            tokens = []
+            for t in full[len(prompt) :]:
+                tokens.append(t)
+                if t in eot:
+                    break
+            tokens_per_answer.append(tokens)
+        out.append((prompt, tokens_per_answer))
+    return out
 
 
 def _get(message: Any, key: str) -> Any:

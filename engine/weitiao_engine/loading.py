@@ -28,12 +28,9 @@ from .protocol import EngineError
 def set_threads(threads: Optional[int] = None) -> int:
     """Uses `threads` or one torch thread per physical core this process may run on; returns the count."""
     if threads is None:
-        try:
-            import psutil
+        import psutil
 
-            physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-        except ImportError:  # psutil is pinned, but a missing optional speed-up must not stop inference
-            physical = os.cpu_count() or 1
+        physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
         allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else physical
         threads = max(1, min(physical, allowed))
     torch.set_num_threads(threads)
@@ -56,21 +53,26 @@ def load_model(
         _require_dir(adapter_dir, "adapter_config.json", "adapter", "adapter directory", "适配器目录")
     set_threads(threads)
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as e:  # transformers raises OSError, ValueError… for a broken or partial directory
+        raise EngineError("invalid_file", f"{model_dir}: cannot load the tokenizer: {e} / 无法加载分词器", "model") from e
     if tokenizer.pad_token_id is None:
         # Padding positions are masked out everywhere, so any id will do; eos is always there.
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
-        raise EngineError(
-            "invalid_request",
-            f"the tokenizer in {model_dir} has no chat template / 该模型的分词器没有对话模板",
-            "model",
-        )
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        raise EngineError("invalid_request", f"the tokenizer in {model_dir} has no chat template / 该模型的分词器没有对话模板", "model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    except Exception as e:
+        raise EngineError("invalid_file", f"{model_dir}: cannot load the model: {e} / 无法加载模型", "model") from e
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
+        except Exception as e:  # e.g. an adapter trained on another base: shapes do not match
+            raise EngineError("invalid_file", f"{adapter_dir}: cannot load the adapter: {e} / 无法加载适配器", "adapter") from e
     model.eval()
     return model, tokenizer
 

@@ -3,6 +3,9 @@
 One request per process: `python -m weitiao_engine <command>` reads the request as one JSON line on
 stdin and writes JSON-line events on stdout, flushed one at a time. Logs go to stderr. The first event
 is `hello` (with `protocol_version`), the last `result` or `error`.
+
+The exception is `serve`, the warm inference process: after its request line it reads `ServeCall`
+lines until shutdown, and the `token`, `result` and `error` events of each call carry its `request_id`.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ class LoraConfig(Strict):
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, le=1)
     target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    # Modules trained in full and saved with the adapter (PEFT's modules_to_save), e.g. ["embed_tokens"]
+    # for a random-weight base, whose tiny random embeddings LoRA alone cannot make use of.
+    modules_to_save: Optional[list[str]] = Field(None, min_length=1)
 
 
 class TrainHyperparameters(Strict):
@@ -113,12 +119,35 @@ class ChatRequest(Strict):
     stream: bool = True
 
 
+class ServeRequest(Strict):
+    """`serve`'s one request line (after it, stdin carries `ServeCall` lines until `shutdown` or EOF)."""
+
+    max_models: int = Field(2, gt=0)  # base models kept loaded; a 0.5B model is ~2 GB in fp32
+    max_adapters: int = Field(8, gt=0)  # adapters kept per base model (a modules_to_save adapter holds its own embeddings)
+    threads: Optional[int] = Field(None, gt=0)  # None = one per physical core
+
+
+class ServeCall(Strict):
+    """One line to a running `serve` process. Every event a call causes carries its `id` as `request_id`.
+
+    `{"id": "r1", "command": "chat", "request": {...ChatRequest...}}` queues an answer;
+    `{"id": "c1", "command": "cancel", "target": "r1"}` drops r1 from the queue or stops it between tokens;
+    `{"id": "s1", "command": "shutdown"}` cancels everything and ends the process (so does closing stdin).
+    """
+
+    id: str = Field(min_length=1)
+    command: Literal["chat", "cancel", "shutdown"]
+    request: Optional[dict[str, Any]] = None  # for `chat`; validated as a ChatRequest when its turn comes
+    target: Optional[str] = None  # for `cancel`
+
+
 REQUESTS: dict[str, type[Strict]] = {
     "create-tiny": CreateTinyRequest,
     "count-tokens": CountTokensRequest,
     "train": TrainRequest,
     "evaluate": EvaluateRequest,
     "chat": ChatRequest,
+    "serve": ServeRequest,
 }
 
 

@@ -99,7 +99,7 @@ test('fine-tune, follow, chat, pause/resume, cancel and page through everything 
     training_file: train.id,
     seed: 8,
     metadata: { test: 'it', role: 'pause' },
-    method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 1, batch_size: 2 } } },
+    method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 2, batch_size: 1 } } },
     weitiao: { lora: { r: 4, alpha: 8 } },
   });
   const jobC = await create({
@@ -197,10 +197,9 @@ test('fine-tune, follow, chat, pause/resume, cancel and page through everything 
   chatting.catch(() => {}); // awaited below; this only keeps an early failure from counting as unhandled
 
   // ---- pause B once it trains (the worker then takes C)
-  await waitFor('job B to report a step', async () => {
-    const page = await client.fineTuning.jobs.listEvents(jobB.id, { limit: 50 });
-    return page.data.some((e) => e.type === 'metrics') ? true : undefined;
-  });
+  // Follow B live and pause at its first step, so the pause lands mid-training.
+  const followB = await fetch(`${server.url}/v1/fine_tuning/jobs/${jobB.id}/events?stream=true`, { headers: { authorization: `Bearer ${key}` } });
+  for await (const e of readSse(followB)) if (e.data.type === 'metrics') break;
   const pausing = await client.fineTuning.jobs.pause(jobB.id);
   assert.ok(['pausing', 'paused', 'succeeded'].includes(pausing.status), pausing.status);
   const paused = await untilStatus(jobB.id, ['paused', 'succeeded'], 60_000);
@@ -226,9 +225,13 @@ test('fine-tune, follow, chat, pause/resume, cancel and page through everything 
   assert.equal(resumed.status, 'queued');
   const doneB = await untilStatus(jobB.id, ['succeeded', 'failed'], 90_000);
   assert.equal(doneB.status, 'succeeded', JSON.stringify(doneB.error));
-  const stepsB: number[] = [];
-  for await (const e of client.fineTuning.jobs.listEvents(jobB.id, { limit: 100 })) if (e.type === 'metrics') stepsB.push((e.data as { step: number }).step);
-  assert.equal(Math.max(...stepsB), 32);
+  const eventsB: OpenAI.FineTuning.FineTuningJobEvent[] = [];
+  for await (const e of client.fineTuning.jobs.listEvents(jobB.id, { limit: 100 })) eventsB.unshift(e);
+  const stepOf = (e: OpenAI.FineTuning.FineTuningJobEvent) => (e.data as { step: number }).step;
+  const resumedAt = eventsB.findIndex((e) => /resumed/.test(e.message));
+  const firstAfterResume = eventsB.slice(resumedAt).find((e) => e.type === 'metrics')!;
+  assert.ok(stepOf(firstAfterResume) > 1, `B went on from its checkpoint (step ${stepOf(firstAfterResume)}), not from the start`);
+  assert.equal(Math.max(...eventsB.filter((e) => e.type === 'metrics').map(stepOf)), 128);
   note('job B finished');
   await chatting;
   note('chats done');

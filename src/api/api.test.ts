@@ -1,7 +1,7 @@
 /**
  * The API in-process (`app.request`): auth, the one error shape, validation params, pagination, uploads,
- * job event streams, model ids with '/' and ':', and the OpenAPI document. No engine runs here; the
- * integration tests drive a real server with training and chat.
+ * job event streams, model ids with '/' and ':', stream errors, start-up, and the OpenAPI document. The
+ * engine runs once here (a chat that fails mid-stream); the integration tests train and chat for real.
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -11,7 +11,8 @@ import { after, before, describe, test } from 'node:test';
 import { openContext, type Context } from '../context.js';
 import { createKey, revokeKey } from '../keys/index.js';
 import { registerModel } from '../models/index.js';
-import { createApp } from './index.js';
+import { WeitiaoError } from '../errors.js';
+import { createApp, startServer } from './index.js';
 
 type Json = Record<string, any>;
 
@@ -371,6 +372,67 @@ describe('HTTP API (in-process)', () => {
       const del = await call('DELETE', '/v1/models/ft:Org/Base-1.5B:waimai:abcd1234');
       assert.deepEqual(del.json, { id: 'ft:Org/Base-1.5B:waimai:abcd1234', object: 'model', deleted: true });
       assertError(await call('GET', '/v1/models/ft:Org/Base-1.5B:waimai:abcd1234'), 404, 'not_found', 'model');
+    });
+  });
+
+  describe('chat', () => {
+    test('errors before the stream opens get a real status; one after it arrives as an error event', async () => {
+      const messages = [{ role: 'user', content: '好吃吗' }];
+      assertError(await call('POST', '/v1/chat/completions', { body: { model: 'nope', messages, stream: true } }), 404, 'not_found', 'model');
+      assertError(await call('POST', '/v1/chat/completions', { body: { model: 'tiny-test', messages: [], stream: true } }), 400, 'invalid_request', 'messages');
+      // tiny-test is a directory without weights: the engine starts, then fails, after the headers went out.
+      const res = await app.request('/v1/chat/completions', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'tiny-test', messages, stream: true, max_tokens: 2 }),
+      });
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
+      const events = parseSse(await res.text());
+      assert.equal(events[0].data.object, 'chat.completion.chunk');
+      const last = events.at(-1)!.data;
+      assert.deepEqual(Object.keys(last), ['error']);
+      assert.ok(last.error.code && last.error.message && last.error.type);
+    });
+  });
+
+  describe('startServer', () => {
+    test('--no-auth warns loudly, serves over real HTTP, a taken port is a clear error, close is idempotent', async () => {
+      const lines: string[] = [];
+      const server = await startServer(ctx, { port: 0, auth: false, worker: false, handleSignals: false, log: (l) => lines.push(l) });
+      try {
+        assert.match(lines.join('\n'), /WARNING: authentication is OFF/);
+        assert.match(lines.join('\n'), /身份验证/);
+        assert.match(server.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+        const res = await fetch(`${server.url}/v1/models`);
+        assert.equal(res.status, 200);
+        await assert.rejects(
+          startServer(ctx, { port: server.port, auth: true, worker: false, handleSignals: false, log: () => {} }),
+          (e: unknown) => e instanceof WeitiaoError && e.code === 'conflict' && e.param === 'port',
+        );
+      } finally {
+        await server.close();
+        await server.close();
+      }
+      await assert.rejects(fetch(`${server.url}/health`));
+
+      // `extend` mounts more routes (the web console's) behind the same key check.
+      const quiet: string[] = [];
+      const secured = await startServer(ctx, {
+        port: 0,
+        auth: true,
+        worker: false,
+        handleSignals: false,
+        log: (l) => quiet.push(l),
+        extend: (a) => a.get('/v1/extra', (c) => c.json({ ok: true })),
+      });
+      try {
+        assert.equal((await fetch(`${secured.url}/v1/extra`)).status, 401);
+        assert.deepEqual(await (await fetch(`${secured.url}/v1/extra`, { headers: { authorization: `Bearer ${key}` } })).json(), { ok: true });
+      } finally {
+        await secured.close();
+      }
+      assert.doesNotMatch(quiet.join('\n'), /WARNING/);
     });
   });
 

@@ -11,6 +11,7 @@
  * Bodies are validated with zod; failures are WeitiaoErrors, which the API's error handler turns into
  * OpenAI's `{error: {message, type, param, code}}`.
  */
+import { statSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Hono } from 'hono';
@@ -153,6 +154,7 @@ function modelDir(ctx: Context, model: string | undefined, param = 'model'): str
  */
 const tokenCache = new Map<string, { maxLength: number; counts: Map<string, number> }>();
 const TOKEN_CACHE_ENTRIES = 200_000;
+const TOKEN_CACHE_MODELS = 4;
 
 const exampleKey = (e: ChatExample): string => JSON.stringify(e.messages.map((m) => [m.role, m.content, m.weight ?? null]));
 
@@ -166,10 +168,17 @@ function promptPart(e: ChatExample): ChatExample {
 function tokenDeps(dir: string | undefined): DataDeps {
   if (!dir) return {};
   const count = engineTokenCounter(dir);
+  // A model rebuilt in place (create-tiny --overwrite) has a new tokenizer: its files' times change.
+  const version = ['tokenizer.json', 'config.json'].map((f) => statSync(path.join(dir, f), { throwIfNoEntry: false })?.mtimeMs ?? 0).join(':');
+  const cacheKey = `${dir}\0${version}`;
   return {
     countTokens: async (examples) => {
-      let entry = tokenCache.get(dir);
-      if (!entry || entry.counts.size > TOKEN_CACHE_ENTRIES) tokenCache.set(dir, (entry = { maxLength: 0, counts: new Map() }));
+      let entry = tokenCache.get(cacheKey);
+      if (!entry || entry.counts.size > TOKEN_CACHE_ENTRIES) {
+        tokenCache.delete(cacheKey);
+        if (tokenCache.size >= TOKEN_CACHE_MODELS) tokenCache.delete(tokenCache.keys().next().value!);
+        tokenCache.set(cacheKey, (entry = { maxLength: 0, counts: new Map() }));
+      }
       const counts = entry.counts;
       const missing = new Map<string, ChatExample>();
       for (const e of examples) {
@@ -662,25 +671,45 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
   const n = stats.examples;
   const isAuto = (k: 'n_epochs' | 'batch_size' | 'learning_rate_multiplier') => hp.auto.includes(k);
 
-  const epochsWhy = isAuto('n_epochs')
+  const config = await readConfig(baseDir);
+  const passes = (k: number) => `${k} pass${k === 1 ? '' : 'es'}`;
+  const epochsWhy: Explanation = isAuto('n_epochs')
     ? n * EPOCH_RULE.default < EPOCH_RULE.minTrainedExamples
-      ? `auto: ⌈${EPOCH_RULE.minTrainedExamples} / ${n} examples⌉ so the model sees at least ${EPOCH_RULE.minTrainedExamples} examples (max ${EPOCH_RULE.max}) / 自动：保证至少训练 ${EPOCH_RULE.minTrainedExamples} 个样本`
+      ? [
+          `auto: ⌈${EPOCH_RULE.minTrainedExamples} / ${n} examples⌉, so the model sees at least ${EPOCH_RULE.minTrainedExamples} examples (at most ${EPOCH_RULE.max} epochs)`,
+          `自动：⌈${EPOCH_RULE.minTrainedExamples} / ${n}⌉，保证至少训练 ${EPOCH_RULE.minTrainedExamples} 个样本（最多 ${EPOCH_RULE.max} 轮）`,
+        ]
       : n * EPOCH_RULE.default > EPOCH_RULE.maxTrainedExamples
-        ? `auto: ⌊${EPOCH_RULE.maxTrainedExamples} / ${n} examples⌋ so training stops after about ${EPOCH_RULE.maxTrainedExamples} examples (min 1) / 自动：总训练样本不超过 ${EPOCH_RULE.maxTrainedExamples}`
-        : `auto: ${EPOCH_RULE.default} passes over ${n} examples (${EPOCH_RULE.minTrainedExamples}–${EPOCH_RULE.maxTrainedExamples} examples in all) / 自动：默认 ${EPOCH_RULE.default} 轮`
-    : `set by you: ${hp.n_epochs} passes over ${n} examples / 手动设置`;
-  const batchWhy = isAuto('batch_size')
-    ? `auto: ${BATCH_RULE.fraction * 100} % of ${n} examples to the nearest power of two, ${BATCH_RULE.min}–${BATCH_RULE.maxCpu} on CPU / 自动：样本数的 ${BATCH_RULE.fraction * 100}%，取 2 的幂`
-    : `set by you${hp.batch_size < (body.hyperparameters?.batch_size as number) ? `, cut to the ${n} examples there are` : ''} / 手动设置`;
-  const lrWhy = isAuto('learning_rate_multiplier')
-    ? `auto: 1 × LoRA's base rate ${BASE_LEARNING_RATE.lora} = ${hp.learning_rate} / 自动：LoRA 基础学习率 ${BASE_LEARNING_RATE.lora}`
-    : `set by you: ${hp.learning_rate_multiplier} × ${BASE_LEARNING_RATE.lora} = ${Number(hp.learning_rate.toPrecision(4))} / 手动设置`;
+        ? [
+            `auto: ⌊${EPOCH_RULE.maxTrainedExamples} / ${n} examples⌋, so training stops after about ${EPOCH_RULE.maxTrainedExamples} examples (at least 1 epoch)`,
+            `自动：⌊${EPOCH_RULE.maxTrainedExamples} / ${n}⌋，总训练样本约 ${EPOCH_RULE.maxTrainedExamples} 个（至少 1 轮）`,
+          ]
+        : [
+            `auto: ${passes(EPOCH_RULE.default)} over ${n} examples (${EPOCH_RULE.minTrainedExamples}–${EPOCH_RULE.maxTrainedExamples} examples in all)`,
+            `自动：${n} 个样本训练 ${EPOCH_RULE.default} 轮（总样本数在 ${EPOCH_RULE.minTrainedExamples}–${EPOCH_RULE.maxTrainedExamples} 之间）`,
+          ]
+    : [`set by you: ${passes(hp.n_epochs)} over ${n} examples`, `手动设置：${n} 个样本训练 ${hp.n_epochs} 轮`];
+  const requestedBatch = body.hyperparameters?.batch_size;
+  const batchWhy: Explanation = isAuto('batch_size')
+    ? [
+        `auto: ${BATCH_RULE.fraction * 100} % of ${n} examples to the nearest power of two, ${BATCH_RULE.min}–${BATCH_RULE.maxCpu} on CPU; ${hp.estimated_total_steps} steps`,
+        `自动：样本数 ${n} 的 ${BATCH_RULE.fraction * 100}%，取最接近的 2 的幂（CPU 上 ${BATCH_RULE.min}–${BATCH_RULE.maxCpu}）；共 ${hp.estimated_total_steps} 步`,
+      ]
+    : typeof requestedBatch === 'number' && hp.batch_size < requestedBatch
+      ? [`set by you, cut to the ${n} examples there are`, `手动设置，已减为样本数 ${n}`]
+      : [`set by you: ${hp.estimated_total_steps} steps`, `手动设置：共 ${hp.estimated_total_steps} 步`];
+  const lr = Number(hp.learning_rate.toPrecision(4));
+  const lrWhy: Explanation = isAuto('learning_rate_multiplier')
+    ? [`auto: 1 × LoRA's base rate ${BASE_LEARNING_RATE.lora} = ${lr}`, `自动：1 × LoRA 基础学习率 ${BASE_LEARNING_RATE.lora} = ${lr}`]
+    : [`set by you: ${hp.learning_rate_multiplier} × ${BASE_LEARNING_RATE.lora} = ${lr}`, `手动设置：${hp.learning_rate_multiplier} × ${BASE_LEARNING_RATE.lora} = ${lr}`];
   const r = body.lora?.r ?? 8;
   const alpha = body.lora?.alpha ?? 16;
+  const scale = Number((alpha / r).toPrecision(3));
+  const rWhy: Explanation = [`LoRA rank ${r}: ${loraParamText(config, r)} trainable parameters`, `LoRA 秩 ${r}：可训练参数 ${loraParamText(config, r)}`];
+  const alphaWhy: Explanation = [`updates are scaled by alpha / rank = ${scale}`, `更新量乘以 alpha / 秩 = ${scale}`];
 
   // Trained tokens as OpenAI counts them: every token of every example, once per epoch.
   const trained_tokens = stats.total_tokens * hp.n_epochs;
-  const config = await readConfig(baseDir);
   const params = config ? parameterCount(config) : null;
   const measured = measuredThroughput(ctx, body.model);
   // Training costs about 6 FLOPs per parameter per token (forward + backward).
@@ -718,20 +747,12 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
     tokens_per_example: stats.tokens_per_example,
     label_set: stats.label_set,
     hyperparameters: {
-      n_epochs: { value: hp.n_epochs, auto: isAuto('n_epochs'), explanation: epochsWhy },
-      batch_size: { value: hp.batch_size, auto: isAuto('batch_size'), explanation: batchWhy },
-      learning_rate_multiplier: { value: hp.learning_rate_multiplier, auto: isAuto('learning_rate_multiplier'), explanation: lrWhy },
-      learning_rate: { value: hp.learning_rate, auto: isAuto('learning_rate_multiplier'), explanation: lrWhy },
-      lora_r: {
-        value: r,
-        auto: body.lora?.r === undefined,
-        explanation: `LoRA rank ${r}: ${loraParamText(config, r)} trainable parameters / LoRA 秩 ${r}`,
-      },
-      lora_alpha: {
-        value: alpha,
-        auto: body.lora?.alpha === undefined,
-        explanation: `updates are scaled by alpha / rank = ${Number((alpha / r).toPrecision(3))} / 更新量缩放系数 alpha / 秩 = ${Number((alpha / r).toPrecision(3))}`,
-      },
+      n_epochs: explained(hp.n_epochs, isAuto('n_epochs'), epochsWhy),
+      batch_size: explained(hp.batch_size, isAuto('batch_size'), batchWhy),
+      learning_rate_multiplier: explained(hp.learning_rate_multiplier, isAuto('learning_rate_multiplier'), lrWhy),
+      learning_rate: explained(hp.learning_rate, isAuto('learning_rate_multiplier'), lrWhy),
+      lora_r: explained(r, body.lora?.r === undefined, rWhy),
+      lora_alpha: explained(alpha, body.lora?.alpha === undefined, alphaWhy),
     },
     total_steps: hp.estimated_total_steps,
     trained_tokens,
@@ -743,8 +764,16 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
   };
 }
 
+/** One line in English and one in Chinese. */
+type Explanation = [en: string, zh: string];
+
+/** A resolved value with why: `explanation` bilingual as every message, `explanation_i18n` for a UI that shows one language. */
+function explained(value: number, auto: boolean, [en, zh]: Explanation) {
+  return { value, auto, explanation: `${en} / ${zh}`, explanation_i18n: { en, zh } };
+}
+
 function loraParamText(config: ModelShape | null, r: number): string {
-  if (!config?.hidden_size || !config.num_hidden_layers) return 'about';
+  if (!config?.hidden_size || !config.num_hidden_layers) return '?';
   const h = config.hidden_size;
   const n = config.num_hidden_layers * 7 * r * (h + (config.intermediate_size ?? 4 * h));
   return n >= 1e6 ? `≈ ${(n / 1e6).toFixed(1)} M` : `≈ ${Math.round(n / 1e3)} k`;

@@ -1,9 +1,9 @@
 /**
  * The OpenAI-compatible HTTP API: a thin Hono shell over the services. Point an OpenAI SDK at
- * `http://127.0.0.1:8080/v1` with a weitiao key and its fine-tuning, files, models and chat calls work.
+ * `http://127.0.0.1:8000/v1` with a weitiao key and its fine-tuning, files, models and chat calls work.
  *
  * ```ts
- * const server = await startServer(ctx, { port: 8080, auth: true, worker: true });
+ * const server = await startServer(ctx, { port: 8000, auth: true, worker: true });
  * // … later
  * await server.close();
  * ```
@@ -15,9 +15,11 @@ import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import { Hono } from 'hono';
 import type { Context } from '../context.js';
+import { WeitiaoError } from '../errors.js';
 import { DEFAULT_MAX_BYTES } from '../files/index.js';
 import { Worker } from '../jobs/index.js';
 import { verifyKey } from '../keys/index.js';
+import { z } from 'zod';
 import { apiKeyAuth, type ApiEnv } from './internal/auth.js';
 import { notFound, onError } from './internal/errors.js';
 import { RouteTable } from './internal/routes.js';
@@ -25,9 +27,13 @@ import { chatRoutes } from './routes/chat.js';
 import { fileRoutes } from './routes/files.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
-import { z } from 'zod';
+
+export type { ApiEnv } from './internal/auth.js';
 
 export const API_VERSION = '0.1.0';
+/** Loopback only unless told otherwise: exposing the API is a decision, not a default. */
+export const DEFAULT_HOST = '127.0.0.1';
+export const DEFAULT_PORT = 8000;
 
 export interface AppOptions {
   /** Require `Authorization: Bearer <key>` on /v1 routes. `false` is for local use only (`--no-auth`). */
@@ -89,7 +95,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
 }
 
 export interface ServerOptions {
-  /** Default 127.0.0.1: exposing the API is a decision, not a default. */
+  /** Default DEFAULT_HOST (127.0.0.1). */
   host?: string;
   /** 0 picks a free port (see `RunningServer.port`). */
   port: number;
@@ -101,6 +107,8 @@ export interface ServerOptions {
   handleSignals?: boolean;
   /** Where start-up and shutdown notes go (default stderr). */
   log?: (line: string) => void;
+  /** Mounts more routes on the app before it serves, e.g. the web console's (behind the same key check on /v1). */
+  extend?: (app: Hono<ApiEnv>) => void;
 }
 
 export interface RunningServer {
@@ -114,7 +122,7 @@ export interface RunningServer {
 
 /** Serves `createApp` over HTTP and, with `worker`, runs queued jobs in the same process. */
 export async function startServer(ctx: Context, options: ServerOptions): Promise<RunningServer> {
-  const host = options.host ?? '127.0.0.1';
+  const host = options.host ?? DEFAULT_HOST;
   const log = options.log ?? ((line: string) => process.stderr.write(line + '\n'));
   if (!options.auth) {
     log(
@@ -131,11 +139,21 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
   }
 
   const app = createApp(ctx, { auth: options.auth, maxUploadBytes: options.maxUploadBytes });
+  options.extend?.(app);
   const server = createAdaptorServer({ fetch: app.fetch, hostname: host }) as Server;
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const fail = (err: NodeJS.ErrnoException) => {
+      const why =
+        err.code === 'EADDRINUSE'
+          ? `${host}:${options.port} is already in use; pick another --port / 端口已被占用`
+          : err.code === 'EACCES'
+            ? `no permission to listen on ${host}:${options.port} / 无权监听该端口`
+            : `cannot listen on ${host}:${options.port}: ${err.message} / 无法监听`;
+      reject(new WeitiaoError(err.code === 'EADDRINUSE' ? 'conflict' : 'invalid_request', why, { param: 'port', cause: err }));
+    };
+    server.once('error', fail);
     server.listen(options.port, host, () => {
-      server.off('error', reject);
+      server.off('error', fail);
       resolve();
     });
   });
@@ -162,7 +180,8 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
     })());
 
   const onSignal = (sig: NodeJS.Signals) => {
-    log(`${sig}: shutting down (a running job saves a checkpoint first) / 正在关闭`);
+    // `once`: a second Ctrl-C falls through to Node's default and ends the process at once.
+    log(`${sig}: shutting down; a running job saves a checkpoint first (again to force) / 正在关闭，再按一次强制退出`);
     close().then(
       () => {
         ctx.close();

@@ -62,7 +62,15 @@ export function runEngine<C extends EngineCommand>(
   return new Promise((resolve, reject) => {
     const child = spawn(enginePython(), ['-m', 'weitiao_engine', command], {
       cwd: ENGINE_DIR,
-      env: { ...process.env, PYTHONPATH: ENGINE_DIR, PYTHONUNBUFFERED: '1', TOKENIZERS_PARALLELISM: 'false', ...options.env },
+      env: {
+        // OMP_WAIT_POLICY: see engine/weitiao_engine/__init__.py (spinning OpenMP threads stall on shared cores).
+        OMP_WAIT_POLICY: 'PASSIVE',
+        ...process.env,
+        PYTHONPATH: ENGINE_DIR,
+        PYTHONUNBUFFERED: '1',
+        TOKENIZERS_PARALLELISM: 'false',
+        ...options.env,
+      },
       stdio: ['pipe', 'pipe', 'pipe'],
       detached: true, // own process group, so a stop reaches every child the engine starts
     });

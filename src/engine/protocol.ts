@@ -5,6 +5,10 @@
  * One request per process: the control plane runs `python -m weitiao_engine <command>`, writes the
  * request as one JSON line on stdin and reads JSON-line events from stdout (logs go to stderr).
  * The first event is `hello` with `protocol_version`; the last is `result` or `error`.
+ *
+ * The exception is `serve`, the warm inference process (src/engine/warm.ts): after its request line it
+ * reads `ServeCall` lines until shutdown, and the `token`, `result` and `error` events of each call
+ * carry its `request_id`.
  */
 import { z } from 'zod';
 
@@ -57,6 +61,11 @@ export const LoraConfig = z.object({
   dropout: z.number().min(0).max(1).default(0.05),
   /** `all-linear` (every linear layer but the LM head) or explicit module names. */
   target_modules: z.union([z.literal('all-linear'), z.array(z.string()).min(1)]).default('all-linear'),
+  /**
+   * Modules trained in full and saved with the adapter (PEFT's `modules_to_save`), e.g. `['embed_tokens']`
+   * for a random-weight base, whose tiny random embeddings LoRA alone cannot make use of.
+   */
+  modules_to_save: z.array(z.string()).min(1).nullable().default(null),
 });
 
 export const TrainHyperparameters = z.object({
@@ -118,7 +127,32 @@ export const ChatRequest = z.object({
 });
 export type ChatRequest = z.input<typeof ChatRequest>;
 
+/** `serve`'s one request line; after it, stdin carries `ServeCall` lines until `shutdown` or end of input. */
+export const ServeRequest = z.object({
+  /** Base models kept loaded (least recently used out); a 0.5B model is ~2 GB in fp32. */
+  max_models: z.number().int().positive().default(2),
+  /** Adapters kept per base model (an adapter with `modules_to_save` holds its own copy of those modules). */
+  max_adapters: z.number().int().positive().default(8),
+  threads: z.number().int().positive().nullable().default(null),
+});
+export type ServeRequest = z.input<typeof ServeRequest>;
+
+/**
+ * One line to a running `serve` process; every event a call causes carries its `id` as `request_id`.
+ * `chat` queues an answer (answered strictly one at a time, in arrival order); `cancel` drops `target`
+ * from the queue or stops it between two tokens; `shutdown` cancels everything and ends the process.
+ */
+export const ServeCall = z.discriminatedUnion('command', [
+  z.object({ id: z.string().min(1), command: z.literal('chat'), request: ChatRequest }),
+  z.object({ id: z.string().min(1), command: z.literal('cancel'), target: z.string() }),
+  z.object({ id: z.string().min(1), command: z.literal('shutdown') }),
+]);
+export type ServeCall = z.input<typeof ServeCall>;
+
 // ------------------------------------------------------------------------------------------------ events
+
+/** Set on the events of one call to a `serve` process: the call's `id`. */
+const RequestId = z.string().optional();
 
 export const LabelMetrics = z.object({
   n: z.number().int(),
@@ -184,17 +218,19 @@ const Checkpoint = z.object({
   train_loss: z.number().optional(),
   valid_loss: z.number().optional(),
 });
-const Token = z.object({ type: z.literal('token'), text: z.string() });
-const Result = z.object({ type: z.literal('result'), data: z.record(z.string(), z.unknown()) });
+const Token = z.object({ type: z.literal('token'), text: z.string(), request_id: RequestId });
+const Result = z.object({ type: z.literal('result'), data: z.record(z.string(), z.unknown()), request_id: RequestId });
 const EngineErrorEvent = z.object({
   type: z.literal('error'),
   code: z.string(),
   message: z.string(),
   param: z.string().nullable().optional(),
+  request_id: RequestId,
 });
 
 export const EngineEvent = z.discriminatedUnion('type', [Hello, Log, Progress, Metrics, Eval, Checkpoint, Token, Result, EngineErrorEvent]);
 export type EngineEvent = z.infer<typeof EngineEvent>;
+export type HelloEvent = z.infer<typeof Hello>;
 export type MetricsEvent = z.infer<typeof Metrics>;
 export type EvalEvent = z.infer<typeof Eval>;
 export type CheckpointEvent = z.infer<typeof Checkpoint>;
@@ -238,6 +274,10 @@ export type CountTokensResult = z.infer<typeof CountTokensResult>;
 export const CreateTinyResult = z.object({ path: z.string(), parameters: z.number().int(), vocab_size: z.number().int() });
 export type CreateTinyResult = z.infer<typeof CreateTinyResult>;
 
+/** What `serve` returns when it shuts down: how many answers it gave. */
+export const ServeResult = z.object({ served: z.number().int() });
+export type ServeResult = z.infer<typeof ServeResult>;
+
 /** Each command's request and result schemas, so `runEngine` is typed end to end. */
 export const COMMANDS = {
   'create-tiny': { request: CreateTinyRequest, result: CreateTinyResult },
@@ -247,3 +287,9 @@ export const COMMANDS = {
   chat: { request: ChatRequest, result: ChatResult },
 } as const;
 export type EngineCommand = keyof typeof COMMANDS;
+
+/** The calls a warm `serve` process answers, with their request and result schemas (see src/engine/warm.ts). */
+export const SERVE_COMMANDS = {
+  chat: COMMANDS.chat,
+} as const;
+export type ServeCommand = keyof typeof SERVE_COMMANDS;

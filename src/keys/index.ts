@@ -11,7 +11,8 @@
 import { createHash, randomInt } from 'node:crypto';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
-import { newId, now } from '../store/index.js';
+import type { Statement } from 'better-sqlite3';
+import { newId, now, type DB } from '../store/index.js';
 
 export const KEY_PREFIX = 'wt-';
 const KEY_RANDOM_LENGTH = 40;
@@ -63,6 +64,16 @@ const toRecord = (row: KeyRow): KeyRecord => ({
 });
 
 const hashKey = (key: string): string => createHash('sha256').update(key, 'utf8').digest('hex');
+
+// verifyKey runs on every API request: compile its statements once per database, not per call.
+const statements = new WeakMap<DB, Map<string, Statement>>();
+function statement(db: DB, sql: string): Statement {
+  let cache = statements.get(db);
+  if (!cache) statements.set(db, (cache = new Map()));
+  let stmt = cache.get(sql);
+  if (!stmt) cache.set(sql, (stmt = db.prepare(sql)));
+  return stmt;
+}
 
 /** Creates a key named `name`; the returned `key` is the only time the secret is visible. */
 export function createKey(ctx: Context, options: { name: string }): CreatedKey {
@@ -125,12 +136,12 @@ export function verifyKey(ctx: Context, key: string): KeyRecord | null {
   // Cheap shape check first: random garbage never touches the store.
   if (!key.startsWith(KEY_PREFIX) || key.length !== KEY_PREFIX.length + KEY_RANDOM_LENGTH) return null;
   // Looked up by hash, so the comparison never runs over the secret itself.
-  const row = ctx.db.prepare('SELECT * FROM api_keys WHERE hash = ?').get(hashKey(key)) as KeyRow | undefined;
+  const row = statement(ctx.db, 'SELECT * FROM api_keys WHERE hash = ?').get(hashKey(key)) as KeyRow | undefined;
   if (!row || row.revoked_at !== null) return null;
   const t = now();
   if (row.last_used_at === null || t - row.last_used_at >= LAST_USED_RESOLUTION_SECONDS) {
     row.last_used_at = t;
-    ctx.db.prepare('UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(t, row.id);
+    statement(ctx.db, 'UPDATE api_keys SET last_used_at = ? WHERE id = ?').run(t, row.id);
   }
   return toRecord(row);
 }

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..chat_format import IGNORE_INDEX, TokenizedExample, answer_ids, tokenize_examples
+from ..chat_format import IGNORE_INDEX, TokenizedExample, answers_for_prompts, tokenize_examples
 from ..metrics import label_metrics
 from ..protocol import ChatExample, EngineError, TrainRequest, emit, log, progress
 
@@ -77,7 +77,6 @@ class Run:
     best_valid_loss: Optional[float] = None
     last_checkpoint: Optional[str] = None
     last_checkpoint_step: int = -1
-    last_eval_step: int = -1
     stop_requested: bool = False
     started: float = field(default_factory=time.monotonic)
     previous_handlers: dict[int, Any] = field(default_factory=dict)
@@ -159,6 +158,9 @@ def setup(request: TrainRequest) -> Run:
     label_task = build_label_task(tokenizer, valid_examples, request.label_set) if request.label_set and valid_examples else None
 
     progress("setup", 3, 4, "adding LoRA / 添加 LoRA")
+    missing = [m for m in request.lora.modules_to_save or [] if not any(n.endswith(m) for n, _ in model.named_modules())]
+    if missing:
+        raise EngineError("invalid_request", f"LoRA: modules_to_save {missing} not found in the model / 模型中没有这些模块", "lora.modules_to_save")
     seed_everything(hp.seed)  # LoRA's A matrices are initialised from the global RNG
     target = request.lora.target_modules
     lora = LoraConfig(
@@ -166,6 +168,9 @@ def setup(request: TrainRequest) -> Run:
         lora_alpha=request.lora.alpha,
         lora_dropout=request.lora.dropout,
         target_modules=linear_module_names(model) if target == "all-linear" else list(target),
+        modules_to_save=request.lora.modules_to_save,
+        # A trained embedding must stay the LM head too when the base ties them (Qwen2.5's small models).
+        ensure_weight_tying=bool(request.lora.modules_to_save and model.config.tie_word_embeddings),
         task_type="CAUSAL_LM",
     )
     try:
@@ -208,14 +213,15 @@ def setup(request: TrainRequest) -> Run:
         pad_id=pad_id,
     )
 
+    if request.resume:
+        restore_checkpoint(state)
+
     # From here on a signal only sets a flag: the current step finishes, then a checkpoint is saved.
     def on_signal(signum, _frame):
         state.stop_requested = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         state.previous_handlers[sig] = signal.signal(sig, on_signal)
-    if request.resume:
-        restore_checkpoint(state)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(
         f"{len(train_data)} training / {len(valid_data)} validation examples, {steps_per_epoch} steps per epoch,"
@@ -268,12 +274,13 @@ def linear_module_names(model) -> list[str]:
 def build_label_task(tokenizer, examples: list[list[dict[str, Any]]], labels: list[str]) -> LabelTask:
     """For each validation example: the prompt before its last assistant turn, followed by every label."""
     task = LabelTask(labels=list(labels), expected=[])
+    prompts = []
     for messages in examples:
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last is None:
-            continue
-        prompt, answers = answer_ids(tokenizer, messages[:last], labels)
-        task.expected.append(messages[last]["content"])
+        if last is not None:
+            prompts.append(messages[:last])
+            task.expected.append(messages[last]["content"])
+    for prompt, answers in answers_for_prompts(tokenizer, prompts, labels):
         for answer in answers:
             task.sequences.append(prompt + answer)
             task.answer_lengths.append(len(answer))
@@ -415,7 +422,6 @@ def validate(state: Run, with_labels: bool) -> None:
             loss_sum, n_tokens, n_correct = loss_sum + s.item(), n_tokens + n, n_correct + c
         state.valid_loss = loss_sum / max(n_tokens, 1)
         state.best_valid_loss = min(state.valid_loss, state.best_valid_loss or math.inf)
-        state.last_eval_step = state.step
         emit(
             "metrics",
             step=state.step,
@@ -552,7 +558,6 @@ def restore_checkpoint(state: Run) -> None:
     state.elapsed_before = saved["elapsed_seconds"]
     state.train_loss, state.valid_loss, state.best_valid_loss = saved["train_loss"], saved["valid_loss"], saved["best_valid_loss"]
     state.last_checkpoint, state.last_checkpoint_step = str(path), state.step
-    state.last_eval_step = state.step if state.valid_loss is not None else -1
     if state.batches_done >= state.steps_per_epoch:  # saved at an epoch end
         state.epoch_index, state.batches_done = state.epoch_index + 1, 0
     log(f"resumed from {path} at step {state.step} / 从检查点恢复")

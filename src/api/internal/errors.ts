@@ -20,7 +20,7 @@ export function formatPath(path: readonly PropertyKey[]): string {
 }
 
 /** A zod failure as one invalid_request naming the first offending param; the others follow in the message. */
-export function fromZodError(err: z.ZodError, where?: string): WeitiaoError {
+export function fromZodError(err: z.ZodError, where?: { en: string; zh: string }): WeitiaoError {
   const [first, ...rest] = err.issues;
   // An unknown key is itself the param at fault (zod reports it at the enclosing object).
   const pathOf = (issue: z.core.$ZodIssue) => formatPath(issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]] : issue.path);
@@ -30,7 +30,7 @@ export function fromZodError(err: z.ZodError, where?: string): WeitiaoError {
     return p ? `${p}: ${issue.message}` : issue.message;
   };
   const more = rest.length ? ` (and ${rest.length} more: ${rest.slice(0, 4).map(describe).join('; ')})` : '';
-  const prefix = where ? `invalid ${where} / ${where} 无效: ` : 'invalid request / 请求无效: ';
+  const prefix = `invalid ${where?.en ?? 'request'} / ${where?.zh ?? '请求'}无效: `;
   return new WeitiaoError('invalid_request', `${prefix}${first ? describe(first) : 'failed validation'}${more}`, {
     param: param || undefined,
     cause: err,
@@ -60,17 +60,24 @@ export function toWeitiaoError(err: unknown): WeitiaoError {
   return WeitiaoError.from(err);
 }
 
-/** The response for an error; 5xx that are not ours are logged with their stack, which never leaves the server. */
-export function errorResponse(c: HonoContext, err: unknown): Response {
+/**
+ * The body to send for an error, logging server-side failures to stderr. An unexpected error's stack and
+ * message stay in the log: they may carry paths or internals, so the client learns what happened, not how.
+ */
+export function publicError(c: HonoContext, err: unknown): WeitiaoError {
   const e = toWeitiaoError(err);
   if (e.code === 'internal_error') {
     const cause = e.cause instanceof Error ? e.cause : e;
     console.error(`[weitiao api] ${c.req.method} ${c.req.path}: ${cause.stack ?? cause.message}`);
-    // The message of an unexpected error may carry paths or internals: say what happened, not how.
-    const body = new WeitiaoError('internal_error', 'internal server error / 服务器内部错误').toJSON();
-    return c.json(body, 500);
+    return new WeitiaoError('internal_error', 'internal server error / 服务器内部错误');
   }
   if (e.httpStatus >= 500) console.error(`[weitiao api] ${c.req.method} ${c.req.path}: ${e.code}: ${e.message}`);
+  return e;
+}
+
+/** The response for an error: OpenAI's body with the status from the code table. */
+export function errorResponse(c: HonoContext, err: unknown): Response {
+  const e = publicError(c, err);
   return c.json(e.toJSON(), e.httpStatus as ContentfulStatusCode);
 }
 

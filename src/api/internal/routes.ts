@@ -66,8 +66,8 @@ export class RouteTable<E extends Env> {
   ): void {
     this.specs.push(spec as AnySpec);
     this.app.on(spec.method.toUpperCase(), spec.path, async (c) => {
-      const params = spec.params ? validate(spec.params, c.req.param(), 'path parameter') : undefined;
-      const query = spec.query ? validate(spec.query, parseQuery(new URL(c.req.url).searchParams), 'query parameter') : undefined;
+      const params = spec.params ? validate(spec.params, c.req.param(), { en: 'path parameter', zh: '路径参数' }) : undefined;
+      const query = spec.query ? validate(spec.query, parseQuery(new URL(c.req.url).searchParams), { en: 'query parameter', zh: '查询参数' }) : undefined;
       const body = spec.body ? validate(spec.body, await readJsonBody(c.req.raw, this.options.maxJsonBytes)) : undefined;
       return handler(c, { params, query, body } as RouteInput<P, Q, B>);
     });
@@ -187,7 +187,7 @@ function fieldSchema(schema: z.ZodType): Record<string, unknown> {
   return json;
 }
 
-function validate<S extends z.ZodType>(schema: S, value: unknown, where?: string): z.output<S> {
+function validate<S extends z.ZodType>(schema: S, value: unknown, where?: { en: string; zh: string }): z.output<S> {
   const parsed = schema.safeParse(value);
   if (!parsed.success) throw fromZodError(parsed.error, where);
   return parsed.data;

@@ -6,7 +6,7 @@
  */
 import type { Context as HonoContext } from 'hono';
 import { streamSSE } from 'hono/streaming';
-import { errorResponse, toWeitiaoError } from './errors.js';
+import { publicError } from './errors.js';
 
 export interface SseWriter {
   /** One `data:` event; objects are JSON-encoded. */
@@ -43,12 +43,8 @@ export function sse(c: HonoContext, run: (out: SseWriter) => Promise<void>, opti
     try {
       await run(out);
     } catch (err) {
-      if (!ac.signal.aborted) {
-        const e = toWeitiaoError(err);
-        if (e.code === 'internal_error') errorResponse(c, e); // logs the stack; the body below stays generic
-        const body = e.code === 'internal_error' ? { error: { ...e.toJSON().error, message: 'internal server error / 服务器内部错误' } } : e.toJSON();
-        await stream.writeSSE({ data: JSON.stringify(body) });
-      }
+      // The status line has gone out: the error travels as an event, as OpenAI sends it.
+      if (!ac.signal.aborted) await stream.writeSSE({ data: JSON.stringify(publicError(c, err).toJSON()) });
     } finally {
       clearInterval(ping);
       c.req.raw.signal.removeEventListener('abort', abort);

@@ -1,41 +1,40 @@
 /**
- * Where chat requests meet the engine. Today: one `chat` engine process per request, one request at a
- * time (two cores cannot run two models well, and a queue keeps answers from interleaving). The warm
- * inference process of the API replaces this module alone; `generate` keeps its signature.
+ * Where chat requests meet the engine: one warm inference process for this whole Node process
+ * (src/engine/warm.ts). It holds each base model once, switches fine-tunes' adapters per request, and
+ * answers one request at a time in arrival order, so concurrent answers never interleave.
  */
-import { runEngine, type ChatRequest, type ChatResult } from '../../engine/index.js';
-import { WeitiaoError } from '../../errors.js';
+import type { ChatRequest, ChatResult } from '../../engine/index.js';
+import { WarmEngine } from '../../engine/warm.js';
 
 export interface GenerateOptions {
   onToken?: (text: string) => void;
   signal?: AbortSignal;
 }
 
-let tail: Promise<unknown> = Promise.resolve();
+let engine: WarmEngine | undefined;
 
-/** Runs one chat request after those already queued; aborting drops it from the queue or stops its engine. */
+/**
+ * The shared warm engine, created on first use. `WEITIAO_CHAT_IDLE_SECONDS` sets how long it stays up
+ * without requests (default 600).
+ */
+export function chatEngine(): WarmEngine {
+  const idle = Number(process.env.WEITIAO_CHAT_IDLE_SECONDS);
+  engine ??= new WarmEngine(Number.isFinite(idle) && idle > 0 ? { idleTimeoutMs: idle * 1000 } : {});
+  return engine;
+}
+
+/** Runs one chat request after those already queued; aborting drops it from the queue or stops its generation. */
 export function generate(request: ChatRequest, options: GenerateOptions = {}): Promise<ChatResult> {
   const { signal, onToken } = options;
-  const slot = tail.then(() => {
-    if (signal?.aborted) throw stopped();
-    return runEngine('chat', request, {
-      signal,
-      onEvent: (event) => {
-        if (event.type === 'token') onToken?.(event.text);
-      },
-    });
-  });
-  tail = slot.catch(() => {});
-  if (!signal) return slot;
-  // Waiting in the queue must not delay the caller's cancellation.
-  return new Promise<ChatResult>((resolve, reject) => {
-    const onAbort = () => reject(stopped());
-    if (signal.aborted) return onAbort();
-    signal.addEventListener('abort', onAbort, { once: true });
-    slot.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  return chatEngine().request('chat', request, {
+    signal,
+    onEvent: (event) => {
+      if (event.type === 'token') onToken?.(event.text);
+    },
   });
 }
 
-function stopped(): WeitiaoError {
-  return new WeitiaoError('cancelled', 'the chat request was cancelled / 对话请求已取消');
+/** Stops the warm engine process (server shutdown); requests still pending fail. A later request starts it again. */
+export async function closeChatEngine(): Promise<void> {
+  await engine?.close();
 }

@@ -354,7 +354,9 @@ export interface PrepareResponse {
 export interface HyperparameterExplanation {
   value: number | string;
   auto: boolean;
+  /** English, then Chinese. */
   explanation: string;
+  explanation_i18n?: { en: string; zh: string };
 }
 
 export interface EstimateResponse {

@@ -62,7 +62,9 @@ export function LineChart({ series, title, xLabel, yDomain, height = 240, empty 
   }
   const sx = (x: number) => PAD.left + ((x - x0) / (x1 - x0)) * (W - PAD.left - PAD.right);
   const sy = (y: number) => H - PAD.bottom - ((y - y0) / (y1 - y0)) * (H - PAD.top - PAD.bottom);
-  const xTicks = niceTicks(x0, x1, 6).filter((t) => Number.isInteger(t) || x1 - x0 < 6);
+  // Steps are whole numbers: no 1.5 on a step axis.
+  const integerX = xs.every(Number.isInteger);
+  const xTicks = niceTicks(x0, x1, 6).filter((t) => !integerX || Number.isInteger(t));
   const yTicks = niceTicks(y0, y1, 4);
 
   return (

@@ -79,8 +79,12 @@ export const formatDuration = (seconds: number | null | undefined): string => {
   return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
 };
 
-export const formatNumber = (n: number | null | undefined, digits = 4): string =>
-  n === null || n === undefined || !Number.isFinite(n) ? '—' : Number(n.toPrecision(digits)).toLocaleString();
+/** `digits` significant digits; thousands separators for large numbers, plain notation for small ones (2e-4 → 0.0002). */
+export const formatNumber = (n: number | null | undefined, digits = 4): string => {
+  if (n === null || n === undefined || !Number.isFinite(n)) return '—';
+  const rounded = Number(n.toPrecision(digits));
+  return Math.abs(rounded) >= 1000 ? rounded.toLocaleString('en-US') : String(rounded);
+};
 
 export const formatPct = (n: number | null | undefined): string =>
   n === null || n === undefined || !Number.isFinite(n) ? '—' : `${(n * 100).toFixed(1)}%`;

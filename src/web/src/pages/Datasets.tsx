@@ -76,7 +76,7 @@ export function Datasets({ fileId }: { fileId?: string }) {
                   <thead>
                     <tr>
                       <th>{t('common.file')}</th>
-                      <th>{t('datasets.purpose')}</th>
+                      <th className="hide-phone">{t('datasets.purpose')}</th>
                       <th>{t('datasets.bytes')}</th>
                       <th>{t('common.created')}</th>
                     </tr>
@@ -88,7 +88,7 @@ export function Datasets({ fileId }: { fileId?: string }) {
                           <a href={href('datasets', f.id)}>{f.filename}</a>
                           <div className="muted small mono">{f.id}</div>
                         </td>
-                        <td>{f.purpose}</td>
+                        <td className="hide-phone">{f.purpose}</td>
                         <td>{formatBytes(f.bytes)}</td>
                         <td>{formatTime(f.created_at)}</td>
                       </tr>
@@ -187,6 +187,7 @@ function DatasetEditor({ fileId, onSaved }: { fileId: string; onSaved: () => voi
       json: body,
       timeoutMs: 5 * 60_000,
     });
+    setFocusLine(null);
     setChecked(res);
   });
 
@@ -201,6 +202,7 @@ function DatasetEditor({ fileId, onSaved }: { fileId: string; onSaved: () => voi
     };
     const res = await api<PrepareResponse>('/v1/weitiao/datasets/prepare', { json: body, timeoutMs: 5 * 60_000 });
     setSaved(res);
+    setFocusLine(null);
     setChecked({ report: res.report, stats: res.stats });
     if (res.written) onSaved();
   });
@@ -218,6 +220,7 @@ function DatasetEditor({ fileId, onSaved }: { fileId: string; onSaved: () => voi
         </h2>
         {isTable ? (
           <div className="mapping">
+            <h3>{t('datasets.mapping')}</h3>
             <p className="muted small">
               {t('datasets.columns', { columns: preview.columns.join(', ') })} · {t('datasets.mappingHelp')}
             </p>
@@ -260,7 +263,6 @@ function DatasetEditor({ fileId, onSaved }: { fileId: string; onSaved: () => voi
           {previewLoading && <span className="muted small"> · {t('datasets.updating')}</span>}
         </h3>
         <ErrorMessage message={previewError} />
-        {preview.label_set && <p className="muted small">{t('datasets.labelSet', { labels: preview.label_set.join(', ') })}</p>}
         <div className="examples" data-testid="preview">
           {preview.examples.map((ex, i) => (
             <ChatExampleView key={i} line={ex.line} messages={ex.messages} />

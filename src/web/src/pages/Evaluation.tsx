@@ -233,7 +233,7 @@ function ReportView({ report }: { report: EvalReport }) {
                 <tbody>
                   {report.misclassified.slice(0, 100).map((m) => (
                     <tr key={m.index}>
-                      <td className="muted small">{m.line ? t('common.line', { line: m.line }) : `#${m.index + 1}`}</td>
+                      <td className="muted small nowrap">{m.line ? t('common.line', { line: m.line }) : `#${m.index + 1}`}</td>
                       <td className="prompt-cell">{m.prompt}</td>
                       <td>{m.expected}</td>
                       <td>{m.predicted}</td>

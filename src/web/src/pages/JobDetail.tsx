@@ -244,10 +244,9 @@ export function JobDetail({ id }: { id: string }) {
             )}
           </dd>
           <dt>{t('new.trainingFile')}</dt>
-          <dd className="mono">
-            {j.training_file}
-            {j.validation_file ? ` · ${j.validation_file}` : ''}
-          </dd>
+          <dd className="mono">{j.training_file}</dd>
+          <dt>{t('new.validationFile')}</dt>
+          <dd className="mono">{j.validation_file ?? '—'}</dd>
           <dt>{t('jobs.hyperparameters')}</dt>
           <dd className="mono small">
             {Object.entries(hp)

@@ -39,9 +39,9 @@ export function Jobs() {
                       <th>{t('jobs.job')}</th>
                       <th>{t('common.status')}</th>
                       <th>{t('jobs.progress')}</th>
-                      <th>{t('common.model')}</th>
+                      <th className="hide-phone">{t('common.model')}</th>
                       <th>{t('jobs.fineTunedModel')}</th>
-                      <th>{t('common.created')}</th>
+                      <th className="hide-phone">{t('common.created')}</th>
                     </tr>
                   </thead>
                   <tbody>
@@ -58,9 +58,9 @@ export function Jobs() {
                         <td>
                           <ProgressBar value={jobProgress(j)} />
                         </td>
-                        <td className="mono small">{j.model}</td>
+                        <td className="mono small hide-phone">{j.model}</td>
                         <td className="mono small">{j.fine_tuned_model ?? '—'}</td>
-                        <td>{formatTime(j.created_at)}</td>
+                        <td className="hide-phone">{formatTime(j.created_at)}</td>
                       </tr>
                     ))}
                   </tbody>

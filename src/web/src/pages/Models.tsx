@@ -3,7 +3,7 @@
  * jobs list provides when the model object itself does not; fine-tuned models can be deleted.
  */
 import { useState } from 'react';
-import { api, type Job, type List, type Model } from '../api';
+import { api, type FileObject, type Job, type List, type Model } from '../api';
 import { AsyncView, ErrorMessage, formatTime } from '../components/ui';
 import { useAction, useAsync } from '../hooks';
 import { useI18n } from '../i18n';
@@ -32,11 +32,12 @@ export function Models() {
   const { t } = useI18n();
   const state = useAsync(
     async (signal) => {
-      const [models, jobs] = await Promise.all([
+      const [models, jobs, files] = await Promise.all([
         api<List<Model>>('/v1/models', { signal }),
         api<List<Job>>('/v1/fine_tuning/jobs', { signal, query: { limit: 100 } }),
+        api<List<FileObject>>('/v1/files', { signal, query: { limit: 1000 } }),
       ]);
-      return { models: models.data, jobs: jobs.data };
+      return { models: models.data, jobs: jobs.data, files: new Map(files.data.map((f) => [f.id, f.filename])) };
     },
     [],
   );
@@ -53,7 +54,8 @@ export function Models() {
       <ErrorMessage message={remove.error} />
       {deleted && <div className="notice">{t('models.deleted', { id: deleted })}</div>}
       <AsyncView state={state}>
-        {({ models, jobs }) => {
+        {({ models, jobs, files }) => {
+          const fileName = (id: string | null) => (id ? (files.get(id) ?? id) : null);
           const base = models.filter((m) => !isFineTuned(m));
           const tuned = models.filter(isFineTuned);
           return (
@@ -97,7 +99,9 @@ export function Models() {
                             <tr key={m.id}>
                               <td>
                                 <span className="mono">{m.id}</span>
-                                <div className="muted small">{formatTime(m.created)}</div>
+                                <div className="muted small">
+                                  {m.weitiao?.kind === 'checkpoint' && <span className="badge">{t('models.checkpoint')}</span>} {formatTime(m.created)}
+                                </div>
                               </td>
                               <td className="small">
                                 <div>
@@ -107,19 +111,22 @@ export function Models() {
                                   {t('models.job')}: {l.job ? <a className="mono" href={href('jobs', l.job)}>{l.job}</a> : '—'}
                                 </div>
                                 <div>
-                                  {t('models.data')}: <span className="mono">{[l.training, l.validation].filter(Boolean).join(' · ') || '—'}</span>
+                                  {t('models.data')}:{' '}
+                                  <span className="mono">{[fileName(l.training), fileName(l.validation)].filter(Boolean).join(' · ') || '—'}</span>
                                 </div>
                               </td>
-                              <td className="actions">
-                                <a href={href('playground', m.id, l.base ?? '')}>{t('nav.playground')}</a>
-                                <button
-                                  type="button"
-                                  className="danger"
-                                  disabled={remove.running}
-                                  onClick={() => window.confirm(t('common.confirmDelete', { name: m.id })) && void remove.run(m.id)}
-                                >
-                                  {t('common.delete')}
-                                </button>
+                              <td>
+                                <div className="actions">
+                                  <a href={href('playground', m.id, l.base ?? '')}>{t('nav.playground')}</a>
+                                  <button
+                                    type="button"
+                                    className="danger"
+                                    disabled={remove.running}
+                                    onClick={() => window.confirm(t('common.confirmDelete', { name: m.id })) && void remove.run(m.id)}
+                                  >
+                                    {t('common.delete')}
+                                  </button>
+                                </div>
                               </td>
                             </tr>
                           );

@@ -36,7 +36,7 @@ export function hyperparameterBody(values: Record<HpName, string>) {
 }
 
 export function NewJob({ trainingFile, validationFile }: { trainingFile?: string; validationFile?: string }) {
-  const { t } = useI18n();
+  const { t, lang } = useI18n();
   const models = useAsync((signal) => api<List<Model>>('/v1/models', { signal }), []);
   const files = useAsync((signal) => api<List<FileObject>>('/v1/files', { signal, query: { purpose: 'fine-tune', limit: 100 } }), []);
 
@@ -190,7 +190,7 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
                   onChange={(e) => setHp((h) => ({ ...h, [f.name]: e.target.value }))}
                 />
                 <span className="muted small explanation" data-testid={`explain-${f.name}`}>
-                  {resolved?.explanation ?? t(`new.help.${f.name}` as MessageKey)}
+                  {resolved ? (resolved.explanation_i18n?.[lang] ?? resolved.explanation) : t(`new.help.${f.name}` as MessageKey)}
                 </span>
               </label>
             );

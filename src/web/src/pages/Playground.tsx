@@ -174,7 +174,8 @@ export function Playground({ model: initialModel, compare: initialCompare }: { m
           value={prompt}
           onChange={(e) => setPrompt(e.target.value)}
           onKeyDown={(e) => {
-            if (e.key === 'Enter' && !e.shiftKey) submit(e);
+            // Enter sends; Shift+Enter is a new line; Enter that confirms an IME composition (拼音) is neither.
+            if (e.key === 'Enter' && !e.shiftKey && !e.nativeEvent.isComposing) submit(e);
           }}
         />
         <div className="row">
