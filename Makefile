@@ -10,9 +10,9 @@ VPY := $(VENV)/bin/python
 PIP_FLAGS ?= --retries 0 --disable-pip-version-check
 export WEITIAO_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: setup demo test test-node test-engine typecheck bench clean check-python
+.PHONY: setup demo test test-node test-engine typecheck bench clean check-python browser
 
-setup: node_modules/.stamp $(VENV)/.stamp dist/.stamp
+setup: node_modules/.stamp $(VENV)/.stamp dist/.stamp dist/web/index.html
 
 check-python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
@@ -34,16 +34,33 @@ dist/.stamp: node_modules/.stamp $(shell find src -name '*.ts' -not -name '*.tes
 	npx tsc -p tsconfig.json
 	@touch $@
 
+# The web console (React + Vite), served by `weitiao serve` at /.
+dist/web/index.html: node_modules/.stamp $(shell find src/web -type f -not -name '*.test.ts' 2>/dev/null)
+	npx vite build --config src/web/vite.config.ts --logLevel warn
+
+# Browser tests drive Debian's Chromium (never a browser a tool downloads); a CJK font renders Chinese.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi 'wqy\|noto.*cjk'; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium and a CJK font (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null); \
+	  else \
+	    echo "error: browser tests need chromium and fonts-wqy-microhei: sudo apt-get install chromium fonts-wqy-microhei" >&2; exit 1; \
+	  fi; \
+	fi
+
 demo: setup
 	bash scripts/demo.sh
 
 typecheck: node_modules/.stamp
 	npx tsc -p tsconfig.json --noEmit
+	npx tsc -p src/web/tsconfig.json --noEmit
+	npx tsc -p src/web/tsconfig.node.json --noEmit
 
 test-engine: $(VENV)/.stamp
 	cd engine && ../$(VPY) -m pytest -q tests
 
-test-node: setup
+test-node: setup browser
 	node scripts/run-node-tests.mjs
 
 test: setup typecheck test-engine test-node

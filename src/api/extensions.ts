@@ -21,7 +21,10 @@ import {
   datasetStats,
   detectLabelSet,
   engineTokenCounter,
+  openSource,
   prepareDataset,
+  readJsonLines,
+  readTable,
   validateChatFile,
   type DataDeps,
   type DatasetStats,
@@ -29,9 +32,7 @@ import {
   type PrepareOptions,
   type ValidationReport,
 } from '../data/index.js';
-// The row readers behind prepare/validate, so the preview reads a file exactly as they do.
-// TODO(data): import from '../data/index.js' once src/data exports them.
-import { openSource, readJsonLines, readTable } from '../data/internal/source.js';
+
 import { WeitiaoError } from '../errors.js';
 import type { ChatExample } from '../engine/index.js';
 import { compareModels, evaluateModel, type EvalReport } from '../eval/index.js';

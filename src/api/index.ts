@@ -27,6 +27,11 @@ import { chatRoutes } from './routes/chat.js';
 import { fileRoutes } from './routes/files.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
+import { extensionRoutes } from './extensions.js';
+import { serveStatic } from '@hono/node-server/serve-static';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 export type { ApiEnv } from './internal/auth.js';
 
@@ -42,7 +47,12 @@ export interface AppOptions {
   maxUploadBytes?: number;
   /** Largest JSON body (chat messages, job requests); default 16 MiB. */
   maxJsonBytes?: number;
+  /** The built web console to serve at `/` (default dist/web when it exists; null: none). */
+  webDir?: string | null;
 }
+
+/** Where `make setup` builds the web console. */
+export const DEFAULT_WEB_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'dist', 'web');
 
 const Health = z.object({ status: z.literal('ok'), version: z.string(), auth: z.boolean() });
 
@@ -70,6 +80,13 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   jobRoutes(routes, ctx);
   modelRoutes(routes, ctx);
   chatRoutes(routes, ctx);
+  // The console's documented extension routes (/v1/weitiao/…), behind the same key check.
+  app.route('/', extensionRoutes(ctx));
+  const webDir = options.webDir === undefined ? DEFAULT_WEB_DIR : options.webDir;
+  if (webDir && existsSync(path.join(webDir, 'index.html'))) {
+    // The console uses hash routes, so plain static files are enough.
+    app.use('/*', serveStatic({ root: webDir }));
+  }
 
   let document: Record<string, unknown> | undefined;
   routes.add(

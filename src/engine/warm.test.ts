@@ -147,6 +147,11 @@ describe('chat through the warm engine', () => {
     assert.equal(engine.starts, starts + 1);
     assert.notEqual(engine.pid, killed);
     assert.deepEqual(servePids(), [engine.pid]);
+    // An engine-side error (a model directory that does not exist) names the parameter; the process serves on.
+    const pid = engine.pid;
+    await assert.rejects(engine.request('chat', { model: path.join(home, '没有这个模型'), messages: GOOD }), { code: 'not_found', param: 'model' });
+    assert.deepEqual(await chatCompletion(ctx, { model: FT, messages: GOOD, temperature: 0, max_tokens: 16 }), answer);
+    assert.equal(engine.pid, pid);
 
     await closeChatEngine();
     assert.equal(engine.pid, undefined);
@@ -166,8 +171,6 @@ describe('WarmEngine', () => {
     assert.ok(alive(pid));
     await until('the idle engine exits', () => !alive(pid));
     assert.equal(engine.pid, undefined);
-    // An engine-side error (a model directory that does not exist) names the parameter and keeps nothing broken.
-    await assert.rejects(engine.request('chat', { model: path.join(home, '没有这个模型'), messages: GOOD }), { code: 'not_found', param: 'model' });
-    await engine.close();
+    await engine.close(); // nothing left to close: resolves at once
   });
 });

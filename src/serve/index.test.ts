@@ -12,6 +12,7 @@ import {
   ChatCompletion,
   ChatCompletionChunk,
   chatCompletion,
+  closeChatEngine,
   completionMeta,
   streamChatCompletion,
   toChatCompletion,
@@ -30,7 +31,8 @@ before(async () => {
   ctx = openContext({ home });
   await createTinyModel(ctx, { name: 'tiny', corpusFiles: [WAIMAI], hiddenSize: 64, layers: 2, vocabSize: 1024 });
 });
-after(() => {
+after(async () => {
+  await closeChatEngine();
   ctx.close();
   rmSync(home, { recursive: true, force: true });
 });
@@ -95,18 +97,25 @@ describe('chatCompletion', () => {
     assert.equal(pieces.join(''), cut.text);
   });
 
-  test('aborting, or leaving a stream early, stops the engine process', async () => {
+  test('aborting, or leaving a stream early, stops the answer; the warm engine serves on until closed', async () => {
+    const greedy: ChatCompletionParams = { model: 'tiny', messages: REVIEW, temperature: 0, max_tokens: 12 };
+    const expected = await chatCompletion(ctx, greedy);
     const stop = new AbortController();
     await assert.rejects(
       chatCompletion(ctx, { model: 'tiny', messages: REVIEW, max_tokens: 500, temperature: 1, seed: 1 }, { signal: stop.signal, onToken: () => stop.abort() }),
       { code: 'cancelled' },
     );
-    await noEngineLeft();
+    // Nothing of the cancelled answer leaks into the next one.
+    const pieces: string[] = [];
+    assert.deepEqual(await chatCompletion(ctx, greedy, { onToken: (t) => pieces.push(t) }), expected);
+    assert.equal(pieces.join(''), expected.text);
 
     const stream = await streamChatCompletion(ctx, { model: 'tiny', messages: REVIEW, max_tokens: 500, temperature: 1, seed: 1 });
     let contents = 0;
     for await (const chunk of stream) if (chunk.choices[0]?.delta.content && ++contents === 2) break;
     assert.equal(contents, 2);
+    assert.deepEqual(await chatCompletion(ctx, greedy), expected);
+    await closeChatEngine();
     await noEngineLeft();
   });
 

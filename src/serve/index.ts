@@ -17,6 +17,9 @@ import { resolveModel } from '../models/index.js';
 import { newId, now } from '../store/index.js';
 import { generate } from './internal/runner.js';
 
+/** Stops the warm inference process; call it on server shutdown (a later chat request starts it again). */
+export { closeChatEngine } from './internal/runner.js';
+
 // ---------------------------------------------------------------------------------------------- request
 
 const TextPart = z.object({ type: z.literal('text'), text: z.string() });

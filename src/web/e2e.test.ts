@@ -12,26 +12,19 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { createAdaptorServer } from '@hono/node-server';
-import { serveStatic } from '@hono/node-server/serve-static';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { extensionRoutes } from '../api/extensions.js';
-import { createApp } from '../api/index.js';
+import { startServer, type RunningServer } from '../api/index.js';
 import { openContext, type Context } from '../context.js';
-import { Worker } from '../jobs/index.js';
 import { createFile } from '../files/index.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const WAIMAI = path.resolve(REPO, '..', 'shared', 'data', 'waimai_10k.csv');
-const DIST = path.join(REPO, 'dist', 'web');
 const SHOTS = path.join(REPO, 'test-results', 'screenshots');
 const CHROMIUM = '/usr/bin/chromium';
 
@@ -39,8 +32,7 @@ let tmp: string;
 let ctx: Context;
 let key: string;
 let baseUrl: string;
-let server: Server;
-let worker: Worker;
+let server: RunningServer;
 let browser: Browser;
 
 /** A page that fails the test on any uncaught page error (a React crash would otherwise pass silently). */
@@ -82,16 +74,15 @@ before(async () => {
   await createTinyModel(ctx, { name: 'tiny', corpusFiles: [WAIMAI], hiddenSize: 64, layers: 2, vocabSize: 1024, seed: 0 });
   writeSlice(path.join(tmp, 'waimai-200.csv'));
 
-  // The API, the console's extension routes behind the same key check, and the built console at `/`.
-  const app = createApp(ctx, { auth: true });
-  app.route('/', extensionRoutes(ctx));
-  app.use('/*', serveStatic({ root: DIST }));
-  server = createAdaptorServer({ fetch: app.fetch, hostname: '127.0.0.1' }) as Server;
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  worker = new Worker(ctx, { pollMs: 200 });
-  worker.start();
-
+  // The real server (API and worker): it mounts the console's extension routes and serves dist/web at `/`.
+  server = await startServer(ctx, {
+    port: 0,
+    auth: true,
+    worker: true,
+    handleSignals: false,
+    log: () => {},
+  });
+  baseUrl = server.url;
   console.log(`# set-up (build, tiny model, server): ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -101,9 +92,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  await worker?.stop();
-  server?.closeAllConnections?.();
-  await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+  await server?.close();
   ctx?.close();
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });

@@ -38,6 +38,16 @@ export function niceTicks(lo: number, hi: number, count = 5): number[] {
 
 const fmt = (v: number): string => (Math.abs(v) >= 1000 ? v.toFixed(0) : Number(v.toPrecision(3)).toString());
 
+/** Tick labels with as many decimals as the tick spacing needs, so 6.995 and 7.005 do not both read "7". */
+function tickFormat(ticks: number[]): (v: number) => string {
+  if (ticks.length < 2) return fmt;
+  const step = Math.abs(ticks[1] - ticks[0]);
+  let decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  // A step of 2.5 (or 0.25) needs one more decimal than its magnitude says.
+  while (decimals < 6 && Math.abs(step * 10 ** decimals - Math.round(step * 10 ** decimals)) > 1e-6) decimals++;
+  return (v) => v.toFixed(decimals);
+}
+
 export function LineChart({ series, title, xLabel, yDomain, height = 240, empty = '—', testId }: Props) {
   const all = series.flatMap((s) => s.points).filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
   const total = all.length;
@@ -66,6 +76,8 @@ export function LineChart({ series, title, xLabel, yDomain, height = 240, empty 
   const integerX = xs.every(Number.isInteger);
   const xTicks = niceTicks(x0, x1, 6).filter((t) => !integerX || Number.isInteger(t));
   const yTicks = niceTicks(y0, y1, 4);
+  const yFmt = tickFormat(yTicks);
+  const xFmt = tickFormat(xTicks);
 
   return (
     <figure className="chart" data-testid={testId} data-points={total}>
@@ -88,11 +100,11 @@ export function LineChart({ series, title, xLabel, yDomain, height = 240, empty 
         {yTicks.map((t) => (
           <g key={`y${t}`}>
             <line x1={PAD.left} x2={W - PAD.right} y1={sy(t)} y2={sy(t)} className="grid" />
-            <text x={PAD.left - 6} y={sy(t) + 4} textAnchor="end" className="tick">{fmt(t)}</text>
+            <text x={PAD.left - 6} y={sy(t) + 4} textAnchor="end" className="tick">{yFmt(t)}</text>
           </g>
         ))}
         {xTicks.map((t) => (
-          <text key={`x${t}`} x={sx(t)} y={H - PAD.bottom + 16} textAnchor="middle" className="tick">{fmt(t)}</text>
+          <text key={`x${t}`} x={sx(t)} y={H - PAD.bottom + 16} textAnchor="middle" className="tick">{xFmt(t)}</text>
         ))}
         <line x1={PAD.left} x2={W - PAD.right} y1={H - PAD.bottom} y2={H - PAD.bottom} className="axis" />
         {xLabel && <text x={(W + PAD.left) / 2} y={H - 4} textAnchor="middle" className="tick">{xLabel}</text>}

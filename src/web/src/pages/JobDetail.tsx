@@ -176,6 +176,14 @@ export function JobDetail({ id }: { id: string }) {
   });
 
   const { loss, accuracy, isLabelSet } = useMemo(() => seriesFromEvents(events, t), [events, t]);
+  // The newest metrics event is fresher than the job object (polled every 2 s).
+  const liveProgress = useMemo(() => {
+    for (let i = events.length - 1; i >= 0; i--) {
+      const d = events[i].data as { step?: unknown; total_steps?: unknown } | null | undefined;
+      if (d && typeof d.step === 'number' && typeof d.total_steps === 'number' && d.total_steps > 0) return d.step / d.total_steps;
+    }
+    return null;
+  }, [events]);
 
   if (!job.data) {
     return (
@@ -201,7 +209,7 @@ export function JobDetail({ id }: { id: string }) {
       <section className="card">
         <div className="job-head">
           <StatusBadge status={j.status} />
-          <ProgressBar value={jobProgress(j)} />
+          <ProgressBar value={j.status === 'running' && liveProgress !== null ? liveProgress : jobProgress(j)} />
           <span className={`live ${mode}`} data-testid="live-mode">
             {mode === 'live' ? `● ${t('jobs.live')}` : mode === 'polling' && !finished ? t('jobs.polling') : ''}
           </span>
