@@ -206,3 +206,10 @@ def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
     a = lora_finetune.epoch_order(7, 0, 100)
     assert a == lora_finetune.epoch_order(7, 0, 100) and sorted(a) == list(range(100))
     assert a != lora_finetune.epoch_order(7, 1, 100) and a != lora_finetune.epoch_order(8, 0, 100)
+
+
+def test_unknown_lora_modules_are_named(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    raw = request(tiny_model, waimai_small, tmp_path / "a", lora={"modules_to_save": ["embed_tokenz"]})
+    with pytest.raises(EngineError) as e:
+        run_in_process(raw, monkeypatch)
+    assert (e.value.code, e.value.param) == ("invalid_request", "lora.modules_to_save") and "embed_tokenz" in e.value.message

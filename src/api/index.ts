@@ -28,6 +28,7 @@ import { fileRoutes } from './routes/files.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { extensionRoutes } from './extensions.js';
+import { closeChatEngine } from '../serve/index.js';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -192,6 +193,7 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
       server.closeIdleConnections();
       const streamsGrace = setTimeout(() => server.closeAllConnections(), 2000);
       await worker?.stop();
+      await closeChatEngine();
       await stopped;
       clearTimeout(streamsGrace);
     })());
