@@ -64,6 +64,8 @@ export const WeitiaoJobSettings = z.strictObject({
       alpha: z.number().positive(),
       dropout: z.number().min(0).max(1),
       target_modules: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]),
+      /** Modules trained in full and saved with the adapter, e.g. `["embed_tokens"]` (needed for random-weight bases). */
+      modules_to_save: z.array(z.string().min(1)).min(1).nullable(),
     })
     .partial()
     .optional(),

@@ -160,7 +160,7 @@ export interface BuildTrainRequestInput {
   validationFile?: string | null;
   hyperparameters: ResolvedHyperparameters;
   seed: number;
-  lora?: { r?: number; alpha?: number; dropout?: number; target_modules?: 'all-linear' | string[] };
+  lora?: { r?: number; alpha?: number; dropout?: number; target_modules?: 'all-linear' | string[]; modules_to_save?: string[] | null };
   labelSet?: string[] | null;
   evalEverySteps?: number;
   saveEverySteps?: number;

@@ -34,6 +34,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--lora-alpha <x>', 'LoRA alpha', number('lora.alpha'))
     .option('--lora-dropout <x>', 'LoRA dropout', number('lora.dropout'))
     .option('--target-modules <list>', "'all-linear' or comma-separated module names")
+    .option('--modules-to-save <list>', 'modules trained in full beside LoRA, comma-separated (e.g. embed_tokens)')
     .option('--seed <n>', 'seed (data order, initialisation)', number('seed', 'int'))
     .option('--eval-every <steps>', 'validation loss every N steps (besides each epoch end)', number('eval_every_steps', 'int'))
     .option('--save-every <steps>', 'checkpoint every N steps (besides each epoch end)', number('save_every_steps', 'int'))
@@ -65,6 +66,7 @@ export function registerTrainCommands(program: Command): void {
             ...(o.loraAlpha !== undefined && { alpha: o.loraAlpha }),
             ...(o.loraDropout !== undefined && { dropout: o.loraDropout }),
             ...(o.targetModules && { target_modules: o.targetModules === 'all-linear' ? 'all-linear' : String(o.targetModules).split(',') }),
+            ...(o.modulesToSave && { modules_to_save: String(o.modulesToSave).split(',') }),
           };
           const params: CreateJobParams = {
             model: o.model,
