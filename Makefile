@@ -65,5 +65,10 @@ test-node: setup browser
 
 test: setup typecheck test-engine test-node
 
+# Side-by-side speed benchmark (TRL SFTTrainer vs the engine); writes BENCHMARKS.md. Takes about 15 minutes on 2 cores.
+bench: setup
+	$(VENV)/bin/pip install $(PIP_FLAGS) -q -r bench/requirements.txt
+	$(VPY) bench/run.py
+
 clean:
 	rm -rf dist node_modules $(VENV) .demo

@@ -23,7 +23,10 @@ from weitiao_engine.recipes import lora_finetune
 
 ENGINE_DIR = Path(__file__).resolve().parents[1]
 
-RESULT_KEYS = {"model_dir", "interrupted", "steps", "total_steps", "trained_tokens", "final_train_loss", "final_valid_loss", "last_checkpoint"}
+RESULT_KEYS = {
+    "model_dir", "interrupted", "early_stopped", "steps", "total_steps", "trained_tokens", "final_train_loss",
+    "final_valid_loss", "last_checkpoint", "truncated_examples", "precision",
+}  # fmt: skip
 METRICS_KEYS = {
     "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "grad_norm",
     "tokens_per_second", "examples_per_second", "trained_tokens", "elapsed_seconds", "eta_seconds",
@@ -213,3 +216,115 @@ def test_unknown_lora_modules_are_named(tiny_model, waimai_small, tmp_path, monk
     with pytest.raises(EngineError) as e:
         run_in_process(raw, monkeypatch)
     assert (e.value.code, e.value.param) == ("invalid_request", "lora.modules_to_save") and "embed_tokenz" in e.value.message
+
+
+# ------------------------------------------------------------------------------------- training controls
+
+
+def test_gradient_accumulation_equals_the_bigger_batch(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    """2 micro-batches of 8 give the update of one batch of 16 (fp32, no dropout: only summation order differs)."""
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "bf16": "off"}
+    one, _ = run_in_process(request(tiny_model, waimai_small, tmp_path / "one", lora=lora, hyperparameters=hp, max_steps=3), monkeypatch)
+    hp2 = {**hp, "gradient_accumulation_steps": 2}
+    two, _ = run_in_process(request(tiny_model, waimai_small, tmp_path / "two", lora=lora, hyperparameters=hp2, max_steps=3), monkeypatch)
+    assert one["trained_tokens"] == two["trained_tokens"]
+    assert two["final_train_loss"] == pytest.approx(one["final_train_loss"], abs=1e-5)
+    assert two["final_valid_loss"] == pytest.approx(one["final_valid_loss"], abs=1e-5)
+    a = load_file(Path(one["model_dir"]) / "adapter_model.safetensors")
+    b = load_file(Path(two["model_dir"]) / "adapter_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+
+
+def test_early_stopping_stops_and_saves(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    # A min_delta no loss can beat: the first validation sets the best, the next one fails to improve on it.
+    hp = {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "early_stopping_patience": 1, "early_stopping_min_delta": 100.0}
+    result, events = run_in_process(request(tiny_model, waimai_small, tmp_path / "job", hyperparameters=hp, eval_every_steps=2), monkeypatch)
+    assert result["early_stopped"] and not result["interrupted"]
+    assert result["steps"] == 4 < result["total_steps"] == 32
+    assert [e["step"] for e in events if e["type"] == "metrics" and "valid_loss" in e] == [2, 4]
+    assert result["last_checkpoint"] == str(tmp_path / "job" / "checkpoints" / "step-000004")
+    assert (Path(result["model_dir"]) / "adapter_model.safetensors").is_file()
+    assert any(e["type"] == "log" and "early stopping at step 4" in e["message"] for e in events)
+
+
+def test_bf16_modes_keep_the_loss(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    """bf16 changes rounding only: the validation loss after the same steps stays within 2% of fp32's."""
+    hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7}
+    runs = {}
+    for mode in ("off", "on", "auto"):
+        runs[mode], _ = run_in_process(request(tiny_model, waimai_small, tmp_path / mode, hyperparameters={**hp, "bf16": mode}, max_steps=6), monkeypatch)
+    assert (runs["off"]["precision"], runs["on"]["precision"]) == ("fp32", "bf16")
+    assert runs["auto"]["precision"] == lora_finetune.precision_mode("auto")
+    for mode in ("on", "auto"):
+        assert runs[mode]["final_valid_loss"] == pytest.approx(runs["off"]["final_valid_loss"], rel=0.02)
+        adapter = load_file(Path(runs[mode]["model_dir"]) / "adapter_model.safetensors")
+        assert all(t.dtype == torch.float32 for t in adapter.values()), "trained weights stay fp32"
+
+
+def test_bf16_weights_with_fp32_compute_match_fp32_on_bf16_values(tiny_model, waimai_small, monkeypatch) -> None:
+    """The bf16-weights mode computes exactly what fp32 computes on the same (bf16-rounded) weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from weitiao_engine.chat_format import tokenize_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    stored = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).float().eval()
+    lora_finetune.compute_in_fp32(stored.requires_grad_(False))  # as under LoRA: only frozen weights are upcast
+    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(waimai_small["validation"], "validation_file")[:8], 1024)
+    batch = lora_finetune.collate(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        got, want = lora_finetune.token_loss(stored, *batch)[0], lora_finetune.token_loss(reference, *batch)[0]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-2)  # only the LM head multiplies in bf16
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "bf16": "off"}
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    plain, _ = run_in_process(request(tiny_model, waimai_small, tmp_path / "a", lora=lora, hyperparameters=hp, max_steps=2), monkeypatch)
+    ckpt, _ = run_in_process(
+        request(tiny_model, waimai_small, tmp_path / "b", lora=lora, hyperparameters={**hp, "gradient_checkpointing": True}, max_steps=2), monkeypatch
+    )
+    assert ckpt["final_train_loss"] == pytest.approx(plain["final_train_loss"], abs=1e-5)
+    assert ckpt["final_valid_loss"] == pytest.approx(plain["final_valid_loss"], abs=1e-5)
+
+
+def test_length_grouped_batches_partition_the_epoch_and_pad_less() -> None:
+    lengths = [int(x) for x in torch.randint(5, 200, (1000,), generator=torch.Generator().manual_seed(0))]
+    grouped = lora_finetune.epoch_batches(3, 0, lengths, 8, group_by_length=True)
+    plain = lora_finetune.epoch_batches(3, 0, lengths, 8, group_by_length=False)
+    assert grouped == lora_finetune.epoch_batches(3, 0, lengths, 8, group_by_length=True), "a function of (seed, epoch)"
+    assert grouped != lora_finetune.epoch_batches(3, 1, lengths, 8, group_by_length=True)
+    assert sorted(i for b in grouped for i in b) == list(range(1000)) and len(grouped) == len(plain) == 125
+    padded = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert padded(grouped) < 0.75 * padded(plain), (padded(grouped), padded(plain), sum(lengths))
+
+
+def test_lm_head_at_labels_only_gives_the_full_head_loss(tiny_model, waimai_small, monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from weitiao_engine.chat_format import tokenize_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(waimai_small["validation"], "validation_file")[:16], 1024)
+    batch = lora_finetune.collate(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        sliced = lora_finetune.token_loss(model, *batch)
+        monkeypatch.setattr(lora_finetune, "LM_HEAD_AT_LABELS_ONLY", False)
+        full = lora_finetune.token_loss(model, *batch)
+        reference = torch.nn.functional.cross_entropy(model(batch[0], attention_mask=batch[1]).logits[:, :-1].flatten(0, 1), batch[2][:, 1:].flatten(), reduction="sum")
+    assert sliced[1:] == full[1:] and sliced[1] == 32  # 好评/差评 + <|im_end|> per example
+    torch.testing.assert_close(sliced[0], full[0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(sliced[0], reference, atol=1e-4, rtol=1e-5)
+
+
+def test_truncation_is_counted_in_the_result(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "max_seq_length": 80}
+    result, events = run_in_process(request(tiny_model, waimai_small, tmp_path / "job", hyperparameters=hp, max_steps=1), monkeypatch)
+    counts = result["truncated_examples"]
+    assert counts["training"] > 0 and counts["validation"] > 0
+    assert any(e["type"] == "log" and e["level"] == "warning" and f"{counts['training']} training" in e["message"] for e in events)

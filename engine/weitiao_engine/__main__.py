@@ -19,10 +19,11 @@ from .protocol import PROTOCOL_VERSION, REQUESTS, EngineError, emit
 MODULES = {
     "create-tiny": "weitiao_engine.tiny",
     "count-tokens": "weitiao_engine.tokens",
-    "train": "weitiao_engine.recipes.lora_finetune",
+    "train": "weitiao_engine.recipes",  # recipes/__init__.py picks the recipe by request.method
     "evaluate": "weitiao_engine.evaluate",
     "chat": "weitiao_engine.generate",
     "serve": "weitiao_engine.serve",
+    "estimate": "weitiao_engine.estimate",
 }
 
 

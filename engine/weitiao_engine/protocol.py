@@ -70,6 +70,28 @@ class LoraConfig(Strict):
     modules_to_save: Optional[list[str]] = Field(None, min_length=1)
 
 
+class FullConfig(Strict):
+    """Full fine-tuning: every weight trains, except what is frozen here."""
+
+    freeze_embeddings: bool = False  # keep the input embedding (and a tied LM head) as they are
+    freeze_layers: int = Field(0, ge=0)  # keep the first N decoder layers as they are
+
+
+class DpoConfig(Strict):
+    """Preference training (DPO): a LoRA policy against the same base with the adapter switched off."""
+
+    beta: float = Field(0.1, gt=0)  # how far the policy may move from the reference (DPO paper: 0.1 … 0.5)
+    reference: Literal["base"] = "base"  # the reference model: the base, i.e. the policy with its adapter disabled
+
+
+class PreferenceExample(Strict):
+    """One line of OpenAI's preference format: a conversation, a preferred and a non-preferred answer."""
+
+    input: ChatExample
+    preferred_output: list[ChatMessage] = Field(min_length=1)
+    non_preferred_output: list[ChatMessage] = Field(min_length=1)
+
+
 class TrainHyperparameters(Strict):
     n_epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
@@ -79,7 +101,15 @@ class TrainHyperparameters(Strict):
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     seed: int = 42
-    max_seq_length: int = Field(1024, gt=0)
+    max_seq_length: int = Field(1024, gt=0)  # longer examples keep their start; the count is in the result
+    # Training controls (issue 4). batch_size stays the examples per optimizer step; accumulation splits
+    # it into this many micro-batches, so memory falls and the update is the same.
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    early_stopping_patience: Optional[int] = Field(None, gt=0)  # stop after N validations without improvement
+    early_stopping_min_delta: float = Field(0.0, ge=0)  # an improvement must lower the validation loss by more
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: see lora_finetune.precision_mode (bf16 compute on GPU/AMX, bf16 weights on AVX512-BF16)
+    group_by_length: bool = True  # batches of similar length (less padding); the order still depends only on (seed, epoch)
 
 
 class TrainRequest(Strict):
@@ -87,8 +117,12 @@ class TrainRequest(Strict):
     output_dir: str  # checkpoints: <output_dir>/checkpoints/step-N; result: <output_dir>/model
     training_file: str
     validation_file: Optional[str] = None
-    method: Literal["lora"] = "lora"
-    lora: LoraConfig = LoraConfig()
+    method: Literal["lora", "qlora", "full", "dpo"] = "lora"  # qlora: lora on a base whose linears are 4-bit NF4 (quantize.py)
+    lora: LoraConfig = LoraConfig()  # also the policy adapter of `dpo`
+    full: FullConfig = FullConfig()
+    dpo: DpoConfig = DpoConfig()
+    # Continued fine-tuning: a LoRA adapter trained on base_model, merged into it before this run trains.
+    base_adapter: Optional[str] = None
     hyperparameters: TrainHyperparameters
     eval_every_steps: int = Field(0, ge=0)  # 0 = validation loss only at epoch ends
     save_every_steps: int = Field(0, ge=0)  # 0 = checkpoints only at epoch ends
@@ -96,6 +130,18 @@ class TrainRequest(Strict):
     resume: bool = False  # continue from the newest checkpoint in <output_dir>/checkpoints
     max_steps: Optional[int] = Field(None, gt=0)
     threads: Optional[int] = Field(None, gt=0)
+
+
+class EstimateRequest(Strict):
+    """`estimate`: peak memory and time per epoch that `train` would take with these settings (estimate.py)."""
+
+    base_model: str
+    training_file: str  # tokenized as `train` would: lengths after truncation, trained tokens per example
+    method: Literal["lora", "qlora"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    batch_size: int = Field(gt=0)
+    max_seq_length: int = Field(1024, gt=0)
+    threads: Optional[int] = Field(None, gt=0)  # None = one per physical core, as `train`
 
 
 class EvaluateRequest(Strict):
@@ -148,6 +194,7 @@ REQUESTS: dict[str, type[Strict]] = {
     "evaluate": EvaluateRequest,
     "chat": ChatRequest,
     "serve": ServeRequest,
+    "estimate": EstimateRequest,
 }
 
 

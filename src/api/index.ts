@@ -48,8 +48,6 @@ export interface AppOptions {
   maxUploadBytes?: number;
   /** Largest JSON body (chat messages, job requests); default 16 MiB. */
   maxJsonBytes?: number;
-  /** The built web console to serve at `/` (default dist/web when it exists; null: none). */
-  webDir?: string | null;
 }
 
 /** Where `make setup` builds the web console. */
@@ -81,13 +79,6 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   jobRoutes(routes, ctx);
   modelRoutes(routes, ctx);
   chatRoutes(routes, ctx);
-  // The console's documented extension routes (/v1/weitiao/…), behind the same key check.
-  app.route('/', extensionRoutes(ctx));
-  const webDir = options.webDir === undefined ? DEFAULT_WEB_DIR : options.webDir;
-  if (webDir && existsSync(path.join(webDir, 'index.html'))) {
-    // The console uses hash routes, so plain static files are enough.
-    app.use('/*', serveStatic({ root: webDir }));
-  }
 
   let document: Record<string, unknown> | undefined;
   routes.add(
@@ -125,8 +116,20 @@ export interface ServerOptions {
   handleSignals?: boolean;
   /** Where start-up and shutdown notes go (default stderr). */
   log?: (line: string) => void;
-  /** Mounts more routes on the app before it serves, e.g. the web console's (behind the same key check on /v1). */
+  /** Mounts more routes on the app before it serves (behind the same key check on /v1). */
   extend?: (app: Hono<ApiEnv>) => void;
+  /** The built web console to serve at `/` (default dist/web when it exists; null: none). */
+  webDir?: string | null;
+}
+
+/**
+ * The web console: its extension routes (/v1/weitiao/…, documented in docs/WEB.md, behind the key check)
+ * and the built pages at `/`.
+ */
+function mountConsole(app: Hono<ApiEnv>, ctx: Context, webDir: string | null): void {
+  app.route('/', extensionRoutes(ctx));
+  // The console uses hash routes, so plain static files are enough.
+  if (webDir && existsSync(path.join(webDir, 'index.html'))) app.use('/*', serveStatic({ root: webDir }));
 }
 
 export interface RunningServer {
@@ -157,6 +160,7 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
   }
 
   const app = createApp(ctx, { auth: options.auth, maxUploadBytes: options.maxUploadBytes });
+  mountConsole(app, ctx, options.webDir === undefined ? DEFAULT_WEB_DIR : options.webDir);
   options.extend?.(app);
   const server = createAdaptorServer({ fetch: app.fetch, hostname: host }) as Server;
   await new Promise<void>((resolve, reject) => {

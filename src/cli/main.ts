@@ -11,6 +11,7 @@ import { registerJobCommands } from './commands/jobs.js';
 import { registerEvalCommands } from './commands/eval.js';
 import { registerChatCommands } from './commands/chat.js';
 import { registerServeCommands } from './commands/serve.js';
+import { registerEstimateCommands } from './commands/estimate.js';
 
 const program = new Command('weitiao')
   .description('微调 weitiao: fine-tune open LLMs on your own data, on your own machines')
@@ -25,6 +26,7 @@ registerJobCommands(program);
 registerEvalCommands(program);
 registerChatCommands(program);
 registerServeCommands(program);
+registerEstimateCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -30,6 +30,8 @@ import { writeFilesAtomic } from './internal/atomic.js';
 export { writeFileAtomic, writeFilesAtomic, type AtomicFile } from './internal/atomic.js';
 export { detectEncoding } from './internal/encoding.js';
 export { mulberry32 } from './internal/random.js';
+/** OpenAI's preference format (DPO): `{input: {messages}, preferred_output, non_preferred_output}` per line. */
+export { checkPreferencePair, validatePreferenceFile } from './internal/preference.js';
 /** Readers for source files, exactly as prepare reads them (the console's preview uses them). */
 export { openSource, readJsonLines, readTable, type OpenedSource, type TableRow, type JsonRow } from './internal/source.js';
 

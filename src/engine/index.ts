@@ -29,6 +29,27 @@ export function enginePython(): string {
   return existsSync(venv) ? venv : 'python3';
 }
 
+/**
+ * Starts `python -m weitiao_engine <command>` in its own process group (so a stop reaches every child
+ * it starts), with stdin/stdout/stderr piped. Shared by `runEngine` and the warm process (warm.ts).
+ */
+export function spawnEngine(command: string, env?: NodeJS.ProcessEnv): ChildProcess {
+  return spawn(enginePython(), ['-m', 'weitiao_engine', command], {
+    cwd: ENGINE_DIR,
+    env: {
+      // OMP_WAIT_POLICY: see engine/weitiao_engine/__init__.py (spinning OpenMP threads stall on shared cores).
+      OMP_WAIT_POLICY: 'PASSIVE',
+      ...process.env,
+      PYTHONPATH: ENGINE_DIR,
+      PYTHONUNBUFFERED: '1',
+      TOKENIZERS_PARALLELISM: 'false',
+      ...env,
+    },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  });
+}
+
 export interface RunEngineOptions {
   /** Every event but `result`, in order, already validated. */
   onEvent?: (event: EngineEvent) => void;
@@ -60,20 +81,7 @@ export function runEngine<C extends EngineCommand>(
   }
 
   return new Promise((resolve, reject) => {
-    const child = spawn(enginePython(), ['-m', 'weitiao_engine', command], {
-      cwd: ENGINE_DIR,
-      env: {
-        // OMP_WAIT_POLICY: see engine/weitiao_engine/__init__.py (spinning OpenMP threads stall on shared cores).
-        OMP_WAIT_POLICY: 'PASSIVE',
-        ...process.env,
-        PYTHONPATH: ENGINE_DIR,
-        PYTHONUNBUFFERED: '1',
-        TOKENIZERS_PARALLELISM: 'false',
-        ...options.env,
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-      detached: true, // own process group, so a stop reaches every child the engine starts
-    });
+    const child = spawnEngine(command, options.env);
     options.onSpawn?.(child);
 
     let stderrTail = '';

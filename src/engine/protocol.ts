@@ -68,6 +68,29 @@ export const LoraConfig = z.object({
   modules_to_save: z.array(z.string()).min(1).nullable().default(null),
 });
 
+/** Full fine-tuning: every weight trains except what is frozen here. */
+export const FullConfig = z.object({
+  /** Keep the input embedding (and an LM head tied to it) as it is. */
+  freeze_embeddings: z.boolean().default(false),
+  /** Keep the first N decoder layers as they are. */
+  freeze_layers: z.number().int().min(0).default(0),
+});
+
+/** Preference training: a LoRA policy (`lora`) against the same base with the adapter disabled. */
+export const DpoConfig = z.object({
+  /** How far the policy may move from the reference (the DPO paper uses 0.1 … 0.5). */
+  beta: z.number().positive().default(0.1),
+  reference: z.literal('base').default('base'),
+});
+
+/** One line of OpenAI's preference fine-tuning format. */
+export const PreferenceExample = z.object({
+  input: ChatExample,
+  preferred_output: z.array(ChatMessage).min(1),
+  non_preferred_output: z.array(ChatMessage).min(1),
+});
+export type PreferenceExample = z.infer<typeof PreferenceExample>;
+
 export const TrainHyperparameters = z.object({
   n_epochs: z.number().int().positive(),
   batch_size: z.number().int().positive(),
@@ -78,6 +101,17 @@ export const TrainHyperparameters = z.object({
   lr_scheduler: z.enum(['linear', 'cosine', 'constant']).default('linear'),
   seed: z.number().int().default(42),
   max_seq_length: z.number().int().positive().default(1024),
+  /** `batch_size` stays the examples per optimizer step; accumulation splits it into this many micro-batches. */
+  gradient_accumulation_steps: z.number().int().positive().default(1),
+  /** Recompute activations in backward: less memory, about a third more compute. */
+  gradient_checkpointing: z.boolean().default(false),
+  /** Stop after this many validations without improvement (null: never). */
+  early_stopping_patience: z.number().int().positive().nullable().default(null),
+  early_stopping_min_delta: z.number().min(0).default(0),
+  /** `auto`: bf16 compute on GPUs and AMX CPUs; bf16-stored weights with fp32 compute on AVX512-BF16 CPUs. */
+  bf16: z.enum(['auto', 'on', 'off']).default('auto'),
+  /** Batches of similar length (less padding); the order still depends only on the seed and epoch. */
+  group_by_length: z.boolean().default(true),
 });
 
 export const TrainRequest = z.object({
@@ -86,8 +120,14 @@ export const TrainRequest = z.object({
   output_dir: z.string(),
   training_file: z.string(),
   validation_file: z.string().nullable().default(null),
-  method: z.literal('lora').default('lora'),
+  /** `qlora`: LoRA on a base whose linear layers are held in 4-bit NF4 (engine/weitiao_engine/quantize.py). */
+  method: z.enum(['lora', 'qlora', 'full', 'dpo']).default('lora'),
+  /** LoRA settings; also the policy adapter of `dpo`. */
   lora: LoraConfig.default(LoraConfig.parse({})),
+  full: FullConfig.default(FullConfig.parse({})),
+  dpo: DpoConfig.default(DpoConfig.parse({})),
+  /** Continued fine-tuning: a LoRA adapter trained on `base_model`, merged into it (`<output_dir>/base`) before training. */
+  base_adapter: z.string().nullable().default(null),
   hyperparameters: TrainHyperparameters,
   /** Validation loss every N steps (besides every epoch end); 0 = only at epoch ends. */
   eval_every_steps: z.number().int().min(0).default(0),
@@ -102,6 +142,20 @@ export const TrainRequest = z.object({
   threads: z.number().int().positive().nullable().default(null),
 });
 export type TrainRequest = z.input<typeof TrainRequest>;
+
+/** `estimate`: the peak memory and time per epoch `train` would take with these settings (engine/weitiao_engine/estimate.py). */
+export const EstimateRequest = z.object({
+  base_model: z.string(),
+  /** Tokenized as `train` would: lengths after truncation, trained tokens per example. */
+  training_file: z.string(),
+  method: z.enum(['lora', 'qlora']).default('lora'),
+  lora: LoraConfig.default(LoraConfig.parse({})),
+  batch_size: z.number().int().positive(),
+  max_seq_length: z.number().int().positive().default(1024),
+  /** null = one per physical core, as `train`. */
+  threads: z.number().int().positive().nullable().default(null),
+});
+export type EstimateRequest = z.input<typeof EstimateRequest>;
 
 export const EvaluateRequest = z.object({
   model: z.string(),
@@ -202,6 +256,9 @@ const Metrics = z.object({
   trained_tokens: z.number().int().optional(),
   elapsed_seconds: z.number(),
   eta_seconds: z.number().optional(),
+  /** DPO: the share of pairs whose preferred answer gets the higher implicit reward, and the mean reward margin. */
+  'rewards/accuracy': z.number().optional(),
+  'rewards/margin': z.number().optional(),
 });
 const Eval = z.object({
   type: z.literal('eval'),
@@ -209,6 +266,9 @@ const Eval = z.object({
   epoch: z.number(),
   valid_loss: z.number().optional(),
   label_metrics: LabelMetrics.optional(),
+  /** DPO, on the validation pairs. */
+  'rewards/accuracy': z.number().optional(),
+  'rewards/margin': z.number().optional(),
 });
 const Checkpoint = z.object({
   type: z.literal('checkpoint'),
@@ -246,6 +306,10 @@ export const TrainResult = z.object({
   final_train_loss: z.number().nullable(),
   final_valid_loss: z.number().nullable(),
   last_checkpoint: z.string().nullable(),
+  early_stopped: z.boolean().optional(),
+  /** Examples cut to `max_seq_length`. */
+  truncated_examples: z.object({ training: z.number().int(), validation: z.number().int() }).optional(),
+  precision: z.enum(['bf16', 'bf16-weights', 'fp32']).optional(),
 });
 export type TrainResult = z.infer<typeof TrainResult>;
 
@@ -274,6 +338,45 @@ export type CountTokensResult = z.infer<typeof CountTokensResult>;
 export const CreateTinyResult = z.object({ path: z.string(), parameters: z.number().int(), vocab_size: z.number().int() });
 export type CreateTinyResult = z.infer<typeof CreateTinyResult>;
 
+export const EstimateResult = z.object({
+  method: z.enum(['lora', 'qlora']),
+  /** Predicted peak resident memory of the `train` process: runtime + max(loading, training). */
+  peak_memory_bytes: z.number().int(),
+  memory: z.object({
+    /** Python, torch, transformers, the tokenizer and the data: measured in the estimating process. */
+    runtime_bytes: z.number().int(),
+    /** The base read in fp32 (QLoRA quantizes after loading). */
+    load_bytes: z.number().int(),
+    /** The base while training: fp32, or NF4 codes + absmax for the linears under QLoRA. */
+    base_weights_bytes: z.number().int(),
+    trainable_bytes: z.number().int(),
+    gradient_bytes: z.number().int(),
+    /** AdamW's two fp32 moments per trainable parameter. */
+    optimizer_bytes: z.number().int(),
+    /** What autograd saves for the widest batch (measured per token on a one-layer copy of the model). */
+    activation_bytes: z.number().int(),
+    /** Logits, log-softmax and their gradient on the trained positions. */
+    lm_head_bytes: z.number().int(),
+  }),
+  time_per_epoch_seconds: z.number(),
+  steps_per_epoch: z.number().int(),
+  n_examples: z.number().int(),
+  n_truncated: z.number().int(),
+  tokens_per_epoch: z.number().int(),
+  padded_tokens_per_epoch: z.number().int(),
+  max_tokens: z.number().int(),
+  mean_tokens: z.number(),
+  base_parameters: z.number().int(),
+  trainable_parameters: z.number().int(),
+  flops_per_epoch: z.number(),
+  /** This machine's fp32 matmul rate, timed for under a second. */
+  matmul_flops_per_second: z.number(),
+  /** The share of that rate whole training steps achieve. */
+  efficiency: z.number(),
+  threads: z.number().int(),
+});
+export type EstimateResult = z.infer<typeof EstimateResult>;
+
 /** What `serve` returns when it shuts down: how many answers it gave. */
 export const ServeResult = z.object({ served: z.number().int() });
 export type ServeResult = z.infer<typeof ServeResult>;
@@ -285,6 +388,7 @@ export const COMMANDS = {
   train: { request: TrainRequest, result: TrainResult },
   evaluate: { request: EvaluateRequest, result: EvaluateResult },
   chat: { request: ChatRequest, result: ChatResult },
+  estimate: { request: EstimateRequest, result: EstimateResult },
 } as const;
 export type EngineCommand = keyof typeof COMMANDS;
 

@@ -14,11 +14,11 @@
  * a request the process is shut down to give its memory back. While idle it does not keep Node alive,
  * and it exits by itself when its stdin closes (the control plane is gone).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import readline from 'node:readline';
 import { z } from 'zod';
 import { ERROR_CODES, WeitiaoError, type ErrorCode } from '../errors.js';
-import { ENGINE_DIR, enginePython } from './index.js';
+import { enginePython, spawnEngine } from './index.js';
 import { EngineEvent, PROTOCOL_VERSION, SERVE_COMMANDS, ServeRequest, type HelloEvent, type ServeCall, type ServeCommand } from './protocol.js';
 
 export interface WarmEngineOptions {
@@ -139,20 +139,7 @@ export class WarmEngine {
 
   #start(): Proc {
     this.#starts++;
-    const child = spawn(enginePython(), ['-m', 'weitiao_engine', 'serve'], {
-      cwd: ENGINE_DIR,
-      // The same environment as runEngine's (src/engine/index.ts).
-      env: {
-        OMP_WAIT_POLICY: 'PASSIVE',
-        ...process.env,
-        PYTHONPATH: ENGINE_DIR,
-        PYTHONUNBUFFERED: '1',
-        TOKENIZERS_PARALLELISM: 'false',
-        ...this.#options.env,
-      },
-      stdio: ['pipe', 'pipe', 'pipe'],
-      detached: true, // own process group, so a kill reaches everything the engine starts
-    });
+    const child = spawnEngine('serve', this.#options.env);
     let onExit!: () => void;
     const proc: Proc = { child, pending: new Map(), stderrTail: '', exited: new Promise((r) => (onExit = r)) };
     this.#proc = proc;

@@ -51,6 +51,15 @@ export const SupervisedHyperparameters = z.strictObject({
 });
 export type SupervisedHyperparameters = z.infer<typeof SupervisedHyperparameters>;
 
+/** OpenAI's DPO hyperparameters: the supervised ones plus `beta`; each may be `auto`. */
+export const DpoHyperparameters = SupervisedHyperparameters.extend({
+  beta: auto(z.number().positive().max(10)).optional(),
+});
+export type DpoHyperparameters = z.infer<typeof DpoHyperparameters>;
+
+/** DPO's `beta` when `auto`: the DPO paper's and OpenAI's default. */
+export const DEFAULT_DPO_BETA = 0.1;
+
 /** OpenAI's metadata: up to 16 string pairs, keys ≤ 64 and values ≤ 512 characters. */
 export const Metadata = z
   .record(z.string().min(1).max(64), z.string().max(512))
@@ -58,6 +67,17 @@ export const Metadata = z
 
 /** weitiao's own settings: the one extension object of the create request. */
 export const WeitiaoJobSettings = z.strictObject({
+  /** The supervised recipe: `lora` (an adapter, the default), `qlora` (the same on a 4-bit NF4 base) or `full` (every weight; a complete model). DPO always trains LoRA. */
+  method: z.enum(['lora', 'qlora', 'full']).optional(),
+  full: z
+    .strictObject({
+      /** Keep the input embedding (and an LM head tied to it) frozen. */
+      freeze_embeddings: z.boolean(),
+      /** Keep the first N decoder layers frozen. */
+      freeze_layers: z.number().int().min(0),
+    })
+    .partial()
+    .optional(),
   lora: z
     .strictObject({
       r: z.number().int().positive().max(1024),
@@ -101,6 +121,7 @@ export const CreateJobParams = z.strictObject({
     .object({
       type: z.enum(['supervised', 'dpo', 'reinforcement']),
       supervised: z.object({ hyperparameters: SupervisedHyperparameters.optional() }).optional(),
+      dpo: z.object({ hyperparameters: DpoHyperparameters.optional() }).optional(),
     })
     .optional(),
   /** Deprecated by OpenAI in favour of `method`, still accepted. */
@@ -156,7 +177,13 @@ export const FineTuningJob = z.object({
   validation_file: z.string().nullable(),
   training_file: z.string(),
   hyperparameters: ResolvedOrAuto,
-  method: z.object({ type: z.literal('supervised'), supervised: z.object({ hyperparameters: ResolvedOrAuto }) }),
+  method: z.union([
+    z.object({ type: z.literal('supervised'), supervised: z.object({ hyperparameters: ResolvedOrAuto }) }),
+    z.object({
+      type: z.literal('dpo'),
+      dpo: z.object({ hyperparameters: ResolvedOrAuto.extend({ beta: z.union([z.literal('auto'), z.number()]) }) }),
+    }),
+  ]),
   trained_tokens: z.number().int().nullable(),
   error: z.object({ code: z.string(), message: z.string(), param: z.string().nullable() }).nullable(),
   seed: z.number().int(),
@@ -166,6 +193,10 @@ export const FineTuningJob = z.object({
   user_provided_suffix: z.string().nullable(),
   integrations: z.array(z.unknown()),
   weitiao: z.object({
+    /** The engine recipe: `lora`, `full` or `dpo`. */
+    method: z.enum(['lora', 'qlora', 'full', 'dpo']),
+    /** Full fine-tuning's freezing settings (empty for the other methods). */
+    full: z.record(z.string(), z.unknown()),
     /** Live progress while running (and where a paused job stopped). */
     progress: z.object({ step: z.number().int(), total_steps: z.number().int(), epoch: z.number() }).nullable(),
     /** Everything the engine was (or will be) given, `auto` resolved once the files were read. */
@@ -241,15 +272,25 @@ export const ListOf = <T extends z.ZodType>(item: T) =>
 export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob {
   const p = parseParams(CreateJobParams, params);
 
-  if (p.method && p.method.type !== 'supervised') {
-    throw new WeitiaoError('invalid_request', `method '${p.method.type}' is not supported yet; use 'supervised' / 暂不支持该训练方法`, {
+  if (p.method?.type === 'reinforcement') {
+    throw new WeitiaoError('invalid_request', `method 'reinforcement' is not supported yet; use 'supervised' or 'dpo' / 暂不支持该训练方法`, {
       param: 'method.type',
     });
+  }
+  const isDpo = p.method?.type === 'dpo';
+  if (isDpo && p.weitiao?.method === 'full') {
+    throw new WeitiaoError('invalid_request', "DPO trains a LoRA adapter; weitiao.method 'full' applies to supervised jobs / DPO 只支持 LoRA", {
+      param: 'weitiao.method',
+    });
+  }
+  if (p.method?.type === 'supervised' && p.method.dpo) {
+    throw new WeitiaoError('invalid_request', "method.dpo is given but method.type is 'supervised' / method.type 与参数不符", { param: 'method.dpo' });
   }
   if (p.integrations?.length) {
     throw new WeitiaoError('invalid_request', 'integrations are not supported / 不支持 integrations', { param: 'integrations' });
   }
-  const fromMethod = p.method?.supervised?.hyperparameters;
+  const dpoHp = isDpo ? (p.method?.dpo?.hyperparameters ?? {}) : null;
+  const fromMethod = dpoHp ? { n_epochs: dpoHp.n_epochs, batch_size: dpoHp.batch_size, learning_rate_multiplier: dpoHp.learning_rate_multiplier } : p.method?.supervised?.hyperparameters;
   if (fromMethod && p.hyperparameters) {
     throw new WeitiaoError(
       'invalid_request',
@@ -259,6 +300,7 @@ export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob 
   }
   const openaiHp = fromMethod ?? p.hyperparameters ?? {};
   const settings: JobSettings = { ...(p.weitiao ?? { label_set: 'auto' }) };
+  if (isDpo) settings.dpo = { beta: dpoHp?.beta === undefined || dpoHp.beta === 'auto' ? DEFAULT_DPO_BETA : dpoHp.beta };
   const requested = {
     n_epochs: openaiHp.n_epochs ?? 'auto',
     batch_size: openaiHp.batch_size ?? 'auto',
@@ -287,13 +329,7 @@ export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob 
     const e = WeitiaoError.from(err);
     throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
   }
-  if (model.kind !== 'base') {
-    throw new WeitiaoError(
-      'invalid_request',
-      `'${p.model}' is a ${model.kind} model; fine-tune its base '${model.baseId}' instead / 暂不支持在微调模型上继续微调，请使用基础模型`,
-      { param: 'model' },
-    );
-  }
+  // A fine-tuned model or checkpoint is a fine base too (continued fine-tuning): the worker merges its adapter first.
   requireTrainingFile(ctx, p.training_file, 'training_file');
   if (p.validation_file) requireTrainingFile(ctx, p.validation_file, 'validation_file');
 
@@ -316,7 +352,9 @@ export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob 
     training_file: p.training_file,
     validation_file: p.validation_file ?? null,
     status: 'validating_files',
-    method: JSON.stringify({ type: 'supervised', supervised: { hyperparameters: hyper } }),
+    method: JSON.stringify(
+      isDpo ? { type: 'dpo', dpo: { hyperparameters: { ...hyper, beta: dpoHp?.beta ?? 'auto' } } } : { type: 'supervised', supervised: { hyperparameters: hyper } },
+    ),
     extension: JSON.stringify(extension),
     suffix: p.suffix ?? null,
     seed: p.seed ?? Math.floor(Math.random() * 2147483647),
@@ -518,7 +556,7 @@ export function jobToWire(row: JobRow): FineTuningJob {
     status: row.status,
     validation_file: row.validation_file,
     training_file: row.training_file,
-    hyperparameters: method.supervised.hyperparameters,
+    hyperparameters: openaiHyperparameters(method),
     method,
     trained_tokens: row.trained_tokens,
     error: row.error ? (JSON.parse(row.error) as FineTuningJob['error']) : null,
@@ -529,6 +567,8 @@ export function jobToWire(row: JobRow): FineTuningJob {
     user_provided_suffix: row.suffix,
     integrations: [],
     weitiao: {
+      method: jobMethod(row),
+      full: { ...ext.settings.full },
       progress: ext.progress,
       hyperparameters: r
         ? {
@@ -557,6 +597,19 @@ export function jobToWire(row: JobRow): FineTuningJob {
       attempts: row.attempts,
     },
   };
+}
+
+/** The engine recipe of a job: `dpo` for OpenAI's DPO method, else weitiao's supervised choice (default `lora`). */
+export function jobMethod(row: Pick<JobRow, 'method' | 'extension'>): 'lora' | 'qlora' | 'full' | 'dpo' {
+  if ((JSON.parse(row.method) as { type: string }).type === 'dpo') return 'dpo';
+  return parseExtension(row).settings.method ?? 'lora';
+}
+
+/** OpenAI's deprecated top-level `hyperparameters`: the method's, without DPO's `beta`. */
+function openaiHyperparameters(method: FineTuningJob['method']): FineTuningJob['hyperparameters'] {
+  if (method.type === 'supervised') return method.supervised.hyperparameters;
+  const { beta: _beta, ...rest } = method.dpo.hyperparameters;
+  return rest;
 }
 
 function checkpointToWire(row: CheckpointRow): FineTuningJobCheckpoint {

@@ -126,7 +126,8 @@ describe('createJob', () => {
     const bad: Array<[Record<string, unknown>, string]> = [
       [{ model: 'tiny-base' }, 'training_file'],
       [{ model: 'tiny-base', training_file: trainId, suffix: 'a:b' }, 'suffix'],
-      [{ model: 'tiny-base', training_file: trainId, method: { type: 'dpo' } }, 'method.type'],
+      [{ model: 'tiny-base', training_file: trainId, method: { type: 'reinforcement' } }, 'method.type'],
+      [{ model: 'tiny-base', training_file: trainId, method: { type: 'dpo' }, weitiao: { method: 'full' } }, 'weitiao.method'],
       [{ model: 'tiny-base', training_file: trainId, method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 0 } } } }, 'method.supervised.hyperparameters.n_epochs'],
       [{ model: 'tiny-base', training_file: trainId, hyperparameters: { n_epochs: 2 }, method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 3 } } } }, 'hyperparameters'],
       [{ model: 'tiny-base', training_file: trainId, weitiao: { lora: { rank: 8 } } }, 'weitiao.lora'],
@@ -134,7 +135,6 @@ describe('createJob', () => {
       [{ model: 'tiny-base', training_file: trainId, weitiao: { learning_rate: 1e-4 }, hyperparameters: { learning_rate_multiplier: 2 } }, 'weitiao.learning_rate'],
       [{ model: 'tiny-base', training_file: trainId, tools: [] }, ''],
       [{ model: 'tiny-base', training_file: resultsId }, 'training_file'],
-      [{ model: 'ft:tiny-base:x:12345678', training_file: trainId }, 'model'],
       [{ model: 'tiny-base', training_file: trainId, metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, 'v'])) }, 'metadata'],
     ];
     for (const [params, param] of bad) {

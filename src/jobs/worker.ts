@@ -18,14 +18,14 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Context } from '../context.js';
-import { validateChatFile, type Issue } from '../data/index.js';
+import { validateChatFile, validatePreferenceFile, type Issue } from '../data/index.js';
 import { runEngine, type EngineEvent, type TrainResult } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
 import { createFile, fileContentPath, retrieveFile } from '../files/index.js';
 import { registerModel, resolveModel } from '../models/index.js';
 import { newId, now } from '../store/index.js';
 import { buildTrainRequest, resolveHyperparameters } from '../train/index.js';
-import { jobToWire, type FineTuningJob, type FineTuningJobEvent } from './index.js';
+import { jobMethod, jobToWire, type FineTuningJob, type FineTuningJobEvent } from './index.js';
 import { isGroupAlive, signalGroup, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
 import {
   addEvent,
@@ -74,6 +74,22 @@ export interface WorkerEvents {
 }
 
 type StopReason = 'cancel' | 'pause' | 'shutdown';
+
+/** What a run's models are: registered with every checkpoint and the result, read back by resolveModel. */
+interface Weights {
+  method: 'lora' | 'qlora' | 'full' | 'dpo';
+  /** `full`: each saved directory is a complete model; `lora`: an adapter. */
+  format: 'full' | 'lora';
+  /** Continued fine-tuning of an adapter: the merged base the new adapter (or weights) were trained from. */
+  base_path?: string;
+}
+
+interface RunState {
+  ext: JobExtension;
+  ftName: string;
+  outputDir: string;
+  weights: Weights;
+}
 
 interface Run {
   jobId: string;
@@ -288,6 +304,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       return false;
     }
 
+    const method = jobMethod(row);
     const reports = [];
     for (const param of ['training_file', 'validation_file'] as const) {
       const fileId = row[param];
@@ -300,10 +317,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
         return false;
       }
       this.event(id, { message: `Validating ${param.replace('_', ' ')}: ${file.filename} / 正在校验文件 ${file.filename}` });
-      const report = await validateChatFile(file.path, {
-        model_dir: modelDir,
-        ...(ext.settings.max_seq_length ? { max_length: ext.settings.max_seq_length } : {}),
-      });
+      // DPO reads OpenAI's preference format; the supervised methods read chat examples.
+      const report =
+        method === 'dpo'
+          ? await validatePreferenceFile(file.path)
+          : await validateChatFile(file.path, {
+              model_dir: modelDir,
+              ...(ext.settings.max_seq_length ? { max_length: ext.settings.max_seq_length } : {}),
+            });
       if (!this.stillIs(id, 'validating_files')) return false;
       this.issueEvents(id, file.filename, report.warnings, 'warn');
       if (report.errors.length) {
@@ -324,28 +345,27 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const valid = reports.find((r) => r.param === 'validation_file')?.report ?? null;
     let resolved;
     try {
-      resolved = resolveHyperparameters({ n_examples: train.valid_examples, requested: ext.requested, method: 'lora' });
+      resolved = resolveHyperparameters({ n_examples: train.valid_examples, requested: ext.requested, method });
     } catch (err) {
       const e = WeitiaoError.from(err);
       this.fail(id, { code: e.code, message: e.message, param: e.param ?? null });
       return false;
     }
-    const labelSet = ext.settings.label_set === 'auto' ? train.label_set : ext.settings.label_set;
-    const method = {
-      type: 'supervised',
-      supervised: {
-        hyperparameters: {
-          n_epochs: resolved.n_epochs,
-          batch_size: resolved.batch_size,
-          learning_rate_multiplier: resolved.learning_rate_multiplier,
-        },
-      },
+    const labelSet = method === 'dpo' ? null : ext.settings.label_set === 'auto' ? train.label_set : ext.settings.label_set;
+    const hyperparameters = {
+      n_epochs: resolved.n_epochs,
+      batch_size: resolved.batch_size,
+      learning_rate_multiplier: resolved.learning_rate_multiplier,
     };
+    const wireMethod =
+      method === 'dpo'
+        ? { type: 'dpo', dpo: { hyperparameters: { ...hyperparameters, beta: ext.settings.dpo?.beta ?? 0.1 } } }
+        : { type: 'supervised', supervised: { hyperparameters } };
     patchExtension(
       this.ctx.db,
       id,
       { resolved, label_set: labelSet, n_examples: train.valid_examples, n_validation_examples: valid ? valid.valid_examples : null },
-      { method: JSON.stringify(method) },
+      { method: JSON.stringify(wireMethod) },
     );
     const autoNote = (k: string) => (resolved.auto.includes(k as never) ? ' (auto)' : '');
     this.event(id, {
@@ -399,7 +419,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (!ext.resolved) throw new WeitiaoError('internal_error', `job ${id} reached the queue without resolved hyperparameters`);
 
     const model = resolveModel(this.ctx, row.model);
+    const method = jobMethod(row);
     const outputDir = path.join(this.ctx.home.jobs, id);
+    // Continued fine-tuning of an adapter: the engine merges it into <outputDir>/base, which the new weights build on.
+    const weights: Weights = {
+      method,
+      format: method === 'full' ? 'full' : 'lora',
+      ...(model.adapterPath && method !== 'full' ? { base_path: path.join(outputDir, 'base') } : {}),
+    };
     await mkdir(outputDir, { recursive: true });
     const newest = newestCheckpoint(outputDir);
     const request = buildTrainRequest({
@@ -410,6 +437,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
       hyperparameters: ext.resolved,
       seed: row.seed,
       lora: ext.settings.lora,
+      method,
+      ...(method === 'full' ? { full: ext.settings.full ?? {} } : {}),
+      ...(method === 'dpo' ? { dpo: { beta: ext.settings.dpo?.beta ?? 0.1 } } : {}),
+      baseAdapter: model.adapterPath,
       labelSet: ext.label_set,
       evalEverySteps: ext.settings.eval_every_steps,
       saveEverySteps: ext.settings.save_every_steps,
@@ -427,7 +458,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const run: Run = { jobId: id, pid: null, reason: null, sawEngineError: false, killTimer: null };
     this.run = run;
     const ftName = fineTunedModelName(row);
-    const state = { ext, ftName, outputDir };
+    const state: RunState = { ext, ftName, outputDir, weights };
     const watch = setInterval(() => this.watch(run), this.opts.pollMs);
     watch.unref();
 
@@ -479,7 +510,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     run.killTimer.unref();
   }
 
-  private onEngineEvent(run: Run, state: { ext: JobExtension; ftName: string; outputDir: string }, e: EngineEvent): void {
+  private onEngineEvent(run: Run, state: RunState, e: EngineEvent): void {
     const id = run.jobId;
     this.opts.onEngineEvent?.(id, e);
     this.emit('engine', id, e);
@@ -515,11 +546,18 @@ export class Worker extends EventEmitter<WorkerEvents> {
         const parts = [
           e.valid_loss !== undefined ? `validation loss=${fmt(e.valid_loss)}` : null,
           m ? `accuracy=${fmt(m.accuracy)}, macro F1=${fmt(m.macro_f1)}` : null,
+          e['rewards/accuracy'] !== undefined ? `reward accuracy=${fmt(e['rewards/accuracy'])}, reward margin=${fmt(e['rewards/margin'])}` : null,
         ].filter(Boolean);
         db.transaction(() => {
           this.event(id, {
             message: `Evaluation at step ${e.step} (epoch ${fmt(e.epoch, 2)}): ${parts.join(', ')} / 第 ${e.step} 步验证：${parts.join('，')}`,
-            data: { step: e.step, epoch: e.epoch, valid_loss: e.valid_loss ?? null, label_metrics: m ?? null },
+            data: {
+              step: e.step,
+              epoch: e.epoch,
+              valid_loss: e.valid_loss ?? null,
+              label_metrics: m ?? null,
+              ...(e['rewards/accuracy'] !== undefined ? { 'rewards/accuracy': e['rewards/accuracy'], 'rewards/margin': e['rewards/margin'] } : {}),
+            },
           });
           patchExtension(db, id, { last_eval: state.ext.last_eval, ...(m ? { label_metrics: m } : {}) });
         })();
@@ -548,7 +586,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
             base_model: row.model,
             job_id: id,
             source: 'training',
-            metadata: { step: e.step, epoch: e.epoch, metrics, training_file: row.training_file },
+            metadata: { step: e.step, epoch: e.epoch, metrics, training_file: row.training_file, ...state.weights },
           });
           this.event(id, { message: `Checkpoint saved at step ${e.step}: ${name} / 已在第 ${e.step} 步保存检查点`, data: { step: e.step, epoch: e.epoch, fine_tuned_model_checkpoint: name } });
         })();
@@ -565,7 +603,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   /** Turns the engine's outcome into the job's next status. */
   private async finish(
     run: Run,
-    state: { ext: JobExtension; ftName: string; outputDir: string },
+    state: RunState,
     result: TrainResult | null,
     failure: WeitiaoError | null,
   ): Promise<void> {
@@ -601,7 +639,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.lost(getJobRow(this.ctx.db, id)!, `${why} / 训练引擎意外退出`, failure?.message);
   }
 
-  private async succeed(id: string, state: { ext: JobExtension; ftName: string; outputDir: string }, result: TrainResult): Promise<void> {
+  private async succeed(id: string, state: RunState, result: TrainResult): Promise<void> {
     const row = getJobRow(this.ctx.db, id)!;
     const ext = parseExtension(row);
     const modelDir = path.resolve(state.outputDir, result.model_dir!);
@@ -617,7 +655,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
       metadata: {
         training_file: row.training_file,
         validation_file: row.validation_file,
-        method: 'lora',
+        ...state.weights,
+        ...(state.weights.method === 'dpo' ? { dpo: ext.settings.dpo } : {}),
+        ...(state.weights.method === 'full' ? { full: ext.settings.full ?? {} } : {}),
         hyperparameters: ext.resolved,
         lora: ext.settings.lora ?? {},
         label_set: ext.label_set,
@@ -745,6 +785,7 @@ function metricsMessage(e: Extract<EngineEvent, { type: 'metrics' }>): string {
   if (e.train_loss !== undefined) parts.push(`training loss=${fmt(e.train_loss)}`);
   if (e.valid_loss !== undefined) parts.push(`validation loss=${fmt(e.valid_loss)}`);
   if (e.train_mean_token_accuracy !== undefined) parts.push(`token accuracy=${fmt(e.train_mean_token_accuracy)}`);
+  if (e['rewards/accuracy'] !== undefined) parts.push(`reward accuracy=${fmt(e['rewards/accuracy'])}, margin=${fmt(e['rewards/margin'])}`);
   return `Step ${e.step}/${e.total_steps}: ${parts.join(', ')}`;
 }
 

@@ -43,7 +43,7 @@ export const ModelObject = z.object({
     /** The base model's id (fine-tuned models and checkpoints), else null. */
     base_model: z.string().nullable(),
     job_id: z.string().nullable(),
-    /** Base: the Hugging Face model directory; fine-tuned/checkpoint: the adapter directory. */
+    /** Base: the Hugging Face model directory; fine-tuned/checkpoint: the adapter directory (a complete model when `metadata.format` is `full`). */
     path: z.string(),
     metadata: z.record(z.string(), z.unknown()),
   }),
@@ -245,7 +245,18 @@ export function resolveModel(ctx: Context, nameOrPath: string): ResolvedModel {
   }
 
   requireDir(row.path, row.id);
-  // Follow the lineage down to a base model (a fine-tune of a fine-tune is not made today, but cheap to allow).
+  // Where the weights live, from the training metadata: `format: 'full'` = the directory is a complete
+  // model (full fine-tuning); `base_path` = a continued fine-tune's adapter sits on that merged base.
+  const meta = toObject(row).weitiao.metadata;
+  const own = (resolved: ResolvedModel): ResolvedModel => {
+    if (meta.format === 'full') return { ...resolved, basePath: row.path, adapterPath: null };
+    if (typeof meta.base_path === 'string') {
+      requireDir(meta.base_path, row.id);
+      return { ...resolved, basePath: meta.base_path };
+    }
+    return resolved;
+  };
+  // Follow the lineage down to a base model (continued fine-tuning makes fine-tunes of fine-tunes).
   const seen = new Set([row.id]);
   let baseRef = row.base_model!;
   for (;;) {
@@ -255,7 +266,7 @@ export function resolveModel(ctx: Context, nameOrPath: string): ResolvedModel {
       const dir = expandHome(baseRef);
       if (isDir(dir) && existsSync(path.join(dir, 'config.json'))) {
         const abs = path.resolve(dir);
-        return { id: row.id, kind: row.kind, basePath: abs, adapterPath: row.path, baseId: abs };
+        return own({ id: row.id, kind: row.kind, basePath: abs, adapterPath: row.path, baseId: abs });
       }
       throw new WeitiaoError(
         'not_found',
@@ -264,8 +275,8 @@ export function resolveModel(ctx: Context, nameOrPath: string): ResolvedModel {
       );
     }
     if (base.kind === 'base') {
-      requireDir(base.path, base.id);
-      return { id: row.id, kind: row.kind, basePath: base.path, adapterPath: row.path, baseId: base.id };
+      if (meta.format !== 'full' && typeof meta.base_path !== 'string') requireDir(base.path, base.id);
+      return own({ id: row.id, kind: row.kind, basePath: base.path, adapterPath: row.path, baseId: base.id });
     }
     if (seen.has(base.id) || !base.base_model) {
       throw new WeitiaoError('internal_error', `the lineage of '${row.id}' does not lead to a base model / '${row.id}' 的来源链有误`);

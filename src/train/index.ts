@@ -22,12 +22,18 @@ import { z } from 'zod';
 import { WeitiaoError } from '../errors.js';
 import { TrainRequest, type TrainRequest as TrainRequestInput } from '../engine/protocol.js';
 
-export type Method = 'lora';
+export type Method = 'lora' | 'qlora' | 'full' | 'dpo';
 
 /** Each method's base learning rate (multiplier 1). */
 export const BASE_LEARNING_RATE: Record<Method, number> = {
   // LoRA trains small low-rank matrices from zero: it wants ~10× a full fine-tune's rate (PEFT/QLoRA papers use 1e-4…3e-4).
   lora: 2e-4,
+  // QLoRA trains the same adapters on a 4-bit base: the QLoRA paper's 2e-4 for models up to 13B.
+  qlora: 2e-4,
+  // Every weight moves: the usual full fine-tuning rate for 0.5B–7B chat models.
+  full: 2e-5,
+  // DPO with a LoRA policy: a quarter of LoRA SFT's rate; the policy starts at the reference and only a small move is wanted.
+  dpo: 5e-5,
 };
 
 export const EPOCH_RULE = { default: 3, minTrainedExamples: 100, maxTrainedExamples: 25000, min: 1, max: 25 } as const;
@@ -161,14 +167,33 @@ export interface BuildTrainRequestInput {
   hyperparameters: ResolvedHyperparameters;
   seed: number;
   lora?: { r?: number; alpha?: number; dropout?: number; target_modules?: 'all-linear' | string[]; modules_to_save?: string[] | null };
+  /** The engine recipe (default `lora`). */
+  method?: Method;
+  full?: { freeze_embeddings?: boolean; freeze_layers?: number };
+  dpo?: { beta?: number };
+  /** Continued fine-tuning: the adapter of a fine-tuned base, merged into `basePath` before training. */
+  baseAdapter?: string | null;
   labelSet?: string[] | null;
   evalEverySteps?: number;
   saveEverySteps?: number;
   maxSteps?: number | null;
   maxSeqLength?: number;
+  /** Training controls passed to the engine as they are (its defaults apply to what is left out). */
+  controls?: TrainingControls;
   resume?: boolean;
   threads?: number | null;
 }
+
+/** Gradient accumulation and checkpointing, early stopping, bf16 and length grouping (engine protocol names). */
+export const TrainingControls = z.strictObject({
+  gradient_accumulation_steps: z.number().int().positive().optional(),
+  gradient_checkpointing: z.boolean().optional(),
+  early_stopping_patience: z.number().int().positive().nullable().optional(),
+  early_stopping_min_delta: z.number().min(0).optional(),
+  bf16: z.enum(['auto', 'on', 'off']).optional(),
+  group_by_length: z.boolean().optional(),
+});
+export type TrainingControls = z.infer<typeof TrainingControls>;
 
 /** The engine's `train` request for resolved settings, validated against the protocol schema. */
 export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestInput {
@@ -178,8 +203,11 @@ export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestIn
     output_dir: input.outputDir,
     training_file: input.trainingFile,
     validation_file: input.validationFile ?? null,
-    method: 'lora',
+    method: input.method ?? 'lora',
     lora: input.lora ?? {},
+    ...(input.full ? { full: input.full } : {}),
+    ...(input.dpo ? { dpo: input.dpo } : {}),
+    base_adapter: input.baseAdapter ?? null,
     hyperparameters: {
       n_epochs: hp.n_epochs,
       batch_size: hp.batch_size,
@@ -190,6 +218,7 @@ export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestIn
       lr_scheduler: hp.lr_scheduler,
       seed: input.seed,
       ...(input.maxSeqLength !== undefined ? { max_seq_length: input.maxSeqLength } : {}),
+      ...(input.controls ?? {}),
     },
     eval_every_steps: input.evalEverySteps ?? 0,
     save_every_steps: input.saveEverySteps ?? 0,

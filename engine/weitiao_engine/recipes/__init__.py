@@ -1,1 +1,78 @@
-"""Training recipes, one per method, each readable top to bottom (setup / train / save_checkpoint / cleanup)."""
+"""Training recipes, one per method, each readable top to bottom (setup / train / save_checkpoint / cleanup).
+
+`train` runs `run(request)` here, which picks the recipe by `request.method`:
+
+    lora, qlora -> lora_finetune.run      (a LoRA adapter on a frozen base)
+    full        -> full_finetune.run      (every weight, saved as a complete Hugging Face model)
+    dpo         -> dpo.run                (preference pairs; a LoRA policy against the base as reference)
+
+Continued fine-tuning (`base_adapter` set) is handled here once for every method: the adapter is merged
+into its base (PEFT's merge_and_unload) and saved as `<output_dir>/base`, a plain model the recipe then
+trains as if it were the base. The final model's weitiao.json records both ancestors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RECIPES = {
+    "lora": "weitiao_engine.recipes.lora_finetune",
+    "qlora": "weitiao_engine.recipes.lora_finetune",
+    "full": "weitiao_engine.recipes.full_finetune",
+    "dpo": "weitiao_engine.recipes.dpo",
+}
+
+
+def run(request) -> dict[str, Any]:
+    """Runs the recipe of `request.method`; merges `base_adapter` into the base first when one is given."""
+    from ..protocol import EngineError
+
+    module_name = RECIPES.get(request.method)
+    if module_name is None:
+        raise EngineError("invalid_request", f"no recipe for method '{request.method}' / 不支持的训练方法", "method")
+    continued_from = None
+    if getattr(request, "base_adapter", None):
+        continued_from = {"base_model": str(Path(request.base_model).resolve()), "adapter": str(Path(request.base_adapter).resolve())}
+        merged = merge_adapter(request.base_model, request.base_adapter, Path(request.output_dir) / "base")
+        request = request.model_copy(update={"base_model": merged, "base_adapter": None})
+    result = importlib.import_module(module_name).run(request)
+    if continued_from and result.get("model_dir"):
+        record_lineage(Path(result["model_dir"]), continued_from)
+    return result
+
+
+def merge_adapter(base_model: str, adapter_dir: str, target: Path) -> str:
+    """base + LoRA adapter -> one plain model in `target` (reused when present: a resumed run merges once)."""
+    from ..loading import load_model
+    from ..protocol import log
+
+    if (target / "config.json").is_file():
+        return str(target)
+    model, tokenizer = load_model(base_model, adapter_dir=adapter_dir)
+    model = model.merge_and_unload()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".base.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp, save_jinja_files=False)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"merged the adapter {adapter_dir} into {base_model} -> {target} / 已将适配器合并进基础模型")
+    return str(target)
+
+
+def record_lineage(model_dir: Path, continued_from: dict[str, str]) -> None:
+    """Adds where the merged base came from to the model's weitiao.json."""
+    path = model_dir / "weitiao.json"
+    lineage = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    lineage["continued_from"] = continued_from
+    path.write_text(json.dumps(lineage, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,13 @@ Reads top to bottom: setup (threads, seed, base model + LoRA, data, optimizer, s
 train (one optimizer step per batch; validation, label metrics and checkpoints on schedule) ->
 save_final -> cleanup. Events (metrics, eval, checkpoint) go to stdout as JSON lines.
 
+Speed (bench/ measures each against TRL's SFTTrainer): the LM head and cross-entropy run only where
+labels exist; batches are grouped by length (SDPA on CPU has no varlen path, so packing is not an option
+here); the frozen base is held in bf16 (half the memory; real checkpoints ship in bf16 anyway), and the
+matmuls run under bf16 autocast where bf16 is native (GPU, AMX) or else in fp32 from upcast weights
+(torch's bf16 GEMM on AVX512-BF16 without AMX measured slower than fp32: BENCHMARKS.md); the LoRA weights
+and optimizer stay fp32; one torch thread per physical core.
+
 Determinism: the data order of epoch e comes from its own generator seeded with (seed, e), and each
 checkpoint holds the optimizer, scheduler and every RNG state (dropout included) plus the position in
 the epoch, so a run stopped by SIGTERM and resumed ends exactly where an uninterrupted one would have.
@@ -30,6 +37,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from contextlib import nullcontext
 
 from .. import __version__
 from ..chat_format import IGNORE_INDEX, TokenizedExample, answers_for_prompts, tokenize_examples
@@ -37,6 +45,10 @@ from ..metrics import label_metrics
 from ..protocol import ChatExample, EngineError, TrainRequest, emit, log, progress
 
 EVAL_BATCH_SIZE = 64  # validation needs no gradients, so bigger batches are cheap
+LENGTH_GROUP_BATCHES = 16  # length grouping sorts windows of this many batches: enough to match lengths, still shuffled
+# Compute the LM head only at positions that predict a labelled token. Only the benchmark's ablation turns
+# it off, to measure what it saves; both ways give the same loss.
+LM_HEAD_AT_LABELS_ONLY = True
 CHECKPOINT_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -66,6 +78,9 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     pad_id: int
+    bf16: bool = False  # bf16 autocast (compute); see `precision` for how the frozen base is stored
+    precision: str = "fp32"  # "bf16" (bf16 weights + autocast), "bf16-weights" (bf16 weights, fp32 compute) or "fp32"
+    truncated: tuple[int, int] = (0, 0)  # (training, validation) examples cut to max_seq_length
     # counters, saved in every checkpoint
     step: int = 0
     epoch_index: int = 0  # the epoch being trained (0-based)
@@ -75,6 +90,8 @@ class Run:
     train_loss: Optional[float] = None
     valid_loss: Optional[float] = None
     best_valid_loss: Optional[float] = None
+    evals_without_improvement: int = 0  # early stopping's patience counter
+    early_stopped: bool = False
     last_checkpoint: Optional[str] = None
     last_checkpoint_step: int = -1
     stop_requested: bool = False
@@ -91,8 +108,8 @@ class Run:
 
 
 def run(request: TrainRequest) -> dict[str, Any]:
-    """Trains a LoRA adapter; returns {model_dir, interrupted, steps, total_steps, trained_tokens,
-    final_train_loss, final_valid_loss, last_checkpoint}."""
+    """Trains a LoRA adapter; returns {model_dir, interrupted, early_stopped, steps, total_steps, trained_tokens,
+    final_train_loss, final_valid_loss, last_checkpoint, truncated_examples, precision}."""
     state = setup(request)
     try:
         interrupted = train(state)
@@ -102,12 +119,15 @@ def run(request: TrainRequest) -> dict[str, Any]:
     return {
         "model_dir": model_dir,
         "interrupted": interrupted,
+        "early_stopped": state.early_stopped,
         "steps": state.step,
         "total_steps": state.total_steps,
         "trained_tokens": state.trained_tokens,
         "final_train_loss": state.train_loss,
         "final_valid_loss": state.valid_loss,
         "last_checkpoint": state.last_checkpoint,
+        "truncated_examples": {"training": state.truncated[0], "validation": state.truncated[1]},
+        "precision": state.precision,
     }
 
 
@@ -116,13 +136,18 @@ def run(request: TrainRequest) -> dict[str, Any]:
 
 def setup(request: TrainRequest) -> Run:
     """Threads, seed, data, base model + LoRA, optimizer and scheduler; restores a checkpoint on resume."""
-    import psutil
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     hp = request.hyperparameters
-    # Physical cores: hyper-threads only contend for the same matmul units.
-    torch.set_num_threads(request.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    from ..loading import set_threads
+
+    # Physical cores this process may use: hyper-threads only contend for the same matmul units.
+    set_threads(request.threads)
+    precision = precision_mode(hp.bf16)
+    if request.method == "qlora" and precision == "bf16-weights":
+        precision = "fp32"  # NF4 replaces the base linears: nothing left to store in bf16
+    use_bf16 = precision == "bf16"
     output_dir = Path(request.output_dir)
     (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
@@ -137,9 +162,14 @@ def setup(request: TrainRequest) -> Run:
         raise EngineError("not_found", f"base model directory {base} does not exist / 基础模型目录不存在", "base_model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        # The frozen base in bf16 halves its memory (and is what Qwen/Llama checkpoints ship in).
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if precision == "fp32" else torch.bfloat16)
     except Exception as e:  # transformers raises OSError, ValueError… for broken directories
         raise EngineError("invalid_file", f"{base}: cannot load the model: {e} / 无法加载模型", "base_model") from e
+    if request.method == "qlora":  # QLoRA: base linears (not lm_head/embeddings) to 4-bit NF4 before PEFT wraps them
+        from ..quantize import quantize_model_nf4
+
+        model = quantize_model_nf4(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     progress("setup", 2, 4, "tokenizing / 分词")
@@ -177,6 +207,15 @@ def setup(request: TrainRequest) -> Run:
         model = get_peft_model(model, lora)
     except ValueError as e:  # PEFT: target modules not found in the base model
         raise EngineError("invalid_request", f"LoRA: {e} / LoRA 配置无效", "lora.target_modules") from e
+    # What the optimizer updates stays fp32 (a bf16 AdamW update underflows); tied weights share the Parameter.
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if precision == "bf16-weights":
+        compute_in_fp32(model)
+    if hp.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad (the base embedding is frozen).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
 
     # Weight decay only on matrices: decaying biases and norm gains pulls them to 0 for no benefit.
@@ -211,6 +250,9 @@ def setup(request: TrainRequest) -> Run:
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         pad_id=pad_id,
+        bf16=use_bf16,
+        precision=precision,
+        truncated=(n_truncated, n_valid_truncated),
     )
 
     if request.resume:
@@ -226,7 +268,7 @@ def setup(request: TrainRequest) -> Run:
     log(
         f"{len(train_data)} training / {len(valid_data)} validation examples, {steps_per_epoch} steps per epoch,"
         f" {total_steps} steps; LoRA r={lora.r} on {sorted(lora.target_modules)}: {trainable:,} trainable parameters,"
-        f" {torch.get_num_threads()} threads"
+        f" {torch.get_num_threads()} threads, precision {precision}"
     )
     progress("setup", 4, 4)
     return state
@@ -287,6 +329,62 @@ def build_label_task(tokenizer, examples: list[list[dict[str, Any]]], labels: li
     return task
 
 
+def precision_mode(setting: str) -> str:
+    """`bf16` on/off/auto -> "bf16" (bf16 weights, bf16 autocast), "bf16-weights" (bf16 weights, fp32 compute) or "fp32".
+
+    auto: bf16 compute where it is fast (a GPU that supports it, a CPU with AMX). A CPU with only AVX512-BF16
+    gets bf16 weights with fp32 compute: torch 2.13's bf16 GEMM there measured ~0.6x fp32's (bench/), and
+    upcasting one weight matrix at a time costs little. Other CPUs keep fp32.
+    """
+    if setting != "auto":
+        return "bf16" if setting == "on" else "fp32"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "bf16"
+    return "bf16-weights" if "avx512_bf16" in flags else "fp32"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (torch's capability string says AVX512, not which extensions)."""
+    try:
+        line = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:  # not Linux: no flags, so fp32
+        return set()
+    return set(line.split(":", 1)[-1].split())
+
+
+def compute_in_fp32(model) -> None:
+    """bf16-stored frozen weights, fp32 arithmetic: each frozen linear upcasts its weight for the call (one
+    matrix at a time, freed at once); the embedding's output is upcast; the LM head, which sees only the
+    few labelled positions, multiplies in bf16 rather than upcast its vocabulary-sized matrix."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = causal_lm.get_output_embeddings()
+
+    def upcast_linear(self, x):
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def head_in_weight_dtype(self, x):
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+    import types
+
+    for module in causal_lm.modules():
+        if module is head:
+            module.forward = types.MethodType(head_in_weight_dtype, module)
+        elif isinstance(module, torch.nn.Linear) and module.weight.dtype != torch.float32 and not module.weight.requires_grad:
+            module.forward = types.MethodType(upcast_linear, module)
+    causal_lm.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.float())
+
+
+def autocast(state: "Run"):
+    """bf16 autocast when the run uses bf16, else nothing."""
+    if not state.bf16:
+        return nullcontext()
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -303,19 +401,28 @@ def train(state: Run) -> bool:
     steps_seconds = 0.0  # time in optimizer steps only, for tokens/s and the ETA
     tokens_this_process = examples_this_process = steps_this_process = 0
 
+    lengths = [len(e.input_ids) for e in state.train_data]
     while state.step < state.total_steps:
-        order = epoch_order(hp.seed, state.epoch_index, len(state.train_data))
-        batches = [order[i : i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
+        batches = epoch_batches(hp.seed, state.epoch_index, lengths, hp.batch_size, hp.group_by_length)
         # On resume, skip the batches of this epoch that the checkpoint already trained.
         for batch_indices in batches[state.batches_done :]:
             if state.stop_requested:
                 return interrupt(state)
             t0 = time.monotonic()
-            input_ids, attention_mask, labels = collate([state.train_data[i] for i in batch_indices], state.pad_id)
-            loss_sum, n_tokens, n_correct = token_loss(model, input_ids, attention_mask, labels)
-            loss = loss_sum / max(n_tokens, 1)  # mean over the batch's assistant tokens
+            examples = [state.train_data[i] for i in batch_indices]
+            # The loss is the mean over the whole batch's assistant tokens, so each micro-batch's sum is divided
+            # by the batch's count: accumulated gradients equal those of the batch in one pass.
+            n_batch_tokens = max(sum(e.n_trained for e in examples), 1)
+            micro = math.ceil(len(examples) / hp.gradient_accumulation_steps)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_total, n_tokens, n_correct, batch_tokens = 0.0, 0, 0, 0
+            for start in range(0, len(examples), micro):
+                input_ids, attention_mask, labels = collate(examples[start : start + micro], state.pad_id)
+                with autocast(state):
+                    loss_sum, n, c = token_loss(model, input_ids, attention_mask, labels)
+                (loss_sum / n_batch_tokens).backward()
+                loss_total, n_tokens, n_correct = loss_total + loss_sum.item(), n_tokens + n, n_correct + c
+                batch_tokens += int(attention_mask.sum())
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], hp.max_grad_norm)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -323,8 +430,7 @@ def train(state: Run) -> bool:
 
             state.step += 1
             state.batches_done += 1
-            state.train_loss = loss.item()
-            batch_tokens = int(attention_mask.sum())
+            state.train_loss = loss_total / max(n_tokens, 1)
             state.trained_tokens += batch_tokens
             steps_seconds += time.monotonic() - t0
             tokens_this_process += batch_tokens
@@ -350,14 +456,42 @@ def train(state: Run) -> bool:
             last = state.step == state.total_steps
             if state.valid_data and (epoch_end or last or due(state.step, request.eval_every_steps)):
                 validate(state, with_labels=epoch_end or last)
-            if epoch_end or last or due(state.step, request.save_every_steps):
+            patience = hp.early_stopping_patience
+            stopping = patience is not None and state.evals_without_improvement >= patience and not last
+            if epoch_end or last or stopping or due(state.step, request.save_every_steps):
                 save_checkpoint(state)
+            if stopping:
+                state.early_stopped = True
+                log(
+                    f"early stopping at step {state.step}: validation loss has not improved for {patience} evaluations"
+                    f" (best {state.best_valid_loss:.4f}) / 验证损失连续 {patience} 次未改善，提前停止"
+                )
+                return False
             if last:
                 break
         if state.batches_done == len(batches):
             state.epoch_index += 1
             state.batches_done = 0
     return False
+
+
+def epoch_batches(seed: int, epoch: int, lengths: list[int], batch_size: int, group_by_length: bool) -> list[list[int]]:
+    """The batches of one epoch, a function of (seed, epoch) only.
+
+    With length grouping, each window of LENGTH_GROUP_BATCHES batches of the shuffled order is sorted by
+    length before it is cut, and the batches are then shuffled again: each batch pads to a similar length,
+    yet which examples meet in a batch and the batch order stay random.
+    """
+    order = epoch_order(seed, epoch, len(lengths))
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * LENGTH_GROUP_BATCHES
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda i: -lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch + 500_009))
+    return [batches[i] for i in shuffle.tolist()]
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
@@ -394,7 +528,10 @@ def token_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.Tens
     mask = targets != IGNORE_INDEX  # hidden state j predicts token j + 1
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT's LoRA layers live inside it
     hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    if LM_HEAD_AT_LABELS_ONLY:
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    else:  # the standard way, kept for the benchmark's ablation: every position through the head
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1]).float()[mask]
     targets = targets[mask]
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     rows = mask.nonzero()[:, 0]
@@ -416,28 +553,32 @@ def validate(state: Run, with_labels: bool) -> None:
     model = state.model
     model.eval()  # no dropout: validation neither varies nor consumes the RNG that training uses
     try:
-        loss_sum, n_tokens, n_correct = 0.0, 0, 0
-        for batch in length_sorted_batches([len(e.input_ids) for e in state.valid_data], EVAL_BATCH_SIZE):
-            s, n, c = token_loss(model, *collate([state.valid_data[i] for i in batch], state.pad_id))
-            loss_sum, n_tokens, n_correct = loss_sum + s.item(), n_tokens + n, n_correct + c
-        state.valid_loss = loss_sum / max(n_tokens, 1)
-        state.best_valid_loss = min(state.valid_loss, state.best_valid_loss or math.inf)
-        emit(
-            "metrics",
-            step=state.step,
-            total_steps=state.total_steps,
-            epoch=state.epoch,
-            valid_loss=state.valid_loss,
-            valid_mean_token_accuracy=n_correct / max(n_tokens, 1),
-            elapsed_seconds=state.elapsed,
-        )
-        if with_labels:
-            fields: dict[str, Any] = {"valid_loss": state.valid_loss}
-            if state.label_task is not None:
-                predicted = classify(model, state.label_task, state.pad_id)
-                fields["label_metrics"] = label_metrics(state.label_task.expected, predicted, state.label_task.labels)
-                log(f"step {state.step}: validation accuracy {fields['label_metrics']['accuracy']:.4f}")
-            emit("eval", step=state.step, epoch=state.epoch, **fields)
+        with autocast(state):
+            loss_sum, n_tokens, n_correct = 0.0, 0, 0
+            for batch in length_sorted_batches([len(e.input_ids) for e in state.valid_data], EVAL_BATCH_SIZE):
+                s, n, c = token_loss(model, *collate([state.valid_data[i] for i in batch], state.pad_id))
+                loss_sum, n_tokens, n_correct = loss_sum + s.item(), n_tokens + n, n_correct + c
+            state.valid_loss = loss_sum / max(n_tokens, 1)
+            best = state.best_valid_loss
+            improved = best is None or state.valid_loss < best - state.request.hyperparameters.early_stopping_min_delta
+            state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+            state.best_valid_loss = min(state.valid_loss, best if best is not None else math.inf)
+            emit(
+                "metrics",
+                step=state.step,
+                total_steps=state.total_steps,
+                epoch=state.epoch,
+                valid_loss=state.valid_loss,
+                valid_mean_token_accuracy=n_correct / max(n_tokens, 1),
+                elapsed_seconds=state.elapsed,
+            )
+            if with_labels:
+                fields: dict[str, Any] = {"valid_loss": state.valid_loss}
+                if state.label_task is not None:
+                    predicted = classify(model, state.label_task, state.pad_id)
+                    fields["label_metrics"] = label_metrics(state.label_task.expected, predicted, state.label_task.labels)
+                    log(f"step {state.step}: validation accuracy {fields['label_metrics']['accuracy']:.4f}")
+                emit("eval", step=state.step, epoch=state.epoch, **fields)
     finally:
         model.train()
 
@@ -494,6 +635,7 @@ def save_checkpoint(state: Run) -> str:
                 "train_loss": state.train_loss,
                 "valid_loss": state.valid_loss,
                 "best_valid_loss": state.best_valid_loss,
+                "evals_without_improvement": state.evals_without_improvement,
             },
             tmp / "training_state.pt",
         )
@@ -557,6 +699,7 @@ def restore_checkpoint(state: Run) -> None:
     state.trained_tokens = saved["trained_tokens"]
     state.elapsed_before = saved["elapsed_seconds"]
     state.train_loss, state.valid_loss, state.best_valid_loss = saved["train_loss"], saved["valid_loss"], saved["best_valid_loss"]
+    state.evals_without_improvement = saved.get("evals_without_improvement", 0)  # absent before early stopping existed
     state.last_checkpoint, state.last_checkpoint_step = str(path), state.step
     if state.batches_done >= state.steps_per_epoch:  # saved at an epoch end
         state.epoch_index, state.batches_done = state.epoch_index + 1, 0

@@ -44,6 +44,11 @@ export interface LoraSettings {
 
 /** weitiao's own settings for a job, as the user gave them (the `weitiao` object of the create request). */
 export interface JobSettings {
+  /** The supervised recipe (`lora` when absent); DPO jobs are told apart by their OpenAI method. */
+  method?: 'lora' | 'qlora' | 'full';
+  full?: { freeze_embeddings?: boolean; freeze_layers?: number };
+  /** DPO's beta, resolved from `auto` at creation. */
+  dpo?: { beta: number };
   lora?: LoraSettings;
   learning_rate?: number;
   weight_decay?: number;

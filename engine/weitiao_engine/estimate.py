@@ -1,0 +1,269 @@
+"""`estimate`: peak memory and time per epoch of a `train` run, before starting it.
+
+    echo '{"base_model": "…/qwen2.5-0.5b", "training_file": "train.jsonl", "method": "qlora",
+           "batch_size": 8, "max_seq_length": 512}' | python -m weitiao_engine estimate
+
+Peak resident memory = the process's runtime (measured here: this process has imported the same
+libraries and loaded the same tokenizer and data as `train` does) + the larger of two phases:
+
+  load   the base read in fp32, as the recipe loads it, plus the safetensors pages mapped during the read
+         when the file's dtype is not fp32; QLoRA quantizes after loading, so it adds its NF4 codes and
+         the copy of the non-linear weights that releases the file's mapping;
+  train  base weights (fp32, or NF4 codes + fp32 absmax for the linears under QLoRA) + LoRA weights,
+         gradients and AdamW's two moments (4 + 4 + 8 bytes per trainable parameter) + activations of the
+         widest batch + the LM head's logits on trained positions (logits, log-softmax, gradient).
+
+Activations are not guessed: a one-layer copy of the model (same widths, LoRA on, QLoRA-quantized when
+asked) runs one training forward pass at two sequence lengths while `saved_tensors_hooks` add up every
+tensor autograd keeps; that gives bytes per token and per token² (attention) per layer, scaled to the
+layers and the widest batch (batch_size × longest example, which padding makes every row of its batch).
+
+Time per epoch = FLOPs / (this machine's fp32 matmul rate, timed for ≤ 1 s × EFFICIENCY), where FLOPs per
+token = 2 × (forward) for the frozen base (its weights need no gradient, only the input's) + 6 × LoRA's
+parameters, + 4 × vocab × hidden per trained token for the LM head; QLoRA adds two dequantizations of
+every linear per step, timed here as well.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .protocol import EngineError, EstimateRequest, log, progress
+
+# Measured/achieved matmul rate in whole training steps on this CPU (tiny and 0.5B shapes): attention,
+# norms, activations and Python overhead between the matmuls take the rest.
+EFFICIENCY = 0.35
+PROBE_LENGTHS = (32, 64)  # two sequence lengths give the per-token and per-token² activation terms
+ADAMW_BYTES = 8  # two fp32 moments per trainable parameter
+MB = 1024 * 1024
+
+
+def run(request: EstimateRequest) -> dict[str, Any]:
+    """Predicts `train`'s peak memory (bytes, with a breakdown) and seconds per epoch for this request."""
+    import psutil
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .chat_format import tokenize_examples
+    from .loading import set_threads
+    from .recipes.lora_finetune import load_examples
+
+    threads = set_threads(request.threads)
+    base = Path(request.base_model)
+    if not (base / "config.json").is_file():
+        raise EngineError("not_found", f"base model directory {base} has no config.json / 基础模型目录不存在或不完整", "base_model")
+
+    progress("estimate", 0, 4, "reading data / 读取数据")
+    examples = load_examples(request.training_file, "training_file")
+    config = AutoConfig.from_pretrained(str(base))
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    data, n_truncated = tokenize_examples(tokenizer, examples, request.max_seq_length)
+    lengths = [len(e.input_ids) for e in data]
+    trained = [e.n_trained for e in data]
+    import peft  # noqa: F401 - `train` imports it too: part of the runtime it carries
+    import transformers  # noqa: F401
+
+    runtime = psutil.Process().memory_info().rss
+
+    progress("estimate", 1, 4, "counting parameters / 统计参数")
+    counts = parameter_counts(config, request)
+    batch = min(request.batch_size, len(data))
+    widest = batch * max(lengths)  # the batch holding the longest example is padded to it
+    head_positions = batch * max(trained)
+
+    progress("estimate", 2, 4, "measuring activations / 测量激活")
+    per_token, per_token2 = activation_coefficients(config, request)
+    layers = config.num_hidden_layers
+    # All layers' saved tensors, plus one layer's worth of gradients in flight during backward.
+    activations = (layers + 1) * (per_token * widest + per_token2 * batch * max(lengths) ** 2)
+    lm_head = head_positions * config.vocab_size * 4 * 3
+
+    file_bytes, file_fp32 = weight_file_bytes(base)
+    load = counts["total"] * 4 + (0 if file_fp32 else file_bytes)
+    if request.method == "qlora":
+        base_weights = counts["linear"] * 9 // 16 + (counts["total"] - counts["linear"]) * 4  # 4.5 bits per linear weight
+        # Quantizing reads every linear while the file is still mapped, then copies the rest out of the mapping
+        # (quantize._own_storage): for a moment the file, the NF4 codes and that copy are all resident.
+        load += counts["linear"] * 9 // 16 + (counts["total"] - counts["linear"]) * 4
+        largest = counts["largest_linear"]
+        activations += largest * (4 + 4 + 4)  # one layer's dequantization scratch: byte indices, values, scaled
+    else:
+        base_weights = counts["total"] * 4
+    trainable = counts["lora"] + counts["modules_to_save"]
+    train = base_weights + counts["modules_to_save"] * 4 + trainable * (4 + 4 + ADAMW_BYTES) + activations + lm_head
+    peak = runtime + max(load, train)
+
+    progress("estimate", 3, 4, "timing matmuls / 测量矩阵乘法速度")
+    rate = matmul_rate(config.hidden_size, min(widest, 512))
+    steps = math.ceil(len(data) / batch)
+    padded = padded_tokens(lengths, batch)
+    mean_len = sum(lengths) / len(lengths)
+    forward_per_token = 2 * (counts["linear"] + counts["lora"]) + 4 * layers * mean_len * config.hidden_size
+    flops = padded * (2 * forward_per_token + 4 * counts["lora"]) + sum(trained) * 4 * config.vocab_size * config.hidden_size
+    seconds = flops / (rate * EFFICIENCY)
+    if request.method == "qlora":
+        seconds += steps * 2 * counts["linear"] * dequantize_seconds_per_weight()
+    progress("estimate", 4, 4)
+    log(
+        f"estimate: peak {peak / MB:.0f} MB (runtime {runtime / MB:.0f}, load {load / MB:.0f}, train {train / MB:.0f}),"
+        f" {seconds:.0f} s per epoch at {rate / 1e9:.1f} GFLOP/s × {EFFICIENCY} on {threads} threads"
+    )
+    return {
+        "method": request.method,
+        "peak_memory_bytes": int(peak),
+        "memory": {
+            "runtime_bytes": int(runtime),
+            "load_bytes": int(load),
+            "base_weights_bytes": int(base_weights),
+            "trainable_bytes": int(trainable * 4),
+            "gradient_bytes": int(trainable * 4),
+            "optimizer_bytes": int(trainable * ADAMW_BYTES),
+            "activation_bytes": int(activations),
+            "lm_head_bytes": int(lm_head),
+        },
+        "time_per_epoch_seconds": seconds,
+        "steps_per_epoch": steps,
+        "n_examples": len(data),
+        "n_truncated": n_truncated,
+        "tokens_per_epoch": sum(lengths),
+        "padded_tokens_per_epoch": padded,
+        "max_tokens": max(lengths),
+        "mean_tokens": mean_len,
+        "base_parameters": counts["total"],
+        "trainable_parameters": trainable,
+        "flops_per_epoch": flops,
+        "matmul_flops_per_second": rate,
+        "efficiency": EFFICIENCY,
+        "threads": threads,
+    }
+
+
+def target_linears(model, request: EstimateRequest) -> list[tuple[str, torch.nn.Linear]]:
+    """The linears LoRA wraps: every one but the LM head for `all-linear`, else those whose last name part matches."""
+    head = model.get_output_embeddings()
+    target = request.lora.target_modules
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not head and (target == "all-linear" or n.rsplit(".", 1)[-1] in target)
+    ]
+
+
+def parameter_counts(config, request: EstimateRequest) -> dict[str, int]:
+    """Parameters of the base (total, decoder linears, largest linear), of LoRA and of modules_to_save, on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    r = request.lora.r
+    lora = sum(r * (m.in_features + m.out_features) for _, m in target_linears(model, request))
+    to_save = 0
+    for name in request.lora.modules_to_save or []:
+        to_save += sum(p.numel() for n, m in model.named_modules() if n.endswith(name) for p in m.parameters())
+    return {
+        "total": sum(p.numel() for p in model.parameters()),  # tied weights counted once
+        "linear": sum(m.weight.numel() for m in linears),
+        "largest_linear": max(m.weight.numel() for m in linears),
+        "lora": lora,
+        "modules_to_save": to_save,
+    }
+
+
+def activation_coefficients(config, request: EstimateRequest) -> tuple[float, float]:
+    """Bytes autograd saves per token and per token² in one decoder layer under this method (measured)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    fields = {**config.to_dict(), "num_hidden_layers": 1, "vocab_size": 256, "tie_word_embeddings": False}
+    if isinstance(fields.get("layer_types"), list):  # per-layer attention kinds (sliding/full): keep the first
+        fields["layer_types"] = fields["layer_types"][:1]
+    small = config.__class__.from_dict(fields)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(small, dtype=torch.float32)
+    if request.method == "qlora":
+        from .quantize import quantize_model_nf4
+
+        quantize_model_nf4(model)
+    names = sorted({n.rsplit(".", 1)[-1] for n, _ in target_linears(model, request)})
+    lora = LoraConfig(r=request.lora.r, lora_alpha=request.lora.alpha, lora_dropout=request.lora.dropout, target_modules=names)
+    model = get_peft_model(model, lora)
+    model.train()
+    decoder = model.get_base_model().get_decoder()
+    fixed = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+
+    def saved_bytes(length: int) -> float:
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor):
+            if t.data_ptr() not in fixed and t.device.type != "meta":
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        ids = torch.randint(0, 256, (2, length))
+        mask = torch.ones(2, length, dtype=torch.long)
+        mask[1, -length // 4 :] = 0  # padding, as in a real batch: attention takes its masked path
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        del hidden
+        return sum(storages.values()) / 2  # per sequence
+
+    s1, s2 = PROBE_LENGTHS
+    b1, b2 = saved_bytes(s1), saved_bytes(s2)
+    # b(s) = a·s + c·s², solved from the two lengths.
+    quad = max(0.0, (b2 / s2 - b1 / s1) / (s2 - s1))
+    linear = max(0.0, b1 / s1 - quad * s1)
+    return linear, quad
+
+
+def weight_file_bytes(base: Path) -> tuple[int, bool]:
+    """(bytes of the safetensors weight files, whether they are all fp32 — then loading maps nothing extra)."""
+    files = sorted(base.glob("*.safetensors"))
+    total = sum(f.stat().st_size for f in files)
+    fp32 = True
+    for f in files:
+        with f.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        fp32 = fp32 and all(v.get("dtype") == "F32" for k, v in header.items() if k != "__metadata__")
+    return total, fp32
+
+
+def matmul_rate(hidden: int, rows: int) -> float:
+    """fp32 matmul FLOP/s of this process's threads on a training-shaped product (≤ ~1 s of timing)."""
+    a = torch.randn(max(rows, 64), hidden)
+    b = torch.randn(hidden, hidden * 4)
+    flops_each = 2 * a.shape[0] * hidden * hidden * 4
+    torch.matmul(a, b)  # warm up (thread pool, caches)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < 0.3 or n < 3:
+        torch.matmul(a, b)
+        n += 1
+        if time.perf_counter() - start > 1.0:
+            break
+    return n * flops_each / (time.perf_counter() - start)
+
+
+def dequantize_seconds_per_weight() -> float:
+    """Seconds to dequantize one NF4 weight (timed on 1M weights)."""
+    from .quantize import dequantize_nf4, quantize_nf4
+
+    w = torch.randn(1024, 1024)
+    packed, absmax = quantize_nf4(w)
+    dequantize_nf4(packed, absmax, w.shape)
+    start = time.perf_counter()
+    for _ in range(3):
+        dequantize_nf4(packed, absmax, w.shape)
+    return (time.perf_counter() - start) / 3 / w.numel()
+
+
+def padded_tokens(lengths: list[int], batch: int) -> int:
+    """Tokens including padding over one epoch of shuffled batches (a fixed seed: the estimate is repeatable)."""
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    return sum(len(order[i : i + batch]) * max(lengths[j] for j in order[i : i + batch]) for i in range(0, len(order), batch))

@@ -1,0 +1,122 @@
+/**
+ * The pre-launch estimate: peak memory and time per epoch of a training run, from the engine's `estimate`
+ * command (engine/weitiao_engine/estimate.py), which tokenizes the data as `train` would, measures the
+ * activations of a one-layer copy of the model and times this machine's matmuls.
+ *
+ * ```ts
+ * const e = await estimateJob(ctx, { model: 'qwen2.5-0.5b', training_file: 'file-…', method: 'qlora', hyperparameters: { batch_size: 8 } });
+ * e.peak_memory_bytes; e.time_per_epoch_seconds; e.total_seconds;
+ * ```
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import type { Context } from '../context.js';
+import { runEngine, type EstimateResult } from '../engine/index.js';
+import { WeitiaoError } from '../errors.js';
+import { fileContentPath, retrieveFile } from '../files/index.js';
+import { resolveModel } from '../models/index.js';
+import { resolveHyperparameters } from './index.js';
+
+const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
+
+export const EstimateParams = z.strictObject({
+  /** A registered model id or a model directory. */
+  model: z.string().min(1),
+  /** A stored file id (`file-…`) or a path to a chat JSONL file. */
+  training_file: z.string().min(1),
+  hyperparameters: z
+    .strictObject({
+      n_epochs: auto(z.number().int().min(1).max(50)).optional(),
+      batch_size: auto(z.number().int().min(1).max(256)).optional(),
+      max_seq_length: z.number().int().positive().optional(),
+    })
+    .optional(),
+  /** `lora` (default) or `qlora` (the base's linear layers in 4-bit NF4). */
+  method: z.enum(['lora', 'qlora']).optional(),
+  lora: z
+    .strictObject({
+      r: z.number().int().positive().max(1024),
+      alpha: z.number().positive(),
+      dropout: z.number().min(0).max(1),
+      target_modules: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]),
+      modules_to_save: z.array(z.string().min(1)).min(1).nullable(),
+    })
+    .partial()
+    .optional(),
+  threads: z.number().int().positive().optional(),
+});
+export type EstimateParams = z.input<typeof EstimateParams>;
+
+export interface JobEstimate extends EstimateResult {
+  object: 'weitiao.estimate';
+  model: string;
+  n_epochs: number;
+  batch_size: number;
+  /** `time_per_epoch_seconds × n_epochs`. */
+  total_seconds: number;
+}
+
+/** Predicts peak memory and time for training `model` on `training_file`; `auto` batch size and epochs follow the job rules. */
+export async function estimateJob(ctx: Context, params: EstimateParams, options: { signal?: AbortSignal } = {}): Promise<JobEstimate> {
+  const parsed = EstimateParams.safeParse(params);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new WeitiaoError('invalid_request', z.prettifyError(parsed.error), { param: issue?.path.map(String).join('.') || undefined });
+  }
+  const p = parsed.data;
+  let model;
+  try {
+    model = resolveModel(ctx, p.model);
+  } catch (err) {
+    const e = WeitiaoError.from(err);
+    throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
+  }
+  const file = trainingFilePath(ctx, p.training_file);
+  // `auto` needs the number of examples: one per non-empty JSONL line (the engine validates each of them).
+  const n_examples = readFileSync(file, 'utf8').split('\n').filter((line) => line.trim()).length;
+  const method = p.method ?? 'lora';
+  const hp = resolveHyperparameters({
+    n_examples,
+    requested: { n_epochs: p.hyperparameters?.n_epochs ?? 'auto', batch_size: p.hyperparameters?.batch_size ?? 'auto' },
+    method,
+  });
+  const result = await runEngine(
+    'estimate',
+    {
+      base_model: model.basePath,
+      training_file: file,
+      method,
+      lora: p.lora ?? {},
+      batch_size: hp.batch_size,
+      ...(p.hyperparameters?.max_seq_length !== undefined ? { max_seq_length: p.hyperparameters.max_seq_length } : {}),
+      threads: p.threads ?? null,
+    },
+    { signal: options.signal },
+  );
+  return {
+    object: 'weitiao.estimate',
+    model: model.id,
+    n_epochs: hp.n_epochs,
+    batch_size: hp.batch_size,
+    total_seconds: result.time_per_epoch_seconds * hp.n_epochs,
+    ...result,
+  };
+}
+
+function trainingFilePath(ctx: Context, ref: string): string {
+  if (/^file-/.test(ref) && !existsSync(ref)) {
+    try {
+      retrieveFile(ctx, ref);
+    } catch (err) {
+      const e = WeitiaoError.from(err);
+      throw new WeitiaoError(e.code, `training_file '${ref}' not found / 找不到训练文件 ${ref}`, { param: 'training_file', cause: e });
+    }
+    return fileContentPath(ctx, ref);
+  }
+  const abs = path.resolve(ref);
+  if (!existsSync(abs) || !statSync(abs).isFile()) {
+    throw new WeitiaoError('not_found', `training file not found: ${ref} / 找不到训练文件：${ref}`, { param: 'training_file' });
+  }
+  return abs;
+}
