@@ -50,7 +50,7 @@ def child(mode: str, config_path: str) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     sys.path.insert(0, str(REPO / "engine"))
-    from weitiao_engine.quantize import NF4Linear, nf4_bytes, quantize_model_nf4, quantize_nf4
+    from weitiao_engine.quantize import NF4Embedding, NF4Linear, nf4_bytes, quantize_nf4
 
     torch.set_num_threads(1)
     config = AutoConfig.from_pretrained(config_path)
@@ -78,6 +78,18 @@ def child(mode: str, config_path: str) -> dict:
                     new.bias = nn.Parameter(bias, requires_grad=False)
             parent, _, child_name = name.rpartition(".")
             setattr(model.get_submodule(parent), child_name, new)
+    if mode == "qlora-emb":  # the opt-in: the (tied) embedding in NF4 too, quantized 8192 rows at a time as they are made
+        emb = model.get_input_embeddings()
+        rows, dim = emb.num_embeddings, emb.embedding_dim
+        packed, absmax = torch.empty(rows * dim // 2, dtype=torch.uint8), torch.empty(rows * dim // 64)
+        for r in range(0, rows, 8192):  # rows of whole blocks: each chunk's codes are a slice of the whole's
+            n = min(8192, rows - r)
+            p, a = quantize_nf4(torch.empty(n, dim, dtype=torch.bfloat16).normal_(0, 0.02))
+            packed[r * dim // 2 : (r + n) * dim // 2], absmax[r * dim // 64 : (r + n) * dim // 64] = p, a
+        quantized = NF4Embedding(rows, dim, packed, absmax, torch.bfloat16)
+        model.set_input_embeddings(quantized)
+        if config.tie_word_embeddings:
+            model.set_output_embeddings(quantized.as_linear())
     # Everything else (embeddings, norms; the tied head shares the embedding) in bf16.
     made: dict[int, nn.Parameter] = {}  # meta parameter -> its real one, so tied modules keep sharing one tensor
     for module in model.modules():
@@ -92,9 +104,8 @@ def child(mode: str, config_path: str) -> dict:
             for bname, b in fresh.named_buffers(recurse=False):
                 setattr(module, bname, b)
     del made
-    if mode == "qlora-emb":  # the opt-in: the (tied) embedding in NF4 too
-        quantize_model_nf4(model, compute_dtype=torch.bfloat16, embeddings=True)
-    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight or not config.tie_word_embeddings
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    assert not config.tie_word_embeddings or (head.qweight is emb.qweight if mode == "qlora-emb" else head.weight is emb.weight)
     gc.collect()
     base_rss = rss() - rss0
     base_peak = peak_rss() - peak0

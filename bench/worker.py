@@ -107,7 +107,7 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     )
     result = lora_finetune.run(request)
     peak = peak_rss_bytes()
-    return {"marks": marks, "peak_rss": peak, "adapter": result["model_dir"], "settings": {**options, "bf16": result["bf16"]}}
+    return {"marks": marks, "peak_rss": peak, "adapter": result["model_dir"], "settings": {**options, "precision": result["precision"]}}
 
 
 def validation_loss(model_dir: str, adapter: str, valid: str) -> float:

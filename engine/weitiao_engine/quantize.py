@@ -45,7 +45,7 @@ NF4_LEVELS = torch.tensor(
 _MIDPOINTS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
 _PAIR_LEVELS = torch.stack((NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)), dim=1)  # [256, 2]
 BLOCK_SIZE = 64  # the paper's and bitsandbytes' block size: absmax costs 0.5 bit per weight
-QUANTIZE_CHUNK = 1 << 22  # values quantized at a time (scratch: ~16 MB per fp32 temporary)
+QUANTIZE_CHUNK = 1 << 20  # values quantized at a time: ~4 MB per fp32 temporary, so scratch stays small beside the codes
 CHUNK_ROWS = 16384  # a big matrix (LM head) is dequantized this many rows at a time: ~57 MB in fp32 at width 896
 
 
@@ -53,13 +53,14 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = BLOCK_SIZE) -> tuple[to
     """(packed uint8 codes [ceil(n/2)], fp32 absmax [n_blocks]) for a tensor of n values, flattened row-major.
 
     The last block is zero-padded; an all-zero block keeps absmax 0 and dequantizes to zeros. Works through
-    the tensor QUANTIZE_CHUNK values at a time, so a 150k-token embedding needs ~50 MB of scratch, not GBs.
+    the tensor QUANTIZE_CHUNK values at a time, so even a 150k-token embedding needs ~20 MB of scratch, not GBs.
     """
     flat = weight.detach().reshape(-1)
     n = flat.numel()
     n_blocks = -(-n // block_size)
-    absmax = torch.empty(n_blocks, dtype=torch.float32)
-    packed = torch.empty(-(-n_blocks * block_size // 2), dtype=torch.uint8)
+    absmax = torch.empty(n_blocks, dtype=torch.float32, device=flat.device)
+    packed = torch.empty(-(-n_blocks * block_size // 2), dtype=torch.uint8, device=flat.device)
+    midpoints = _MIDPOINTS.to(flat.device)
     chunk = QUANTIZE_CHUNK - QUANTIZE_CHUNK % (2 * block_size)
     for start in range(0, n, chunk):
         part = flat[start : start + chunk].float()
@@ -71,7 +72,7 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = BLOCK_SIZE) -> tuple[to
         amax = blocks.abs().amax(dim=1)
         absmax[b0 : b0 + blocks.shape[0]] = amax
         scaled = blocks / amax.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1)
-        codes = torch.bucketize(scaled, _MIDPOINTS, out_int32=True).view(-1)
+        codes = torch.bucketize(scaled, midpoints, out_int32=True).view(-1)
         if codes.numel() % 2:
             codes = F.pad(codes, (0, 1))
         p0 = start // 2
@@ -291,7 +292,8 @@ def quantize_model_nf4(
     del targets
     if embeddings and not use_bitsandbytes:
         _quantize_embeddings(model, compute_dtype)
-    _own_storage(model)
+    if not use_bitsandbytes:  # Params4bit must not be cloned: it would lose its quantization state
+        _own_storage(model)
     gc.collect()
     for p in model.parameters():
         p.requires_grad_(False)  # the base is frozen; PEFT turns on only the adapters

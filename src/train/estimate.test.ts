@@ -34,7 +34,7 @@ describe('estimateJob', () => {
     assert.ok(lora.time_per_epoch_seconds > 0);
     assert.equal(lora.total_seconds, lora.time_per_epoch_seconds * lora.n_epochs);
 
-    // The same data by path, QLoRA, an explicit batch: only the base weights shrink (4.5 bits per linear weight).
+    // The same data by path, QLoRA, an explicit batch: the base weights shrink while training (4.5 bits per linear weight).
     const qlora = await estimateJob(fx.ctx, {
       model: fx.model,
       training_file: fileContentPath(fx.ctx, fx.train),
@@ -46,7 +46,8 @@ describe('estimateJob', () => {
     assert.equal(qlora.n_epochs, 2);
     assert.ok(qlora.memory.base_weights_bytes < lora.memory.base_weights_bytes);
     assert.equal(qlora.trainable_parameters, lora.trainable_parameters);
-    assert.equal(qlora.memory.load_bytes, lora.memory.load_bytes);
+    // Quantizing happens after an fp32 load, so loading briefly holds the NF4 codes on top of it.
+    assert.ok(qlora.memory.load_bytes > lora.memory.load_bytes);
   });
 
   test('unknown model and missing file name their param', async () => {

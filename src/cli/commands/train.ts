@@ -17,11 +17,15 @@ import path from 'node:path';
 export function registerTrainCommands(program: Command): void {
   program
     .command('train')
-    .description('fine-tune a base model on a chat JSONL file (LoRA) / 微调模型')
+    .description('fine-tune a base (or fine-tuned) model on a chat JSONL file, or on preference pairs with --method dpo / 微调模型')
     .option('--model <model>', 'base model id or directory')
     .option('--train <file>', 'training file (chat JSONL)')
     .option('--validation <file>', 'validation file (chat JSONL)')
     .option('--suffix <suffix>', 'part of the fine-tuned model name: ft:<base>:<suffix>:<id>')
+    .option('--method <method>', 'lora | qlora (4-bit NF4 base) | full | dpo (preference pairs)', 'lora')
+    .option('--beta <x>', "DPO's beta or 'auto'", autoOr('float', 'beta'))
+    .option('--freeze-embeddings', 'full fine-tuning: keep the embeddings (and a tied LM head) frozen')
+    .option('--freeze-layers <n>', 'full fine-tuning: keep the first N layers frozen', number('full.freeze_layers', 'int'))
     .option('--epochs <n>', "number of epochs or 'auto'", autoOr('int', 'n_epochs'), 'auto')
     .option('--batch-size <n>', "batch size or 'auto'", autoOr('int', 'batch_size'), 'auto')
     .option('--lr-multiplier <x>', "learning-rate multiplier (× the method's base rate) or 'auto'", autoOr('float', 'learning_rate_multiplier'), 'auto')
@@ -68,17 +72,20 @@ export function registerTrainCommands(program: Command): void {
             ...(o.targetModules && { target_modules: o.targetModules === 'all-linear' ? 'all-linear' : String(o.targetModules).split(',') }),
             ...(o.modulesToSave && { modules_to_save: String(o.modulesToSave).split(',') }),
           };
+          const hyperparameters = { n_epochs: o.epochs, batch_size: o.batchSize, learning_rate_multiplier: o.lrMultiplier };
           const params: CreateJobParams = {
             model: o.model,
             training_file: training.id,
             validation_file: validation?.id ?? null,
             suffix: o.suffix ?? null,
             seed: o.seed ?? null,
-            method: {
-              type: 'supervised',
-              supervised: { hyperparameters: { n_epochs: o.epochs, batch_size: o.batchSize, learning_rate_multiplier: o.lrMultiplier } },
-            },
+            method:
+              o.method === 'dpo'
+                ? { type: 'dpo', dpo: { hyperparameters: { ...hyperparameters, ...(o.beta !== undefined && { beta: o.beta }) } } }
+                : { type: 'supervised', supervised: { hyperparameters } },
             weitiao: {
+              ...(o.method !== 'dpo' && { method: o.method }),
+              ...(o.method === 'full' && { full: { freeze_embeddings: Boolean(o.freezeEmbeddings), freeze_layers: o.freezeLayers ?? 0 } }),
               ...(Object.keys(lora).length > 0 && { lora }),
               ...(o.learningRate !== undefined && { learning_rate: o.learningRate }),
               ...(o.weightDecay !== undefined && { weight_decay: o.weightDecay }),
