@@ -1,36 +1,11 @@
-"""`estimate` against reality: its predicted peak memory is within 25 % of the peak RSS of a real `train`
-run (a whole epoch, so the widest batch is included) on the tiny model, for LoRA and QLoRA."""
+"""`estimate`'s arithmetic and errors. How close it comes to a real run's peak memory is a benchmark, not a
+test (memory depends on the machine and the libraries): `bench/estimate_accuracy.py` prints both figures."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ENGINE_DIR = Path(__file__).resolve().parents[1]
-
-
-def train_peak_rss(request: dict) -> tuple[int, dict]:
-    """Runs `train` in a subprocess; (its peak resident set size in bytes, its result)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "weitiao_engine", "train"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ENGINE_DIR,
-        env={**os.environ, "PYTHONPATH": str(ENGINE_DIR), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
-    )  # fmt: skip
-    proc.stdin.write(json.dumps(request) + "\n")
-    proc.stdin.close()
-    out = proc.stdout.read()
-    # wait4 gives this child's own rusage: its ru_maxrss is the kernel's high-water mark, no sampling gaps.
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    events = [json.loads(line) for line in out.splitlines() if line.strip()]
-    assert proc.returncode == 0 and events[-1]["type"] == "result", events[-3:]
-    return usage.ru_maxrss * 1024, events[-1]["data"]
-
 
 @pytest.fixture(scope="module")
 def small_train(waimai_small, tmp_path_factory) -> str:
@@ -41,7 +16,7 @@ def small_train(waimai_small, tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_estimate_is_within_25_percent_of_measured_peak(method, tiny_model, small_train, tmp_path, run_engine) -> None:
+def test_estimate_adds_up(method, tiny_model, small_train, run_engine) -> None:
     code, events = run_engine(
         "estimate", {"base_model": tiny_model, "training_file": small_train, "method": method, "batch_size": 16, "max_seq_length": 256, "threads": 1}
     )
@@ -59,18 +34,6 @@ def test_estimate_is_within_25_percent_of_measured_peak(method, tiny_model, smal
         assert memory["base_weights_bytes"] < memory["load_bytes"]
     assert est["time_per_epoch_seconds"] > 0 and est["matmul_flops_per_second"] > 1e8
 
-    peak, result = train_peak_rss(
-        {
-            "base_model": tiny_model,
-            "output_dir": str(tmp_path / "job"),
-            "training_file": small_train,
-            "method": method,
-            "hyperparameters": {"n_epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "max_seq_length": 256},
-            "threads": 1,
-        }
-    )
-    assert result["steps"] == 4
-    assert est["peak_memory_bytes"] == pytest.approx(peak, rel=0.25), (est["peak_memory_bytes"] / 2**20, peak / 2**20)
 
 
 def test_estimate_names_a_missing_model(tmp_path, small_train, run_engine) -> None:

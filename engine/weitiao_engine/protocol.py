@@ -109,7 +109,7 @@ class TrainHyperparameters(Strict):
     early_stopping_patience: Optional[int] = Field(None, gt=0)  # stop after N validations without improvement
     early_stopping_min_delta: float = Field(0.0, ge=0)  # an improvement must lower the validation loss by more
     bf16: Literal["auto", "on", "off"] = "auto"  # auto: see lora_finetune.precision_mode (bf16 compute on GPU/AMX, bf16 weights on AVX512-BF16)
-    group_by_length: bool = True  # batches of similar length (less padding); the order still depends only on (seed, epoch)
+    group_by_length: bool = False  # batches of similar length (less padding); opt-in: no gain measured yet (BENCHMARKS.md)
 
 
 class TrainRequest(Strict):

@@ -108,10 +108,10 @@ export const TrainHyperparameters = z.object({
   /** Stop after this many validations without improvement (null: never). */
   early_stopping_patience: z.number().int().positive().nullable().default(null),
   early_stopping_min_delta: z.number().min(0).default(0),
-  /** `auto`: bf16 compute on GPUs and AMX CPUs; bf16-stored weights with fp32 compute on AVX512-BF16 CPUs. */
+  /** `auto`: bf16 compute on GPUs and AMX CPUs, fp32 elsewhere (see the recipe's precision_mode). */
   bf16: z.enum(['auto', 'on', 'off']).default('auto'),
   /** Batches of similar length (less padding); the order still depends only on the seed and epoch. */
-  group_by_length: z.boolean().default(true),
+  group_by_length: z.boolean().default(false),
 });
 
 export const TrainRequest = z.object({

@@ -332,9 +332,9 @@ def build_label_task(tokenizer, examples: list[list[dict[str, Any]]], labels: li
 def precision_mode(setting: str) -> str:
     """`bf16` on/off/auto -> "bf16" (bf16 weights, bf16 autocast), "bf16-weights" (bf16 weights, fp32 compute) or "fp32".
 
-    auto: bf16 compute where it is fast (a GPU that supports it, a CPU with AMX). A CPU with only AVX512-BF16
-    gets bf16 weights with fp32 compute: torch 2.13's bf16 GEMM there measured ~0.6x fp32's (bench/), and
-    upcasting one weight matrix at a time costs little. Other CPUs keep fp32.
+    auto: bf16 compute where it is fast (a GPU that supports it, a CPU with AMX); fp32 elsewhere. On a CPU
+    with only AVX512-BF16, torch 2.13's bf16 GEMM measured ~0.6x fp32's, and bf16-stored weights with fp32
+    compute saved ~7 % memory for 0.71x the speed on the 0.5B shape (BENCHMARKS.md), so fp32 wins there.
     """
     if setting != "auto":
         return "bf16" if setting == "on" else "fp32"
@@ -343,7 +343,7 @@ def precision_mode(setting: str) -> str:
     flags = cpu_flags()
     if "amx_bf16" in flags:
         return "bf16"
-    return "bf16-weights" if "avx512_bf16" in flags else "fp32"
+    return "fp32"
 
 
 def cpu_flags() -> set[str]:
@@ -363,7 +363,7 @@ def compute_in_fp32(model) -> None:
     head = causal_lm.get_output_embeddings()
 
     def upcast_linear(self, x):
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return _FrozenUpcastLinear.apply(x, self.weight, self.bias)
 
     def head_in_weight_dtype(self, x):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
@@ -383,6 +383,21 @@ def autocast(state: "Run"):
     if not state.bf16:
         return nullcontext()
     return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+
+
+class _FrozenUpcastLinear(torch.autograd.Function):
+    """y = x·Wᵀ + b with a frozen bf16 W upcast for the call. Backward needs only W (no weight gradient), so
+    neither the fp32 copy nor the input is kept: F.linear would save the fp32 copy of every layer."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return grad @ weight.to(grad.dtype), None, None
 
 
 def seed_everything(seed: int) -> None:
