@@ -112,3 +112,32 @@ def run_engine() -> Callable[..., tuple[int, list[dict[str, Any]]]]:
         return proc.returncode, events
 
     return run
+
+
+@pytest.fixture(scope="session")
+def adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A LoRA adapter with random (non-zero) B matrices, so it really changes the model's outputs (inference tests)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(7)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter") / "lora"
+    peft_model.save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model: str):
+    from weitiao_engine.loading import load_model
+
+    return load_model(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_model: str, adapter: str):
+    from weitiao_engine.loading import load_model
+
+    return load_model(tiny_model, adapter)

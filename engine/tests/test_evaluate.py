@@ -18,30 +18,6 @@ from weitiao_engine.protocol import EngineError, EvaluateRequest
 LABELS = ["好评", "差评"]
 
 
-@pytest.fixture(scope="module")
-def adapter(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A LoRA adapter with random (non-zero) B matrices, so it really changes the model's outputs."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(7)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    out = tmp_path_factory.mktemp("adapter") / "lora"
-    peft_model.save_pretrained(str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def base(tiny_model: str):
-    return load_model(tiny_model)
-
-
-@pytest.fixture(scope="module")
-def tuned(tiny_model: str, adapter: str):
-    return load_model(tiny_model, adapter)
-
-
 def read_examples(path: str, n: int) -> list[list[dict[str, str]]]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()[:n]
     return [json.loads(line)["messages"] for line in lines]
