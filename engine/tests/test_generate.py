@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from weitiao_engine.chat_format import prompt_ids
 from weitiao_engine import generate
