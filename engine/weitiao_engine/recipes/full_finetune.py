@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from .. import __version__
 from ..chat_format import TokenizedExample, tokenize_examples
 from ..metrics import label_metrics
+from ..atomic import atomic_dir
 from ..protocol import EngineError, TrainRequest, emit, log, progress
 from .lora_finetune import (
     EVAL_BATCH_SIZE,
@@ -357,8 +356,7 @@ def write_model(state: Run, directory: Path) -> None:
 def save_checkpoint(state: Run) -> str:
     """Writes `checkpoints/step-NNNNNN/` (the model, training_state.pt, state.json) atomically; emits `checkpoint`."""
     final = state.output_dir / "checkpoints" / f"step-{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:
         write_model(state, tmp)
         torch.save(
             {
@@ -388,13 +386,6 @@ def save_checkpoint(state: Run) -> str:
             "config": state.request.model_dump(),
         }
         (tmp / "state.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     state.last_checkpoint, state.last_checkpoint_step = str(final), state.step
     fields = {k: v for k, v in (("train_loss", state.train_loss), ("valid_loss", state.valid_loss)) if v is not None}
     emit("checkpoint", step=state.step, epoch=state.epoch, path=str(final), **fields)
@@ -462,8 +453,7 @@ def interrupt(state: Run) -> bool:
 def save_final(state: Run) -> str:
     """The complete model, tokenizer and weitiao.json (lineage, `format: full`) in `<output_dir>/model/`, atomically."""
     final = state.output_dir / "model"
-    tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=state.output_dir))
-    try:
+    with atomic_dir(final) as tmp:
         write_model(state, tmp)
         lineage = {
             "base_model": str(Path(state.request.base_model).resolve()),
@@ -479,13 +469,6 @@ def save_final(state: Run) -> str:
             "request": state.request.model_dump(),
         }
         (tmp / "weitiao.json").write_text(json.dumps(lineage, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"model saved to {final} / 模型已保存")
     return str(final)
 

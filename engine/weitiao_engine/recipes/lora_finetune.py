@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +39,7 @@ from contextlib import nullcontext
 from .. import __version__
 from ..chat_format import IGNORE_INDEX, TokenizedExample, answers_for_prompts, tokenize_examples
 from ..metrics import label_metrics
+from ..atomic import atomic_dir
 from ..protocol import ChatExample, EngineError, TrainRequest, emit, log, progress
 
 EVAL_BATCH_SIZE = 64  # validation needs no gradients, so bigger batches are cheap
@@ -633,8 +631,7 @@ def classify(model, task: LabelTask, pad_id: int) -> list[str]:
 def save_checkpoint(state: Run) -> str:
     """Writes `checkpoints/step-NNNNNN/` (adapter, training_state.pt, state.json) atomically; emits `checkpoint`."""
     final = state.output_dir / "checkpoints" / f"step-{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:
         state.model.save_pretrained(tmp)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model card: noise in every checkpoint
         torch.save(
@@ -665,13 +662,6 @@ def save_checkpoint(state: Run) -> str:
             "config": state.request.model_dump(),
         }
         (tmp / "state.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     state.last_checkpoint, state.last_checkpoint_step = str(final), state.step
     fields = {k: v for k, v in (("train_loss", state.train_loss), ("valid_loss", state.valid_loss)) if v is not None}
     emit("checkpoint", step=state.step, epoch=state.epoch, path=str(final), **fields)
@@ -763,8 +753,7 @@ def interrupt(state: Run) -> bool:
 def save_final(state: Run) -> str:
     """The adapter, tokenizer and weitiao.json (lineage) in `<output_dir>/model/`, written atomically."""
     final = state.output_dir / "model"
-    tmp = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=state.output_dir))
-    try:
+    with atomic_dir(final) as tmp:
         state.model.save_pretrained(tmp)
         state.tokenizer.save_pretrained(tmp, save_jinja_files=False)
         lineage = {
@@ -779,13 +768,6 @@ def save_final(state: Run) -> str:
             "request": state.request.model_dump(),
         }
         (tmp / "weitiao.json").write_text(json.dumps(lineage, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"model saved to {final} / 模型已保存")
     return str(final)
 
