@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,27 @@ def tuned(tiny_model: str, adapter: str):
     from weitiao_engine.loading import load_model
 
     return load_model(tiny_model, adapter)
+
+
+@pytest.fixture
+def train_stopped_at_step() -> Callable[[dict[str, Any], int], list[dict[str, Any]]]:
+    """Runs `train` as a real subprocess and sends it SIGTERM once it reports `step`; returns its events
+    (it must exit 0: the recipe finishes the step, checkpoints and reports `interrupted`)."""
+
+    def run(request: dict[str, Any], step: int) -> list[dict[str, Any]]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "weitiao_engine", "train"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ENGINE_DIR,
+            env={**os.environ, "PYTHONPATH": str(ENGINE_DIR), "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.close()
+        events = []
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            if events[-1]["type"] == "metrics" and events[-1].get("step") == step:
+                proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        return events
+
+    return run

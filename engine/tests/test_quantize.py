@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +28,6 @@ from weitiao_engine.quantize import (
     unpack_nf4_codes,
 )
 
-ENGINE_DIR = Path(__file__).resolve().parents[1]
 
 
 def reference_nf4(w: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +196,7 @@ def test_qlora_trains_and_the_adapter_chats_on_the_plain_base(tiny_model, waimai
     assert answer["text"].strip() in ("好评", "差评") or answer["finish_reason"] == "length"
 
 
-def test_qlora_sigterm_then_resume_equals_uninterrupted(tiny_model, waimai_small, tmp_path, run_engine, monkeypatch) -> None:
+def test_qlora_sigterm_then_resume_equals_uninterrupted(tiny_model, waimai_small, tmp_path, run_engine, train_stopped_at_step, monkeypatch) -> None:
     train = tmp_path / "train.jsonl"
     train.write_text("".join(Path(waimai_small["train"]).read_text(encoding="utf-8").splitlines(keepends=True)[:128]), encoding="utf-8")
     data = {**waimai_small, "train": str(train)}
@@ -211,19 +206,7 @@ def test_qlora_sigterm_then_resume_equals_uninterrupted(tiny_model, waimai_small
 
     job = tmp_path / "stopped"
     raw = train_request(tiny_model, data, job, lora=lora)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "weitiao_engine", "train"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ENGINE_DIR,
-        env={**os.environ, "PYTHONPATH": str(ENGINE_DIR), "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    proc.stdin.write(json.dumps(raw) + "\n")
-    proc.stdin.close()
-    events = []
-    for line in proc.stdout:
-        events.append(json.loads(line))
-        if events[-1]["type"] == "metrics" and events[-1].get("step") == 2:
-            proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
+    events = train_stopped_at_step(raw, 2)
     stopped = events[-1]["data"]
     assert stopped["interrupted"] and 2 <= stopped["steps"] < 16
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +17,6 @@ from weitiao_engine.metrics import label_metrics
 from weitiao_engine.protocol import EngineError, TrainRequest
 from weitiao_engine.recipes import lora_finetune
 
-ENGINE_DIR = Path(__file__).resolve().parents[1]
 
 RESULT_KEYS = {
     "model_dir", "interrupted", "early_stopped", "steps", "total_steps", "trained_tokens", "final_train_loss",
@@ -121,7 +116,7 @@ def test_batched_label_scores_equal_one_by_one(tiny_model, waimai_small) -> None
             assert score == pytest.approx(expected, abs=1e-4)
 
 
-def test_sigterm_then_resume_equals_uninterrupted(tiny_model, waimai_small, tmp_path, run_engine, monkeypatch) -> None:
+def test_sigterm_then_resume_equals_uninterrupted(tiny_model, waimai_small, tmp_path, run_engine, train_stopped_at_step, monkeypatch) -> None:
     # Dropout on, so the restored RNG state matters. 2 epochs of 8 steps, stopped by a real SIGTERM
     # early in the first, so the resumed run skips part of an epoch and then crosses an epoch boundary.
     train = tmp_path / "train.jsonl"
@@ -134,20 +129,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tiny_model, waimai_small, tmp_
 
     job = tmp_path / "stopped"
     raw = request(tiny_model, data, job, lora=lora)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "weitiao_engine", "train"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ENGINE_DIR,
-        env={**os.environ, "PYTHONPATH": str(ENGINE_DIR), "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    proc.stdin.write(json.dumps(raw) + "\n")
-    proc.stdin.close()
-    stopped_events = []
-    for line in proc.stdout:
-        event = json.loads(line)
-        stopped_events.append(event)
-        if event["type"] == "metrics" and event.get("step") == 2:
-            proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
+    stopped_events = train_stopped_at_step(raw, 2)
     stopped = stopped_events[-1]["data"]
     assert stopped["interrupted"] and stopped["model_dir"] is None
     assert 2 <= stopped["steps"] < 16, "the run must stop before its end"

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..atomic import atomic_dir
 
 RECIPES = {
     "lora": "weitiao_engine.recipes.lora_finetune",
@@ -57,15 +56,9 @@ def merge_adapter(base_model: str, adapter_dir: str, target: Path) -> str:
     model, tokenizer = load_model(base_model, adapter_dir=adapter_dir)
     model = model.merge_and_unload()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".base.tmp-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp, save_jinja_files=False)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"merged the adapter {adapter_dir} into {base_model} -> {target} / 已将适配器合并进基础模型")
     return str(target)
 
