@@ -1,19 +1,19 @@
 """Resident memory of the base weights: bf16 LoRA vs QLoRA (NF4), on the Qwen2.5-0.5B shape with random weights.
 
-    .venv/bin/python bench/qlora_memory.py [--config bench/configs/qwen2.5-0.5b.json]
+    .venv/bin/python bench/qlora_memory.py [--model /tmp/weitiao-bench/qwen2.5-0.5b]
 
-Each setup runs in its own subprocess (a fresh allocator, so one cannot reuse the other's freed pages).
-The subprocess imports torch/transformers/peft, notes its RSS, builds the model skeleton on the meta
-device and materializes it one module at a time with random weights (std 0.02, as from_pretrained would
-fill them): in bf16 for LoRA; for QLoRA every decoder linear is quantized to NF4 as soon as it exists
-(engine/weitiao_engine/quantize.py), so a dense copy of the whole model never lives. Then PEFT's LoRA
-(r=8, all linears) is put on top, one forward pass checks the model runs, and it reports the RSS growth
-after building (the base weights: what stays resident during training) and the peak growth (ru_maxrss).
+Each setup runs in its own subprocess (a fresh allocator, so one cannot reuse the other's freed pages),
+through the `train` command's own code: `lora_finetune.load_base` (the tensor-by-tensor loader of
+weitiao_engine/loading.py) with the request a `train` would get, then PEFT's LoRA (r=8, all linears) as
+the recipe adds it, and one training step (forward, backward through the chunked NF4 LM head) to check the
+model trains. Printed per setup: the RSS growth while loading (the base weights: what stays resident during
+training) and the peak growth (ru_maxrss) up to the end of loading, with the ratio QLoRA / bf16 LoRA.
 
-Three setups: bf16 LoRA; QLoRA as in the paper (decoder linears NF4, embeddings and norms bf16), which
-the engine's `qlora` method trains with; and QLoRA with the embedding in NF4 too (`quantize_model_nf4(...,
-embeddings=True)`, opt-in). For Qwen2.5-0.5B the tied 151936×896 embedding is 28 % of the parameters, so
-with linears alone the whole-base ratio cannot fall below ~0.45; the linears' own ratio is printed too.
+Setups: `lora` with its frozen weights stored in bf16 (the checkpoint's dtype); `qlora` as the recipe runs
+it by default (every linear, the embedding and the tied LM head in NF4; norms fp32); `qlora-dense-embedding`,
+what the recipe does when modules_to_save trains `embed_tokens` (embedding and head stay dense fp32).
+The model (a bf16 safetensors checkpoint of Qwen2.5-0.5B's shape, random weights) is the one `make bench`
+(bench/run.py) makes from bench/configs/qwen2.5-0.5b.json.
 """
 
 from __future__ import annotations
@@ -22,147 +22,112 @@ import argparse
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "bench" / "configs" / "qwen2.5-0.5b.json"
-MB = 1024 * 1024
+DEFAULT_MODEL = Path(os.environ.get("WEITIAO_BENCH_DIR", Path(tempfile.gettempdir()) / "weitiao-bench")) / "qwen2.5-0.5b"
+SETUPS = {  # name: (method, precision, modules_to_save)
+    "lora": ("lora", "bf16-weights", None),
+    "qlora": ("qlora", "fp32", None),
+    "qlora-dense-embedding": ("qlora", "fp32", ["embed_tokens"]),
+}
 
 
-def rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def child(mode: str, config_path: str) -> dict:
-    """Builds the model in `mode` (bf16 | qlora) in this process; returns the memory figures."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from torch import nn
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+def child(setup: str, model_dir: str) -> dict:
+    """Loads the base as `train` does for `setup`, adds LoRA, trains one step; returns the memory figures."""
     sys.path.insert(0, str(REPO / "engine"))
-    from weitiao_engine.quantize import NF4Embedding, NF4Linear, nf4_bytes, quantize_nf4
+    import peft  # noqa: F401 - imported before the first figure: runtime, not weights
+    import torch
+    import transformers  # noqa: F401
+    from weitiao_engine.loading import resident_mib
+    from weitiao_engine.protocol import TrainRequest
+    from weitiao_engine.quantize import nf4_bytes
+    from weitiao_engine.recipes import lora_finetune
 
     torch.set_num_threads(1)
-    config = AutoConfig.from_pretrained(config_path)
+    method, precision, to_save = SETUPS[setup]
+    request = TrainRequest.model_validate({
+        "base_model": model_dir, "output_dir": tempfile.mkdtemp(prefix="qlora-memory-"), "training_file": "unused.jsonl", "method": method,
+        "lora": {"r": 8, "alpha": 16, "target_modules": "all-linear", "modules_to_save": to_save},
+        "hyperparameters": {"n_epochs": 1, "batch_size": 2, "learning_rate": 1e-4},
+    })  # fmt: skip
     gc.collect()
-    rss0, peak0 = rss(), peak_rss()
-
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    head = model.get_output_embeddings()
-    linear_params = 0
-    for name, module in list(model.named_modules()):
-        if type(module) is nn.Linear and module is not head:
-            linear_params += module.in_features * module.out_features
-            bias = None if module.bias is None else torch.zeros(module.out_features, dtype=torch.bfloat16)
-            weight = torch.empty(module.out_features, module.in_features, dtype=torch.bfloat16).normal_(0, 0.02)
-            if mode != "bf16":
-                packed, absmax = quantize_nf4(weight)
-                del weight
-                new: nn.Module = NF4Linear(module.in_features, module.out_features, packed, absmax, bias, compute_dtype=torch.bfloat16)
-            else:
-                new = nn.Linear(module.in_features, module.out_features, bias=bias is not None, device="meta", dtype=torch.bfloat16)
-                new.weight = nn.Parameter(weight, requires_grad=False)
-                if bias is not None:
-                    new.bias = nn.Parameter(bias, requires_grad=False)
-            parent, _, child_name = name.rpartition(".")
-            setattr(model.get_submodule(parent), child_name, new)
-    if mode == "qlora-emb":  # the opt-in: the (tied) embedding in NF4 too, quantized 8192 rows at a time as they are made
-        emb = model.get_input_embeddings()
-        rows, dim = emb.num_embeddings, emb.embedding_dim
-        packed, absmax = torch.empty(rows * dim // 2, dtype=torch.uint8), torch.empty(rows * dim // 64)
-        for r in range(0, rows, 8192):  # rows of whole blocks: each chunk's codes are a slice of the whole's
-            n = min(8192, rows - r)
-            p, a = quantize_nf4(torch.empty(n, dim, dtype=torch.bfloat16).normal_(0, 0.02))
-            packed[r * dim // 2 : (r + n) * dim // 2], absmax[r * dim // 64 : (r + n) * dim // 64] = p, a
-        quantized = NF4Embedding(rows, dim, packed, absmax, torch.bfloat16)
-        model.set_input_embeddings(quantized)
-        if config.tie_word_embeddings:
-            model.set_output_embeddings(quantized.as_linear())
-    # Everything else (embeddings, norms; the tied head shares the embedding) in bf16.
-    made: dict[int, nn.Parameter] = {}  # meta parameter -> its real one, so tied modules keep sharing one tensor
-    for module in model.modules():
-        for pname, p in list(module._parameters.items()):
-            if p is not None and p.is_meta:
-                if id(p) not in made:
-                    data = torch.ones(p.shape, dtype=torch.bfloat16) if p.ndim == 1 else torch.empty(p.shape, dtype=torch.bfloat16).normal_(0, 0.02)
-                    made[id(p)] = nn.Parameter(data, requires_grad=False)
-                module._parameters[pname] = made[id(p)]
-        if any(b.is_meta for b in module.buffers(recurse=False)):  # rotary inv_freq: recompute on CPU
-            fresh = type(module)(config=config)
-            for bname, b in fresh.named_buffers(recurse=False):
-                setattr(module, bname, b)
-    del made
-    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    assert not config.tie_word_embeddings or (head.qweight is emb.qweight if mode == "qlora-emb" else head.weight is emb.weight)
+    rss0, peak0 = resident_mib(), resident_mib(peak=True)
+    model = lora_finetune.load_base(request, precision)
     gc.collect()
-    base_rss = rss() - rss0
-    base_peak = peak_rss() - peak0
+    base_rss, base_peak = resident_mib() - rss0, resident_mib(peak=True) - peak0
 
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        logits = model(input_ids=torch.randint(0, config.vocab_size, (1, 16))).logits
-    assert torch.isfinite(logits).all()
-    base_params = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=lora_finetune.linear_module_names(model), modules_to_save=to_save,
+                      ensure_weight_tying=bool(to_save and model.config.tie_word_embeddings), task_type="CAUSAL_LM")  # fmt: skip
+    model = get_peft_model(model, lora)
+    if precision == "bf16-weights":
+        lora_finetune.compute_in_fp32(model)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    model.train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:] = ids[:, -3:]
+    loss, n, _ = lora_finetune.token_loss(model, ids, torch.ones_like(ids), labels)
+    (loss / n).backward()
+    assert torch.isfinite(loss)
     return {
-        "mode": mode,
-        "base_rss_mb": base_rss / MB,
-        "base_peak_mb": base_peak / MB,
-        "linear_params": linear_params,
-        "other_base_params": base_params,  # embeddings, norms, biases (the NF4 codes are buffers)
-        "linear_bytes_mb": sum(m.qweight.numel() + m.nf4_absmax.numel() * 4 for n, m in model.named_modules() if isinstance(m, NF4Linear) and "lm_head" not in n) / MB
-        if mode != "bf16"
-        else linear_params * 2 / MB,
-        "nf4_bytes_mb": nf4_bytes(model) / MB,
-        "with_lora_rss_mb": (rss() - rss0) / MB,
+        "setup": setup,
+        "base_rss_mb": base_rss,
+        "base_peak_mb": base_peak,
+        "nf4_mb": nf4_bytes(model) / 2**20,
+        "dense_base_mb": sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad) / 2**20,
+        "step_peak_mb": resident_mib(peak=True) - peak0,
     }
+
+
+def ensure_model(model_dir: Path) -> None:
+    """Stops with a clear message when the benchmark model is not there."""
+    if not (model_dir / "config.json").exists():
+        raise SystemExit(f"{model_dir} not found: run `make bench` once (bench/run.py makes it), or pass --model / 找不到模型")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(CONFIG))
-    parser.add_argument("--child", choices=["bf16", "qlora", "qlora-emb"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--child", choices=list(SETUPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.config)))
+        print(json.dumps(child(args.child, args.model)))
         return 0
+    ensure_model(Path(args.model))
 
     results = {}
-    for mode in ("bf16", "qlora", "qlora-emb"):
-        # A fixed mmap threshold: glibc otherwise raises it after the first large free and keeps later
-        # freed temporaries (quantization scratch) in the heap, where they count as resident for good.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": "1048576"}
-        out = subprocess.run([sys.executable, __file__, "--child", mode, "--config", args.config], capture_output=True, text=True, env=env)
+    for setup in SETUPS:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        out = subprocess.run([sys.executable, __file__, "--child", setup, "--model", args.model], capture_output=True, text=True, env=env)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
             return 1
-        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        results[setup] = json.loads(out.stdout.strip().splitlines()[-1])
 
-    b, q, e = results["bf16"], results["qlora"], results["qlora-emb"]
-    print(f"config: {args.config}")
-    print(f"{'':28}{'bf16 LoRA':>11}{'QLoRA':>9}{'ratio':>7}{'QLoRA+NF4 emb':>15}{'ratio':>7}")
+    b = results["lora"]
+    print(f"model: {args.model}")
+    print(f"{'':34}" + "".join(f"{s:>24}" for s in SETUPS))
     for key, label in [
-        ("base_rss_mb", "base weights, resident MB"),
-        ("base_peak_mb", "base weights, peak MB"),
-        ("linear_bytes_mb", "decoder linears, MB"),
-        ("with_lora_rss_mb", "+ LoRA r=8, resident MB"),
+        ("base_rss_mb", "base weights, resident MiB"),
+        ("base_peak_mb", "base weights, peak MiB"),
+        ("nf4_mb", "NF4 codes + absmax, MiB"),
+        ("dense_base_mb", "dense frozen tensors, MiB"),
+        ("step_peak_mb", "peak after one train step, MiB"),
     ]:
-        print(f"{label:28}{b[key]:11.1f}{q[key]:9.1f}{q[key] / b[key]:7.3f}{e[key]:15.1f}{e[key] / b[key]:7.3f}")
-    print(f"decoder linear parameters: {b['linear_params']:,}; embedding, norms, biases: {b['other_base_params'] - b['linear_params']:,}")
-    print("QLoRA keeps the embedding (and the tied head) in bf16, as the paper does; QLoRA+NF4 emb quantizes it too (opt-in).")
-    ratios = {k: results[k]["base_rss_mb"] / b["base_rss_mb"] for k in ("qlora", "qlora-emb")}
-    print(json.dumps({**results, "ratio_base_rss": ratios}))
+        print(f"{label:34}" + "".join(f"{results[s][key]:24.1f}" for s in SETUPS))
+    for key, label in [("base_rss_mb", "resident"), ("base_peak_mb", "peak")]:
+        print(f"{'ratio to bf16 LoRA, ' + label:34}" + "".join(f"{results[s][key] / b[key]:24.3f}" for s in SETUPS))
+    ratio = results["qlora"]["base_peak_mb"] / b["base_peak_mb"]
+    print(f"QLoRA (the recipe's default) / bf16 LoRA, peak resident memory of the base weights: {ratio:.3f} (target <= 0.35)")
+    print(json.dumps({**results, "ratio_base_peak": ratio}))
     return 0
 
 

@@ -1,14 +1,17 @@
 """Side-by-side speed benchmark: TRL's SFTTrainer + PEFT LoRA vs the weitiao engine, on the same machine.
 
     make bench            (= .venv/bin/pip install -r bench/requirements.txt && .venv/bin/python bench/run.py)
-    .venv/bin/python bench/run.py --shapes tiny        (the tiny shape only, about a minute)
+    .venv/bin/python bench/run.py --shapes tiny                  (the tiny shape only, a few minutes)
+    .venv/bin/python bench/run.py --shapes qwen2.5-0.5b --rows baseline,weitiao --out /tmp/b.md   (some rows only)
 
 Workload: waimai reviews as chat examples (system, review, 好评/差评), LoRA r=8 alpha=16 dropout=0.05 on
-all linear layers, the same learning rate, global batch, examples and steps for both systems. Shapes: a
-tiny Qwen2 (2 layers, 128 wide, vocab 4096) and Qwen2.5-0.5B's shape (bench/configs/qwen2.5-0.5b.json)
-with random weights stored in bf16 like the real checkpoint. Every run is its own subprocess
-(bench/worker.py), baseline and engine alternating; the engine's ablation rows turn one technique off
-each. Writes BENCHMARKS.md (generated: do not edit by hand).
+all linear layers, the same learning rate, global batch, examples and steps for both systems, and the same
+optimisation (bench/worker.py pins the label tokens, the batches and their order, and the LoRA init; TRL's
+optimizer defaults equal the engine's). Shapes: a tiny Qwen2 (2 layers, 128 wide, vocab 4096) and
+Qwen2.5-0.5B's shape (bench/configs/qwen2.5-0.5b.json) with random weights stored in bf16 like the real
+checkpoint. Every run is its own subprocess (bench/worker.py), baseline then engine; then one ablation row
+per technique the engine's default run used (each turned off alone), then label scoring against a
+per-example generate loop. Writes BENCHMARKS.md (generated: do not edit by hand) after every row.
 """
 
 from __future__ import annotations
@@ -34,17 +37,22 @@ LABELS = {"1": "好评", "0": "差评"}
 SEED = 0
 
 SHAPES = {
-    # name: (create-tiny overrides, batch, steps, learning rate, stored dtype)
-    "tiny": ({"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512}, 8, 24, 1e-3),
-    "qwen2.5-0.5b": ({"config_from": str(ROOT / "bench" / "configs" / "qwen2.5-0.5b.json")}, 8, 6, 1e-3),
+    # name: (create-tiny overrides, batch, steps, learning rate, examples scored against the generate loop)
+    "tiny": ({"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512}, 8, 24, 1e-3, 128),
+    "qwen2.5-0.5b": ({"config_from": str(ROOT / "bench" / "configs" / "qwen2.5-0.5b.json")}, 8, 6, 1e-3, 48),
 }
-ABLATIONS = [  # (row name, engine options): each turns one technique off
-    ("weitiao − LM head at labels only", {"lm_head_at_labels_only": False}),
-    ("weitiao − length grouping", {"group_by_length": False}),
-    ("weitiao − bf16 weights (fp32 base)", {"bf16": "off"}),
-    ("weitiao + bf16 autocast (bf16: on)", {"bf16": "on"}),  # not a removal: bf16 compute, for the record
-    ("weitiao + gradient checkpointing", {"gradient_checkpointing": True}),  # the memory-lean setting
-]
+
+
+def ablations(used: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """One row per technique the engine's default run used (its reported settings), turned off alone."""
+    rows = [("weitiao − LM head at labels only", {"lm_head_at_labels_only": False})]
+    if used.get("precision") in ("bf16", "bf16-weights"):
+        rows.append((f"weitiao − {used['precision']} (fp32 weights and compute)", {"bf16": "off"}))
+    if used.get("gradient_checkpointing") is True:
+        rows.append(("weitiao − gradient checkpointing", {"gradient_checkpointing": False}))
+    if used.get("group_by_length") is True:
+        rows.append(("weitiao − length grouping", {"group_by_length": False}))
+    return rows
 
 
 def engine(command: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -58,16 +66,28 @@ def engine(command: str, request: dict[str, Any]) -> dict[str, Any]:
     return events[-1]["data"]
 
 
-def matmul_peak() -> dict[str, float]:
-    """Measured GFLOP/s of a large square matmul in fp32 and bf16 (best of 5), all threads."""
+def matmul_peak(model_dirs: list[str]) -> dict[str, float]:
+    """Best measured GFLOP/s per dtype (fp32, bf16) over square matmuls and the models' own linear shapes
+    (512 tokens x hidden -> intermediate and back), best of 5 each, all threads the engine uses."""
     import torch
 
+    sys.path.insert(0, str(ROOT / "engine"))
+    from weitiao_engine.loading import set_threads
+
+    set_threads()
+    shapes = [(n, n, n) for n in (1024, 2048, 3072)]
+    for d in model_dirs:
+        cfg = json.loads(Path(d, "config.json").read_text())
+        shapes += [(512, cfg["hidden_size"], cfg["intermediate_size"]), (512, cfg["intermediate_size"], cfg["hidden_size"])]
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        a @ b
-        best = min(_timed(lambda: a @ b) for _ in range(5))
-        out[name] = 2 * 2048**3 / best / 1e9
+        best = 0.0
+        for m, k, n in shapes:
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            a @ b
+            seconds = min(_timed(lambda: a @ b) for _ in range(5))
+            best = max(best, 2 * m * k * n / seconds / 1e9)
+        out[name] = best
     return out
 
 
@@ -111,24 +131,40 @@ def worker(spec: dict[str, Any], work: Path) -> dict[str, Any]:
 
 
 def model_flops(model_dir: str) -> tuple[float, float]:
-    """(FLOPs per real token, FLOPs per labelled token) of one LoRA training step: forward 2·N and the
-    backward to the inputs 2·N over the frozen linear weights (no weight gradients but LoRA's, which are
-    tiny); the LM head counted only where a label is, since that is all the loss needs; attention scores omitted."""
+    """(FLOPs per real token, FLOPs per labelled token) of one LoRA training step, useful work only.
+
+    Per real token: forward 2·N and backward to the inputs 2·N over the frozen linear weights (no weight
+    gradients but LoRA's); a recomputed forward (gradient checkpointing) and padding are not useful work
+    and are not counted. Per labelled token: the LM head's 2·H·V forward and 2·H·V backward, since that is
+    all the loss needs. Left out as small at these lengths: attention scores (4·seq·H per token and layer,
+    under 1 % at ~60 tokens) and the rank-8 LoRA matmuls (about 2 %)."""
     cfg = json.loads(Path(model_dir, "config.json").read_text())
     h, i, layers, heads, kv = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    head_dim = h // heads
-    per_layer = h * h + 2 * h * kv * head_dim + h * h + 3 * h * i
+    head_dim = cfg.get("head_dim") or h // heads
+    per_layer = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h + 3 * h * i
     return 4.0 * layers * per_layer, 4.0 * h * cfg["vocab_size"]
+
+
+def labelled_tokens(model_dir: str, train: str) -> int:
+    """The labelled tokens of the training file, as the engine (and, pinned, TRL) labels them."""
+    sys.path.insert(0, str(ROOT / "engine"))
+    from transformers import AutoTokenizer
+    from weitiao_engine.chat_format import tokenize_examples
+    from weitiao_engine.recipes import lora_finetune
+
+    examples, _ = tokenize_examples(AutoTokenizer.from_pretrained(model_dir), lora_finetune.load_examples(train, "training_file"))
+    return sum(e.n_trained for e in examples)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="qwen2.5-0.5b,tiny")
+    parser.add_argument("--rows", default="", help="comma-separated rows to run: baseline, weitiao, ablations, scoring (default: all)")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
+    wanted = set(filter(None, args.rows.split(","))) or {"baseline", "weitiao", "ablations", "scoring"}
     if not WAIMAI.exists():
         raise SystemExit(f"{WAIMAI} not found: the benchmark trains on the waimai reviews / 找不到数据文件")
-    import torch
 
     work = Path(os.environ.get("WEITIAO_BENCH_DIR", Path(tempfile.gettempdir()) / "weitiao-bench"))
     work.mkdir(parents=True, exist_ok=True)
@@ -137,37 +173,55 @@ def main() -> None:
     corpus = work / "corpus.txt"
     corpus.write_text("\n".join(r["review"] for r in rows[:2000]) + "\n", encoding="utf-8")
     valid = write_jsonl(work / "valid.jsonl", [chat(r) for r in rows[2000:]])
+    shapes = args.shapes.split(",")
+    models = {shape: make_model(work, shape, SHAPES[shape][0], corpus) for shape in shapes}
 
-    peak = matmul_peak()
+    # The peak before and after the runs, the higher kept: a busy moment must not inflate MFU.
+    peak = matmul_peak(list(models.values()))
     print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s", flush=True)
-    sections = []
-    for shape in args.shapes.split(","):
-        overrides, batch, steps, lr = SHAPES[shape]
-        model = make_model(work, shape, overrides, corpus)
+    sections: list[Any] = []
+    for shape in shapes:
+        overrides, batch, steps, lr, n_scored = SHAPES[shape]
+        model = models[shape]
         train = write_jsonl(work / f"train-{shape}.jsonl", [chat(r) for r in rows[: batch * steps]])  # exactly one pass
         base = {"model": model, "train": train, "valid": valid, "batch_size": batch, "steps": steps, "learning_rate": lr, "seed": SEED}
         per_token, per_label = model_flops(model)
+        labels_per_example = labelled_tokens(model, train) / (batch * steps)
         results: list[tuple[str, dict[str, Any]]] = []
-        plan = [("TRL SFTTrainer (baseline)", {"system": "trl"}), ("weitiao", {"system": "weitiao"})]
-        if shape != "tiny":  # ablations on the shape that matters (time: each 0.5B run takes minutes)
-            plan += [(name, {"system": "weitiao", "options": options}) for name, options in ABLATIONS]
-        for name, extra in plan:  # baseline and engine alternate; the ablations follow
+        section = {"shape": shape, "batch": batch, "steps": steps, "lr": lr, "results": results, "scoring": None}
+        sections.append(section)
+
+        def run(name: str, extra: dict[str, Any]) -> dict[str, Any]:
             spec = {**base, **extra, "name": f"{shape}-{name}", "out": str(work / "runs" / shape / name.replace(" ", "_"))}
             r = worker(spec, work)
-            r["mfu"] = {k: (r["tokens_per_second"] * per_token + r["examples_per_second"] * 2 * per_label) / (v * 1e9) for k, v in peak.items()}
-            r["epoch_seconds"] = len(rows[: batch * steps]) / r["examples_per_second"]
+            r["flops_per_second"] = r["tokens_per_second"] * per_token + r["examples_per_second"] * labels_per_example * per_label
+            r["epoch_seconds"] = batch * steps / r["examples_per_second"]
             results.append((name, r))
             print(f"[{shape}] {name}: {r['examples_per_second']:.2f} ex/s, {r['tokens_per_second']:.0f} tok/s, peak RSS "
-                  f"{r['peak_rss'] / 2**20:.0f} MiB, valid loss {r['valid_loss']:.4f}", flush=True)  # fmt: skip
-        sections.append((shape, batch, steps, lr, results))
-        if shape == "tiny":
-            scoring = worker({"system": "score", "name": "score", "model": model, "adapter": results[1][1]["adapter"], "valid": valid, "seed": SEED}, work)
-            sections.append(("scoring", scoring))
-        write_report(Path(args.out), peak, sections)  # after each shape, so a long run leaves its results early
-    print(f"wrote {args.out}")
+                  f"{r['peak_rss'] / 2**20:.0f} MiB, valid loss {r['valid_loss']:.4f}, train losses {[round(x, 4) for x in r['losses']]}", flush=True)  # fmt: skip
+            write_report(Path(args.out), peak, sections)  # after every row, so a long run leaves its results early
+            return r
+
+        if "baseline" in wanted:
+            run("TRL SFTTrainer (baseline)", {"system": "trl"})
+        default = run("weitiao", {"system": "weitiao"}) if wanted & {"weitiao", "ablations", "scoring"} else None
+        if default is not None and "ablations" in wanted and shape != "tiny":  # the shape that matters; each 0.5B run takes minutes
+            for name, options in ablations(default["settings"]):
+                run(name, {"system": "weitiao", "options": options})
+        if default is not None and "scoring" in wanted:
+            spec = {"system": "score", "name": f"{shape}-score", "model": model, "adapter": default["adapter"], "valid": valid, "seed": SEED, "n": n_scored}
+            section["scoring"] = worker(spec, work)
+            s = section["scoring"]
+            print(f"[{shape}] scoring: {s['score_eps']:.1f} ex/s vs generate loop {s['generate_eps']:.1f} ex/s "
+                  f"({s['score_eps'] / s['generate_eps']:.1f}x), {s['agree']}/{s['n']} identical", flush=True)  # fmt: skip
+        write_report(Path(args.out), peak, sections)
+    after = matmul_peak(list(models.values()))
+    peak.update({k: max(v, after[k]) for k, v in peak.items()})
+    write_report(Path(args.out), peak, sections)
+    print(f"matmul peak after the runs: fp32 {after['fp32']:.1f}, bf16 {after['bf16']:.1f} GFLOP/s; wrote {args.out}")
 
 
-def write_report(path: Path, peak: dict[str, float], sections: list[Any]) -> None:
+def write_report(path: Path, peak: dict[str, float], sections: list[dict[str, Any]]) -> None:
     import torch
 
     lines = [
@@ -176,57 +230,79 @@ def write_report(path: Path, peak: dict[str, float], sections: list[Any]) -> Non
         "Generated by `make bench` (bench/run.py); do not edit by hand. / 由 `make bench` 生成，请勿手改。",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; measured matmul peak (2048², best of 5): "
-        f"fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s. Other work may share the machine: compare ratios.",
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; matmul peak (best over square 1024–3072 and the models' "
+        f"own linear shapes, best of 5, measured before and after the runs): fp32 {peak['fp32']:.1f} GFLOP/s, bf16 "
+        f"{peak['bf16']:.1f} GFLOP/s. Other work may share the machine: compare ratios.",
         "",
         "Timing covers optimizer steps 2..N (step 1 warms up kernels); time per epoch is extrapolated from it to the "
         "training set of the run (one pass). Peak RSS is each run's own process (ru_maxrss right after training). "
         "Validation loss: the saved adapter of each system, evaluated by one fp32 evaluator on 128 held-out examples "
-        "(answer + end-of-turn tokens). MFU = useful model FLOPs (4·N_linear per real token + 4·H·V per labelled token) "
-        "/ time / measured matmul peak.",
+        "(answer + end-of-turn tokens). MFU = useful model FLOPs (4·N_linear per real token + 4·H·V per labelled token; "
+        "no recomputation, no padding) / time / measured matmul peak.",
+        "",
+        "Same optimisation in both systems (bench/worker.py): TRL gets the engine's tokens and label mask (answer + "
+        "`<|im_end|>`; its own prompt-completion tokenization would also train the template's `\\n` after it), the "
+        "engine's batches in the engine's order (sequential sampler), and LoRA A matrices from the same seed; the "
+        "optimizer settings below are TRL's defaults and equal the engine's. TRL keeps its speed defaults (bf16 "
+        "autocast, gradient checkpointing, padding, chunked cross-entropy). With LoRA B = 0 the two step-1 losses "
+        "must agree (up to bf16 rounding).",
         "",
     ]
     for section in sections:
-        if section[0] == "scoring":
-            s = section[1]
+        shape, batch, steps, lr, results = section["shape"], section["batch"], section["steps"], section["lr"], section["results"]
+        if results:
+            lines += _training_table(shape, batch, steps, lr, results, peak)
+        s = section["scoring"]
+        if s:
             lines += [
-                "## Evaluation: batched label scoring vs a per-example generate loop (tiny shape, trained adapter)",
+                f"### {shape}: label scoring vs a per-example generate loop (the engine's trained adapter)",
                 "",
                 "| method | examples | examples/s | speed-up |",
                 "| --- | ---: | ---: | ---: |",
-                f"| per-example greedy `generate` | {s['n']} | {s['generate_eps']:.1f} | 1.00× |",
-                f"| batched label scoring (batch {s['batch_size']}) | {s['n']} | {s['score_eps']:.1f} | {s['score_eps'] / s['generate_eps']:.1f}× |",
+                f"| greedy `generate`, one example at a time (max_new_tokens {s['max_new_tokens']}) | {s['n']} | {s['generate_eps']:.2f} | 1.00× |",
+                f"| batched label scoring (batch {s['batch_size']}, shared prefix, one pass per batch) | {s['n']} | {s['score_eps']:.2f} | "
+                f"{s['score_eps'] / s['generate_eps']:.1f}× |",
                 "",
-                f"Predictions identical on {s['agree']}/{s['n']} examples.",
+                f"Predictions identical on {s['agree']}/{s['n']} examples; {s['generated_labels']}/{s['n']} generated answers are a label; "
+                f"predicted classes (scoring): {json.dumps(s.get('predicted', {}), ensure_ascii=False)}. Both timed end to end "
+                "(prompt rendering and tokenization included).",
                 "",
             ]
-            continue
-        shape, batch, steps, lr, results = section
-        base = results[0][1]
-        lines += [
-            f"## {shape}: batch {batch}, {steps} steps, learning rate {lr}, {batch * steps} training examples (one pass)",
-            "",
-            "| system | examples/s | × baseline | real tokens/s | peak RSS MiB | × baseline | epoch s (extrapolated) | valid loss | Δ loss | MFU fp32 peak | MFU bf16 peak |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for name, r in results:
-            lines.append(
-                f"| {name} | {r['examples_per_second']:.2f} | {r['examples_per_second'] / base['examples_per_second']:.2f} | "
-                f"{r['tokens_per_second']:.0f} | {r['peak_rss'] / 2**20:.0f} | {r['peak_rss'] / base['peak_rss']:.2f} | "
-                f"{r['epoch_seconds']:.1f} | {r['valid_loss']:.4f} | {100 * (r['valid_loss'] / base['valid_loss'] - 1):+.2f}% | "
-                f"{100 * r['mfu']['fp32']:.1f}% | {100 * r['mfu']['bf16']:.1f}% |"
-            )
-        engine_row = results[1][1]
-        lines += ["", "Each technique's share (engine examples/s divided by the ablation row's):", ""]
-        for name, r in results[2:]:
-            if "− " not in name:
-                lines.append(f"- {name.split('+ ')[1]} instead of the default: {r['examples_per_second'] / engine_row['examples_per_second']:.2f}× speed, "
-                             f"{r['peak_rss'] / engine_row['peak_rss']:.2f}× memory")  # fmt: skip
-                continue
-            lines.append(f"- {name.split('− ')[1]}: {engine_row['examples_per_second'] / r['examples_per_second']:.2f}× speed, "
-                         f"{r['peak_rss'] / engine_row['peak_rss']:.2f}× memory without it")  # fmt: skip
-        lines += ["", f"Baseline settings (TRL defaults): `{json.dumps(base['settings'])}`.", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _training_table(shape: str, batch: int, steps: int, lr: float, results: list[tuple[str, dict[str, Any]]], peak: dict[str, float]) -> list[str]:
+    names = [n for n, _ in results]
+    base = results[0][1] if names[0].startswith("TRL") else None
+    lines = [
+        f"## {shape}: batch {batch}, {steps} steps, learning rate {lr}, {batch * steps} training examples (one pass)",
+        "",
+        "| system | examples/s | × baseline | real tokens/s | peak RSS MiB | × baseline | epoch s (extrapolated) | valid loss | Δ loss | MFU fp32 peak | MFU bf16 peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in results:
+        rel = (lambda key: f"{r[key] / base[key]:.2f}") if base else (lambda key: "")
+        delta = f"{100 * (r['valid_loss'] / base['valid_loss'] - 1):+.2f}%" if base else ""
+        lines.append(
+            f"| {name} | {r['examples_per_second']:.2f} | {rel('examples_per_second')} | {r['tokens_per_second']:.0f} | "
+            f"{r['peak_rss'] / 2**20:.0f} | {rel('peak_rss')} | {r['epoch_seconds']:.1f} | {r['valid_loss']:.4f} | {delta} | "
+            f"{100 * r['flops_per_second'] / (peak['fp32'] * 1e9):.1f}% | {100 * r['flops_per_second'] / (peak['bf16'] * 1e9):.1f}% |"
+        )
+    lines += ["", "Train loss per step:", ""]
+    for name, r in results[:2]:
+        lines.append(f"- {name}: {', '.join(f'{x:.4f}' for x in r['losses'])}")
+    engine = dict(results).get("weitiao")
+    ablated = [(n, r) for n, r in results if n.startswith("weitiao − ")]
+    if engine and ablated:
+        lines += ["", "Each technique's measured share (the engine's default run against the run without that technique alone):", ""]
+        for name, r in ablated:
+            lines.append(f"- {name.split(' − ', 1)[1]}: {engine['examples_per_second'] / r['examples_per_second']:.2f}× speed, "
+                         f"{engine['peak_rss'] / r['peak_rss']:.2f}× peak memory, valid loss {r['valid_loss']:.4f}")  # fmt: skip
+    if engine:
+        lines += ["", f"Engine settings (its defaults on this machine): `{json.dumps(engine['settings'])}`."]
+    if base:
+        lines += ["", f"Baseline settings (TRL defaults; pinned to the engine's: {', '.join(base.get('pinned', []))}): `{json.dumps(base['settings'])}`."]
+    return lines + [""]
 
 
 if __name__ == "__main__":

@@ -2,11 +2,19 @@
 
     .venv/bin/python bench/worker.py SPEC.json     (bench/run.py writes the spec and starts this)
 
-Systems: `trl` (TRL SFTTrainer + PEFT LoRA, default settings, completion-only loss) and `weitiao` (the
-engine's LoRA recipe in-process, with optional ablation switches). Both record the wall time of steps
-2..N (step 1 warms up oneDNN's kernels) and the peak RSS right after training; then the same evaluator
-(fp32, the engine's labels, no autocast) computes the validation loss of the saved adapter, so the two
-losses mean exactly the same thing.
+Systems: `trl` (TRL SFTTrainer + PEFT LoRA, TRL's default settings, completion-only loss) and `weitiao`
+(the engine's LoRA recipe in-process, its defaults plus the spec's `options`), and `score` (batched label
+scoring against a per-example generate loop). Both trainers record the wall time of steps 2..N (step 1
+warms up oneDNN's kernels), every step's train loss and the peak RSS right after training; then the same
+evaluator (fp32, the engine's labels, no autocast) computes the validation loss of the saved adapter.
+
+Same optimisation in both (what the harness pins, `parity` in the result): the engine's tokens with its
+label mask (answer + end-of-turn; TRL's own prompt-completion tokenization also labels the template's
+`\\n` after `<|im_end|>`), the engine's batches in the engine's order (TRL reads them sequentially), the
+LoRA weights initialised from the same seed, and TRL's optimizer defaults, which the engine's equal
+(AdamW 0.9/0.999/1e-8, no weight decay, linear decay without warmup, clipping at 1.0, loss = sum over
+the batch's labelled tokens / their number). What is about speed stays TRL's default: bf16 autocast,
+gradient checkpointing, padding to the longest in the batch, chunked cross-entropy.
 """
 
 from __future__ import annotations
@@ -22,26 +30,62 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "engine"))
 
+PIN = ("labels", "order", "init")
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"}
+
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def engine_hyperparameters(spec: dict[str, Any]) -> dict[str, Any]:
+    """The engine's TrainRequest hyperparameters for this run: its defaults plus the spec's options."""
+    options = {k: v for k, v in spec.get("options", {}).items() if k != "lm_head_at_labels_only"}
+    return {"n_epochs": 1, "batch_size": spec["batch_size"], "learning_rate": spec["learning_rate"], "seed": spec["seed"], **options}
+
+
+def engine_data(spec: dict[str, Any], tokenizer) -> tuple[list[Any], list[list[int]]]:
+    """The training file tokenized as the engine does, and the engine's batches of epoch 0 in its order."""
+    from weitiao_engine.chat_format import tokenize_examples
+    from weitiao_engine.protocol import TrainHyperparameters
+    from weitiao_engine.recipes import lora_finetune
+
+    hp = TrainHyperparameters.model_validate(engine_hyperparameters(spec))
+    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(spec["train"], "training_file"), hp.max_seq_length)
+    batches = lora_finetune.epoch_batches(hp.seed, 0, [len(e.input_ids) for e in examples], hp.batch_size, hp.group_by_length)
+    return examples, batches[: spec["steps"]]
+
+
 def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import TrainerCallback
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+    from weitiao_engine.recipes import lora_finetune
 
-    def as_prompt_completion(messages):  # the same conversation, in TRL's prompt-completion format
-        return {"prompt": messages[:-1], "completion": messages[-1:]}
-
-    rows = [as_prompt_completion(json.loads(line)["messages"]) for line in Path(spec["train"]).read_text(encoding="utf-8").splitlines()]
+    # What the harness pins to the engine's (all three by default; fewer only to measure what each changes):
+    # "labels" (the engine's tokens and label mask), "order" (the engine's batches), "init" (LoRA A from the seed).
+    pin = set(spec.get("pin", PIN))
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    examples, batches = engine_data(spec, tokenizer)
+    order = [i for b in batches for i in b] if "order" in pin else list(range(len(examples)))
+    if "labels" in pin:
+        # Pre-tokenized data is used as is by TRL: completion_mask becomes its label mask (completion_only_loss).
+        rows = [{"input_ids": examples[i].input_ids, "completion_mask": [int(l != -100) for l in examples[i].labels]} for i in order]
+    else:  # TRL's own prompt-completion tokenization of the same conversations
+        chats = [json.loads(line)["messages"] for line in Path(spec["train"]).read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [{"prompt": chats[i][:-1], "completion": chats[i][-1:]} for i in order]
     marks: list[tuple[float, int]] = []
+    losses: list[float] = []
 
     class StepTimes(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             marks.append((time.perf_counter(), trainer._total_train_tokens))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
 
     config = SFTConfig(
         output_dir=str(Path(spec["out"]) / "trl"),
@@ -50,20 +94,31 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
         learning_rate=spec["learning_rate"],
         seed=spec["seed"],
         completion_only_loss=True,
+        train_sampling_strategy="sequential" if "order" in pin else "random",  # the rows are in the engine's batch order
+        logging_steps=1,  # every step's loss, to compare with the engine's
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
         use_cpu=True,
     )
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=spec["model"], args=config, train_dataset=Dataset.from_list(rows), peft_config=lora, callbacks=[StepTimes()])
+    # What SFTTrainer does with a model path and a peft_config (load in fp32, get_peft_model), with the
+    # LoRA init seeded as the engine seeds it, so both start from the same A matrices.
+    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=spec.get("lora_dropout", LORA["dropout"]), target_modules="all-linear", task_type="CAUSAL_LM")
+    model, peft_config = spec["model"], lora
+    if "init" in pin:
+        model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+        lora_finetune.seed_everything(spec["seed"])
+        model, peft_config = get_peft_model(model, lora), None
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=peft_config, callbacks=[StepTimes()])
     trainer.train()
     peak = peak_rss_bytes()
     adapter = Path(spec["out"]) / "trl-adapter"
     trainer.save_model(str(adapter))
-    settings = {k: getattr(config, k, None) for k in ("bf16", "gradient_checkpointing", "loss_type", "padding_free", "packing", "group_by_length")}
-    return {"marks": marks, "peak_rss": peak, "adapter": str(adapter), "settings": settings}
+    keys = ("bf16", "gradient_checkpointing", "loss_type", "padding_free", "packing", "train_sampling_strategy", "optim", "lr_scheduler_type",
+            "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "gradient_accumulation_steps")  # fmt: skip
+    settings = {k: str(v) if not isinstance(v, (bool, int, float, type(None))) else v for k, v in ((k, getattr(config, k, None)) for k in keys)}
+    return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": str(adapter), "settings": settings, "pinned": sorted(pin)}
 
 
 def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +128,16 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
 
     options = spec.get("options", {})
     lora_finetune.LM_HEAD_AT_LABELS_ONLY = options.get("lm_head_at_labels_only", True)
+    resolved: dict[str, Any] = {}  # what the recipe's "auto" settings became for this model
+    decide = getattr(lora_finetune, "use_gradient_checkpointing", None)
+    if decide is not None:
+        def recording(setting, model):  # noqa: E306 (observes the decision, changes nothing)
+            resolved["gradient_checkpointing"] = decide(setting, model)
+            return resolved["gradient_checkpointing"]
+
+        lora_finetune.use_gradient_checkpointing = recording
     marks: list[tuple[float, int]] = []
+    losses: list[float] = []
 
     class Events(io.TextIOBase):  # the recipe's stdout events, timestamped as they come
         def write(self, line: str) -> int:
@@ -81,6 +145,7 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
                 event = json.loads(text)
                 if event["type"] == "metrics" and "train_loss" in event:
                     marks.append((time.perf_counter(), event["trained_tokens"]))
+                    losses.append(event["train_loss"])
             return len(line)
 
         def flush(self) -> None:
@@ -92,22 +157,17 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
             "base_model": spec["model"],
             "output_dir": str(Path(spec["out"]) / "weitiao"),
             "training_file": spec["train"],
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
-            "hyperparameters": {
-                "n_epochs": 1,
-                "batch_size": spec["batch_size"],
-                "learning_rate": spec["learning_rate"],
-                "seed": spec["seed"],
-                "bf16": options.get("bf16", "auto"),
-                "group_by_length": options.get("group_by_length", True),
-                "gradient_checkpointing": options.get("gradient_checkpointing", False),
-            },
+            "lora": {**LORA, "dropout": spec.get("lora_dropout", LORA["dropout"])},
+            "hyperparameters": engine_hyperparameters(spec),
             "max_steps": spec["steps"],
         }
     )
     result = lora_finetune.run(request)
     peak = peak_rss_bytes()
-    return {"marks": marks, "peak_rss": peak, "adapter": result["model_dir"], "settings": {**options, "precision": result["precision"]}}
+    hp = request.hyperparameters
+    settings = {**options, "precision": result["precision"], "group_by_length": hp.group_by_length,
+                "gradient_checkpointing": resolved.get("gradient_checkpointing", hp.gradient_checkpointing)}  # fmt: skip
+    return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": result["model_dir"], "settings": settings}
 
 
 def validation_loss(model_dir: str, adapter: str, valid: str) -> float:
@@ -129,24 +189,45 @@ def validation_loss(model_dir: str, adapter: str, valid: str) -> float:
 
 
 def run_scoring(spec: dict[str, Any]) -> dict[str, Any]:
-    """Batched label scoring vs a greedy generate loop, one example at a time, on the same prompts."""
-    from weitiao_engine.evaluate import generate_greedy
-    from weitiao_engine.loading import load_model, score_labels
+    """Batched label scoring vs a greedy generate loop, one example at a time, on the same prompts.
+
+    The loop is what a user's evaluation would do: render the prompt, `generate` greedily until an end
+    token (room for the longest label and its end token), decode and strip. Both are timed end to end,
+    prompt rendering and tokenization included."""
+    import torch
+    from transformers import GenerationConfig
+    from weitiao_engine.chat_format import answers_for_prompts, prompt_ids
+    from weitiao_engine.loading import load_model, stop_token_ids
     from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.scoring import score_labels
 
     model, tokenizer = load_model(spec["model"], spec["adapter"])
-    prompts = [m[:-1] for m in lora_finetune.load_examples(spec["valid"], "validation_file")]
-    labels, batch = ["好评", "差评"], 32
+    prompts = [m[:-1] for m in lora_finetune.load_examples(spec["valid"], "validation_file")][: spec.get("n")]
+    labels, batch = ["好评", "差评"], spec.get("batch_size", 32)
+    longest = max(len(c) for c in answers_for_prompts(tokenizer, prompts[:1], labels)[0][1])  # label tokens + end token
+    config = GenerationConfig(max_new_tokens=longest, do_sample=False, eos_token_id=sorted(stop_token_ids(model, tokenizer)), pad_token_id=tokenizer.pad_token_id)
+    stops = set(config.eos_token_id)
+
+    @torch.no_grad()
+    def generate_one(messages) -> str:
+        ids = torch.tensor([prompt_ids(tokenizer, messages)])
+        new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, ids.shape[1] :].tolist()
+        return tokenizer.decode([t for t in new if t not in stops], skip_special_tokens=True).strip()
+
     score_labels(model, tokenizer, prompts[:batch], labels, batch)  # warm-up, both ways
-    generate_greedy(model, tokenizer, prompts[:2], 1, 8)
+    [generate_one(p) for p in prompts[:2]]
     t = time.perf_counter()
     scored = score_labels(model, tokenizer, prompts, labels, batch)
     score_s = time.perf_counter() - t
     t = time.perf_counter()
-    generated = generate_greedy(model, tokenizer, prompts, 1, 8)
+    generated = [generate_one(p) for p in prompts]
     generate_s = time.perf_counter() - t
     n = len(prompts)
-    return {"n": n, "batch_size": batch, "score_eps": n / score_s, "generate_eps": n / generate_s, "agree": sum(a == b for a, b in zip(scored, generated))}
+    return {
+        "n": n, "batch_size": batch, "max_new_tokens": longest, "score_eps": n / score_s, "generate_eps": n / generate_s,
+        "agree": sum(a == b for a, b in zip(scored, generated)), "generated_labels": sum(g in labels for g in generated),
+        "predicted": {label: scored.count(label) for label in labels},
+    }  # fmt: skip
 
 
 def main() -> None:

@@ -82,6 +82,26 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def glm4_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny Qwen2 shape with GLM-4's tokenizer conventions: its special tokens (in GLM-4's id order), eos
+    <|endoftext|> and chat template. Its generation config stops at eos only, so stopping at <|user|> must come
+    from the template (real GLM-4 lists <|endoftext|>, <|user|>, <|observation|> there)."""
+    from weitiao_engine import tiny
+    from weitiao_engine.protocol import CreateTinyRequest
+
+    root = tmp_path_factory.mktemp("glm4")
+    rows = random.Random(0).sample(waimai_rows(), 2000)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(r["review"] for r in rows) + "\n", encoding="utf-8")
+    request = CreateTinyRequest(
+        output_dir=str(root / "glm4-tiny"), architecture="qwen2", chat_template="glm4", hidden_size=64, intermediate_size=256,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, vocab_size=1024,
+        corpus_files=[str(corpus)], seed=0,
+    )  # fmt: skip
+    return tiny.run(request)["path"]
+
+
+@pytest.fixture(scope="session")
 def waimai_small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """256 training and 128 validation chat examples, a seeded sample of the waimai file (both labels)."""
     root = tmp_path_factory.mktemp("waimai")

@@ -131,7 +131,83 @@ def test_count_tokens_command(tiny_model, chatml, run_engine) -> None:
     code, events = run_engine("count-tokens", {"model": tiny_model, "examples": examples})
     assert code == 0 and events[-1]["type"] == "result"
     expected = [len(chatml.apply_chat_template(e["messages"], tokenize=True, return_dict=False)) for e in examples]
-    assert events[-1]["data"] == {"counts": expected, "model_max_length": 512}
+    # Trained tokens: the answer's tokens and <|im_end|> per assistant turn, nothing for a prompt alone.
+    answer = lambda text: len(chatml(text, add_special_tokens=False)["input_ids"]) + 1  # noqa: E731
+    trained = [answer("好评"), answer("差评") + answer("好评"), 0]
+    assert events[-1]["data"] == {"counts": expected, "trained_counts": trained, "model_max_length": 512}
 
     code, events = run_engine("count-tokens", {"model": "/nonexistent/model", "examples": examples})
     assert code == 1 and (events[-1]["code"], events[-1]["param"]) == ("not_found", "model")
+
+
+# ------------------------------------------------------------------------------------------------ GLM-4
+# GLM-4 writes no end-of-turn token: the next role tag (<|user|>) closes an assistant turn and nothing follows
+# the last one. The model must still learn to stop, so <|user|> is trained after each answer (appended after the
+# last, as GLM-4's own fine-tuning script does) and generation stops at it.
+
+
+@pytest.fixture(scope="module")
+def glm4(glm4_model: str):
+    return AutoTokenizer.from_pretrained(glm4_model)
+
+
+def test_glm4_ids_are_the_templates_plus_the_closing_tag(glm4) -> None:
+    user = glm4.convert_tokens_to_ids("<|user|>")
+    assert glm4.apply_chat_template(SINGLE, tokenize=False).startswith("[gMASK]<sop><|system|>\n你是")
+    for messages in [SINGLE, MULTI]:
+        template = glm4.apply_chat_template(messages, tokenize=True, return_dict=False)
+        example = tokenize_example(glm4, messages)
+        assert example.input_ids == template + [user]
+        # The appended token is exactly what the template writes next when the conversation goes on.
+        more = glm4.apply_chat_template(messages + [{"role": "user", "content": "再来一单"}], tokenize=True, return_dict=False)
+        assert example.input_ids == more[: len(template) + 1]
+        assert count_tokens(glm4, [messages]) == [len(example.input_ids)]
+    # Nothing to train at the end (a prompt, or a last turn with weight 0): nothing appended, ids identical.
+    assert tokenize_example(glm4, SINGLE[:2]).input_ids == glm4.apply_chat_template(SINGLE[:2], tokenize=True, return_dict=False)
+    unweighted = copy.deepcopy(MULTI)
+    unweighted[-1]["weight"] = 0
+    assert tokenize_example(glm4, unweighted).input_ids == glm4.apply_chat_template(MULTI, tokenize=True, return_dict=False)
+    assert prompt_ids(glm4, SINGLE[:2]) == glm4.apply_chat_template(SINGLE[:2], tokenize=True, add_generation_prompt=True, return_dict=False)
+
+
+def test_glm4_trains_every_answer_and_its_closing_tag(glm4) -> None:
+    # The newline after <|assistant|> belongs to the answer in GLM-4's template (the generation prompt ends at the tag).
+    assert trained_text(glm4, tokenize_example(glm4, SINGLE)) == ["\n好评<|user|>"]
+    assert trained_text(glm4, tokenize_example(glm4, MULTI)) == ["\n差评<|user|>", "\n好评<|user|>"]
+    for index, kept in [(2, ["\n好评<|user|>"]), (4, ["\n差评<|user|>"])]:
+        skipped = copy.deepcopy(MULTI)
+        skipped[index]["weight"] = 0
+        assert trained_text(glm4, tokenize_example(glm4, skipped)) == kept
+    # Label scoring sees the same answer tokens training trains.
+    prompt, answers = answer_ids(glm4, SINGLE[:2], ["好评", "差评"])
+    assert [glm4.decode(a) for a in answers] == ["\n好评<|user|>", "\n差评<|user|>"]
+    assert tokenize_example(glm4, SINGLE).input_ids == prompt + answers[0]
+
+
+def test_glm4_generation_stops_at_the_closing_tag(glm4_model, waimai_small, tmp_path, run_engine) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from weitiao_engine.loading import stop_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(glm4_model)
+    model = AutoModelForCausalLM.from_pretrained(glm4_model)
+    # Not in the model's generation config (eos only): the template alone makes <|user|> a stop token.
+    assert model.generation_config.eos_token_id == [tokenizer.eos_token_id]
+    assert tokenizer.convert_tokens_to_ids("<|user|>") in stop_token_ids(model, tokenizer)
+
+    # Trained on GLM-4-rendered waimai answers, the model writes one label and stops there by itself.
+    raw = {
+        "base_model": glm4_model, "output_dir": str(tmp_path / "job"), "training_file": waimai_small["train"], "method": "full",
+        "hyperparameters": {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7}, "threads": 1,
+    }  # fmt: skip
+    code, events = run_engine("train", raw)
+    assert code == 0, events[-1]
+    model_dir = events[-1]["data"]["model_dir"]
+    conversation = [SYSTEM, {"role": "user", "content": "味道很好，送餐很快"}]
+    code, events = run_engine("chat", {"model": model_dir, "messages": conversation, "max_tokens": 16, "temperature": 0, "stream": False})
+    assert code == 0, events[-1]
+    reply = events[-1]["data"]
+    assert reply["finish_reason"] == "stop" and reply["usage"]["completion_tokens"] < 16, reply
+    assert reply["text"].strip() in ("好评", "差评"), reply
+    # Its last token was the stop: the answer's tokens as training labelled them, <|user|> included.
+    assert reply["usage"]["completion_tokens"] == len(answer_ids(tokenizer, conversation, [reply["text"].strip()])[1][0])

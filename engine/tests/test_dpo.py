@@ -154,3 +154,44 @@ def test_dpo_gradient_accumulation_equals_one_pass(tiny_model, pairs, tmp_path, 
     b = load_file(Path(runs[4]["model_dir"]) / "adapter_model.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0)
+
+
+def small_pairs(pairs: dict[str, str], tmp_path: Path, n_train: int, n_valid: int) -> dict[str, str]:
+    out = {}
+    for key, n in (("train", n_train), ("validation", n_valid)):
+        path = tmp_path / f"{key}-{n}.jsonl"
+        path.write_text("".join(Path(pairs[key]).read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+        out[key] = str(path)
+    return out
+
+
+def test_dpo_early_stopping_on_the_validation_dpo_loss(tiny_model, pairs, tmp_path, monkeypatch) -> None:
+    # A min_delta no loss can beat: the first validation sets the best, the next one fails to improve on it.
+    data = small_pairs(pairs, tmp_path, 64, 16)  # 4 steps per epoch, 2 epochs
+    hp = {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "early_stopping_patience": 1, "early_stopping_min_delta": 100.0}
+    result, events = run_in_process(request(tiny_model, data, tmp_path / "job", hyperparameters=hp, eval_every_steps=2), monkeypatch)
+    assert result["early_stopped"] and not result["interrupted"]
+    assert result["steps"] == 4 < result["total_steps"] == 8
+    assert [e["step"] for e in events if e["type"] == "metrics" and "valid_loss" in e] == [2, 4]
+    assert result["last_checkpoint"] == str(tmp_path / "job" / "checkpoints" / "step-000004")
+    assert (Path(result["model_dir"]) / "adapter_model.safetensors").is_file()
+    assert any(e["type"] == "log" and "early stopping at step 4" in e["message"] for e in events)
+
+    # Without early stopping the same run goes on to the end.
+    hp_off = {k: v for k, v in hp.items() if not k.startswith("early_stopping")}
+    result, _ = run_in_process(request(tiny_model, data, tmp_path / "on", hyperparameters=hp_off, eval_every_steps=2), monkeypatch)
+    assert not result["early_stopped"] and result["steps"] == 8
+
+
+def test_dpo_bf16_trains_with_the_reference_in_the_same_precision(tiny_model, pairs, tmp_path, monkeypatch) -> None:
+    data = small_pairs(pairs, tmp_path, 96, 32)
+    hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "bf16": "on"}
+    result, events = run_in_process(request(tiny_model, data, tmp_path / "job", hyperparameters=hp), monkeypatch)
+    assert result["precision"] == "bf16" and result["steps"] == 6
+    train = [e for e in events if e["type"] == "metrics" and "train_loss" in e]
+    # Step 1: policy and reference are computed alike (bf16 autocast, zero B), so the loss is log 2 up to bf16
+    # rounding (batches padded differently round differently).
+    assert train[0]["train_loss"] == pytest.approx(0.6931, abs=1e-3) and train[0]["rewards/margin"] == pytest.approx(0, abs=2e-3)
+    assert train[-1]["train_loss"] < train[0]["train_loss"] - 0.1, [e["train_loss"] for e in train]
+    adapter = load_file(Path(result["model_dir"]) / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}, "trained weights stay fp32"

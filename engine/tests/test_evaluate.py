@@ -12,7 +12,8 @@ import torch
 from weitiao_engine import evaluate
 from weitiao_engine.generate import chat_completion
 from weitiao_engine.chat_format import answer_ids
-from weitiao_engine.loading import label_scores, load_model, score_labels
+from weitiao_engine.loading import load_model
+from weitiao_engine.scoring import label_scores, score_labels
 from weitiao_engine.protocol import EngineError, EvaluateRequest
 
 LABELS = ["好评", "差评"]

@@ -165,3 +165,40 @@ def test_gradient_accumulation_equals_one_pass(tiny_model, waimai_small, tmp_pat
     b = load_file(Path(runs[4]["model_dir"]) / "model.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0)
+
+
+def test_full_early_stopping_stops_and_saves(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    # A min_delta no loss can beat: the first validation sets the best, the next one fails to improve on it.
+    data = small_train(waimai_small, tmp_path, 64)  # 4 steps per epoch, 2 epochs
+    hp = {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "early_stopping_patience": 1, "early_stopping_min_delta": 100.0}
+    result, events = run_in_process(request(tiny_model, data, tmp_path / "job", hyperparameters=hp, eval_every_steps=2), monkeypatch)
+    assert result["early_stopped"] and not result["interrupted"]
+    assert result["steps"] == 4 < result["total_steps"] == 8
+    assert [e["step"] for e in events if e["type"] == "metrics" and "valid_loss" in e] == [2, 4]
+    assert result["last_checkpoint"] == str(tmp_path / "job" / "checkpoints" / "step-000004")
+    assert torch.load(Path(result["last_checkpoint"]) / "training_state.pt", weights_only=True)["evals_without_improvement"] == 1
+    assert (Path(result["model_dir"]) / "model.safetensors").is_file()
+    assert any(e["type"] == "log" and "early stopping at step 4" in e["message"] for e in events)
+
+
+def test_full_bf16_trains_and_saves_a_bf16_model(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    """bf16 autocast changes rounding only; the weights train in fp32 and the final model ships in bf16."""
+    data = small_train(waimai_small, tmp_path, 96)
+    hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7}
+    runs, events = {}, {}
+    for mode in ("off", "on"):
+        runs[mode], events[mode] = run_in_process(request(tiny_model, data, tmp_path / mode, hyperparameters={**hp, "bf16": mode}), monkeypatch)
+    assert (runs["off"]["precision"], runs["on"]["precision"]) == ("fp32", "bf16")
+    train = [e["train_loss"] for e in events["on"] if e["type"] == "metrics" and "train_loss" in e]
+    assert len(train) == 6 and train[-1] < train[0] - 0.5, train
+    assert runs["on"]["final_valid_loss"] == pytest.approx(runs["off"]["final_valid_loss"], rel=0.02)
+
+    model_dir = Path(runs["on"]["model_dir"])
+    assert {t.dtype for t in load_file(model_dir / "model.safetensors").values()} == {torch.bfloat16}
+    assert {t.dtype for t in load_file(Path(runs["off"]["model_dir"]) / "model.safetensors").values()} == {torch.float32}
+    assert json.loads((model_dir / "weitiao.json").read_text())["precision"] == "bf16"
+    assert json.loads((model_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    # Checkpoints keep the fp32 weights the optimizer updates, so resuming continues exactly.
+    assert {t.dtype for t in load_file(Path(runs["on"]["last_checkpoint"]) / "model.safetensors").values()} == {torch.float32}
+    reply = generate.run(ChatRequest(model=str(model_dir), messages=[{"role": "user", "content": "味道很好，送餐很快"}], max_tokens=4, temperature=0, stream=False))
+    assert reply["usage"]["completion_tokens"] >= 1

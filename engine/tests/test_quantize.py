@@ -118,7 +118,7 @@ def test_quantize_model_replaces_linears_but_not_the_head(tiny_model) -> None:
     assert torch.isfinite(model(ids).logits).all()
 
 
-def test_opt_in_nf4_embedding_and_tied_head_share_codes() -> None:
+def test_nf4_embedding_and_tied_head_share_codes() -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(2)
@@ -173,11 +173,14 @@ def test_qlora_trains_and_the_adapter_chats_on_the_plain_base(tiny_model, waimai
     from weitiao_engine.loading import load_model
     from weitiao_engine.recipes import lora_finetune
 
-    # The recipe really trains on NF4 layers (setup only: cheap).
+    # The recipe really trains on NF4 layers (setup only: cheap), the embedding and the tied LM head included.
     state = lora_finetune.setup(TrainRequest.model_validate(train_request(tiny_model, waimai_small, tmp_path / "setup")))
     try:
         wrapped = [m for m in state.model.modules() if hasattr(m, "base_layer")]
         assert wrapped and all(isinstance(m.base_layer, NF4Linear) for m in wrapped)
+        causal_lm = state.model.get_base_model()
+        emb, head = causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()
+        assert isinstance(emb, NF4Embedding) and isinstance(head, NF4Linear) and head.qweight is emb.qweight
     finally:
         lora_finetune.cleanup(state)
 
@@ -194,6 +197,25 @@ def test_qlora_trains_and_the_adapter_chats_on_the_plain_base(tiny_model, waimai
     answer = chat_completion(model, tokenizer, messages, max_tokens=4, temperature=0)
     assert answer["usage"]["completion_tokens"] >= 1 and answer["finish_reason"] in ("stop", "length")
     assert answer["text"].strip() in ("好评", "差评") or answer["finish_reason"] == "length"
+
+
+def test_qlora_keeps_a_trained_embedding_dense_and_says_so(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    from weitiao_engine.recipes import lora_finetune
+
+    out = io.StringIO()
+    monkeypatch.setattr(protocol, "_out", out)
+    raw = train_request(tiny_model, waimai_small, tmp_path / "setup", lora={"modules_to_save": ["embed_tokens"]})
+    state = lora_finetune.setup(TrainRequest.model_validate(raw))
+    try:
+        causal_lm = state.model.get_base_model()
+        assert not any(isinstance(m, NF4Embedding) for m in causal_lm.modules())
+        assert any(isinstance(m, NF4Linear) for m in causal_lm.modules())  # the decoder's linears are still NF4
+        trained = [p for n, p in state.model.named_parameters() if p.requires_grad and "embed_tokens" in n]
+        assert trained and all(p.dtype == torch.float32 for p in trained)
+    finally:
+        lora_finetune.cleanup(state)
+    logs = [json.loads(line)["message"] for line in out.getvalue().splitlines() if json.loads(line)["type"] == "log"]
+    assert any("embedding and LM head stay dense" in m for m in logs), logs
 
 
 def test_qlora_sigterm_then_resume_equals_uninterrupted(tiny_model, waimai_small, tmp_path, run_engine, train_stopped_at_step, monkeypatch) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from . import __version__
 from .protocol import PROTOCOL_VERSION, REQUESTS, EngineError, emit
@@ -28,24 +29,28 @@ MODULES = {
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in MODULES:
-        print(f"usage: python -m weitiao_engine {{{','.join(MODULES)}}} < request.json", file=sys.stderr)
+    # `--request-file PATH`: the request is that file, not stdin. The scale-out launcher (distributed.py)
+    # starts its torchrun workers this way; it has said hello already, so they do not.
+    request_file = argv[2] if len(argv) == 3 and argv[1] == "--request-file" else None
+    if len(argv) not in (1, 3) or argv[0] not in MODULES or (len(argv) == 3 and request_file is None):
+        print(f"usage: python -m weitiao_engine {{{','.join(MODULES)}}} [--request-file PATH] < request.json", file=sys.stderr)
         return 2
     command = argv[0]
     try:
         import torch
 
-        emit(
-            "hello",
-            protocol_version=PROTOCOL_VERSION,
-            engine_version=__version__,
-            command=command,
-            pid=os.getpid(),
-            torch_version=torch.__version__,
-            device="cuda" if torch.cuda.is_available() else "cpu",
-            threads=torch.get_num_threads(),
-        )
-        raw = sys.stdin.readline()
+        if request_file is None:
+            emit(
+                "hello",
+                protocol_version=PROTOCOL_VERSION,
+                engine_version=__version__,
+                command=command,
+                pid=os.getpid(),
+                torch_version=torch.__version__,
+                device="cuda" if torch.cuda.is_available() else "cpu",
+                threads=torch.get_num_threads(),
+            )
+        raw = sys.stdin.readline() if request_file is None else Path(request_file).read_text(encoding="utf-8")
         try:
             payload = json.loads(raw)
         except json.JSONDecodeError as e:

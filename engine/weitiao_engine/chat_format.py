@@ -6,8 +6,17 @@ end-of-turn token (`<|im_end|>`, `<|eot_id|>`…), unless the turn has `weight: 
 
 The assistant spans come from prefix differences: the tokens of `messages[:i]` rendered with the
 generation prompt must be a prefix of the tokens of `messages[:i+1]`, and what follows is turn i.
-Templates that rewrite earlier turns (e.g. drop past reasoning) break that property; we check it and
-refuse rather than train on misaligned labels.
+Templates that rewrite earlier turns break that property. One rewrite is harmless: dropping a leading part
+of a past answer that holds none of its text (Qwen3 writes an empty `<think>\n\n</think>\n\n` before the
+last answer only); the turn is then trained as the full conversation writes it. Anything else (dropped
+reasoning, added text) is refused rather than trained on misaligned labels.
+
+Some templates close an assistant turn with no token of its own: in GLM-4's, the next role tag
+(`<|user|>`) ends it, and nothing follows the last turn. There the end marker is the special token the
+template writes next when a user turn follows (found once per tokenizer by rendering a probe): it is
+trained where the conversation has it and appended after a trained last turn (as GLM-4's own fine-tuning
+script appends `<|user|>`), and generation stops at it. That appended token is the one difference from
+`apply_chat_template`'s ids.
 
     >>> example = tokenize_example(tokenizer, [{"role": "user", "content": "很好吃"}, {"role": "assistant", "content": "好评"}])
     >>> [tokenizer.decode(t) for t, l in zip(example.input_ids, example.labels) if l != IGNORE_INDEX]
@@ -52,11 +61,31 @@ def as_dicts(messages: Iterable[Any]) -> list[dict[str, Any]]:
 
 def end_of_turn_ids(tokenizer) -> set[int]:
     """Ids of the tokens that can end an assistant turn for this tokenizer."""
+    ids, next_turn = _turn_ends(tokenizer)
+    return ids if next_turn is None else ids | {next_turn}
+
+
+def _turn_ends(tokenizer) -> tuple[set[int], Optional[int]]:
+    """(end-of-turn ids, the special token that starts the next user turn if the template writes no end-of-turn
+    token after an assistant turn, else None)."""
     vocab = tokenizer.get_vocab()
     ids = {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    return ids
+    probe = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "3"}]
+    try:
+        prompt, turn, more = _encode(
+            tokenizer, [render(tokenizer, probe[:1], True), render(tokenizer, probe[:2]), render(tokenizer, probe)]
+        )
+    except EngineError:  # no template, or one that refuses the probe: nothing to add
+        return ids, None
+    if turn[: len(prompt)] != prompt or more[: len(turn)] != turn or len(more) == len(turn):
+        return ids, None
+    if any(t in ids for t in turn[len(prompt) :]):
+        return ids, None  # the turn is closed by a token of its own (<|im_end|>, <|eot_id|>, eos…)
+    following = more[len(turn)]
+    special = following in tokenizer.added_tokens_decoder or following in tokenizer.all_special_ids
+    return ids, following if special else None
 
 
 def render(tokenizer, messages: Sequence[Any], add_generation_prompt: bool = False) -> str:
@@ -80,11 +109,13 @@ def tokenize_examples(
     """Tokenizes many examples (each a list of messages) in one batch; returns (examples, how many were truncated)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise EngineError("invalid_request", "the model's tokenizer has no chat template / 模型的分词器没有聊天模板", "base_model")
-    eot = end_of_turn_ids(tokenizer)
+    eot, next_turn = _turn_ends(tokenizer)
+    if next_turn is not None:
+        eot = eot | {next_turn}
 
     # All texts of all examples go through the fast tokenizer in one call.
     texts: list[str] = []
-    plans: list[tuple[int, list[tuple[int, int]]]] = []  # (index of the full text, [(prompt text, turn text)])
+    plans: list[tuple[int, list[tuple[int, int, int, Any]]]] = []  # (full text, [(prompt text, turn text, i, message)])
     for messages in examples:
         messages = list(messages)
         full = len(texts)
@@ -93,7 +124,7 @@ def tokenize_examples(
         for i, m in enumerate(messages):
             if _get(m, "role") != "assistant" or _get(m, "weight") == 0:
                 continue
-            turns.append((len(texts), len(texts) + 1))
+            turns.append((len(texts), len(texts) + 1, i, m))
             texts.append(render(tokenizer, messages[:i], add_generation_prompt=True))
             texts.append(render(tokenizer, messages[: i + 1]))
         plans.append((full, turns))
@@ -104,27 +135,59 @@ def tokenize_examples(
     for number, (full, turns) in enumerate(plans):
         input_ids = ids[full]
         labels = [IGNORE_INDEX] * len(input_ids)
-        for p, t in turns:
+        for p, t, i, message in turns:
             start, end = len(ids[p]), len(ids[t])
-            if input_ids[:start] != ids[p] or input_ids[:end] != ids[t]:
+            if input_ids[:start] == ids[p] and input_ids[:end] != ids[t]:  # written differently once later turns follow
+                end = _past_turn_end(tokenizer, input_ids, ids[t], start, eot, message)
+            if input_ids[:start] != ids[p] or end is None:
                 raise EngineError(
                     "invalid_request",
-                    f"example {number + 1}: the chat template does not render conversations incrementally "
-                    "(an earlier turn changes when a later one is added), so assistant tokens cannot be located"
-                    " / 聊天模板不满足前缀性质，无法定位助手回复",
+                    f"example {number + 1}, message {i + 1}: the chat template does not render conversations incrementally: it rewrites "
+                    "an earlier assistant turn when a later one is added (e.g. drops its reasoning), so that turn cannot "
+                    "be trained as written; remove the reasoning from earlier turns, give them weight 0, or split the "
+                    "conversation / 聊天模板不满足前缀性质：后续轮次会改写之前的助手回复（例如删去推理），无法按原样训练；"
+                    "请删去之前回复中的推理、将其 weight 设为 0 或拆分对话",
                     "base_model",
                 )
             # The turn's content and its end-of-turn token; what the template adds after it (a newline) is not trained.
+            closed = False
             for j in range(start, end):
                 labels[j] = input_ids[j]
                 if input_ids[j] in eot:
+                    closed = True
                     break
+            if not closed and next_turn is not None:
+                # The next role tag closes the turn (GLM-4): train it, appending it after the conversation's last turn.
+                if end == len(input_ids):
+                    input_ids.append(next_turn)
+                    labels.append(next_turn)
+                elif input_ids[end] in eot:
+                    labels[end] = input_ids[end]
         example = TokenizedExample(input_ids, labels)
         if max_seq_length is not None and len(input_ids) > max_seq_length:
             example = TokenizedExample(input_ids[:max_seq_length], labels[:max_seq_length], truncated=True)
             n_truncated += 1
         out.append(example)
     return out, n_truncated
+
+
+def _past_turn_end(tokenizer, full: list[int], last: list[int], start: int, eot: set[int], message: Any) -> Optional[int]:
+    """Where an assistant turn that starts at `start` ends in `full`, when the template writes it differently as a
+    past turn than as the last one (`last`): accepted only if the past form is the last form minus a leading part
+    holding none of the message's text (Qwen3's empty think block), else None."""
+
+    def through_end_token(ids: list[int]) -> list[int]:
+        return next((ids[: j + 1] for j, token in enumerate(ids) if token in eot), ids)
+
+    as_last, as_past = through_end_token(last[start:]), through_end_token(full[start:])
+    if not as_past or len(as_past) >= len(as_last) or as_last[-len(as_past) :] != as_past:
+        return None
+    kept = tokenizer.decode(as_past)
+    for key in ("content", "reasoning_content"):
+        text = _get(message, key)
+        if isinstance(text, str) and text.strip() not in kept:
+            return None  # the template dropped part of what the assistant wrote (its reasoning)
+    return start + len(as_past)
 
 
 def tokenize_example(tokenizer, messages: Sequence[Any], max_seq_length: Optional[int] = None) -> TokenizedExample:
@@ -134,6 +197,8 @@ def tokenize_example(tokenizer, messages: Sequence[Any], max_seq_length: Optiona
 
 def count_tokens(tokenizer, examples: Sequence[Sequence[Any]]) -> list[int]:
     """The number of tokens of each fully rendered example, as training sees it (before truncation)."""
+    if _turn_ends(tokenizer)[1] is not None:  # training may append the end marker: count exactly as it does
+        return [len(e.input_ids) for e in tokenize_examples(tokenizer, examples)[0]]
     return [len(ids) for ids in _encode(tokenizer, [render(tokenizer, list(m)) for m in examples])]
 
 
@@ -152,7 +217,7 @@ def answers_for_prompts(
     tokenizer, prompts: Sequence[Sequence[Any]], answers: Sequence[str]
 ) -> list[tuple[list[int], list[list[int]]]]:
     """`answer_ids` for many prompts at once (one tokenizer call: label scoring of a whole validation file)."""
-    eot = end_of_turn_ids(tokenizer)
+    eot, next_turn = _turn_ends(tokenizer)
     texts = []
     for messages in prompts:
         messages = list(messages)
@@ -171,6 +236,9 @@ def answers_for_prompts(
                 tokens.append(t)
                 if t in eot:
                     break
+            else:
+                if next_turn is not None:  # as training appends it
+                    tokens.append(next_turn)
             tokens_per_answer.append(tokens)
         out.append((prompt, tokens_per_answer))
     return out

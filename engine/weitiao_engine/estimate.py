@@ -6,12 +6,13 @@
 Peak resident memory = the process's runtime (measured here: this process has imported the same
 libraries and loaded the same tokenizer and data as `train` does) + the larger of two phases:
 
-  load   the base read in fp32, as the recipe loads it, plus the safetensors pages mapped during the read
-         when the file's dtype is not fp32; QLoRA quantizes after loading, so it adds its NF4 codes and
-         the copy of the non-linear weights that releases the file's mapping;
-  train  base weights (fp32, or NF4 codes + fp32 absmax for the linears under QLoRA) + LoRA weights,
+  load   the recipe reads the checkpoint one tensor at a time (loading.load_causal_lm), so: the base
+         weights plus the largest tensor as stored in the file (QLoRA: one chunk of rows being quantized);
+  train  base weights (fp32 or bf16 as the recipe's precision stores them; NF4 codes + fp32 absmax under
+         QLoRA for the linears and, unless modules_to_save trains it, the embedding) + LoRA weights,
          gradients and AdamW's two moments (4 + 4 + 8 bytes per trainable parameter) + activations of the
-         widest batch + the LM head's logits on trained positions (logits, log-softmax, gradient).
+         widest batch (with gradient checkpointing: each layer's input plus one layer recomputed) + the LM
+         head's logits on trained positions (logits, log-softmax, gradient).
 
 Activations are not guessed: a one-layer copy of the model (same widths, LoRA on, QLoRA-quantized when
 asked) runs one training forward pass at two sequence lengths while `saved_tensors_hooks` add up every
@@ -19,9 +20,9 @@ tensor autograd keeps; that gives bytes per token and per token² (attention) pe
 layers and the widest batch (batch_size × longest example, which padding makes every row of its batch).
 
 Time per epoch = FLOPs / (this machine's fp32 matmul rate, timed for ≤ 1 s × EFFICIENCY), where FLOPs per
-token = 2 × (forward) for the frozen base (its weights need no gradient, only the input's) + 6 × LoRA's
-parameters, + 4 × vocab × hidden per trained token for the LM head; QLoRA adds two dequantizations of
-every linear per step, timed here as well.
+token = 2 × (forward) for the frozen base (its weights need no gradient, only the input's; 3 × with
+gradient checkpointing, which runs the forward again) + 6 × LoRA's parameters, + 4 × vocab × hidden per
+trained token for the LM head; QLoRA adds a dequantization of every NF4 matrix per pass, timed here as well.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     from .chat_format import tokenize_examples
-    from .loading import set_threads
-    from .recipes.lora_finetune import load_examples
+    from .loading import checkpoint_dtype, set_threads
+    from .quantize import QUANTIZE_ROWS
+    from .recipes.lora_finetune import GRADIENT_CHECKPOINTING_MIN_PARAMETERS, load_examples, precision_mode
 
     threads = set_threads(request.threads)
     base = Path(request.base_model)
@@ -75,25 +77,41 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     batch = min(request.batch_size, len(data))
     widest = batch * max(lengths)  # the batch holding the longest example is padded to it
     head_positions = batch * max(trained)
+    qlora = request.method == "qlora"
+    # As the recipe: a bf16 checkpoint keeps bf16 frozen weights where compute is fp32; QLoRA's dense rest stays fp32.
+    precision = "fp32" if qlora else precision_mode(request.bf16, checkpoint_dtype(base) == torch.bfloat16)
+    checkpointing = request.gradient_checkpointing
+    if checkpointing == "auto":  # as lora_finetune.use_gradient_checkpointing
+        checkpointing = counts["total"] >= GRADIENT_CHECKPOINTING_MIN_PARAMETERS
 
     progress("estimate", 2, 4, "measuring activations / 测量激活")
     per_token, per_token2 = activation_coefficients(config, request)
     layers = config.num_hidden_layers
-    # All layers' saved tensors, plus one layer's worth of gradients in flight during backward.
-    activations = (layers + 1) * (per_token * widest + per_token2 * batch * max(lengths) ** 2)
+    one_layer = per_token * widest + per_token2 * batch * max(lengths) ** 2
+    if checkpointing:
+        # Only each layer's input (fp32) is kept; backward recomputes one layer at a time, holding its activations
+        # and their gradients.
+        activations = layers * widest * config.hidden_size * 4 + 2 * one_layer
+    else:
+        # All layers' saved tensors, plus one layer's worth of gradients in flight during backward.
+        activations = (layers + 1) * one_layer
     lm_head = head_positions * config.vocab_size * 4 * 3
 
     file_bytes, file_fp32 = weight_file_bytes(base)
-    load = counts["total"] * 4 + (0 if file_fp32 else file_bytes)
-    if request.method == "qlora":
-        base_weights = counts["linear"] * 9 // 16 + (counts["total"] - counts["linear"]) * 4  # 4.5 bits per linear weight
-        # Quantizing reads every linear while the file is still mapped, then copies the rest out of the mapping
-        # (quantize._own_storage): for a moment the file, the NF4 codes and that copy are all resident.
-        load += counts["linear"] * 9 // 16 + (counts["total"] - counts["linear"]) * 4
-        largest = counts["largest_linear"]
-        activations += largest * (4 + 4 + 4)  # one layer's dequantization scratch: byte indices, values, scaled
+    stored_bytes = 4 if file_fp32 else 2  # per weight in the checkpoint (bf16/fp16 or fp32)
+    if qlora:
+        # 4.5 bits per NF4 weight: every linear and, unless modules_to_save trains them, the embedding (a tied head shares it).
+        nf4 = counts["linear"] + (0 if counts["embedding_trained"] else counts["embedding"])
+        base_weights = nf4 * 9 // 16 + (counts["total"] - nf4) * 4
+        # The loader reads and quantizes QUANTIZE_ROWS rows at a time: that chunk and its fp32 scratch.
+        load = base_weights + QUANTIZE_ROWS * config.hidden_size * (stored_bytes + 4 * 4)
+        activations += counts["largest_linear"] * (4 + 4 + 4)  # one layer's dequantization scratch: byte indices, values, scaled
     else:
-        base_weights = counts["total"] * 4
+        base_weights = counts["total"] * (4 if precision == "fp32" else 2)
+        # Tensor by tensor (loading.load_causal_lm): the weights so far plus the largest tensor as read from the file.
+        load = base_weights + counts["largest_tensor"] * stored_bytes
+        if precision == "bf16-weights":
+            activations += counts["largest_linear"] * 4 * 2  # one frozen matrix upcast to fp32, forward or backward
     trainable = counts["lora"] + counts["modules_to_save"]
     train = base_weights + counts["modules_to_save"] * 4 + trainable * (4 + 4 + ADAMW_BYTES) + activations + lm_head
     peak = runtime + max(load, train)
@@ -104,10 +122,11 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     padded = padded_tokens(lengths, batch)
     mean_len = sum(lengths) / len(lengths)
     forward_per_token = 2 * (counts["linear"] + counts["lora"]) + 4 * layers * mean_len * config.hidden_size
-    flops = padded * (2 * forward_per_token + 4 * counts["lora"]) + sum(trained) * 4 * config.vocab_size * config.hidden_size
+    passes = 3 if checkpointing else 2  # forward + backward to the inputs; checkpointing runs the forward twice
+    flops = padded * (passes * forward_per_token + 4 * counts["lora"]) + sum(trained) * 4 * config.vocab_size * config.hidden_size
     seconds = flops / (rate * EFFICIENCY)
-    if request.method == "qlora":
-        seconds += steps * 2 * counts["linear"] * dequantize_seconds_per_weight()
+    if request.method == "qlora":  # every NF4 matrix is dequantized once per pass
+        seconds += steps * passes * (counts["linear"] + counts["embedding"] * (not counts["embedding_trained"])) * dequantize_seconds_per_weight()
     progress("estimate", 4, 4)
     log(
         f"estimate: peak {peak / MB:.0f} MB (runtime {runtime / MB:.0f}, load {load / MB:.0f}, train {train / MB:.0f}),"
@@ -140,6 +159,8 @@ def run(request: EstimateRequest) -> dict[str, Any]:
         "matmul_flops_per_second": rate,
         "efficiency": EFFICIENCY,
         "threads": threads,
+        "precision": precision,
+        "gradient_checkpointing": bool(checkpointing),
     }
 
 
@@ -165,12 +186,20 @@ def parameter_counts(config, request: EstimateRequest) -> dict[str, int]:
     r = request.lora.r
     lora = sum(r * (m.in_features + m.out_features) for _, m in target_linears(model, request))
     to_save = 0
-    for name in request.lora.modules_to_save or []:
+    keep = request.lora.modules_to_save or []
+    for name in keep:
         to_save += sum(p.numel() for n, m in model.named_modules() if n.endswith(name) for p in m.parameters())
+    embedding = model.get_input_embeddings()
+    names = {id(m): n for n, m in model.named_modules()}
+    tied = head is not None and head.weight is embedding.weight
     return {
         "total": sum(p.numel() for p in model.parameters()),  # tied weights counted once
         "linear": sum(m.weight.numel() for m in linears),
         "largest_linear": max(m.weight.numel() for m in linears),
+        "largest_tensor": max(p.numel() for p in model.parameters()),
+        # the embedding plus an untied head: what QLoRA also quantizes unless modules_to_save trains them
+        "embedding": embedding.weight.numel() + (0 if tied or head is None else head.weight.numel()),
+        "embedding_trained": any(names[id(m)].endswith(k) for m in (embedding, head) if m is not None for k in keep),
         "lora": lora,
         "modules_to_save": to_save,
     }

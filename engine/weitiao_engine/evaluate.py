@@ -20,10 +20,11 @@ import torch
 from pydantic import ValidationError
 
 from . import protocol
-from .chat_format import answer_ids, prompt_ids
-from .loading import continuation_logprobs, load_model, stop_token_ids
+from .chat_format import prompt_ids
+from .loading import load_model, stop_token_ids
 from .metrics import label_metrics
 from .protocol import ChatExample, EngineError, EvaluateRequest
+from .scoring import answer_token_ids, continuation_scores, label_token_ids
 
 # Enough for a label or a short sentence; longer expected answers raise the limit to fit them.
 MIN_NEW_TOKENS = 64
@@ -130,22 +131,16 @@ def _score(
     report: Any,
 ) -> tuple[list[list[float]], list[float], int]:
     """(label scores per example, log-likelihood of each expected answer, total expected-answer tokens)."""
-    pairs: list[tuple[list[int], list[int]]] = []
-    slots: list[tuple[int, int]] = []  # per example: (first pair, index of the expected answer's pair)
-    tokens = 0
-    for messages, answer in zip(prompts, expected):
-        candidates = labels if answer in labels else labels + [answer]
-        prompt, conts = answer_ids(tokenizer, messages, candidates)
-        slots.append((len(pairs), len(pairs) + candidates.index(answer)))
-        tokens += len(conts[candidates.index(answer)])
-        pairs.extend((prompt, c) for c in conts)
-    on_batch = None
-    if report is not None:
-        # Rows run shortest first, not in file order, so progress is the share of rows done, in examples.
-        on_batch = lambda rows: report(rows * len(prompts) // len(pairs))  # noqa: E731
-    flat = continuation_logprobs(model, pairs, batch_size, tokenizer.pad_token_id, on_batch)
+    prompt_ids, label_conts = label_token_ids(tokenizer, prompts, labels)
+    # Answers outside the label set (all of them when there is none) are scored as one more continuation.
+    others = [i for i, answer in enumerate(expected) if answer not in labels]
+    extra = {i: conts[0] for i, (_, conts) in zip(others, answer_token_ids(tokenizer, [prompts[i] for i in others], [[expected[i]] for i in others]))}
+    conts = [label_conts[i] + ([extra[i]] if i in extra else []) for i in range(len(prompts))]
+    scores = continuation_scores(model, prompt_ids, conts, batch_size, tokenizer.pad_token_id, report)
     k = len(labels)
-    return [flat[first : first + k] for first, _ in slots], [flat[at] for _, at in slots], tokens
+    at = [k if i in extra else labels.index(answer) for i, answer in enumerate(expected)]
+    tokens = sum(len(conts[i][at[i]]) for i in range(len(prompts)))
+    return [row[:k] for row in scores], [row[j] for row, j in zip(scores, at)], tokens
 
 
 def _max_new_tokens(tokenizer: Any, expected: list[str]) -> int:

@@ -1,24 +1,20 @@
-"""Loading a base model (+ LoRA adapter) for inference, and teacher-forced scoring shared by eval and training.
+"""Loading a base model (+ LoRA adapter) for inference; label scoring lives in scoring.py.
 
 ```python
 model, tokenizer = load_model("/home/me/.weitiao/models/tiny", adapter_dir="/…/jobs/ftjob-1/model")
-score_labels(model, tokenizer, [[{"role": "user", "content": "很好吃"}]], ["好评", "差评"], batch_size=32)
-# -> ["好评"]
 ```
-Scoring renders each prompt with the tokenizer's own chat template and generation prompt, then sums the
-log-probabilities of the answer's tokens followed by the template's end-of-turn token (`<|im_end|>` for
-ChatML, `<|eot_id|>` for Llama 3), which is exactly what LoRA training puts its loss on.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, BinaryIO, Callable, Optional, Sequence, Union
 
 import torch
 
-from .chat_format import Message, answer_ids, end_of_turn_ids
+from .chat_format import end_of_turn_ids
 from .protocol import EngineError
 
 
@@ -77,6 +73,178 @@ def load_model(
     return model, tokenizer
 
 
+# ------------------------------------------------------------------------------- streaming (training) load
+
+# safetensors dtype names (the format's spec) -> torch dtypes
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64, "I64": torch.int64,
+                       "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}  # fmt: skip
+
+
+def safetensors_index(path: Union[str, Path]) -> tuple[int, dict[str, Any]]:
+    """(offset where the data starts, {name: {dtype, shape, data_offsets}}) from a .safetensors file's header."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return 8 + n, header
+
+
+def read_tensor(f: BinaryIO, data_start: int, info: dict[str, Any], rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """The tensor `info` describes (or its rows [a, b)), read from the open file `f` with plain reads.
+
+    No mmap: a mapped file's pages count as this process's resident memory for as long as the mapping
+    lives, so loading through it holds the whole checkpoint beside the weights made from it.
+    """
+    start, end = info["data_offsets"]
+    shape = list(info["shape"])
+    if rows is not None:
+        row_bytes = (end - start) // max(shape[0], 1)
+        start, end, shape[0] = start + rows[0] * row_bytes, start + rows[1] * row_bytes, rows[1] - rows[0]
+    out = torch.empty(end - start, dtype=torch.uint8)
+    f.seek(data_start + start)
+    if f.readinto(out.numpy()) != end - start:
+        raise EngineError("invalid_file", f"{f.name}: truncated safetensors file / 文件不完整", "model")
+    return out.view(_SAFETENSORS_DTYPES[info["dtype"]]).view(shape)
+
+
+def load_causal_lm(
+    model_dir: Union[str, Path], dtype: torch.dtype, nf4: bool = False, nf4_embeddings: bool = False, keep_dense: Sequence[str] = ()
+) -> Any:
+    """The causal LM in `model_dir`, frozen, built tensor by tensor so no dense copy of the checkpoint is ever resident.
+
+    The skeleton is made on the meta device; then each tensor is read from the safetensors files, one at
+    a time, and put in place in `dtype`. With `nf4`, every linear but the LM head becomes an NF4Linear as its
+    weight arrives (read and quantized some rows at a time); with `nf4_embeddings` too, the input embedding
+    becomes an NF4Embedding (a tied LM head shares its codes; an untied one becomes an NF4Linear). Modules
+    named in `keep_dense` (a name or its last parts, as PEFT's modules_to_save) and, when tied, the
+    embedding/head pair of such a module stay dense. The
+    result equals `from_pretrained` (+ `quantize_model_nf4`) bit for bit. Returns None when the files do
+    not hold exactly the model's tensors under its own names (sharded .bin, renamed keys): the caller then
+    loads the usual way.
+    """
+    from accelerate import init_empty_weights
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .quantize import NF4Embedding, NF4Linear, default_compute_dtype, quantize_nf4_by_rows
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    config = AutoConfig.from_pretrained(str(model_dir))
+    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary frequencies) computed
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    names = {id(m): n for n, m in model.named_modules()}
+    head_key = f"{names[id(head)]}.weight" if head is not None else None
+    indexes = [(file, *safetensors_index(file)) for file in files]
+    stored = {name for _, _, header in indexes for name in header}
+    expected = set(model.state_dict())
+    tied = bool(getattr(config, "tie_word_embeddings", False)) and head_key not in stored
+    if stored != expected - ({head_key} if tied else set()):
+        return None
+    compute = default_compute_dtype()
+    dense = {id(m) for n, m in model.named_modules() if any(n == k or n.endswith("." + k) for k in keep_dense)}
+    if tied and dense & {id(emb), id(head)}:
+        dense |= {id(emb), id(head)}
+
+    for file, data_start, header in indexes:
+        with open(file, "rb") as f:
+            for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):  # file order: sequential reads
+                owner_name, _, attr = key.rpartition(".")
+                owner = model.get_submodule(owner_name)
+                read_rows = lambda a, b, info=info: read_tensor(f, data_start, info, (a, b))  # noqa: E731
+                shape = info["shape"]
+                frozen_weight = attr == "weight" and id(owner) not in dense
+                if frozen_weight and ((nf4 and type(owner) is nn.Linear and owner is not head) or (nf4_embeddings and owner is head)):
+                    new = NF4Linear(shape[1], shape[0], *quantize_nf4_by_rows(read_rows, shape), None, compute)
+                    new.bias = owner.bias  # meta until its own tensor arrives (or already loaded)
+                    _set_child(model, owner_name, new)
+                    release_freed_memory()
+                elif frozen_weight and nf4_embeddings and owner is emb and shape[1] % 64 == 0:
+                    new = NF4Embedding(shape[0], shape[1], *quantize_nf4_by_rows(read_rows, shape), compute, emb.padding_idx)
+                    model.set_input_embeddings(new)
+                    if tied:
+                        model.set_output_embeddings(new.as_linear())
+                        config.tie_word_embeddings = False  # transformers would re-tie lm_head.weight to the (absent) dense table
+                    release_freed_memory()
+                else:
+                    tensor = read_tensor(f, data_start, info)
+                    if attr in owner._parameters:
+                        owner._parameters[attr] = nn.Parameter(tensor.to(dtype) if tensor.is_floating_point() else tensor, requires_grad=False)
+                    else:
+                        owner._buffers[attr] = tensor
+    if tied and model.get_output_embeddings().weight is not None and model.get_output_embeddings().weight.is_meta:
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    release_freed_memory()
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise EngineError("invalid_file", f"{model_dir}: no weights for {left[:3]} / 模型文件缺少权重", "model")
+    model.eval()
+    return model
+
+
+def checkpoint_dtype(model_dir: Union[str, Path]) -> Optional[torch.dtype]:
+    """The dtype of the floating-point weights in `model_dir`'s safetensors files, when they all share one."""
+    dtypes = {info["dtype"] for file in Path(model_dir).glob("*.safetensors") for info in safetensors_index(file)[1].values()}
+    floats = {_SAFETENSORS_DTYPES[d] for d in dtypes if d in _SAFETENSORS_DTYPES and _SAFETENSORS_DTYPES[d].is_floating_point}
+    return floats.pop() if len(floats) == 1 else None
+
+
+def limit_heap_retention(threshold: int = 4 << 20) -> None:
+    """Allocations of `threshold` bytes or more get their own mapping, returned to the OS when freed (glibc's mallopt).
+
+    glibc raises this threshold after the first large free (up to 32 MB), and from then on keeps freed
+    activations and read buffers in its heap: on the 0.5B shape that held ~1.5 GB more than the step
+    needed. Pinning it keeps resident memory at what is in use. A no-op where libc is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def release_freed_memory() -> None:
+    """Hands the heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    Quantizing leaves many-MB read and scratch buffers freed between the small codes that stay; glibc
+    keeps such holes resident (its mmap threshold has grown past their size by then), which would cost
+    QLoRA a third of its memory saving. Trimming after each matrix keeps only what is in use.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _malloc_trim = lambda _pad: 0  # noqa: E731
+    _malloc_trim(0)
+
+
+_malloc_trim: Optional[Callable[[int], int]] = None
+
+
+def resident_mib(peak: bool = False) -> float:
+    """This process's resident memory now (or its peak so far, ru_maxrss), in MiB."""
+    if peak:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _set_child(model: Any, name: str, module: Any) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def _require_dir(path: Union[str, Path], marker: str, param: str, what: str, what_zh: str) -> None:
     p = Path(path)
     if not p.is_dir():
@@ -98,89 +266,3 @@ def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     elif isinstance(gen_eos, (list, tuple)):
         ids.update(gen_eos)
     return ids
-
-
-# ------------------------------------------------------------------------------------------------ scoring
-
-
-@torch.no_grad()
-def continuation_logprobs(
-    model: Any,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-    batch_size: int,
-    pad_id: int,
-    on_batch: Optional[Callable[[int], None]] = None,
-) -> list[float]:
-    """Sum of log p(continuation | prefix), teacher-forced, for each (prefix ids, continuation ids) pair.
-
-    Rows are sorted by length and left-padded so that every continuation ends at the same column; only
-    the logits of the last columns are computed (`logits_to_keep`), which keeps memory small even with
-    a 150k-token vocabulary. `on_batch(rows_done)` is called after each forward pass.
-    """
-    scores = [0.0] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    device = next(model.parameters()).device
-    done = 0
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in rows]
-        width = max(len(s) for s in seqs)
-        keep = max(len(pairs[i][1]) for i in rows)  # continuation columns to score
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s) :] = 1
-        # Left padding shifts the real tokens right; positions must still count from 0 at the first real token.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=positions.to(device),
-            logits_to_keep=keep + 1,
-            use_cache=False,
-        ).logits.float()
-        # logits[:, j] predicts the token at column width-keep-1+j+1; the last logit predicts past the end.
-        logp = torch.log_softmax(logits[:, :-1, :], dim=-1)
-        targets = ids[:, width - keep :].to(device)
-        token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        for r, i in enumerate(rows):
-            n = len(pairs[i][1])
-            scores[i] = float(token_logp[r, keep - n :].sum()) if n else 0.0
-        done += len(rows)
-        if on_batch is not None:
-            on_batch(done)
-    return scores
-
-
-def label_scores(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[Message]],
-    labels: Sequence[str],
-    batch_size: int,
-    on_batch: Optional[Callable[[int], None]] = None,
-) -> list[list[float]]:
-    """For each prompt, the teacher-forced log-probability of each label's tokens plus end-of-turn.
-
-    The label tokens are found as training finds them (chat_format.answer_ids: the conversation rendered
-    with the answer, minus the prompt), so a label scores exactly what LoRA training taught.
-    """
-    pairs = []
-    for messages in prompts:
-        prompt, answers = answer_ids(tokenizer, messages, labels)
-        pairs.extend((prompt, answer) for answer in answers)
-    flat = continuation_logprobs(model, pairs, batch_size, tokenizer.pad_token_id, on_batch)
-    k = len(labels)
-    return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
-
-
-def score_labels(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[Message]],
-    labels: Sequence[str],
-    batch_size: int,
-) -> list[str]:
-    """The most likely label for each prompt (argmax of `label_scores`; ties go to the first label)."""
-    return [labels[max(range(len(labels)), key=lambda j: row[j])] for row in label_scores(model, tokenizer, prompts, labels, batch_size)]

@@ -50,7 +50,7 @@ class CreateTinyRequest(Strict):
     vocab_size: int = Field(4096, gt=0)
     max_position_embeddings: int = Field(1024, gt=0)
     corpus_files: list[str] = Field(min_length=1)
-    chat_template: Literal["chatml", "llama3"] = "chatml"
+    chat_template: Literal["chatml", "llama3", "glm4"] = "chatml"
     config_from: Optional[str] = None  # a real config.json whose shapes to copy (e.g. Qwen2.5-0.5B)
     seed: int = 0
 
@@ -105,7 +105,9 @@ class TrainHyperparameters(Strict):
     # Training controls (issue 4). batch_size stays the examples per optimizer step; accumulation splits
     # it into this many micro-batches, so memory falls and the update is the same.
     gradient_accumulation_steps: int = Field(1, gt=0)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    # Recompute activations in backward: less memory, ~1/3 more compute. auto: on for bases of 100M+ parameters,
+    # where the activations outweigh the weights (lora_finetune.use_gradient_checkpointing; BENCHMARKS.md).
+    gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"
     early_stopping_patience: Optional[int] = Field(None, gt=0)  # stop after N validations without improvement
     early_stopping_min_delta: float = Field(0.0, ge=0)  # an improvement must lower the validation loss by more
     bf16: Literal["auto", "on", "off"] = "auto"  # auto: see lora_finetune.precision_mode (bf16 compute on GPU/AMX, bf16 weights on AVX512-BF16)
@@ -129,7 +131,10 @@ class TrainRequest(Strict):
     label_set: Optional[list[str]] = None  # answers form a label set: classification metrics per epoch
     resume: bool = False  # continue from the newest checkpoint in <output_dir>/checkpoints
     max_steps: Optional[int] = Field(None, gt=0)
-    threads: Optional[int] = Field(None, gt=0)
+    threads: Optional[int] = Field(None, gt=0)  # per process; None = the physical cores (shared out when nproc > 1)
+    # Processes under torchrun (distributed.py): DDP for LoRA/QLoRA, FSDP for full fine-tuning. The global
+    # batch stays hyperparameters.batch_size (each process takes batch_size / nproc), so the loss is unchanged.
+    nproc: int = Field(1, ge=1)
 
 
 class EstimateRequest(Strict):
@@ -142,6 +147,8 @@ class EstimateRequest(Strict):
     batch_size: int = Field(gt=0)
     max_seq_length: int = Field(1024, gt=0)
     threads: Optional[int] = Field(None, gt=0)  # None = one per physical core, as `train`
+    gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"  # as `train`'s hyperparameters
+    bf16: Literal["auto", "on", "off"] = "auto"  # as `train`'s hyperparameters
 
 
 class EvaluateRequest(Strict):

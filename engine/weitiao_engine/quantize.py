@@ -5,6 +5,8 @@ model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
 quantize_model_nf4(model)              # every nn.Linear but lm_head -> NF4Linear (≈0.56 bytes per weight)
 model = get_peft_model(model, lora)    # PEFT wraps NF4Linear like any nn.Linear
 ```
+The `qlora` recipe does not load the dense model first: loading.load_causal_lm quantizes each linear (and
+the embedding) as it reads it from the checkpoint, with the same result bit for bit.
 
 NF4 as in the QLoRA paper (Dettmers et al. 2023, appendix E, the constants bitsandbytes ships): the 16
 levels are quantiles of N(0, 1) scaled to [-1, 1], with an exact 0. A weight matrix is flattened and cut
@@ -25,7 +27,8 @@ block size) instead: its CUDA kernels dequantize far faster. That path cannot be
 from __future__ import annotations
 
 import gc
-from typing import Iterable, Optional
+import math
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +49,7 @@ _MIDPOINTS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2
 _PAIR_LEVELS = torch.stack((NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)), dim=1)  # [256, 2]
 BLOCK_SIZE = 64  # the paper's and bitsandbytes' block size: absmax costs 0.5 bit per weight
 QUANTIZE_CHUNK = 1 << 20  # values quantized at a time: ~4 MB per fp32 temporary, so scratch stays small beside the codes
+QUANTIZE_ROWS = 8192  # rows a loader reads and quantizes at a time: ~14 MB of bf16 at width 896
 CHUNK_ROWS = 16384  # a big matrix (LM head) is dequantized this many rows at a time: ~57 MB in fp32 at width 896
 
 
@@ -77,6 +81,28 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = BLOCK_SIZE) -> tuple[to
             codes = F.pad(codes, (0, 1))
         p0 = start // 2
         packed[p0 : p0 + codes.numel() // 2] = ((codes[0::2] << 4) | codes[1::2]).to(torch.uint8)  # first value in the high nibble
+    return packed, absmax
+
+
+def quantize_nf4_by_rows(
+    read_rows: Callable[[int, int], torch.Tensor], shape: Sequence[int], rows_at_a_time: int = QUANTIZE_ROWS, block_size: int = BLOCK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_nf4` of a matrix of `shape` that `read_rows(a, b)` hands over rows [a, b) at a time.
+
+    A loader reads a 150k-row embedding this way without ever holding it dense. Each piece holds whole
+    blocks and an even number of codes (rows_at_a_time is a multiple of 2·block_size), so its codes are a
+    slice of the whole matrix's: the result equals `quantize_nf4` of the whole, bit for bit.
+    """
+    rows, cols = shape[0], math.prod(shape[1:])
+    assert rows_at_a_time % (2 * block_size) == 0
+    n_blocks = -(-rows * cols // block_size)
+    packed = torch.empty(n_blocks * block_size // 2, dtype=torch.uint8)
+    absmax = torch.empty(n_blocks, dtype=torch.float32)
+    for a in range(0, rows, rows_at_a_time):
+        b = min(a + rows_at_a_time, rows)
+        p, m = quantize_nf4(read_rows(a, b), block_size)
+        packed[a * cols // 2 : a * cols // 2 + p.numel()] = p
+        absmax[a * cols // block_size : a * cols // block_size + m.numel()] = m
     return packed, absmax
 
 
@@ -199,9 +225,10 @@ class _NF4Matmul(torch.autograd.Function):
 class NF4Embedding(nn.Embedding):
     """A frozen embedding held as NF4 codes (rows of whole blocks); a lookup dequantizes only the rows it reads.
 
-    Opt-in (`quantize_model_nf4(..., embeddings=True)`): QLoRA proper keeps embeddings in 16 bits, but a
-    small model with a large vocabulary (Qwen2.5-0.5B: 28 % of its weights) keeps most of its memory there.
-    An LM head tied to it becomes an NF4Linear over the same codes.
+    The QLoRA paper keeps embeddings in 16 bits, but a small model with a large vocabulary (Qwen2.5-0.5B:
+    28 % of its weights) keeps most of its memory there, so the `qlora` recipe quantizes it too unless
+    modules_to_save trains it (loading.load_causal_lm; here `quantize_model_nf4(..., embeddings=True)`).
+    An LM head tied to it becomes an NF4Linear over the same codes, dequantized CHUNK_ROWS rows at a time.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, packed: torch.Tensor, absmax: torch.Tensor,

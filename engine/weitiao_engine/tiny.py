@@ -46,6 +46,17 @@ LLAMA3_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
+# GLM-4's template, verbatim from THUDM/glm-4-9b-chat's tokenizer_config.json (as quoted in llama.cpp's
+# tests/test-chat-template.cpp, case "ChatGLM4"). It writes no end-of-turn token: the next role tag closes a turn.
+GLM4_TEMPLATE = (
+    "[gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>\n你是一个名为 ChatGLM 的人工智能助手。"
+    "你是基于智谱AI训练的语言模型 GLM-4 模型开发的，你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具"
+    "{% set tools = item['tools'] %}{% for tool in tools %}{% if tool['type'] == 'function' %}\n\n## {{ tool['function']['name'] }}"
+    "\n\n{{ tool['function'] | tojson(indent=4) }}\n......{% endif %}{% endfor %}{% endif %}{% if item['content'] %}"
+    "<|{{ item['role'] }}|>{{ item['metadata'] }}\n{{ item['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
 # template -> (special tokens in id order, chat template, roles of the special tokens)
 TEMPLATES: dict[str, dict[str, Any]] = {
     "chatml": {
@@ -63,6 +74,14 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         "eos": "<|eot_id|>",
         "pad": "<|end_of_text|>",  # Llama 3 has no pad token; its end-of-text token is never trained on
         "stop": ["<|eot_id|>", "<|end_of_text|>"],
+    },
+    "glm4": {  # GLM-4's special tokens in its id order; its generation config also stops at <|user|>, <|observation|>
+        "special": ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+        "template": GLM4_TEMPLATE,
+        "bos": None,
+        "eos": "<|endoftext|>",
+        "pad": "<|endoftext|>",
+        "stop": ["<|endoftext|>"],  # eos only, so stopping at <|user|> has to come from the template (chat_format)
     },
 }
 

@@ -1,7 +1,9 @@
 """`count-tokens`: how many tokens each chat example takes with a model's tokenizer and chat template.
 
 Data validation uses it to flag examples over the model's context and to estimate trained tokens.
-The count is that of the fully rendered conversation, exactly what training tokenizes.
+`counts` is the fully rendered conversation, exactly what training tokenizes; `trained_counts` is how
+many of those tokens carry a loss label (assistant answers and their end-of-turn tokens), the same
+labels the recipes train on.
 """
 
 from __future__ import annotations
@@ -10,22 +12,29 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .chat_format import count_tokens
+from .chat_format import count_tokens, tokenize_examples
 from .protocol import CountTokensRequest, EngineError, progress
 
 BATCH = 2048  # examples per tokenizer call: large enough to be fast, small enough for steady progress
 
 
 def run(request: CountTokensRequest) -> dict[str, Any]:
-    """Returns {counts, model_max_length}: one count per example, and the model's context length."""
+    """Returns {counts, trained_counts, model_max_length}: per example, all tokens and trained tokens."""
     tokenizer = load_tokenizer(request.model)
     max_length = model_max_length(request.model, tokenizer)
     examples = [e.messages for e in request.examples]
     counts: list[int] = []
+    trained: list[int] | None = []
     for start in range(0, len(examples), BATCH):
-        counts += count_tokens(tokenizer, examples[start : start + BATCH])
+        chunk = examples[start : start + BATCH]
+        counts += count_tokens(tokenizer, chunk)
+        if trained is not None:
+            try:
+                trained += [e.n_trained for e in tokenize_examples(tokenizer, chunk)[0]]
+            except EngineError:  # a template that is not incremental: training refuses it; counting still works
+                trained = None
         progress("count", len(counts), len(examples))
-    return {"counts": counts, "model_max_length": max_length}
+    return {"counts": counts, "trained_counts": trained, "model_max_length": max_length}
 
 
 def load_tokenizer(model: str):

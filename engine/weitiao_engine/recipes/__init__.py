@@ -9,6 +9,9 @@
 Continued fine-tuning (`base_adapter` set) is handled here once for every method: the adapter is merged
 into its base (PEFT's merge_and_unload) and saved as `<output_dir>/base`, a plain model the recipe then
 trains as if it were the base. The final model's weitiao.json records both ancestors.
+
+`nproc > 1` is handled here too: this process becomes the launcher (distributed.launch) of N torchrun
+workers, each of which comes back here and runs the recipe inside a process group.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..atomic import atomic_dir
 
 RECIPES = {
@@ -35,12 +39,28 @@ def run(request) -> dict[str, Any]:
     module_name = RECIPES.get(request.method)
     if module_name is None:
         raise EngineError("invalid_request", f"no recipe for method '{request.method}' / 不支持的训练方法", "method")
+    if request.nproc > 1 and request.method == "dpo":
+        raise EngineError("invalid_request", "dpo runs in one process: set nproc to 1 / DPO 仅支持单进程训练", "nproc")
+    if request.nproc > 1 and request.hyperparameters.batch_size % request.nproc:
+        raise EngineError(
+            "invalid_request",
+            f"batch_size {request.hyperparameters.batch_size} is not divisible by nproc {request.nproc}: each process takes"
+            f" an equal share of the batch / batch_size 必须能被进程数 {request.nproc} 整除",
+            "hyperparameters.batch_size",
+        )
     continued_from = None
     if getattr(request, "base_adapter", None):
         continued_from = {"base_model": str(Path(request.base_model).resolve()), "adapter": str(Path(request.base_adapter).resolve())}
         merged = merge_adapter(request.base_model, request.base_adapter, Path(request.output_dir) / "base")
         request = request.model_copy(update={"base_model": merged, "base_adapter": None})
-    result = importlib.import_module(module_name).run(request)
+    if request.nproc > 1 and not distributed.in_worker():
+        # The launcher: the merge above ran once, here; the workers get the merged base.
+        result = distributed.launch(request)
+    elif request.nproc > 1:
+        with distributed.worker_session():
+            result = importlib.import_module(module_name).run(request)
+    else:
+        result = importlib.import_module(module_name).run(request)
     if continued_from and result.get("model_dir"):
         record_lineage(Path(result["model_dir"]), continued_from)
     return result

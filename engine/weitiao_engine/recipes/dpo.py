@@ -41,15 +41,19 @@ from ..atomic import atomic_dir
 from ..protocol import EngineError, PreferenceExample, TrainRequest, emit, log, progress
 from .lora_finetune import (
     EVAL_BATCH_SIZE,
+    autocast,
     collate,
+    compute_in_fp32,
     due,
     epoch_order,
     linear_module_names,
     newest_checkpoint,
+    precision_mode,
     rng_state,
     seed_everything,
     set_rng_state,
     token_logprobs,
+    use_gradient_checkpointing,
 )
 
 
@@ -81,6 +85,8 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     pad_id: int
+    bf16: bool = False  # bf16 autocast (compute); see `precision` for how the frozen base is stored
+    precision: str = "fp32"  # as lora_finetune: "bf16", "bf16-weights" or "fp32"
     # counters, saved in every checkpoint
     step: int = 0
     epoch_index: int = 0
@@ -89,7 +95,9 @@ class Run:
     elapsed_before: float = 0.0
     train_loss: Optional[float] = None
     valid_loss: Optional[float] = None
-    best_valid_loss: Optional[float] = None
+    best_valid_loss: Optional[float] = None  # of the validation DPO loss
+    evals_without_improvement: int = 0  # early stopping's patience counter
+    early_stopped: bool = False
     last_checkpoint: Optional[str] = None
     last_checkpoint_step: int = -1
     stop_requested: bool = False
@@ -116,12 +124,14 @@ def run(request: TrainRequest) -> dict[str, Any]:
     return {
         "model_dir": model_dir,
         "interrupted": interrupted,
+        "early_stopped": state.early_stopped,
         "steps": state.step,
         "total_steps": state.total_steps,
         "trained_tokens": state.trained_tokens,
         "final_train_loss": state.train_loss,
         "final_valid_loss": state.valid_loss,
         "last_checkpoint": state.last_checkpoint,
+        "precision": state.precision,
     }
 
 
@@ -136,6 +146,7 @@ def setup(request: TrainRequest) -> Run:
 
     hp = request.hyperparameters
     torch.set_num_threads(request.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    precision = precision_mode(hp.bf16)
     output_dir = Path(request.output_dir)
     (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
@@ -149,7 +160,8 @@ def setup(request: TrainRequest) -> Run:
         raise EngineError("not_found", f"base model directory {base} does not exist / 基础模型目录不存在", "base_model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        # As lora_finetune: the frozen base in bf16 unless the run is fp32.
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if precision == "fp32" else torch.bfloat16)
     except Exception as e:
         raise EngineError("invalid_file", f"{base}: cannot load the model: {e} / 无法加载模型", "base_model") from e
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -178,16 +190,20 @@ def setup(request: TrainRequest) -> Run:
     except ValueError as e:
         raise EngineError("invalid_request", f"LoRA: {e} / LoRA 配置无效", "lora.target_modules") from e
 
-    if hp.gradient_checkpointing:
+    # What the optimizer updates stays fp32 (a bf16 AdamW update underflows); tied weights share the Parameter.
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if precision == "bf16-weights":
+        compute_in_fp32(model)
+    if use_gradient_checkpointing(hp.gradient_checkpointing, model):  # "auto": by the base's size
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ignored = [f"{k}={v}" for k, v in (("early_stopping_patience", hp.early_stopping_patience), ("bf16", hp.bf16)) if v not in (None, "auto", "off")]
-    if ignored:
-        log(f"DPO does not support {', '.join(ignored)} yet; ignored (fp32, no early stopping) / 偏好训练暂不支持这些设置，已忽略", "warning")
 
-    # The reference never changes: its log-probabilities once, now, instead of a second forward per step.
+    # The reference never changes: its log-probabilities once, now, instead of a second forward per step
+    # (with the policy's precision, so that before any step policy and reference agree up to rounding).
     progress("setup", 4, 5, "scoring with the reference model / 参考模型打分")
     for pairs in (train_data, valid_data):
-        pairs.ref_chosen, pairs.ref_rejected = reference_logps(model, pairs, pad_id)
+        pairs.ref_chosen, pairs.ref_rejected = reference_logps(model, pairs, pad_id, precision == "bf16")
     model.train()
 
     decay, no_decay = [], []
@@ -219,6 +235,8 @@ def setup(request: TrainRequest) -> Run:
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         pad_id=pad_id,
+        bf16=precision == "bf16",
+        precision=precision,
     )
     if request.resume:
         restore_checkpoint(state)
@@ -231,7 +249,8 @@ def setup(request: TrainRequest) -> Run:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(
         f"{len(train_data)} training / {len(valid_data)} validation pairs, {steps_per_epoch} steps per epoch, {total_steps} steps;"
-        f" DPO beta={request.dpo.beta}, LoRA r={lora.r}: {trainable:,} trainable parameters, {torch.get_num_threads()} threads / 偏好训练"
+        f" DPO beta={request.dpo.beta}, LoRA r={lora.r}: {trainable:,} trainable parameters, {torch.get_num_threads()} threads,"
+        f" precision {precision} / 偏好训练"
     )
     progress("setup", 5, 5)
     return state
@@ -297,11 +316,11 @@ def sequence_logps(model, examples: list[TokenizedExample], pad_id: int) -> torc
 
 
 @torch.no_grad()
-def reference_logps(model, pairs: Pairs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logps(model, pairs: Pairs, pad_id: int, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference (base, adapter disabled, eval mode) log-probabilities of every chosen and rejected answer."""
     model.eval()
     out = {}
-    with model.disable_adapter():
+    with model.disable_adapter(), torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=bf16):
         for name, examples in (("chosen", pairs.chosen), ("rejected", pairs.rejected)):
             values = torch.zeros(len(examples))
             for start in range(0, len(examples), EVAL_BATCH_SIZE):
@@ -348,7 +367,8 @@ def train(state: Run) -> bool:
             for start in range(0, len(batch_indices), micro):
                 part = batch_indices[start : start + micro]
                 share = len(part) / len(batch_indices)
-                policy_c, policy_r, n_tokens = pair_batch_logps(model, data, part, state.pad_id)
+                with autocast(state):
+                    policy_c, policy_r, n_tokens = pair_batch_logps(model, data, part, state.pad_id)
                 idx = torch.tensor(part)
                 loss, acc, mar = dpo_loss(policy_c, policy_r, data.ref_chosen[idx], data.ref_rejected[idx], beta)
                 (loss * share).backward()
@@ -387,8 +407,17 @@ def train(state: Run) -> bool:
             last = state.step == state.total_steps
             if len(state.valid_data) and (epoch_end or last or due(state.step, request.eval_every_steps)):
                 validate(state, with_eval=epoch_end or last)
-            if epoch_end or last or due(state.step, request.save_every_steps):
+            patience = hp.early_stopping_patience
+            stopping = patience is not None and state.evals_without_improvement >= patience and not last
+            if epoch_end or last or stopping or due(state.step, request.save_every_steps):
                 save_checkpoint(state)
+            if stopping:
+                state.early_stopped = True
+                log(
+                    f"early stopping at step {state.step}: validation DPO loss has not improved for {patience} evaluations"
+                    f" (best {state.best_valid_loss:.4f}) / 验证损失连续 {patience} 次未改善，提前停止"
+                )
+                return False
             if last:
                 break
         if state.batches_done == len(batches):
@@ -406,11 +435,15 @@ def validate(state: Run, with_eval: bool) -> dict[str, float]:
         policy_c, policy_r = torch.zeros(len(data)), torch.zeros(len(data))
         for start in range(0, len(data), EVAL_BATCH_SIZE // 2):
             indices = list(range(start, min(start + EVAL_BATCH_SIZE // 2, len(data))))
-            c, r, _ = pair_batch_logps(model, data, indices, state.pad_id)
+            with autocast(state):
+                c, r, _ = pair_batch_logps(model, data, indices, state.pad_id)
             policy_c[indices], policy_r[indices] = c, r
         loss, accuracy, margin = dpo_loss(policy_c, policy_r, data.ref_chosen, data.ref_rejected, beta)
         state.valid_loss = loss.item()
-        state.best_valid_loss = min(state.valid_loss, state.best_valid_loss or math.inf)
+        best = state.best_valid_loss
+        improved = best is None or state.valid_loss < best - state.request.hyperparameters.early_stopping_min_delta
+        state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+        state.best_valid_loss = min(state.valid_loss, best if best is not None else math.inf)
         rewards = {"rewards/accuracy": accuracy.item(), "rewards/margin": margin.item()}
         emit("metrics", step=state.step, total_steps=state.total_steps, epoch=state.epoch, valid_loss=state.valid_loss, elapsed_seconds=state.elapsed)
         if with_eval:
@@ -443,6 +476,7 @@ def save_checkpoint(state: Run) -> str:
                 "train_loss": state.train_loss,
                 "valid_loss": state.valid_loss,
                 "best_valid_loss": state.best_valid_loss,
+                "evals_without_improvement": state.evals_without_improvement,
             },
             tmp / "training_state.pt",
         )
@@ -489,6 +523,7 @@ def restore_checkpoint(state: Run) -> None:
     state.trained_tokens = saved["trained_tokens"]
     state.elapsed_before = saved["elapsed_seconds"]
     state.train_loss, state.valid_loss, state.best_valid_loss = saved["train_loss"], saved["valid_loss"], saved["best_valid_loss"]
+    state.evals_without_improvement = saved.get("evals_without_improvement", 0)  # absent before early stopping existed
     state.last_checkpoint, state.last_checkpoint_step = str(path), state.step
     if state.batches_done >= state.steps_per_epoch:
         state.epoch_index, state.batches_done = state.epoch_index + 1, 0

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..chat_format import TokenizedExample, tokenize_examples
 from ..metrics import label_metrics
 from ..atomic import atomic_dir
@@ -34,6 +34,7 @@ from ..protocol import EngineError, TrainRequest, emit, log, progress
 from .lora_finetune import (
     EVAL_BATCH_SIZE,
     LabelTask,
+    autocast,
     build_label_task,
     classify,
     collate,
@@ -42,10 +43,14 @@ from .lora_finetune import (
     length_sorted_batches,
     load_examples,
     newest_checkpoint,
+    precision_mode,
     rng_state,
     seed_everything,
+    rank_rng_state,
     set_rng_state,
+    use_gradient_checkpointing,
     token_loss,
+    unlabelled,
 )
 
 
@@ -66,6 +71,9 @@ class Run:
     total_steps: int
     pad_id: int
     frozen: list[str]  # names of the parameters that do not train
+    call: Any = None  # call(fn, *args) = fn(model, *args) inside FSDP's forward under torchrun (distributed.ModelCall)
+    bf16: bool = False  # bf16 autocast (compute); the weights and AdamW stay fp32
+    precision: str = "fp32"  # "bf16" (autocast; the final model is saved in bf16) or "fp32"
     # counters, saved in every checkpoint
     step: int = 0
     epoch_index: int = 0
@@ -75,6 +83,8 @@ class Run:
     train_loss: Optional[float] = None
     valid_loss: Optional[float] = None
     best_valid_loss: Optional[float] = None
+    evals_without_improvement: int = 0  # early stopping's patience counter
+    early_stopped: bool = False
     last_checkpoint: Optional[str] = None
     last_checkpoint_step: int = -1
     stop_requested: bool = False
@@ -101,12 +111,14 @@ def run(request: TrainRequest) -> dict[str, Any]:
     return {
         "model_dir": model_dir,
         "interrupted": interrupted,
+        "early_stopped": state.early_stopped,
         "steps": state.step,
         "total_steps": state.total_steps,
         "trained_tokens": state.trained_tokens,
         "final_train_loss": state.train_loss,
         "final_valid_loss": state.valid_loss,
         "last_checkpoint": state.last_checkpoint,
+        "precision": state.precision,
     }
 
 
@@ -156,13 +168,15 @@ def setup(request: TrainRequest) -> Run:
     progress("setup", 3, 4, "freezing / 冻结参数")
     frozen = freeze(model, request.full.freeze_embeddings, request.full.freeze_layers)
     seed_everything(hp.seed)
-    if hp.gradient_checkpointing:
+    if use_gradient_checkpointing(hp.gradient_checkpointing, model):  # "auto": by the base's size
         # Non-reentrant: works although the (frozen) embedding output needs no gradient.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    ignored = [f"{k}={v}" for k, v in (("early_stopping_patience", hp.early_stopping_patience), ("bf16", hp.bf16)) if v not in (None, "auto", "off")]
-    if ignored:
-        log(f"full fine-tuning does not support {', '.join(ignored)} yet; ignored (fp32, no early stopping) / 全参数微调暂不支持这些设置，已忽略", "warning")
+    # Every weight trains, so they and AdamW stay fp32 (a bf16 update underflows); bf16 is autocast compute only.
+    precision = "bf16" if precision_mode(hp.bf16) == "bf16" else "fp32"
     model.train()
+    # Under torchrun: FSDP2 shards every weight, its gradient and AdamW's moments over the processes (one unit
+    # per decoder layer); before the optimizer, which must see the shards.
+    call = distributed.fully_sharded(model, getattr(model.get_decoder(), "layers", None))
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -196,6 +210,9 @@ def setup(request: TrainRequest) -> Run:
         total_steps=total_steps,
         pad_id=pad_id,
         frozen=frozen,
+        call=call,
+        bf16=precision == "bf16",
+        precision=precision,
     )
     if request.resume:
         restore_checkpoint(state)
@@ -210,7 +227,7 @@ def setup(request: TrainRequest) -> Run:
     log(
         f"{len(train_data)} training / {len(valid_data)} validation examples, {steps_per_epoch} steps per epoch,"
         f" {total_steps} steps; full fine-tuning: {trainable:,} of {total:,} parameters train"
-        f" ({len(frozen)} tensors frozen), {torch.get_num_threads()} threads / 全参数微调"
+        f" ({len(frozen)} tensors frozen), {torch.get_num_threads()} threads, precision {precision} / 全参数微调"
     )
     progress("setup", 4, 4)
     return state
@@ -253,22 +270,25 @@ def train(state: Run) -> bool:
         order = epoch_order(hp.seed, state.epoch_index, len(state.train_data))
         batches = [order[i : i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
         for batch_indices in batches[state.batches_done :]:
-            if state.stop_requested:
+            if distributed.any_rank(state.stop_requested):  # every rank stops after the same step
                 return interrupt(state)
             t0 = time.monotonic()
             examples = [state.train_data[i] for i in batch_indices]
             # Micro-batches divide their token-loss sums by the whole batch's count: the accumulated gradient
-            # is the batch's mean-loss gradient, as in one pass.
+            # is the batch's mean-loss gradient, as in one pass. Under torchrun each rank trains its share.
             n_batch_tokens = max(sum(e.n_trained for e in examples), 1)
+            batch_tokens = sum(len(e.input_ids) for e in examples)
+            examples = distributed.shard(examples, blank=unlabelled(examples[0]))
             micro = math.ceil(len(examples) / hp.gradient_accumulation_steps)
             optimizer.zero_grad(set_to_none=True)
-            loss_total, n_tokens, n_correct, batch_tokens = 0.0, 0, 0, 0
+            loss_total, n_tokens, n_correct = 0.0, 0, 0
             for start in range(0, len(examples), micro):
                 input_ids, attention_mask, labels = collate(examples[start : start + micro], state.pad_id)
-                loss_sum, n, c = token_loss(model, input_ids, attention_mask, labels)
-                (loss_sum / n_batch_tokens).backward()
+                with autocast(state):
+                    loss_sum, n, c = state.call(token_loss, input_ids, attention_mask, labels)
+                (loss_sum * distributed.loss_scale() / n_batch_tokens).backward()
                 loss_total, n_tokens, n_correct = loss_total + loss_sum.item(), n_tokens + n, n_correct + c
-                batch_tokens += int(attention_mask.sum())
+            loss_total, n_tokens, n_correct = distributed.all_sum(loss_total, n_tokens, n_correct)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -290,7 +310,7 @@ def train(state: Run) -> bool:
                 train_loss=state.train_loss,
                 train_mean_token_accuracy=n_correct / max(n_tokens, 1),
                 learning_rate=learning_rate,
-                grad_norm=float(grad_norm),
+                grad_norm=distributed.grad_norm_value(grad_norm),
                 tokens_per_second=tokens_this_process / steps_seconds,
                 examples_per_second=examples_this_process / steps_seconds,
                 trained_tokens=state.trained_tokens,
@@ -302,8 +322,17 @@ def train(state: Run) -> bool:
             last = state.step == state.total_steps
             if state.valid_data and (epoch_end or last or due(state.step, request.eval_every_steps)):
                 validate(state, with_labels=epoch_end or last)
-            if epoch_end or last or due(state.step, request.save_every_steps):
+            patience = hp.early_stopping_patience
+            stopping = patience is not None and state.evals_without_improvement >= patience and not last
+            if epoch_end or last or stopping or due(state.step, request.save_every_steps):
                 save_checkpoint(state)
+            if stopping:
+                state.early_stopped = True
+                log(
+                    f"early stopping at step {state.step}: validation loss has not improved for {patience} evaluations"
+                    f" (best {state.best_valid_loss:.4f}) / 验证损失连续 {patience} 次未改善，提前停止"
+                )
+                return False
             if last:
                 break
         if state.batches_done == len(batches):
@@ -319,11 +348,17 @@ def validate(state: Run, with_labels: bool) -> None:
     model.eval()
     try:
         loss_sum, n_tokens, n_correct = 0.0, 0, 0
-        for batch in length_sorted_batches([len(e.input_ids) for e in state.valid_data], EVAL_BATCH_SIZE):
-            s, n, c = token_loss(model, *collate([state.valid_data[i] for i in batch], state.pad_id))
+        data = distributed.shard(state.valid_data, blank=unlabelled(state.valid_data[0]))  # each rank a share
+        for batch in length_sorted_batches([len(e.input_ids) for e in data], EVAL_BATCH_SIZE):
+            with autocast(state):
+                s, n, c = state.call(token_loss, *collate([data[i] for i in batch], state.pad_id))
             loss_sum, n_tokens, n_correct = loss_sum + s.item(), n_tokens + n, n_correct + c
+        loss_sum, n_tokens, n_correct = distributed.all_sum(loss_sum, n_tokens, n_correct)
         state.valid_loss = loss_sum / max(n_tokens, 1)
-        state.best_valid_loss = min(state.valid_loss, state.best_valid_loss or math.inf)
+        best = state.best_valid_loss
+        improved = best is None or state.valid_loss < best - state.request.hyperparameters.early_stopping_min_delta
+        state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+        state.best_valid_loss = min(state.valid_loss, best if best is not None else math.inf)
         emit(
             "metrics",
             step=state.step,
@@ -336,7 +371,7 @@ def validate(state: Run, with_labels: bool) -> None:
         if with_labels:
             fields: dict[str, Any] = {"valid_loss": state.valid_loss}
             if state.label_task is not None:
-                predicted = classify(model, state.label_task, state.pad_id)
+                predicted = state.call(classify, state.label_task, state.pad_id)  # under FSDP: on every rank
                 fields["label_metrics"] = label_metrics(state.label_task.expected, predicted, state.label_task.labels)
                 log(f"step {state.step}: validation accuracy {fields['label_metrics']['accuracy']:.4f}")
             emit("eval", step=state.step, epoch=state.epoch, **fields)
@@ -347,22 +382,43 @@ def validate(state: Run, with_labels: bool) -> None:
 # ----------------------------------------------------------------------------------------- checkpointing
 
 
-def write_model(state: Run, directory: Path) -> None:
-    """A complete Hugging Face model: config, generation config, safetensors weights and the tokenizer."""
-    state.model.save_pretrained(directory)
+def write_model(state: Run, directory: Path, weights: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """A complete Hugging Face model: config, generation config, safetensors weights and the tokenizer.
+    `weights`: the complete weights gathered from FSDP's shards (gathered_weights), else the model's own."""
+    state.model.save_pretrained(directory, state_dict=weights)
     state.tokenizer.save_pretrained(directory, save_jinja_files=False)
 
 
+def gathered_weights(state: Run) -> Optional[dict[str, torch.Tensor]]:
+    """Under FSDP the complete weights on rank 0, gathered from every rank (so every rank calls this); else None."""
+    if not distributed.is_sharded(state.model):
+        return None
+    weights = distributed.full_state_dict(state.model)
+    # A tied LM head is the embedding again: saved once, as save_pretrained does for an unsharded model.
+    tied = {n for n, _ in state.model.named_parameters(remove_duplicate=False)} - {n for n, _ in state.model.named_parameters()}
+    return {k: v for k, v in weights.items() if k not in tied}
+
+
 def save_checkpoint(state: Run) -> str:
-    """Writes `checkpoints/step-NNNNNN/` (the model, training_state.pt, state.json) atomically; emits `checkpoint`."""
+    """Writes `checkpoints/step-NNNNNN/` (the model, training_state.pt, state.json) atomically; emits `checkpoint`.
+    Under torchrun every rank calls it (FSDP gathers the weights and AdamW's moments) and rank 0 writes."""
     final = state.output_dir / "checkpoints" / f"step-{state.step:06d}"
+    weights = gathered_weights(state)
+    # Sharded, the optimizer state is saved complete and keyed by parameter name (loadable by any rank).
+    optimizer = distributed.full_optimizer_state(state.model, state.optimizer) if weights is not None else state.optimizer.state_dict()
+    rngs = distributed.gather_objects(rng_state())
+    if not distributed.is_main():
+        state.last_checkpoint, state.last_checkpoint_step = str(final), state.step
+        return str(final)
     with atomic_dir(final) as tmp:
-        write_model(state, tmp)
+        write_model(state, tmp, weights)
         torch.save(
             {
-                "optimizer": state.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": state.scheduler.state_dict(),
-                "rng": rng_state(),
+                "rng": rngs[0],
+                "rng_per_rank": rngs,
+                "nproc": distributed.world_size(),
                 "step": state.step,
                 "epoch_index": state.epoch_index,
                 "batches_done": state.batches_done,
@@ -371,6 +427,7 @@ def save_checkpoint(state: Run) -> str:
                 "train_loss": state.train_loss,
                 "valid_loss": state.valid_loss,
                 "best_valid_loss": state.best_valid_loss,
+                "evals_without_improvement": state.evals_without_improvement,
             },
             tmp / "training_state.pt",
         )
@@ -399,7 +456,7 @@ def load_weights(model, directory: Path) -> None:
     weights: dict[str, torch.Tensor] = {}
     for f in sorted(directory.glob("*.safetensors")):
         weights.update(load_file(f))
-    result = model.load_state_dict(weights, strict=False)
+    result = distributed.load_full_state(model, weights) if distributed.is_sharded(model) else model.load_state_dict(weights, strict=False)
     loaded = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in weights}
     params = dict(model.named_parameters(remove_duplicate=False))
     missing = [k for k in result.missing_keys if k not in params or id(params[k]) not in loaded]
@@ -424,15 +481,25 @@ def restore_checkpoint(state: Run) -> None:
         raise
     except Exception as e:
         raise EngineError("invalid_file", f"{path}: cannot load checkpoint: {e} / 无法加载检查点", "resume") from e
-    state.optimizer.load_state_dict(saved["optimizer"])
+    if saved.get("nproc", 1) != distributed.world_size():  # FSDP's optimizer state is saved another way
+        raise EngineError(
+            "invalid_request",
+            f"{path} was written by {saved.get('nproc', 1)} processes: resume with nproc={saved.get('nproc', 1)} / 请使用相同的进程数恢复",
+            "nproc",
+        )
+    if distributed.is_sharded(state.model):
+        distributed.load_full_optimizer_state(state.model, state.optimizer, saved["optimizer"])
+    else:
+        state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
+    set_rng_state(rank_rng_state(saved))
     state.step = saved["step"]
     state.epoch_index = saved["epoch_index"]
     state.batches_done = saved["batches_done"]
     state.trained_tokens = saved["trained_tokens"]
     state.elapsed_before = saved["elapsed_seconds"]
     state.train_loss, state.valid_loss, state.best_valid_loss = saved["train_loss"], saved["valid_loss"], saved["best_valid_loss"]
+    state.evals_without_improvement = saved.get("evals_without_improvement", 0)  # absent before early stopping existed
     state.last_checkpoint, state.last_checkpoint_step = str(path), state.step
     if state.batches_done >= state.steps_per_epoch:
         state.epoch_index, state.batches_done = state.epoch_index + 1, 0
@@ -453,12 +520,23 @@ def interrupt(state: Run) -> bool:
 def save_final(state: Run) -> str:
     """The complete model, tokenizer and weitiao.json (lineage, `format: full`) in `<output_dir>/model/`, atomically."""
     final = state.output_dir / "model"
+    weights = gathered_weights(state)  # every rank: FSDP gathers
+    if state.precision == "bf16":
+        # Trained in bf16 compute: ship bf16 weights, as released checkpoints do (half the disk). Checkpoints stay
+        # fp32, so a resumed run continues from exact weights.
+        if weights is None:
+            state.model.to(torch.bfloat16)
+        else:
+            weights = {name: w.to(torch.bfloat16) for name, w in weights.items()}
+    if not distributed.is_main():
+        return str(final)
     with atomic_dir(final) as tmp:
-        write_model(state, tmp)
+        write_model(state, tmp, weights)
         lineage = {
             "base_model": str(Path(state.request.base_model).resolve()),
             "method": state.request.method,
             "format": "full",
+            "precision": state.precision,
             "frozen": state.frozen,
             "steps": state.step,
             "total_steps": state.total_steps,

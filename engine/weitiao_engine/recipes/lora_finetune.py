@@ -9,10 +9,13 @@ save_final -> cleanup. Events (metrics, eval, checkpoint) go to stdout as JSON l
 
 Speed (bench/ measures each against TRL's SFTTrainer): the LM head and cross-entropy run only where
 labels exist; batches are grouped by length (SDPA on CPU has no varlen path, so packing is not an option
-here); the frozen base is held in bf16 (half the memory; real checkpoints ship in bf16 anyway), and the
+here); the frozen base is held in the checkpoint's dtype (bf16 for real checkpoints: half an fp32 copy), and the
 matmuls run under bf16 autocast where bf16 is native (GPU, AMX) or else in fp32 from upcast weights
 (torch's bf16 GEMM on AVX512-BF16 without AMX measured slower than fp32: BENCHMARKS.md); the LoRA weights
-and optimizer stay fp32; one torch thread per physical core.
+and optimizer stay fp32; one torch thread per physical core. Memory: the base is read tensor by tensor
+(loading.load_causal_lm, never a dense copy beside it; QLoRA quantizes each matrix as it arrives), freed
+activations go back to the OS (loading.limit_heap_retention), and gradient checkpointing is on by default
+for bases of 100M+ parameters, whose activations outweigh their weights.
 
 Determinism: the data order of epoch e comes from its own generator seeded with (seed, e), and each
 checkpoint holds the optimizer, scheduler and every RNG state (dropout included) plus the position in
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from contextlib import nullcontext
 
-from .. import __version__
+from .. import __version__, distributed
 from ..chat_format import IGNORE_INDEX, TokenizedExample, answers_for_prompts, tokenize_examples
 from ..metrics import label_metrics
 from ..atomic import atomic_dir
@@ -138,11 +141,12 @@ def setup(request: TrainRequest) -> Run:
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     hp = request.hyperparameters
-    from ..loading import set_threads
+    from ..loading import checkpoint_dtype, limit_heap_retention, release_freed_memory, set_threads
 
     # Physical cores this process may use: hyper-threads only contend for the same matmul units.
     set_threads(request.threads)
-    precision = precision_mode(hp.bf16)
+    limit_heap_retention()  # freed activations go back to the OS instead of staying resident in glibc's heap
+    precision = precision_mode(hp.bf16, checkpoint_dtype(request.base_model) == torch.bfloat16)
     if request.method == "qlora" and precision == "bf16-weights":
         precision = "fp32"  # NF4 replaces the base linears: nothing left to store in bf16
     use_bf16 = precision == "bf16"
@@ -160,14 +164,9 @@ def setup(request: TrainRequest) -> Run:
         raise EngineError("not_found", f"base model directory {base} does not exist / 基础模型目录不存在", "base_model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
-        # The frozen base in bf16 halves its memory (and is what Qwen/Llama checkpoints ship in).
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if precision == "fp32" else torch.bfloat16)
     except Exception as e:  # transformers raises OSError, ValueError… for broken directories
-        raise EngineError("invalid_file", f"{base}: cannot load the model: {e} / 无法加载模型", "base_model") from e
-    if request.method == "qlora":  # QLoRA: base linears (not lm_head/embeddings) to 4-bit NF4 before PEFT wraps them
-        from ..quantize import quantize_model_nf4
-
-        model = quantize_model_nf4(model)
+        raise EngineError("invalid_file", f"{base}: cannot load the tokenizer: {e} / 无法加载分词器", "base_model") from e
+    model = load_base(request, precision)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     progress("setup", 2, 4, "tokenizing / 分词")
@@ -211,7 +210,7 @@ def setup(request: TrainRequest) -> Run:
             p.data = p.data.float()
     if precision == "bf16-weights":
         compute_in_fp32(model)
-    if hp.gradient_checkpointing:
+    if use_gradient_checkpointing(hp.gradient_checkpointing, model):
         # Non-reentrant checkpointing needs no input that requires grad (the base embedding is frozen).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -224,6 +223,9 @@ def setup(request: TrainRequest) -> Run:
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.learning_rate
     )
+    # The step's activations are all freed by now: hand glibc's free heap pages back, so what one step's
+    # small tensors fragmented does not stay resident into the next (0.7-1.1 GB between steps on the 0.5B shape).
+    optimizer.register_step_post_hook(lambda *_: release_freed_memory())
     steps_per_epoch = math.ceil(len(train_data) / hp.batch_size)
     total_steps = hp.n_epochs * steps_per_epoch
     if request.max_steps is not None:
@@ -266,10 +268,51 @@ def setup(request: TrainRequest) -> Run:
     log(
         f"{len(train_data)} training / {len(valid_data)} validation examples, {steps_per_epoch} steps per epoch,"
         f" {total_steps} steps; LoRA r={lora.r} on {sorted(lora.target_modules)}: {trainable:,} trainable parameters,"
-        f" {torch.get_num_threads()} threads, precision {precision}"
+        f" {torch.get_num_threads()} threads, precision {precision},"
+        f" gradient checkpointing {'on' if getattr(model, 'is_gradient_checkpointing', False) else 'off'}"
     )
     progress("setup", 4, 4)
     return state
+
+
+def load_base(request: TrainRequest, precision: str) -> Any:
+    """The frozen base model, read tensor by tensor (loading.load_causal_lm: never a dense copy beside it).
+
+    Frozen weights are stored in fp32, or in bf16 when `precision` is not "fp32". QLoRA quantizes every
+    linear to NF4 as it is read, and the input embedding (with the LM head tied to it) too, unless
+    modules_to_save trains it: a trained module needs its dense weights, so it stays fp32.
+    """
+    from ..loading import load_causal_lm, release_freed_memory, resident_mib
+
+    base, keep = request.base_model, tuple(request.lora.modules_to_save or ())
+    nf4 = request.method == "qlora"
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    try:
+        model = load_causal_lm(base, dtype, nf4=nf4, nf4_embeddings=nf4, keep_dense=keep)
+        if model is None:  # not plain safetensors under the model's own names: the usual loader, then quantize
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+            if nf4:
+                from ..quantize import quantize_model_nf4
+
+                head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
+                emb_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+                embeddings = not any(n == k or n.endswith("." + k) for n in (head_name, emb_name) for k in keep)
+                model = quantize_model_nf4(model, skip=("lm_head", *keep), embeddings=embeddings)
+            release_freed_memory()
+    except EngineError:
+        raise
+    except Exception as e:  # transformers/safetensors raise OSError, ValueError… for broken directories
+        raise EngineError("invalid_file", f"{base}: cannot load the model: {e} / 无法加载模型", "base_model") from e
+    if nf4:
+        from ..quantize import NF4Embedding
+
+        if not isinstance(model.get_input_embeddings(), NF4Embedding):
+            log(f"QLoRA: the embedding and LM head stay dense (fp32): modules_to_save {list(keep)} trains them, or their width is not a"
+                " multiple of 64 / QLoRA：嵌入层与输出层保持全精度（需训练或宽度不是 64 的倍数）")  # fmt: skip
+    log(f"base model loaded: {resident_mib():.0f} MiB resident (peak so far {resident_mib(peak=True):.0f} MiB) / 基础模型已加载")
+    return model
 
 
 def load_examples(path: str, param: str) -> list[list[dict[str, Any]]]:
@@ -327,12 +370,14 @@ def build_label_task(tokenizer, examples: list[list[dict[str, Any]]], labels: li
     return task
 
 
-def precision_mode(setting: str) -> str:
+def precision_mode(setting: str, bf16_checkpoint: bool = False) -> str:
     """`bf16` on/off/auto -> "bf16" (bf16 weights, bf16 autocast), "bf16-weights" (bf16 weights, fp32 compute) or "fp32".
 
-    auto: bf16 compute where it is fast (a GPU that supports it, a CPU with AMX); fp32 elsewhere. On a CPU
-    with only AVX512-BF16, torch 2.13's bf16 GEMM measured ~0.6x fp32's, and bf16-stored weights with fp32
-    compute saved ~7 % memory for 0.71x the speed on the 0.5B shape (BENCHMARKS.md), so fp32 wins there.
+    auto: bf16 compute where it is fast (a GPU that supports it, a CPU with AMX). Elsewhere the compute is
+    fp32 (torch 2.13's bf16 GEMM on AVX512-BF16 without AMX measured ~0.6x fp32's), and the frozen weights
+    stay in the checkpoint's dtype: a bf16 checkpoint (as Qwen/Llama ship) is held in bf16, each matrix
+    upcast for its matmul ("bf16-weights": half the base's memory, ~0.7x the speed of an fp32 copy on the
+    0.5B shape, BENCHMARKS.md), so memory is what the checkpoint is and not twice that; an fp32 one stays fp32.
     """
     if setting != "auto":
         return "bf16" if setting == "on" else "fp32"
@@ -341,7 +386,26 @@ def precision_mode(setting: str) -> str:
     flags = cpu_flags()
     if "amx_bf16" in flags:
         return "bf16"
-    return "fp32"
+    return "bf16-weights" if bf16_checkpoint else "fp32"
+
+
+# gradient_checkpointing "auto" turns it on from this many base parameters: on Qwen2.5-0.5B's shape (494M) the
+# activations of a batch of 8 take ~4.5 GB against 1 GB of bf16 weights, and checkpointing keeps ~0.1 GB of them
+# for ~1.3x the step time; a tiny model's activations are a few MB, not worth the recompute (BENCHMARKS.md).
+GRADIENT_CHECKPOINTING_MIN_PARAMETERS = 100_000_000
+
+
+def use_gradient_checkpointing(setting: Any, model) -> bool:
+    """`gradient_checkpointing` true/false as given; "auto": on for a base of GRADIENT_CHECKPOINTING_MIN_PARAMETERS or more."""
+    if setting != "auto":
+        return bool(setting)
+    return base_parameter_count(model) >= GRADIENT_CHECKPOINTING_MIN_PARAMETERS
+
+
+def base_parameter_count(model) -> int:
+    """Parameters of the model, NF4-quantized weights included (two per code byte), tied ones once."""
+    dense = sum(p.numel() for p in model.parameters())
+    return dense + 2 * sum(b.numel() for name, b in model.named_buffers() if name.endswith("qweight"))
 
 
 def cpu_flags() -> set[str]:
@@ -413,29 +477,33 @@ def train(state: Run) -> bool:
     model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
     steps_seconds = 0.0  # time in optimizer steps only, for tokens/s and the ETA
     tokens_this_process = examples_this_process = steps_this_process = 0
+    call = distributed.data_parallel(model)  # call(token_loss, …); under torchrun DDP sums the ranks' gradients
 
     lengths = [len(e.input_ids) for e in state.train_data]
     while state.step < state.total_steps:
         batches = epoch_batches(hp.seed, state.epoch_index, lengths, hp.batch_size, hp.group_by_length)
         # On resume, skip the batches of this epoch that the checkpoint already trained.
         for batch_indices in batches[state.batches_done :]:
-            if state.stop_requested:
+            if distributed.any_rank(state.stop_requested):  # every rank stops after the same step
                 return interrupt(state)
             t0 = time.monotonic()
             examples = [state.train_data[i] for i in batch_indices]
             # The loss is the mean over the whole batch's assistant tokens, so each micro-batch's sum is divided
-            # by the batch's count: accumulated gradients equal those of the batch in one pass.
+            # by the batch's count: accumulated gradients equal those of the batch in one pass. Under torchrun
+            # each rank trains its share of the batch, and the count stays the whole batch's.
             n_batch_tokens = max(sum(e.n_trained for e in examples), 1)
+            batch_tokens = sum(len(e.input_ids) for e in examples)
+            examples = distributed.shard(examples, blank=unlabelled(examples[0]))
             micro = math.ceil(len(examples) / hp.gradient_accumulation_steps)
             optimizer.zero_grad(set_to_none=True)
-            loss_total, n_tokens, n_correct, batch_tokens = 0.0, 0, 0, 0
+            loss_total, n_tokens, n_correct = 0.0, 0, 0
             for start in range(0, len(examples), micro):
                 input_ids, attention_mask, labels = collate(examples[start : start + micro], state.pad_id)
                 with autocast(state):
-                    loss_sum, n, c = token_loss(model, input_ids, attention_mask, labels)
-                (loss_sum / n_batch_tokens).backward()
+                    loss_sum, n, c = call(token_loss, input_ids, attention_mask, labels)
+                (loss_sum * distributed.loss_scale() / n_batch_tokens).backward()
                 loss_total, n_tokens, n_correct = loss_total + loss_sum.item(), n_tokens + n, n_correct + c
-                batch_tokens += int(attention_mask.sum())
+            loss_total, n_tokens, n_correct = distributed.all_sum(loss_total, n_tokens, n_correct)
             grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], hp.max_grad_norm)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -517,6 +585,11 @@ def due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def unlabelled(example: TokenizedExample) -> TokenizedExample:
+    """The example with no label: it runs through the model but adds nothing to a loss (distributed.shard's padding)."""
+    return TokenizedExample(example.input_ids, [IGNORE_INDEX] * len(example.input_ids))
+
+
 def collate(examples: list[TokenizedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pads a batch to its longest example (right, so positions of real tokens do not move)."""
     width = max(len(e.input_ids) for e in examples)
@@ -568,9 +641,11 @@ def validate(state: Run, with_labels: bool) -> None:
     try:
         with autocast(state):
             loss_sum, n_tokens, n_correct = 0.0, 0, 0
-            for batch in length_sorted_batches([len(e.input_ids) for e in state.valid_data], EVAL_BATCH_SIZE):
-                s, n, c = token_loss(model, *collate([state.valid_data[i] for i in batch], state.pad_id))
+            data = distributed.shard(state.valid_data, blank=unlabelled(state.valid_data[0]))  # each rank a share
+            for batch in length_sorted_batches([len(e.input_ids) for e in data], EVAL_BATCH_SIZE):
+                s, n, c = token_loss(model, *collate([data[i] for i in batch], state.pad_id))
                 loss_sum, n_tokens, n_correct = loss_sum + s.item(), n_tokens + n, n_correct + c
+            loss_sum, n_tokens, n_correct = distributed.all_sum(loss_sum, n_tokens, n_correct)
             state.valid_loss = loss_sum / max(n_tokens, 1)
             best = state.best_valid_loss
             improved = best is None or state.valid_loss < best - state.request.hyperparameters.early_stopping_min_delta
@@ -629,8 +704,13 @@ def classify(model, task: LabelTask, pad_id: int) -> list[str]:
 
 
 def save_checkpoint(state: Run) -> str:
-    """Writes `checkpoints/step-NNNNNN/` (adapter, training_state.pt, state.json) atomically; emits `checkpoint`."""
+    """Writes `checkpoints/step-NNNNNN/` (adapter, training_state.pt, state.json) atomically; emits `checkpoint`.
+    Under torchrun every rank calls it (their RNG states are gathered) and rank 0 writes."""
     final = state.output_dir / "checkpoints" / f"step-{state.step:06d}"
+    rngs = distributed.gather_objects(rng_state())  # dropout draws differ between ranks: keep each rank's
+    if not distributed.is_main():
+        state.last_checkpoint, state.last_checkpoint_step = str(final), state.step
+        return str(final)
     with atomic_dir(final) as tmp:
         state.model.save_pretrained(tmp)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model card: noise in every checkpoint
@@ -638,7 +718,8 @@ def save_checkpoint(state: Run) -> str:
             {
                 "optimizer": state.optimizer.state_dict(),
                 "scheduler": state.scheduler.state_dict(),
-                "rng": rng_state(),
+                "rng": rngs[0],
+                "rng_per_rank": rngs,
                 "step": state.step,
                 "epoch_index": state.epoch_index,
                 "batches_done": state.batches_done,
@@ -697,7 +778,7 @@ def restore_checkpoint(state: Run) -> None:
         raise EngineError("invalid_file", f"{path}: adapter does not match this LoRA config / 适配器与 LoRA 配置不符", "resume")
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
+    set_rng_state(rank_rng_state(saved))
     state.step = saved["step"]
     state.epoch_index = saved["epoch_index"]
     state.batches_done = saved["batches_done"]
@@ -726,6 +807,12 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def rank_rng_state(saved: dict[str, Any]) -> dict[str, Any]:
+    """This rank's RNG state from a checkpoint; rank 0's when the run that wrote it had fewer processes."""
+    per_rank = saved.get("rng_per_rank") or [saved["rng"]]  # absent before scale-out
+    return per_rank[distributed.rank()] if distributed.rank() < len(per_rank) else per_rank[0]
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
@@ -751,8 +838,10 @@ def interrupt(state: Run) -> bool:
 
 
 def save_final(state: Run) -> str:
-    """The adapter, tokenizer and weitiao.json (lineage) in `<output_dir>/model/`, written atomically."""
+    """The adapter, tokenizer and weitiao.json (lineage) in `<output_dir>/model/`, written atomically (by rank 0)."""
     final = state.output_dir / "model"
+    if not distributed.is_main():
+        return str(final)
     with atomic_dir(final) as tmp:
         state.model.save_pretrained(tmp)
         state.tokenizer.save_pretrained(tmp, save_jinja_files=False)
