@@ -19,6 +19,8 @@ export const ERROR_CODES = {
   engine_error: /*      */ [500, 8, 'server_error'],
   internal_error: /*    */ [500, 1, 'server_error'],
   engine_unavailable: /**/ [503, 9, 'server_error'],
+  /** A remote service weitiao depends on (a model hub or its mirror) cannot be reached or keeps failing: try again later. */
+  unavailable: /*       */ [503, 10, 'server_error'],
 } as const satisfies Record<string, readonly [number, number, string]>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -466,6 +466,23 @@ describe('HTTP API (in-process)', () => {
       assert.deepEqual(doc.paths['/v1/models/{model}'].get.parameters[0].name, 'model');
       assert.deepEqual(doc.paths['/health'].get.security, []);
       assert.ok(doc.paths['/v1/files'].post.requestBody.content['multipart/form-data']);
+      // The console's routes, from their zod schemas like the rest.
+      for (const p of ['/v1/weitiao/datasets/preview', '/v1/weitiao/datasets/validate', '/v1/weitiao/datasets/prepare', '/v1/weitiao/estimate', '/v1/weitiao/evaluations']) {
+        assert.ok(doc.paths[p]?.post, `${p} is documented`);
+      }
+      const estimateRef = doc.paths['/v1/weitiao/estimate'].post.requestBody.content['application/json'].schema.$ref as string;
+      const estimateBody = doc.components.schemas[estimateRef.split('/').pop()!];
+      assert.deepEqual([...estimateBody.required].sort(), ['model', 'training_file']);
+      assert.deepEqual(estimateBody.properties.method.enum, ['lora', 'qlora']);
+      assert.equal(doc.paths['/v1/weitiao/datasets/{file_id}/stats'].get.parameters[0].name, 'file_id');
+      // Job creation documents the dry run's answer too, and the training controls in `weitiao`.
+      const created = doc.paths['/v1/fine_tuning/jobs'].post.responses[200].content['application/json'].schema.$ref as string;
+      assert.ok(JSON.stringify(doc.components.schemas[created.split('/').pop()!]).includes('JobPlan') || JSON.stringify(doc.components.schemas).includes('weitiao.job_plan'));
+      const settings = schema.properties.weitiao;
+      const settingsSchema = settings.$ref ? doc.components.schemas[settings.$ref.split('/').pop()] : settings;
+      for (const k of ['gradient_accumulation_steps', 'gradient_checkpointing', 'early_stopping_patience', 'bf16', 'nproc', 'dry_run']) {
+        assert.ok(settingsSchema.properties[k], `weitiao.${k} is documented`);
+      }
 
       const refs = JSON.stringify(doc).match(/"\$ref":"([^"]+)"/g) ?? [];
       assert.ok(refs.length > 10);

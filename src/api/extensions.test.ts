@@ -15,8 +15,8 @@ import { openContext, type Context } from '../context.js';
 import { fileContentPath } from '../files/index.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
+import { estimateJob } from '../train/estimate.js';
 import { resolveHyperparameters } from '../train/index.js';
-import { extensionRoutes } from './extensions.js';
 import { createApp } from './index.js';
 
 type Json = Record<string, any>;
@@ -59,7 +59,6 @@ describe('console extension routes /v1/weitiao', () => {
     ctx = openContext({ home: path.join(dir, 'home') });
     key = createKey(ctx, { name: 'test' }).key;
     app = createApp(ctx, { auth: true });
-    app.route('/', extensionRoutes(ctx));
     const lines = readFileSync(WAIMAI, 'utf8').split(/\r?\n/).filter(Boolean);
     rows = [...lines.slice(1, 31), ...lines.slice(-30)];
     csvId = await upload([lines[0], ...rows].join('\n') + '\n', 'waimai-60.csv');
@@ -269,9 +268,28 @@ describe('console extension routes /v1/weitiao', () => {
       const stats = await call('GET', `/v1/weitiao/datasets/${trainId}/stats?model=tiny`);
       assert.equal(stats.json.token_unit, 'tokens');
       assert.equal(r.json.trained_tokens, stats.json.total_tokens * resolved.n_epochs);
-      assert.ok(r.json.estimated_seconds > 0);
-      assert.ok(r.json.estimated_memory_bytes > 0);
-      assert.equal(r.json.throughput_source, 'model_size');
+      // One estimate everywhere: the engine's (src/train's estimateJob), as `weitiao estimate` and a dry run give it.
+      assert.equal(r.json.throughput_source, 'estimate');
+      const e = r.json.estimate;
+      assert.equal(e.object, 'weitiao.estimate');
+      assert.equal(e.batch_size, 4);
+      assert.equal(e.n_epochs, resolved.n_epochs);
+      assert.equal(e.steps_per_epoch * e.n_epochs, r.json.total_steps);
+      assert.equal(r.json.estimated_memory_bytes, e.peak_memory_bytes);
+      assert.ok(r.json.estimated_seconds >= e.total_seconds);
+      const direct = await estimateJob(ctx, { model: 'tiny', training_file: trainId, hyperparameters: { batch_size: 4, n_epochs: resolved.n_epochs } });
+      assert.equal(direct.memory.base_weights_bytes, e.memory.base_weights_bytes);
+      assert.equal(direct.trainable_parameters, e.trainable_parameters);
+      assert.match(r.json.hyperparameters.lora_r.explanation, new RegExp(`≈ ${Math.round(e.trainable_parameters / 1e3)} k trainable`));
+      // Only the epochs changed: the engine's answer is reused, the totals follow the epochs.
+      const twice = await post('/v1/weitiao/estimate', { model: 'tiny', training_file: trainId, hyperparameters: { n_epochs: 6, batch_size: 4 } });
+      assert.equal(twice.status, 200, twice.text);
+      assert.equal(twice.json.estimate.time_per_epoch_seconds, e.time_per_epoch_seconds);
+      assert.equal(twice.json.estimate.total_seconds, e.time_per_epoch_seconds * 6);
+      const qlora = await post('/v1/weitiao/estimate', { model: 'tiny', training_file: trainId, method: 'qlora', hyperparameters: { batch_size: 4 } });
+      assert.equal(qlora.status, 200, qlora.text);
+      assert.equal(qlora.json.method, 'qlora');
+      assert.ok(qlora.json.estimate.memory.base_weights_bytes < e.memory.base_weights_bytes);
 
       const bad = await post('/v1/weitiao/estimate', { model: 'nope', training_file: trainId });
       assert.equal(bad.status, 404);

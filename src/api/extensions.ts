@@ -2,11 +2,11 @@
  * The web console's extension routes, under `/v1/weitiao/` (documented in docs/WEB.md): dataset preview,
  * validation, preparation and stats, the pre-launch estimate, and evaluations. Thin shells over the
  * services like every other route: the data rules live in src/data, the `auto` rules in src/train, the
- * scoring in src/eval. Mount next to the OpenAI routes, behind the same key check:
+ * scoring in src/eval, the estimate in src/train/estimate.ts. createApp declares them in its route table
+ * next to the OpenAI routes (behind the same key check, documented in `/openapi.json`):
  *
  * ```ts
- * const app = createApp(ctx, { auth: true });
- * app.route('/', extensionRoutes(ctx));
+ * extensionRoutes(routes, ctx);
  * ```
  * Bodies are validated with zod; failures are WeitiaoErrors, which the API's error handler turns into
  * OpenAI's `{error: {message, type, param, code}}`.
@@ -14,7 +14,6 @@
 import { statSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Hono } from 'hono';
 import { z } from 'zod';
 import type { Context } from '../context.js';
 import {
@@ -39,6 +38,11 @@ import { compareModels, evaluateModel, type EvalReport } from '../eval/index.js'
 import { createFile, fileContentPath, retrieveFile, type FileObject } from '../files/index.js';
 import { resolveModel, retrieveModel } from '../models/index.js';
 import { BASE_LEARNING_RATE, BATCH_RULE, EPOCH_RULE, RequestedHyperparameters, resolveHyperparameters } from '../train/index.js';
+import { estimateJob } from '../train/estimate.js';
+import type { ApiEnv } from './internal/auth.js';
+import type { RouteHandler, RouteSpec, RouteTable } from './internal/routes.js';
+
+type Schema = z.ZodType | undefined;
 
 // ------------------------------------------------------------------------------------------- schemas
 
@@ -99,6 +103,8 @@ export const EstimateBody = z.strictObject({
   model: ModelId,
   training_file: FileId,
   validation_file: FileId.nullable().optional(),
+  /** The recipes the engine's estimate covers (default `lora`). */
+  method: z.enum(['lora', 'qlora']).optional(),
   hyperparameters: RequestedHyperparameters.optional(),
   lora: z.strictObject({ r: z.number().int().positive().max(1024).optional(), alpha: z.number().positive().optional() }).optional(),
   max_seq_length: z.number().int().positive().optional(),
@@ -115,26 +121,6 @@ export const EvaluationBody = z.strictObject({
 });
 
 // ------------------------------------------------------------------------------------------- helpers
-
-/** Parses a body or query with a schema: one invalid_request naming the first bad field. */
-function parse<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
-  const parsed = schema.safeParse(input);
-  if (parsed.success) return parsed.data;
-  const [first, ...rest] = parsed.error.issues;
-  const param = first?.path.map(String).join('.') || undefined;
-  const more = rest.length ? ` (and ${rest.length} more)` : '';
-  throw new WeitiaoError('invalid_request', `invalid request / 请求无效: ${param ? `${param}: ` : ''}${first?.message ?? 'failed validation'}${more}`, {
-    param,
-  });
-}
-
-async function jsonBody(req: { json(): Promise<unknown> }): Promise<unknown> {
-  try {
-    return await req.json();
-  } catch {
-    throw new WeitiaoError('invalid_request', 'the body is not valid JSON / 请求体不是有效的 JSON');
-  }
-}
 
 /** Where a registered model's base directory is; unregistered paths are refused over HTTP. */
 function modelDir(ctx: Context, model: string | undefined, param = 'model'): string | undefined {
@@ -153,17 +139,11 @@ function modelDir(ctx: Context, model: string | undefined, param = 'model'): str
  * several times (validate, prepare, then the estimate), and each count is an engine process that loads
  * the tokenizer: with the cache a dataset costs one engine run, not one per request.
  */
-const tokenCache = new Map<string, { maxLength: number; counts: Map<string, number> }>();
+const tokenCache = new Map<string, { maxLength: number; counts: Map<string, { all: number; trained: number | null }> }>();
 const TOKEN_CACHE_ENTRIES = 200_000;
 const TOKEN_CACHE_MODELS = 4;
 
 const exampleKey = (e: ChatExample): string => JSON.stringify(e.messages.map((m) => [m.role, m.content, m.weight ?? null]));
-
-/** The messages before the final answer: datasetStats counts these too, so they are counted in the same run. */
-function promptPart(e: ChatExample): ChatExample {
-  const i = e.messages.map((m) => m.role).lastIndexOf('assistant');
-  return { messages: i < 0 ? e.messages : e.messages.slice(0, i) };
-}
 
 /** src/data's dependencies for a model's tokenizer (or none, to count characters), counted through the cache. */
 function tokenDeps(dir: string | undefined): DataDeps {
@@ -183,18 +163,18 @@ function tokenDeps(dir: string | undefined): DataDeps {
       const counts = entry.counts;
       const missing = new Map<string, ChatExample>();
       for (const e of examples) {
-        for (const x of [e, promptPart(e)]) {
-          const k = exampleKey(x);
-          if (x.messages.length && !counts.has(k)) missing.set(k, x);
-        }
+        const k = exampleKey(e);
+        if (!counts.has(k)) missing.set(k, e);
       }
       if (missing.size || !entry.maxLength) {
         const batch = missing.size ? [...missing.values()] : examples.slice(0, 1);
         const result = await count(batch);
-        batch.forEach((x, i) => counts.set(exampleKey(x), result.counts[i]));
+        batch.forEach((x, i) => counts.set(exampleKey(x), { all: result.counts[i], trained: result.trained_counts?.[i] ?? null }));
         entry.maxLength = result.model_max_length;
       }
-      return { counts: examples.map((e) => counts.get(exampleKey(e)) ?? 0), model_max_length: entry.maxLength };
+      const found = examples.map((e) => counts.get(exampleKey(e)) ?? { all: 0, trained: null });
+      const trained = found.every((c) => c.trained !== null) ? found.map((c) => c.trained!) : null;
+      return { counts: found.map((c) => c.all), trained_counts: trained, model_max_length: entry.maxLength };
     },
   };
 }
@@ -609,55 +589,14 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
 
 // ------------------------------------------------------------------------------------------- estimate
 
-/** Throughput assumed for a model with no finished run yet: a rough CPU figure, said to be rough. */
-const FALLBACK_FLOPS_PER_SECOND = 2e10;
-/** Starting the engine and loading the model, before the first step. */
+/** Starting the engine and loading the model, before the first step (added to the estimate's training time). */
 const STARTUP_SECONDS = 15;
 
-interface ModelShape {
-  hidden_size?: number;
-  num_hidden_layers?: number;
-  vocab_size?: number;
-  intermediate_size?: number;
-  num_attention_heads?: number;
-  torch_dtype?: string;
-}
-
-async function readConfig(dir: string): Promise<ModelShape | null> {
-  try {
-    return JSON.parse(await readFile(path.join(dir, 'config.json'), 'utf8')) as ModelShape;
-  } catch {
-    return null;
-  }
-}
-
-/** Parameters of a decoder from its config: embeddings + per layer attention and MLP (tied head not counted twice). */
-function parameterCount(c: ModelShape): number | null {
-  if (!c.hidden_size || !c.num_hidden_layers || !c.vocab_size) return null;
-  const h = c.hidden_size;
-  const inter = c.intermediate_size ?? 4 * h;
-  return c.vocab_size * h + c.num_hidden_layers * (4 * h * h + 3 * h * inter);
-}
-
-/** The newest tokens/s a finished or running job on the same base model reported, if any. */
-function measuredThroughput(ctx: Context, baseModel: string): number | null {
-  const row = ctx.db
-    .prepare(
-      `SELECT e.data AS data FROM job_events e JOIN jobs j ON j.id = e.job_id
-       WHERE j.model = ? AND e.type = 'metrics' AND e.data LIKE '%tokens_per_second%'
-       ORDER BY e.seq DESC LIMIT 1`,
-    )
-    .get(baseModel) as { data: string } | undefined;
-  if (!row) return null;
-  try {
-    const v = (JSON.parse(row.data) as { tokens_per_second?: unknown }).tokens_per_second;
-    return typeof v === 'number' && v > 0 ? v : null;
-  } catch {
-    return null;
-  }
-}
-
-async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
+/**
+ * The console's estimate: src/train's `estimateJob` (the same engine estimate as `weitiao estimate` and a
+ * dry-run job), with each resolved hyperparameter explained and the dataset's token counts.
+ */
+async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>, signal?: AbortSignal) {
   const baseDir = modelDir(ctx, body.model)!;
   const train = storedFile(ctx, body.training_file, 'training_file');
   const valid = body.validation_file ? storedFile(ctx, body.validation_file, 'validation_file') : null;
@@ -668,11 +607,24 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
     });
   }
   const validStats = valid ? await datasetStats(valid.path, {}, tokenDeps(baseDir)) : null;
-  const hp = resolveHyperparameters({ n_examples: stats.examples, requested: body.hyperparameters ?? {}, method: 'lora' });
+  const method = body.method ?? 'lora';
+  const hp = resolveHyperparameters({ n_examples: stats.examples, requested: body.hyperparameters ?? {}, method });
   const n = stats.examples;
   const isAuto = (k: 'n_epochs' | 'batch_size' | 'learning_rate_multiplier') => hp.auto.includes(k);
+  const r = body.lora?.r ?? 8;
+  const alpha = body.lora?.alpha ?? 16;
+  const e = await estimateJob(
+    ctx,
+    {
+      model: body.model,
+      training_file: body.training_file,
+      method,
+      hyperparameters: { n_epochs: hp.n_epochs, batch_size: hp.batch_size, ...(body.max_seq_length ? { max_seq_length: body.max_seq_length } : {}) },
+      lora: { r, alpha },
+    },
+    { signal },
+  );
 
-  const config = await readConfig(baseDir);
   const passes = (k: number) => `${k} pass${k === 1 ? '' : 'es'}`;
   const epochsWhy: Explanation = isAuto('n_epochs')
     ? n * EPOCH_RULE.default < EPOCH_RULE.minTrainedExamples
@@ -700,41 +652,22 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
       ? [`set by you, cut to the ${n} examples there are`, `手动设置，已减为样本数 ${n}`]
       : [`set by you: ${hp.estimated_total_steps} steps`, `手动设置：共 ${hp.estimated_total_steps} 步`];
   const lr = Number(hp.learning_rate.toPrecision(4));
+  const base = BASE_LEARNING_RATE[method];
+  const name = method === 'qlora' ? 'QLoRA' : 'LoRA';
   const lrWhy: Explanation = isAuto('learning_rate_multiplier')
-    ? [`auto: 1 × LoRA's base rate ${BASE_LEARNING_RATE.lora} = ${lr}`, `自动：1 × LoRA 基础学习率 ${BASE_LEARNING_RATE.lora} = ${lr}`]
-    : [`set by you: ${hp.learning_rate_multiplier} × ${BASE_LEARNING_RATE.lora} = ${lr}`, `手动设置：${hp.learning_rate_multiplier} × ${BASE_LEARNING_RATE.lora} = ${lr}`];
-  const r = body.lora?.r ?? 8;
-  const alpha = body.lora?.alpha ?? 16;
+    ? [`auto: 1 × ${name}'s base rate ${base} = ${lr}`, `自动：1 × ${name} 基础学习率 ${base} = ${lr}`]
+    : [`set by you: ${Number(hp.learning_rate_multiplier.toPrecision(4))} × ${base} = ${lr}`, `手动设置：${Number(hp.learning_rate_multiplier.toPrecision(4))} × ${base} = ${lr}`];
+  const trainable = e.trainable_parameters >= 1e6 ? `≈ ${(e.trainable_parameters / 1e6).toFixed(1)} M` : `≈ ${Math.round(e.trainable_parameters / 1e3)} k`;
   const scale = Number((alpha / r).toPrecision(3));
-  const rWhy: Explanation = [`LoRA rank ${r}: ${loraParamText(config, r)} trainable parameters`, `LoRA 秩 ${r}：可训练参数 ${loraParamText(config, r)}`];
+  const rWhy: Explanation = [`${name} rank ${r}: ${trainable} trainable parameters`, `${name} 秩 ${r}：可训练参数 ${trainable}`];
   const alphaWhy: Explanation = [`updates are scaled by alpha / rank = ${scale}`, `更新量乘以 alpha / 秩 = ${scale}`];
 
   // Trained tokens as OpenAI counts them: every token of every example, once per epoch.
   const trained_tokens = stats.total_tokens * hp.n_epochs;
-  const params = config ? parameterCount(config) : null;
-  const measured = measuredThroughput(ctx, body.model);
-  // Training costs about 6 FLOPs per parameter per token (forward + backward).
-  const tokensPerSecond = measured ?? (params ? FALLBACK_FLOPS_PER_SECOND / (6 * params) : null);
-  const validTokens = validStats ? validStats.total_tokens * hp.n_epochs : 0;
-  const estimated_seconds = tokensPerSecond ? Math.round(STARTUP_SECONDS + (trained_tokens + validTokens / 3) / tokensPerSecond) : null;
-
-  // Memory: fp32 weights, LoRA weights with Adam's two moments and gradients, activations of one batch.
-  let estimated_memory_bytes: number | null = null;
-  if (config && params && config.hidden_size && config.num_hidden_layers && config.vocab_size) {
-    const h = config.hidden_size;
-    const L = config.num_hidden_layers;
-    const seq = Math.min(stats.tokens_per_example?.max ?? 512, body.max_seq_length ?? 1024);
-    const loraParams = L * 7 * r * (h + (config.intermediate_size ?? 4 * h)); // all-linear targets
-    const activations = hp.batch_size * seq * (L * h * 34 + config.vocab_size * 2) * 4;
-    estimated_memory_bytes = Math.round(params * 4 + loraParams * 4 * 4 + activations + 300 * 1024 * 1024 /* Python, torch */);
-  }
-
-  const notes: string[] = [];
-  if (!measured && estimated_seconds !== null) {
-    notes.push(
-      'Time is a rough figure from the model size until a job on this base model has run; then it uses the measured speed. / 在该基础模型上跑过任务之前，时间只是按模型大小的粗略估计。',
-    );
-  }
+  const notes: string[] = [
+    `Memory and time from the engine's estimate on this machine: ${e.steps_per_epoch} steps per epoch, ${e.threads} threads; validation passes are not included / 内存与时间为训练引擎在本机的预估（不含验证）`,
+  ];
+  if (e.n_truncated) notes.push(`${e.n_truncated} examples will be truncated to max_seq_length / ${e.n_truncated} 条样本将被截断`);
   if (stats.over_max_length) {
     notes.push(`${stats.over_max_length} examples are longer than ${stats.max_length} tokens and will fail validation / ${stats.over_max_length} 个样本超过最大长度`);
   }
@@ -742,7 +675,7 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
   return {
     object: 'weitiao.estimate' as const,
     model: body.model,
-    method: 'lora' as const,
+    method,
     examples: n,
     validation_examples: validStats?.examples ?? null,
     tokens_per_example: stats.tokens_per_example,
@@ -757,10 +690,12 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>) {
     },
     total_steps: hp.estimated_total_steps,
     trained_tokens,
-    tokens_per_second: tokensPerSecond === null ? null : Math.round(tokensPerSecond),
-    throughput_source: measured ? ('measured' as const) : tokensPerSecond ? ('model_size' as const) : null,
-    estimated_seconds,
-    estimated_memory_bytes,
+    tokens_per_second: Math.round(e.tokens_per_epoch / e.time_per_epoch_seconds),
+    throughput_source: 'estimate' as const,
+    estimated_seconds: Math.round(STARTUP_SECONDS + e.total_seconds),
+    estimated_memory_bytes: e.peak_memory_bytes,
+    /** The engine's figures: the memory breakdown, time per epoch, steps. */
+    estimate: e,
     notes,
   };
 }
@@ -771,13 +706,6 @@ type Explanation = [en: string, zh: string];
 /** A resolved value with why: `explanation` bilingual as every message, `explanation_i18n` for a UI that shows one language. */
 function explained(value: number, auto: boolean, [en, zh]: Explanation) {
   return { value, auto, explanation: `${en} / ${zh}`, explanation_i18n: { en, zh } };
-}
-
-function loraParamText(config: ModelShape | null, r: number): string {
-  if (!config?.hidden_size || !config.num_hidden_layers) return '?';
-  const h = config.hidden_size;
-  const n = config.num_hidden_layers * 7 * r * (h + (config.intermediate_size ?? 4 * h));
-  return n >= 1e6 ? `≈ ${(n / 1e6).toFixed(1)} M` : `≈ ${Math.round(n / 1e3)} k`;
 }
 
 // ------------------------------------------------------------------------------------------- evaluations
@@ -844,26 +772,103 @@ async function evaluate(ctx: Context, body: z.infer<typeof EvaluationBody>, sign
 
 // ------------------------------------------------------------------------------------------- routes
 
-/** The console's routes; mount on the API app (`app.route('/', extensionRoutes(ctx))`) after its auth middleware. */
-export function extensionRoutes(ctx: Context): Hono {
-  const app = new Hono();
+/**
+ * The console's routes, declared in the API's route table (so `/openapi.json` documents them from the
+ * same zod schemas and they sit behind the same key check): `extensionRoutes(routes, ctx)` in createApp.
+ */
+export function extensionRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   const base = '/v1/weitiao';
+  const tag = 'Console (weitiao)';
   // Any path under the home directory left in an error message is cut to its file name.
-  app.onError((err) => {
-    throw err instanceof WeitiaoError ? hideHome(err, ctx.home.root) : err;
-  });
+  const add = <P extends Schema = undefined, Q extends Schema = undefined, B extends Schema = undefined>(
+    spec: RouteSpec<P, Q, B>,
+    handler: RouteHandler<ApiEnv, P, Q, B>,
+  ) =>
+    routes.add(spec, async (c, input) => {
+      try {
+        return await handler(c, input);
+      } catch (err) {
+        throw err instanceof WeitiaoError ? hideHome(err, ctx.home.root) : err;
+      }
+    });
 
-  app.post(`${base}/datasets/preview`, async (c) => c.json(await preview(ctx, parse(PreviewBody, await jsonBody(c.req)))));
-  app.post(`${base}/datasets/validate`, async (c) => c.json(await validate(ctx, parse(ValidateBody, await jsonBody(c.req)))));
-  app.post(`${base}/datasets/prepare`, async (c) => c.json(await prepare(ctx, parse(PrepareBody, await jsonBody(c.req)))));
-  app.get(`${base}/datasets/:file_id/stats`, async (c) => {
-    const query = parse(StatsQuery, c.req.query());
-    const { file, path: filePath } = storedFile(ctx, c.req.param('file_id'));
-    const stats = await datasetStats(filePath, { epochs: query.epochs }, tokenDeps(modelDir(ctx, query.model)));
-    return c.json({ object: 'weitiao.dataset_stats', ...publicStats(stats, file.id) });
-  });
-  app.post(`${base}/estimate`, async (c) => c.json(await estimate(ctx, parse(EstimateBody, await jsonBody(c.req)))));
-  // The client going away stops the engine (its signal aborts the evaluation).
-  app.post(`${base}/evaluations`, async (c) => c.json(await evaluate(ctx, parse(EvaluationBody, await jsonBody(c.req)), c.req.raw.signal)));
-  return app;
+  add(
+    {
+      method: 'post',
+      path: `${base}/datasets/preview`,
+      operationId: 'weitiao_preview_dataset',
+      summary: 'The first records of an uploaded CSV/TSV/JSONL file as chat examples, with a suggested column mapping',
+      tag,
+      body: PreviewBody,
+      response: { description: '`weitiao.dataset_preview` (docs/WEB.md)' },
+    },
+    async (c, { body }) => c.json(await preview(ctx, body)),
+  );
+  add(
+    {
+      method: 'post',
+      path: `${base}/datasets/validate`,
+      operationId: 'weitiao_validate_dataset',
+      summary: 'Validate an uploaded file as chat examples: every error and warning with its line and field',
+      tag,
+      body: ValidateBody,
+      response: { description: '`weitiao.dataset_validation` (docs/WEB.md)' },
+    },
+    async (c, { body }) => c.json(await validate(ctx, body)),
+  );
+  add(
+    {
+      method: 'post',
+      path: `${base}/datasets/prepare`,
+      operationId: 'weitiao_prepare_dataset',
+      summary: 'Map, validate and split an uploaded file into stored training and validation chat files',
+      tag,
+      body: PrepareBody,
+      response: { description: '`weitiao.dataset_prepared` (docs/WEB.md)' },
+    },
+    async (c, { body }) => c.json(await prepare(ctx, body)),
+  );
+  add(
+    {
+      method: 'get',
+      path: `${base}/datasets/:file_id/stats`,
+      operationId: 'weitiao_dataset_stats',
+      summary: 'Token and label statistics of a stored chat file',
+      tag,
+      params: z.object({ file_id: FileId }),
+      query: StatsQuery,
+      response: { description: '`weitiao.dataset_stats` (docs/WEB.md)' },
+    },
+    async (c, { params, query }) => {
+      const { file, path: filePath } = storedFile(ctx, params.file_id);
+      const stats = await datasetStats(filePath, { epochs: query.epochs }, tokenDeps(modelDir(ctx, query.model)));
+      return c.json({ object: 'weitiao.dataset_stats', ...publicStats(stats, file.id) });
+    },
+  );
+  add(
+    {
+      method: 'post',
+      path: `${base}/estimate`,
+      operationId: 'weitiao_estimate',
+      summary: "What a job would do before launching it: `auto` resolved and explained, steps, tokens, and the engine's memory and time estimate",
+      tag,
+      body: EstimateBody,
+      response: { description: '`weitiao.estimate` (docs/WEB.md)' },
+    },
+    // The client going away stops the engine's estimate.
+    async (c, { body }) => c.json(await estimate(ctx, body, c.req.raw.signal)),
+  );
+  add(
+    {
+      method: 'post',
+      path: `${base}/evaluations`,
+      operationId: 'weitiao_create_evaluation',
+      summary: 'Evaluate a model (or two side by side) on a stored chat file: accuracy, confusion matrix, misclassified examples',
+      tag,
+      body: EvaluationBody,
+      response: { description: '`weitiao.evaluation_result` (docs/WEB.md)' },
+    },
+    // The client going away stops the engine (its signal aborts the evaluation).
+    async (c, { body }) => c.json(await evaluate(ctx, body, c.req.raw.signal)),
+  );
 }

@@ -79,6 +79,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   jobRoutes(routes, ctx);
   modelRoutes(routes, ctx);
   chatRoutes(routes, ctx);
+  extensionRoutes(routes, ctx);
 
   let document: Record<string, unknown> | undefined;
   routes.add(
@@ -95,7 +96,8 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
       document ??= routes.openapi({
         title: 'weitiao 微调 API',
         version: API_VERSION,
-        description: "OpenAI-compatible fine-tuning, files, models and chat completions. Weitiao's own job settings sit in `weitiao`.",
+        description:
+          "OpenAI-compatible fine-tuning, files, models and chat completions. Weitiao's own job settings sit in `weitiao`; the web console's routes are under `/v1/weitiao`.",
       });
       return c.json(document);
     },
@@ -122,12 +124,8 @@ export interface ServerOptions {
   webDir?: string | null;
 }
 
-/**
- * The web console: its extension routes (/v1/weitiao/…, documented in docs/WEB.md, behind the key check)
- * and the built pages at `/`.
- */
-function mountConsole(app: Hono<ApiEnv>, ctx: Context, webDir: string | null): void {
-  app.route('/', extensionRoutes(ctx));
+/** The web console's built pages at `/` (its /v1/weitiao routes are in createApp, documented with the rest). */
+function mountConsole(app: Hono<ApiEnv>, webDir: string | null): void {
   // The console uses hash routes, so plain static files are enough.
   if (webDir && existsSync(path.join(webDir, 'index.html'))) app.use('/*', serveStatic({ root: webDir }));
 }
@@ -160,7 +158,7 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
   }
 
   const app = createApp(ctx, { auth: options.auth, maxUploadBytes: options.maxUploadBytes });
-  mountConsole(app, ctx, options.webDir === undefined ? DEFAULT_WEB_DIR : options.webDir);
+  mountConsole(app, options.webDir === undefined ? DEFAULT_WEB_DIR : options.webDir);
   options.extend?.(app);
   const server = createAdaptorServer({ fetch: app.fetch, hostname: host }) as Server;
   await new Promise<void>((resolve, reject) => {

@@ -19,7 +19,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { runEngine, type ChatExample } from '../engine/index.js';
 import { WeitiaoError, formatLocation } from '../errors.js';
-import { answerOf, charLength, checkExample, clip, DuplicateFinder, problem, promptOf, type Problem } from './internal/check.js';
+import { answerOf, charLength, checkExample, clip, DuplicateFinder, problem, type Problem } from './internal/check.js';
 import { ENCODINGS, resolveEncoding } from './internal/encoding.js';
 import { mulberry32, permutation } from './internal/random.js';
 import { assertReadable, openSource, readJsonLines, readTable } from './internal/source.js';
@@ -176,7 +176,7 @@ export const DatasetStats = z.object({
   token_unit: z.enum(['tokens', 'characters']),
   messages_per_example: Summary.nullable(),
   tokens_per_example: Summary.nullable(),
-  /** The final assistant turn (with its template tokens when counted by tokenizer): what the loss is on. */
+  /** What the loss is on: with a tokenizer, every trained assistant turn + its end-of-turn token (null if the template cannot be split); else the final answer's characters. */
   assistant_tokens_per_example: Summary.nullable(),
   total_tokens: z.number().int(),
   total_assistant_tokens: z.number().int(),
@@ -200,7 +200,14 @@ export const DatasetStats = z.object({
 export type DatasetStats = z.infer<typeof DatasetStats>;
 
 /** Counts tokens of chat examples with a real tokenizer (chat template applied). Injectable for tests. */
-export type TokenCounter = (examples: ChatExample[]) => Promise<{ counts: number[]; model_max_length: number }>;
+export type TokenCounter = (examples: ChatExample[]) => Promise<TokenCounts>;
+
+/** Per example: all tokens, and the trained ones (assistant answers + end-of-turn; null if unknown). */
+export interface TokenCounts {
+  counts: number[];
+  trained_counts: number[] | null;
+  model_max_length: number;
+}
 
 export interface DataDeps {
   /** Replaces the engine-backed counter (normally built from `model_dir`). */
@@ -363,11 +370,13 @@ function tokenCounter(options: { model_dir?: string }, deps: DataDeps): TokenCou
   return deps.countTokens ?? (options.model_dir ? engineTokenCounter(options.model_dir) : null);
 }
 
-async function countTokens(counter: TokenCounter, examples: ChatExample[]): Promise<{ counts: number[]; model_max_length: number }> {
-  if (examples.length === 0) return { counts: [], model_max_length: 0 };
+async function countTokens(counter: TokenCounter, examples: ChatExample[]): Promise<TokenCounts> {
+  if (examples.length === 0) return { counts: [], trained_counts: [], model_max_length: 0 };
   const result = await counter(examples);
-  if (result.counts.length !== examples.length) {
-    throw new WeitiaoError('engine_error', `token counter returned ${result.counts.length} counts for ${examples.length} examples`);
+  for (const counts of [result.counts, result.trained_counts ?? examples]) {
+    if (counts.length !== examples.length) {
+      throw new WeitiaoError('engine_error', `token counter returned ${counts.length} counts for ${examples.length} examples`);
+    }
   }
   return result;
 }
@@ -739,18 +748,15 @@ export async function datasetStats(file: string, options: StatsOptions = {}, dep
   const counter = tokenCounter(opts, deps);
   let unit: 'tokens' | 'characters' = 'characters';
   let sizes: number[];
-  let assistantSizes: number[];
+  let assistantSizes: number[] | null;
   let maxLength: number | undefined;
   if (counter && examples.length) {
     unit = 'tokens';
-    // One engine call for both: whole examples, then each prompt alone. The difference is the final
-    // assistant turn with its template tokens, and it cancels any system prompt a template injects.
-    const prompts = examples.map((e) => ({ messages: promptOf(e) }));
-    const withPrompt = prompts.map((p, i) => (p.messages.length ? i : -1)).filter((i) => i >= 0);
-    const { counts, model_max_length } = await countTokens(counter, [...examples, ...withPrompt.map((i) => prompts[i])]);
-    sizes = counts.slice(0, examples.length);
-    assistantSizes = [...sizes];
-    withPrompt.forEach((i, k) => (assistantSizes[i] = Math.max(0, sizes[i] - counts[examples.length + k])));
+    // Trained tokens are the ones training labels (every assistant turn + its end-of-turn token), not
+    // the template's role headers around them.
+    const { counts, trained_counts, model_max_length } = await countTokens(counter, examples);
+    sizes = counts;
+    assistantSizes = trained_counts;
     maxLength = opts.max_length ?? model_max_length;
   } else {
     sizes = examples.map((e) => e.messages.reduce((s, m) => s + charLength(m.content), 0));
@@ -762,7 +768,7 @@ export async function datasetStats(file: string, options: StatsOptions = {}, dep
   const counts = labelCounts(answers, labelSet);
   const sum = (xs: number[]) => xs.reduce((s, x) => s + x, 0);
   const total = sum(sizes);
-  const totalAssistant = sum(assistantSizes);
+  const totalAssistant = assistantSizes ? sum(assistantSizes) : 0;
   const hist = histogram(sizes, opts.bins);
   const stats: DatasetStats = {
     file,
@@ -772,7 +778,7 @@ export async function datasetStats(file: string, options: StatsOptions = {}, dep
     token_unit: unit,
     messages_per_example: summarize(examples.map((e) => e.messages.length)),
     tokens_per_example: summarize(sizes),
-    assistant_tokens_per_example: summarize(assistantSizes),
+    assistant_tokens_per_example: assistantSizes ? summarize(assistantSizes) : null,
     total_tokens: total,
     total_assistant_tokens: totalAssistant,
     epochs: opts.epochs,

@@ -75,7 +75,12 @@ const located = (issues: Issue[]) => issues.map((i) => [i.line, i.field, i.code,
 function fakeCounter(maxLength: number, calls: ChatExample[][]): TokenCounter {
   return async (examples) => {
     calls.push(examples);
-    return { counts: examples.map((e) => e.messages.reduce((s, m) => s + [...m.content].length + 3, 0)), model_max_length: maxLength };
+    const tokens = (m: { content: string }) => [...m.content].length + 3;
+    return {
+      counts: examples.map((e) => e.messages.reduce((s, m) => s + tokens(m), 0)),
+      trained_counts: examples.map((e) => e.messages.filter((m) => m.role === 'assistant').reduce((s, m) => s + tokens(m), 0)),
+      model_max_length: maxLength,
+    };
   };
 }
 
@@ -196,7 +201,7 @@ describe('datasetStats', () => {
     assert.equal(stats.token_unit, 'tokens');
     assert.equal(stats.examples, 4);
     assert.equal(stats.invalid_examples, 14);
-    // The fake counts chars + 3 per message, so the final answer costs its characters + 3.
+    // The fake counts chars + 3 per message, and trains the assistant turns: a 2-character answer is 5.
     assert.deepEqual(stats.assistant_tokens_per_example, { min: 5, mean: 5, p50: 5, p95: 5, max: 5 });
     assert.equal(stats.estimated_trained_tokens, stats.total_tokens * 2);
     assert.equal(stats.max_length, 60);

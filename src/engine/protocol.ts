@@ -42,7 +42,7 @@ export const CreateTinyRequest = z.object({
   /** Text files whose lines train the byte-level BPE tokenizer (CSV is fine: it is just text). */
   corpus_files: z.array(z.string()).min(1),
   /** `chatml` (Qwen) or `llama3`. */
-  chat_template: z.enum(['chatml', 'llama3']).default('chatml'),
+  chat_template: z.enum(['chatml', 'llama3', 'glm4']).default('chatml'),
   /** A real model's config.json whose shapes to copy (e.g. Qwen2.5-0.5B), overriding the sizes above. */
   config_from: z.string().nullable().default(null),
   seed: z.number().int().default(0),
@@ -103,8 +103,8 @@ export const TrainHyperparameters = z.object({
   max_seq_length: z.number().int().positive().default(1024),
   /** `batch_size` stays the examples per optimizer step; accumulation splits it into this many micro-batches. */
   gradient_accumulation_steps: z.number().int().positive().default(1),
-  /** Recompute activations in backward: less memory, about a third more compute. */
-  gradient_checkpointing: z.boolean().default(false),
+  /** Recompute activations in backward: less memory, about a third more compute. `auto`: on for bases of 100M+ parameters. */
+  gradient_checkpointing: z.union([z.boolean(), z.literal('auto')]).default('auto'),
   /** Stop after this many validations without improvement (null: never). */
   early_stopping_patience: z.number().int().positive().nullable().default(null),
   early_stopping_min_delta: z.number().min(0).default(0),
@@ -140,6 +140,8 @@ export const TrainRequest = z.object({
   /** Stop after this many optimizer steps (tests, smoke runs). */
   max_steps: z.number().int().positive().nullable().default(null),
   threads: z.number().int().positive().nullable().default(null),
+  /** Training processes: above 1 the engine launches itself under torchrun (DDP; FSDP for full fine-tuning). */
+  nproc: z.number().int().min(1).default(1),
 });
 export type TrainRequest = z.input<typeof TrainRequest>;
 
@@ -154,6 +156,9 @@ export const EstimateRequest = z.object({
   max_seq_length: z.number().int().positive().default(1024),
   /** null = one per physical core, as `train`. */
   threads: z.number().int().positive().nullable().default(null),
+  /** As `train`'s hyperparameters of the same names. */
+  gradient_checkpointing: z.union([z.boolean(), z.literal('auto')]).default('auto'),
+  bf16: z.enum(['auto', 'on', 'off']).default('auto'),
 });
 export type EstimateRequest = z.input<typeof EstimateRequest>;
 
@@ -331,6 +336,8 @@ export type ChatResult = z.infer<typeof ChatResult>;
 
 export const CountTokensResult = z.object({
   counts: z.array(z.number().int()),
+  /** Tokens with a loss label per example (assistant answers + end-of-turn), as training marks them; null when the template cannot be split into turns. Absent from engines before this field. */
+  trained_counts: z.array(z.number().int()).nullable().default(null),
   model_max_length: z.number().int(),
 });
 export type CountTokensResult = z.infer<typeof CountTokensResult>;

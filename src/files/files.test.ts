@@ -39,6 +39,15 @@ describe('files', () => {
     assert.deepEqual(retrieveFile(ctx, file.id), file);
   });
 
+  test('createFile with move: true moves a scratch file in (one write, not two) and the source is gone', async () => {
+    const src = path.join(ctx.home.cache, 'spooled-upload');
+    writeFileSync(src, line.repeat(4));
+    const file = await createFile(ctx, { source: src, filename: '上传.jsonl', purpose: 'fine-tune', move: true });
+    assert.equal(file.bytes, Buffer.byteLength(line) * 4);
+    assert.equal(readFileSync(fileContentPath(ctx, file.id), 'utf8'), line.repeat(4));
+    assert.equal(existsSync(src), false, 'moved, not copied');
+  });
+
   test('createFile drains a stream chunk by chunk and keeps only the last part of a Windows path', async () => {
     const chunks = Array.from({ length: 50 }, () => Buffer.from(line));
     const file = await createFile(ctx, { source: Readable.from(chunks), filename: 'C:\\data\\upload.jsonl', purpose: 'fine-tune' });

@@ -57,6 +57,8 @@ export interface CreateFileParams {
   filename: string;
   purpose: string;
   maxBytes?: number;
+  /** With a path source: move the file in (a scratch upload of ours) instead of copying it. */
+  move?: boolean;
 }
 
 interface FileRow {
@@ -83,14 +85,14 @@ export async function createFile(ctx: Context, params: CreateFileParams): Promis
   const filename = cleanFilename(params.filename);
   const maxBytes = params.maxBytes ?? DEFAULT_MAX_BYTES;
 
-  let input: NodeJS.ReadableStream;
+  let input: NodeJS.ReadableStream | null = null; // null: a path moved in as it is
   if (typeof params.source === 'string') {
     const info = await stat(params.source).catch(() => null);
     if (!info?.isFile()) {
       throw new WeitiaoError('not_found', `no such file: ${params.source} / 文件不存在`, { param: 'file', file: params.source });
     }
     if (info.size > maxBytes) throw tooLarge(maxBytes);
-    input = createReadStream(params.source);
+    if (!params.move) input = createReadStream(params.source);
   } else {
     input = params.source;
   }
@@ -108,7 +110,18 @@ export async function createFile(ctx: Context, params: CreateFileParams): Promis
     },
   });
   try {
-    await pipeline(input as Readable, counter, createWriteStream(path.join(tmpDir, filename), { flags: 'wx' }));
+    const target = path.join(tmpDir, filename);
+    if (input === null) {
+      const source = params.source as string;
+      bytes = (await stat(source)).size; // within maxBytes: checked above
+      await rename(source, target).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EXDEV') throw err; // another filesystem: copy after all
+        bytes = 0;
+        await pipeline(createReadStream(source), counter, createWriteStream(target, { flags: 'wx' }));
+      });
+    } else {
+      await pipeline(input as Readable, counter, createWriteStream(target, { flags: 'wx' }));
+    }
     await rename(tmpDir, finalDir);
   } catch (err) {
     await rm(tmpDir, { recursive: true, force: true });

@@ -14,11 +14,21 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { z } from 'zod';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
+import { Issue } from '../data/index.js';
 import { LabelMetrics } from '../engine/protocol.js';
 import { retrieveFile } from '../files/index.js';
 import { resolveModel } from '../models/index.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
-import { RequestedHyperparameters } from '../train/index.js';
+import { estimateJob, JobEstimate } from '../train/estimate.js';
+import {
+  pickTrainingControls,
+  RequestedHyperparameters,
+  ResolvedTrainingControls,
+  resolveTrainingControls,
+  TrainingControls,
+  type Method,
+} from '../train/index.js';
+import { fileError, jobErrorToThrow, jobFile, resolveJob, validateJobFile, type CheckedFile } from './internal/plan.js';
 import { isGroupAlive, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
 import {
   addEvent,
@@ -102,6 +112,10 @@ export const WeitiaoJobSettings = z.strictObject({
   /** Stop after this many optimizer steps (smoke runs, tests). */
   max_steps: z.number().int().positive().nullable().optional(),
   max_seq_length: z.number().int().positive().optional(),
+  /** Gradient accumulation and checkpointing, early stopping, bf16, length grouping and `nproc` (src/train's TrainingControls). */
+  ...TrainingControls.shape,
+  /** Validate everything a create would, create nothing, and answer with the resolved settings and the estimate (`weitiao.job_plan`). */
+  dry_run: z.boolean().optional(),
 });
 
 /** OpenAI's create-job body, plus `weitiao`. */
@@ -216,6 +230,8 @@ export const FineTuningJob = z.object({
       })
       .nullable(),
     lora: z.record(z.string(), z.unknown()),
+    /** The training controls the engine is given, its defaults filled in for what the job left out. */
+    controls: ResolvedTrainingControls,
     eval_every_steps: z.number().int(),
     save_every_steps: z.number().int(),
     max_steps: z.number().int().nullable(),
@@ -262,6 +278,34 @@ export const FineTuningJobCheckpoint = z.object({
 });
 export type FineTuningJobCheckpoint = z.infer<typeof FineTuningJobCheckpoint>;
 
+/** A dry run's answer (`weitiao.dry_run: true`): what the job would train with, and the estimate; nothing is stored. */
+export const JobPlan = z.object({
+  object: z.literal('weitiao.job_plan'),
+  dry_run: z.literal(true),
+  model: z.string(),
+  training_file: z.string(),
+  validation_file: z.string().nullable(),
+  /** OpenAI's method object with `auto` resolved, as the job would show it once its files are validated. */
+  method: FineTuningJob.shape.method,
+  seed: z.number().int().nullable(),
+  weitiao: FineTuningJob.shape.weitiao.pick({
+    method: true,
+    hyperparameters: true,
+    controls: true,
+    lora: true,
+    full: true,
+    label_set: true,
+    n_examples: true,
+    n_validation_examples: true,
+  }),
+  /** Warnings the file validation found (the job would train anyway), `file:line` located. */
+  warnings: z.array(Issue),
+  /** Peak memory, time per epoch and steps (src/train/estimate.ts); null for methods the estimate does not cover. */
+  estimate: JobEstimate.nullable(),
+  notes: z.array(z.string()),
+});
+export type JobPlan = z.infer<typeof JobPlan>;
+
 /** OpenAI's list envelope around any wire schema (for OpenAPI). */
 export const ListOf = <T extends z.ZodType>(item: T) =>
   z.object({ object: z.literal('list'), data: z.array(item), has_more: z.boolean(), first_id: z.string().nullable(), last_id: z.string().nullable() });
@@ -270,73 +314,14 @@ export const ListOf = <T extends z.ZodType>(item: T) =>
 
 /** Creates a job in `validating_files`; `not_found` (param model/training_file/validation_file) for unknown names. */
 export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob {
-  const p = parseParams(CreateJobParams, params);
-
-  if (p.method?.type === 'reinforcement') {
-    throw new WeitiaoError('invalid_request', `method 'reinforcement' is not supported yet; use 'supervised' or 'dpo' / 暂不支持该训练方法`, {
-      param: 'method.type',
-    });
+  const { p, model, settings, requested, isDpo, dpoHp } = checkCreate(ctx, params);
+  if (p.weitiao?.dry_run) {
+    throw new WeitiaoError('invalid_request', 'weitiao.dry_run creates nothing: call planJob / 试运行不会创建任务', { param: 'weitiao.dry_run' });
   }
-  const isDpo = p.method?.type === 'dpo';
-  if (isDpo && p.weitiao?.method === 'full') {
-    throw new WeitiaoError('invalid_request', "DPO trains a LoRA adapter; weitiao.method 'full' applies to supervised jobs / DPO 只支持 LoRA", {
-      param: 'weitiao.method',
-    });
-  }
-  if (p.method?.type === 'supervised' && p.method.dpo) {
-    throw new WeitiaoError('invalid_request', "method.dpo is given but method.type is 'supervised' / method.type 与参数不符", { param: 'method.dpo' });
-  }
-  if (p.integrations?.length) {
-    throw new WeitiaoError('invalid_request', 'integrations are not supported / 不支持 integrations', { param: 'integrations' });
-  }
-  const dpoHp = isDpo ? (p.method?.dpo?.hyperparameters ?? {}) : null;
-  const fromMethod = dpoHp ? { n_epochs: dpoHp.n_epochs, batch_size: dpoHp.batch_size, learning_rate_multiplier: dpoHp.learning_rate_multiplier } : p.method?.supervised?.hyperparameters;
-  if (fromMethod && p.hyperparameters) {
-    throw new WeitiaoError(
-      'invalid_request',
-      'give hyperparameters in method.supervised.hyperparameters or the legacy top-level hyperparameters, not both / 超参数只能在一处指定',
-      { param: 'hyperparameters' },
-    );
-  }
-  const openaiHp = fromMethod ?? p.hyperparameters ?? {};
-  const settings: JobSettings = { ...(p.weitiao ?? { label_set: 'auto' }) };
-  if (isDpo) settings.dpo = { beta: dpoHp?.beta === undefined || dpoHp.beta === 'auto' ? DEFAULT_DPO_BETA : dpoHp.beta };
-  const requested = {
-    n_epochs: openaiHp.n_epochs ?? 'auto',
-    batch_size: openaiHp.batch_size ?? 'auto',
-    learning_rate_multiplier: openaiHp.learning_rate_multiplier ?? 'auto',
-    learning_rate: settings.learning_rate,
-    weight_decay: settings.weight_decay,
-    max_grad_norm: settings.max_grad_norm,
-    warmup_ratio: settings.warmup_ratio,
-    lr_scheduler: settings.lr_scheduler,
-  };
-  // The same checks the worker's rules will make, now, so a bad combination fails the request, not the job.
-  const hpCheck = RequestedHyperparameters.safeParse(requested);
-  if (!hpCheck.success) throw new WeitiaoError('invalid_request', z.prettifyError(hpCheck.error), { param: 'hyperparameters' });
-  if (requested.learning_rate !== undefined && requested.learning_rate_multiplier !== 'auto') {
-    throw new WeitiaoError(
-      'invalid_request',
-      'give either learning_rate_multiplier or weitiao.learning_rate, not both / 学习率倍数与学习率只能指定一个',
-      { param: 'weitiao.learning_rate' },
-    );
-  }
-
-  let model;
-  try {
-    model = resolveModel(ctx, p.model);
-  } catch (err) {
-    const e = WeitiaoError.from(err);
-    throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
-  }
-  // A fine-tuned model or checkpoint is a fine base too (continued fine-tuning): the worker merges its adapter first.
-  requireTrainingFile(ctx, p.training_file, 'training_file');
-  if (p.validation_file) requireTrainingFile(ctx, p.validation_file, 'validation_file');
-
   const hyper = { n_epochs: requested.n_epochs, batch_size: requested.batch_size, learning_rate_multiplier: requested.learning_rate_multiplier };
   const extension: JobExtension = {
     settings,
-    requested: hpCheck.data,
+    requested,
     resolved: null,
     n_examples: null,
     n_validation_examples: null,
@@ -371,6 +356,141 @@ export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob 
     addEvent(ctx.db, row.id, { message: `Created fine-tuning job: ${row.id} / 已创建微调任务` });
   })();
   return retrieveJob(ctx, row.id);
+}
+
+/** Every check `createJob` makes before it writes anything; what it learned, for createJob and planJob. */
+function checkCreate(ctx: Context, params: CreateJobParams) {
+  const p = parseParams(CreateJobParams, params);
+
+  if (p.method?.type === 'reinforcement') {
+    throw new WeitiaoError('invalid_request', `method 'reinforcement' is not supported yet; use 'supervised' or 'dpo' / 暂不支持该训练方法`, {
+      param: 'method.type',
+    });
+  }
+  const isDpo = p.method?.type === 'dpo';
+  if (isDpo && p.weitiao?.method === 'full') {
+    throw new WeitiaoError('invalid_request', "DPO trains a LoRA adapter; weitiao.method 'full' applies to supervised jobs / DPO 只支持 LoRA", {
+      param: 'weitiao.method',
+    });
+  }
+  if (p.method?.type === 'supervised' && p.method.dpo) {
+    throw new WeitiaoError('invalid_request', "method.dpo is given but method.type is 'supervised' / method.type 与参数不符", { param: 'method.dpo' });
+  }
+  if (p.integrations?.length) {
+    throw new WeitiaoError('invalid_request', 'integrations are not supported / 不支持 integrations', { param: 'integrations' });
+  }
+  const dpoHp = isDpo ? (p.method?.dpo?.hyperparameters ?? {}) : null;
+  const fromMethod = dpoHp ? { n_epochs: dpoHp.n_epochs, batch_size: dpoHp.batch_size, learning_rate_multiplier: dpoHp.learning_rate_multiplier } : p.method?.supervised?.hyperparameters;
+  if (fromMethod && p.hyperparameters) {
+    throw new WeitiaoError(
+      'invalid_request',
+      'give hyperparameters in method.supervised.hyperparameters or the legacy top-level hyperparameters, not both / 超参数只能在一处指定',
+      { param: 'hyperparameters' },
+    );
+  }
+  const openaiHp = fromMethod ?? p.hyperparameters ?? {};
+  const { dry_run: _dryRun, ...given } = p.weitiao ?? { label_set: 'auto' as const };
+  const settings: JobSettings = given;
+  if (isDpo) settings.dpo = { beta: dpoHp?.beta === undefined || dpoHp.beta === 'auto' ? DEFAULT_DPO_BETA : dpoHp.beta };
+  const requested = {
+    n_epochs: openaiHp.n_epochs ?? 'auto',
+    batch_size: openaiHp.batch_size ?? 'auto',
+    learning_rate_multiplier: openaiHp.learning_rate_multiplier ?? 'auto',
+    learning_rate: settings.learning_rate,
+    weight_decay: settings.weight_decay,
+    max_grad_norm: settings.max_grad_norm,
+    warmup_ratio: settings.warmup_ratio,
+    lr_scheduler: settings.lr_scheduler,
+  };
+  // The same checks the worker's rules will make, now, so a bad combination fails the request, not the job.
+  const hpCheck = RequestedHyperparameters.safeParse(requested);
+  if (!hpCheck.success) throw new WeitiaoError('invalid_request', z.prettifyError(hpCheck.error), { param: 'hyperparameters' });
+  if (requested.learning_rate !== undefined && requested.learning_rate_multiplier !== 'auto') {
+    throw new WeitiaoError(
+      'invalid_request',
+      'give either learning_rate_multiplier or weitiao.learning_rate, not both / 学习率倍数与学习率只能指定一个',
+      { param: 'weitiao.learning_rate' },
+    );
+  }
+
+  let model;
+  try {
+    model = resolveModel(ctx, p.model);
+  } catch (err) {
+    const e = WeitiaoError.from(err);
+    throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
+  }
+  // A fine-tuned model or checkpoint is a fine base too (continued fine-tuning): the worker merges its adapter first.
+  requireTrainingFile(ctx, p.training_file, 'training_file');
+  if (p.validation_file) requireTrainingFile(ctx, p.validation_file, 'validation_file');
+
+  return { p, model, settings, requested: hpCheck.data, isDpo, dpoHp };
+}
+
+/**
+ * A dry run of `createJob`: the same checks, then the files validated and `auto` resolved as the worker
+ * would, and the estimate; nothing is stored. Bad files are `invalid_file` naming `file:line` and field.
+ */
+export async function planJob(ctx: Context, params: CreateJobParams, options: { signal?: AbortSignal } = {}): Promise<JobPlan> {
+  const { p, model, settings, requested, isDpo } = checkCreate(ctx, params);
+  const method: Method = isDpo ? 'dpo' : (settings.method ?? 'lora');
+  const checked: CheckedFile[] = [];
+  for (const param of ['training_file', 'validation_file'] as const) {
+    const fileId = p[param];
+    if (!fileId) continue;
+    const file = jobFile(ctx, param, fileId);
+    if ('code' in file) throw jobErrorToThrow(file);
+    const result = await validateJobFile(file, param, { method, modelDir: model.basePath, settings });
+    const error = fileError(result);
+    if (error) throw jobErrorToThrow(error);
+    checked.push(result);
+  }
+  const train = checked[0].report;
+  const valid = checked.find((c) => c.param === 'validation_file')?.report ?? null;
+  const { resolved, labelSet } = resolveJob({ method, settings, requested, train });
+  const hyper = { n_epochs: resolved.n_epochs, batch_size: resolved.batch_size, learning_rate_multiplier: resolved.learning_rate_multiplier };
+  const beta = settings.dpo?.beta ?? DEFAULT_DPO_BETA;
+  const notes: string[] = [];
+  let estimate: JobEstimate | null = null;
+  if (method === 'lora' || method === 'qlora') {
+    estimate = await estimateJob(
+      ctx,
+      {
+        model: model.id,
+        training_file: p.training_file,
+        method,
+        hyperparameters: { n_epochs: resolved.n_epochs, batch_size: resolved.batch_size, ...(settings.max_seq_length ? { max_seq_length: settings.max_seq_length } : {}) },
+        ...(settings.lora ? { lora: settings.lora } : {}),
+        ...(settings.gradient_checkpointing !== undefined ? { gradient_checkpointing: settings.gradient_checkpointing } : {}),
+        ...(settings.bf16 !== undefined ? { bf16: settings.bf16 } : {}),
+      },
+      options,
+    );
+  } else {
+    notes.push(`the memory and time estimate covers lora and qlora, not ${method} yet / 内存与时间预估暂只支持 LoRA 与 QLoRA`);
+  }
+  return {
+    object: 'weitiao.job_plan',
+    dry_run: true,
+    model: model.id,
+    training_file: p.training_file,
+    validation_file: p.validation_file ?? null,
+    method: isDpo ? { type: 'dpo', dpo: { hyperparameters: { ...hyper, beta } } } : { type: 'supervised', supervised: { hyperparameters: hyper } },
+    seed: p.seed ?? null,
+    weitiao: {
+      method,
+      hyperparameters: resolved,
+      controls: resolveTrainingControls(pickTrainingControls(settings)),
+      lora: { ...settings.lora },
+      full: { ...settings.full },
+      label_set: labelSet,
+      n_examples: train.valid_examples,
+      n_validation_examples: valid ? valid.valid_examples : null,
+    },
+    warnings: checked.flatMap((c) => c.report.warnings.map((w) => ({ ...w, file: c.file.filename }))),
+    estimate,
+    notes,
+  };
 }
 
 /** Jobs, newest first, in OpenAI's cursor pages; `metadata` keeps jobs holding all the given pairs. */
@@ -585,6 +705,7 @@ export function jobToWire(row: JobRow): FineTuningJob {
           }
         : null,
       lora: { ...ext.settings.lora },
+      controls: resolveTrainingControls(pickTrainingControls(ext.settings)),
       eval_every_steps: ext.settings.eval_every_steps ?? 0,
       save_every_steps: ext.settings.save_every_steps ?? 0,
       max_steps: ext.settings.max_steps ?? null,

@@ -18,13 +18,13 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Context } from '../context.js';
-import { validateChatFile, validatePreferenceFile, type Issue } from '../data/index.js';
+import type { Issue } from '../data/index.js';
 import { runEngine, type EngineEvent, type TrainResult } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
-import { createFile, fileContentPath, retrieveFile } from '../files/index.js';
+import { createFile, fileContentPath } from '../files/index.js';
 import { registerModel, resolveModel } from '../models/index.js';
 import { newId, now } from '../store/index.js';
-import { buildTrainRequest, resolveHyperparameters } from '../train/index.js';
+import { buildTrainRequest, describeTrainingControls, pickTrainingControls, resolveTrainingControls } from '../train/index.js';
 import { jobMethod, jobToWire, type FineTuningJob, type FineTuningJobEvent } from './index.js';
 import { isGroupAlive, signalGroup, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
 import {
@@ -41,6 +41,7 @@ import {
   type JobExtension,
   type JobRow,
 } from './internal/records.js';
+import { describeIssue, fileError, jobFile, resolveJob, validateJobFile, type CheckedFile, type JobResolution } from './internal/plan.js';
 import { transition, type JobStatus } from './internal/status.js';
 
 export interface WorkerOptions {
@@ -305,53 +306,39 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
 
     const method = jobMethod(row);
-    const reports = [];
+    const reports: CheckedFile[] = [];
     for (const param of ['training_file', 'validation_file'] as const) {
       const fileId = row[param];
       if (!fileId) continue;
-      let file;
-      try {
-        file = { ...retrieveFile(this.ctx, fileId), path: fileContentPath(this.ctx, fileId) };
-      } catch {
-        this.fail(id, { code: 'file_not_found', message: `${param} ${fileId} no longer exists / 文件 ${fileId} 已不存在`, param });
+      const file = jobFile(this.ctx, param, fileId);
+      if ('code' in file) {
+        this.fail(id, file);
         return false;
       }
-      this.event(id, { message: `Validating ${param.replace('_', ' ')}: ${file.filename} / 正在校验文件 ${file.filename}` });
-      // DPO reads OpenAI's preference format; the supervised methods read chat examples.
-      const report =
-        method === 'dpo'
-          ? await validatePreferenceFile(file.path)
-          : await validateChatFile(file.path, {
-              model_dir: modelDir,
-              ...(ext.settings.max_seq_length ? { max_length: ext.settings.max_seq_length } : {}),
-            });
+      this.event(id, { message: `Validating ${param.replace('_', ' ')}: ${file.file.filename} / 正在校验文件 ${file.file.filename}` });
+      const checked = await validateJobFile(file, param, { method, modelDir, settings: ext.settings });
       if (!this.stillIs(id, 'validating_files')) return false;
-      this.issueEvents(id, file.filename, report.warnings, 'warn');
-      if (report.errors.length) {
-        this.issueEvents(id, file.filename, report.errors, 'error');
-        const first = report.errors[0];
-        const more = report.errors.length > 1 ? ` (+${report.errors.length - 1} more)` : '';
-        this.fail(id, {
-          code: param === 'training_file' ? 'invalid_training_file' : 'invalid_validation_file',
-          message: `${describeIssue(file.filename, first)}${more}`,
-          param: [param, first.line ?? '', first.field ?? ''].filter((x) => x !== '').join(':'),
-        });
+      this.issueEvents(id, file.file.filename, checked.report.warnings, 'warn');
+      const error = fileError(checked);
+      if (error) {
+        this.issueEvents(id, file.file.filename, checked.report.errors, 'error');
+        this.fail(id, error);
         return false;
       }
-      reports.push({ param, report, file });
+      reports.push(checked);
     }
 
     const train = reports[0].report;
     const valid = reports.find((r) => r.param === 'validation_file')?.report ?? null;
-    let resolved;
+    let resolution: JobResolution;
     try {
-      resolved = resolveHyperparameters({ n_examples: train.valid_examples, requested: ext.requested, method });
+      resolution = resolveJob({ method, settings: ext.settings, requested: ext.requested, train });
     } catch (err) {
       const e = WeitiaoError.from(err);
       this.fail(id, { code: e.code, message: e.message, param: e.param ?? null });
       return false;
     }
-    const labelSet = method === 'dpo' ? null : ext.settings.label_set === 'auto' ? train.label_set : ext.settings.label_set;
+    const { resolved, labelSet } = resolution;
     const hyperparameters = {
       n_epochs: resolved.n_epochs,
       batch_size: resolved.batch_size,
@@ -446,13 +433,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
       saveEverySteps: ext.settings.save_every_steps,
       maxSteps: ext.settings.max_steps ?? null,
       ...(ext.settings.max_seq_length ? { maxSeqLength: ext.settings.max_seq_length } : {}),
+      // Stored with the job, so a resumed or recovered run gets the same controls as its first start.
+      controls: pickTrainingControls(ext.settings),
       resume: newest !== null,
       threads: this.opts.threads ?? null,
     });
+    const controls = resolveTrainingControls(pickTrainingControls(ext.settings));
     this.event(id, {
-      message: newest
-        ? `Resuming fine-tuning from checkpoint ${newest} / 从检查点 ${newest} 继续微调`
-        : `Fine-tuning started / 开始微调`,
+      message:
+        (newest ? `Resuming fine-tuning from checkpoint ${newest} / 从检查点 ${newest} 继续微调` : `Fine-tuning started / 开始微调`) +
+        `; ${describeTrainingControls(controls)}`,
+      data: { controls, ...(newest ? { resumed_from: newest } : {}) },
     });
 
     const run: Run = { jobId: id, pid: null, reason: null, sawEngineError: false, killTimer: null };
@@ -662,7 +653,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
         lora: ext.settings.lora ?? {},
         label_set: ext.label_set,
         seed: row.seed,
+        controls: resolveTrainingControls(pickTrainingControls(ext.settings)),
         steps: result.steps,
+        early_stopped: result.early_stopped ?? false,
         trained_tokens: result.trained_tokens,
         final_train_loss: result.final_train_loss,
         final_valid_loss: result.final_valid_loss,
@@ -670,7 +663,22 @@ export class Worker extends EventEmitter<WorkerEvents> {
       },
     });
     this.ctx.db.transaction(() => {
-      this.event(id, { message: `New fine-tuned model created: ${state.ftName} / 已创建微调模型`, data: { fine_tuned_model: state.ftName } });
+      if (result.early_stopped) {
+        this.event(id, {
+          message: `Stopped early at step ${result.steps} of ${result.total_steps}: the validation loss stopped improving / 验证损失不再下降，已提前停止`,
+          data: { early_stopped: true, steps: result.steps, total_steps: result.total_steps },
+        });
+      }
+      this.event(id, {
+        message: `New fine-tuned model created: ${state.ftName} / 已创建微调模型`,
+        data: {
+          fine_tuned_model: state.ftName,
+          steps: result.steps,
+          ...(result.early_stopped !== undefined ? { early_stopped: result.early_stopped } : {}),
+          ...(result.precision ? { precision: result.precision } : {}),
+          ...(result.truncated_examples ? { truncated_examples: result.truncated_examples } : {}),
+        },
+      });
       transition(
         this.ctx.db,
         id,
@@ -773,11 +781,6 @@ function newestCheckpoint(outputDir: string): string | null {
     .filter((n) => /^step-\d+$/.test(n))
     .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
   return steps.at(-1) ?? null;
-}
-
-function describeIssue(filename: string, issue: Issue): string {
-  const where = issue.line ? `${filename}:${issue.line}` : filename;
-  return [where, issue.field, issue.message].filter(Boolean).join(': ');
 }
 
 function metricsMessage(e: Extract<EngineEvent, { type: 'metrics' }>): string {

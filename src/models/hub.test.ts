@@ -318,6 +318,10 @@ describe('pullModel from a Hugging Face-like hub', () => {
     const port = (closed.address() as AddressInfo).port;
     await new Promise((resolve) => closed.close(resolve));
     const err = await rejects(pullModel(ctx, { repo: 'acme/tiny', endpoint: `http://127.0.0.1:${port}`, retries: 0 }));
+    // A remote service that is down: 503 over HTTP, its own CLI exit code, not an internal error.
+    assert.equal(err.code, 'unavailable');
+    assert.equal(err.httpStatus, 503);
+    assert.equal(err.exitCode, 10);
     assert.match(err.message, /cannot reach http:\/\/127\.0\.0\.1:\d+ \(.*ECONNREFUSED.*\)/);
     assert.match(err.message, /HF_ENDPOINT/);
     assert.match(err.message, /--source modelscope/);

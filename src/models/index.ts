@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import type { Context } from '../context.js';
-import { runEngine } from '../engine/index.js';
+import { runEngine, type CreateTinyRequest } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
 import { now } from '../store/index.js';
 
@@ -199,7 +199,14 @@ export function deleteModel(ctx: Context, id: string, options: { force?: boolean
   }
 
   const del = ctx.db.prepare('DELETE FROM models WHERE id = ?');
-  ctx.db.transaction(() => rows.forEach((r) => del.run(r.id)))();
+  // A job's checkpoint list must not offer a model whose folder is gone: its row goes with the model.
+  const delCheckpoint = ctx.db.prepare('DELETE FROM checkpoints WHERE fine_tuned_model_checkpoint = ?');
+  ctx.db.transaction(() =>
+    rows.forEach((r) => {
+      del.run(r.id);
+      if (r.kind === 'checkpoint') delCheckpoint.run(r.id);
+    }),
+  )();
   // Rows first, files after: a crash in between leaves stray files, never a model whose files are gone.
   for (const r of rows) {
     if (r.source === 'local') continue; // the user's own directory, only registered here
@@ -396,7 +403,7 @@ export interface CreateTinyModelOptions {
   intermediateSize?: number;
   vocabSize?: number;
   maxPositionEmbeddings?: number;
-  chatTemplate?: 'chatml' | 'llama3';
+  chatTemplate?: CreateTinyRequest['chat_template'];
   /** A real model's config.json (or its directory) whose shapes to copy. */
   configFrom?: string | null;
   seed?: number;

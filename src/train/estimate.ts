@@ -12,11 +12,12 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import type { Context } from '../context.js';
-import { runEngine, type EstimateResult } from '../engine/index.js';
+import { runEngine } from '../engine/index.js';
+import { EstimateResult, type EstimateRequest } from '../engine/protocol.js';
 import { WeitiaoError } from '../errors.js';
 import { fileContentPath, retrieveFile } from '../files/index.js';
 import { resolveModel } from '../models/index.js';
-import { resolveHyperparameters } from './index.js';
+import { resolveHyperparameters, TrainingControls } from './index.js';
 
 const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
 
@@ -45,17 +46,25 @@ export const EstimateParams = z.strictObject({
     .partial()
     .optional(),
   threads: z.number().int().positive().optional(),
+  /** As the job's training controls of the same names (they change the activations and the speed). */
+  ...TrainingControls.pick({ gradient_checkpointing: true, bf16: true }).shape,
 });
 export type EstimateParams = z.input<typeof EstimateParams>;
 
-export interface JobEstimate extends EstimateResult {
-  object: 'weitiao.estimate';
-  model: string;
-  n_epochs: number;
-  batch_size: number;
+/** The engine's estimate with the resolved epochs and batch size of the run it is about. */
+export const JobEstimate = EstimateResult.extend({
+  object: z.literal('weitiao.estimate'),
+  model: z.string(),
+  n_epochs: z.number().int(),
+  batch_size: z.number().int(),
   /** `time_per_epoch_seconds × n_epochs`. */
-  total_seconds: number;
-}
+  total_seconds: z.number(),
+});
+export type JobEstimate = z.infer<typeof JobEstimate>;
+
+/** Engine estimates by request, data file and model version (a few seconds each; the console asks as its form changes). */
+const estimateCache = new Map<string, EstimateResult>();
+const ESTIMATE_CACHE_SIZE = 32;
 
 /** Predicts peak memory and time for training `model` on `training_file`; `auto` batch size and epochs follow the job rules. */
 export async function estimateJob(ctx: Context, params: EstimateParams, options: { signal?: AbortSignal } = {}): Promise<JobEstimate> {
@@ -81,19 +90,25 @@ export async function estimateJob(ctx: Context, params: EstimateParams, options:
     requested: { n_epochs: p.hyperparameters?.n_epochs ?? 'auto', batch_size: p.hyperparameters?.batch_size ?? 'auto' },
     method,
   });
-  const result = await runEngine(
-    'estimate',
-    {
-      base_model: model.basePath,
-      training_file: file,
-      method,
-      lora: p.lora ?? {},
-      batch_size: hp.batch_size,
-      ...(p.hyperparameters?.max_seq_length !== undefined ? { max_seq_length: p.hyperparameters.max_seq_length } : {}),
-      threads: p.threads ?? null,
-    },
-    { signal: options.signal },
-  );
+  const request: EstimateRequest = {
+    base_model: model.basePath,
+    training_file: file,
+    method,
+    lora: p.lora ?? {},
+    batch_size: hp.batch_size,
+    ...(p.hyperparameters?.max_seq_length !== undefined ? { max_seq_length: p.hyperparameters.max_seq_length } : {}),
+    threads: p.threads ?? null,
+    ...(p.gradient_checkpointing !== undefined ? { gradient_checkpointing: p.gradient_checkpointing } : {}),
+    ...(p.bf16 !== undefined ? { bf16: p.bf16 } : {}),
+  };
+  // The engine's answer does not depend on the epochs: a form that changes only those is answered at once.
+  const key = [JSON.stringify(request), ...[file, path.join(model.basePath, 'config.json')].map((f) => statSync(f, { throwIfNoEntry: false })?.mtimeMs ?? 0)].join('\0');
+  let result = estimateCache.get(key);
+  if (!result) {
+    result = await runEngine('estimate', request, { signal: options.signal });
+    if (estimateCache.size >= ESTIMATE_CACHE_SIZE) estimateCache.delete(estimateCache.keys().next().value!);
+    estimateCache.set(key, result);
+  }
   return {
     object: 'weitiao.estimate',
     model: model.id,

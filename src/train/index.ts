@@ -20,7 +20,7 @@
  */
 import { z } from 'zod';
 import { WeitiaoError } from '../errors.js';
-import { TrainRequest, type TrainRequest as TrainRequestInput } from '../engine/protocol.js';
+import { TrainHyperparameters, TrainRequest, type TrainRequest as TrainRequestInput } from '../engine/protocol.js';
 
 export type Method = 'lora' | 'qlora' | 'full' | 'dpo';
 
@@ -184,20 +184,64 @@ export interface BuildTrainRequestInput {
   threads?: number | null;
 }
 
-/** Gradient accumulation and checkpointing, early stopping, bf16 and length grouping (engine protocol names). */
-export const TrainingControls = z.strictObject({
-  gradient_accumulation_steps: z.number().int().positive().optional(),
-  gradient_checkpointing: z.boolean().optional(),
-  early_stopping_patience: z.number().int().positive().nullable().optional(),
-  early_stopping_min_delta: z.number().min(0).optional(),
-  bf16: z.enum(['auto', 'on', 'off']).optional(),
-  group_by_length: z.boolean().optional(),
-});
+const CONTROL_FIELDS = {
+  gradient_accumulation_steps: true,
+  gradient_checkpointing: true,
+  early_stopping_patience: true,
+  early_stopping_min_delta: true,
+  bf16: true,
+  group_by_length: true,
+} as const;
+
+/** The engine's own controls with their defaults (src/engine/protocol.ts), plus `nproc` from the request. */
+export const ResolvedTrainingControls = TrainHyperparameters.pick(CONTROL_FIELDS).extend({ nproc: TrainRequest.shape.nproc });
+export type ResolvedTrainingControls = z.output<typeof ResolvedTrainingControls>;
+
+type Optional<S extends z.ZodRawShape> = { [K in keyof S]: S[K] extends z.ZodDefault<infer T> ? z.ZodOptional<T> : z.ZodOptional<S[K]> };
+
+/** The same fields, each optional and without its default: what a user may set (the engine's default applies to the rest). */
+function optionalFields<S extends z.ZodRawShape>(shape: S): Optional<S> {
+  const out: Record<string, z.ZodType> = {};
+  for (const [key, field] of Object.entries(shape)) out[key] = ((field instanceof z.ZodDefault ? field.unwrap() : field) as z.ZodType).optional();
+  return out as Optional<S>;
+}
+
+/**
+ * The training controls a job may set: gradient accumulation and checkpointing, early stopping, bf16,
+ * length grouping (the engine protocol's names and ranges, derived from it) and `nproc`, the number of
+ * training processes (the engine runs itself under torchrun when above 1).
+ */
+export const TrainingControls = z.strictObject(optionalFields(ResolvedTrainingControls.shape));
 export type TrainingControls = z.infer<typeof TrainingControls>;
+
+/** The controls' field names, to pick them out of a job's settings. */
+export const TRAINING_CONTROL_KEYS = Object.keys(TrainingControls.shape) as Array<keyof TrainingControls>;
+
+/** The controls out of any settings object that holds them (e.g. a job's `weitiao` settings). */
+export function pickTrainingControls(settings: Partial<TrainingControls>): TrainingControls {
+  const out: Record<string, unknown> = {};
+  for (const key of TRAINING_CONTROL_KEYS) if (settings[key] !== undefined) out[key] = settings[key];
+  return out as TrainingControls;
+}
+
+/** What the engine will use: the given controls with the protocol's defaults for the rest. */
+export function resolveTrainingControls(controls: TrainingControls = {}): ResolvedTrainingControls {
+  return ResolvedTrainingControls.parse(pickTrainingControls(controls));
+}
+
+/** One line naming the training controls a run uses (the engine's defaults included). */
+export function describeTrainingControls(c: ResolvedTrainingControls): string {
+  const early = c.early_stopping_patience === null ? 'off' : `patience ${c.early_stopping_patience}, min delta ${c.early_stopping_min_delta}`;
+  return (
+    `gradient accumulation ${c.gradient_accumulation_steps}, gradient checkpointing ${String(c.gradient_checkpointing)}, ` +
+    `early stopping ${early}, bf16 ${c.bf16}, group by length ${c.group_by_length}, processes ${c.nproc}`
+  );
+}
 
 /** The engine's `train` request for resolved settings, validated against the protocol schema. */
 export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestInput {
   const hp = input.hyperparameters;
+  const { nproc, ...controls } = pickTrainingControls(input.controls ?? {});
   const request: TrainRequestInput = {
     base_model: input.basePath,
     output_dir: input.outputDir,
@@ -218,7 +262,7 @@ export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestIn
       lr_scheduler: hp.lr_scheduler,
       seed: input.seed,
       ...(input.maxSeqLength !== undefined ? { max_seq_length: input.maxSeqLength } : {}),
-      ...(input.controls ?? {}),
+      ...controls,
     },
     eval_every_steps: input.evalEverySteps ?? 0,
     save_every_steps: input.saveEverySteps ?? 0,
@@ -226,6 +270,8 @@ export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestIn
     resume: input.resume ?? false,
     max_steps: input.maxSteps ?? null,
     threads: input.threads ?? null,
+    // Sent only when it asks for more than one process: an engine without scale-out still takes the request.
+    ...(nproc !== undefined && nproc > 1 ? { nproc } : {}),
   };
   const parsed = TrainRequest.safeParse(request);
   if (!parsed.success) {

@@ -92,7 +92,7 @@ export function fileRoutes(routes: RouteTable<ApiEnv>, ctx: Context, options: { 
         const form = UploadFileForm.pick({ purpose: true }).safeParse({ purpose: fields.purpose });
         if (!stored && !spooled) throw new WeitiaoError('invalid_request', 'missing `file` in the form / 表单中缺少 file', { param: 'file' });
         if (!form.success) throw form.error;
-        if (spooled) stored = await createFile(ctx, { source: spooled.file, filename: spooled.filename, purpose: form.data.purpose, maxBytes });
+        if (spooled) stored = await createFile(ctx, { source: spooled.file, filename: spooled.filename, purpose: form.data.purpose, maxBytes, move: true });
       } finally {
         if (spooled) await rm(spooled.dir, { recursive: true, force: true });
       }

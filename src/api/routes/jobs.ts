@@ -11,6 +11,8 @@ import {
   FineTuningJob,
   FineTuningJobCheckpoint,
   FineTuningJobEvent,
+  JobPlan,
+  planJob,
   followJobEvents,
   listJobCheckpoints,
   ListCheckpointsParams,
@@ -47,12 +49,17 @@ export function jobRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       method: 'post',
       path: base,
       operationId: 'create_fine_tuning_job',
-      summary: "Create a job; weitiao's own settings go in `weitiao`",
+      summary: "Create a job; weitiao's own settings go in `weitiao`. With `weitiao.dry_run: true` nothing is created: the answer is a `weitiao.job_plan` (files validated, `auto` resolved, the memory and time estimate)",
       tag,
       body: CreateJobParams,
-      response: { description: 'The job, validating its files', ...JOB },
+      response: {
+        description: 'The job, validating its files; or, for a dry run, the plan',
+        schema: z.union([FineTuningJob, JobPlan]),
+        name: 'FineTuningJobOrPlan',
+      },
     },
-    (c, { body }) => c.json(createJob(ctx, body)),
+    // A dry run reads the files and runs the estimate: the client going away stops its engine.
+    async (c, { body }) => c.json(body.weitiao?.dry_run ? await planJob(ctx, body, { signal: c.req.raw.signal }) : createJob(ctx, body)),
   );
 
   routes.add(

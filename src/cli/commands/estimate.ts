@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { WeitiaoError } from '../../errors.js';
 import { estimateJob, type JobEstimate } from '../../train/estimate.js';
 import { printJson, table } from '../output.js';
-import { autoOr, number, withContext } from './shared.js';
+import { autoOr, number, onOff, withContext } from './shared.js';
 
 const mb = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(0)} MB`;
 
@@ -13,7 +13,8 @@ function duration(seconds: number): string {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
-function printEstimate(e: JobEstimate): void {
+/** The estimate as a person reads it (also `weitiao train --dry-run`). */
+export function printEstimate(e: JobEstimate): void {
   const m = e.memory;
   console.log(`${e.model}, ${e.method}: ${e.n_examples} examples, batch ${e.batch_size}, ${e.n_epochs} epochs (${e.steps_per_epoch} steps each)`);
   console.log(`peak memory 峰值内存  ${mb(e.peak_memory_bytes)}`);
@@ -51,6 +52,8 @@ export function registerEstimateCommands(program: Command): void {
     .option('--max-seq-length <n>', 'truncate examples to N tokens', number('max_seq_length', 'int'))
     .option('--lora-r <n>', 'LoRA rank', number('lora.r', 'int'))
     .option('--threads <n>', 'torch threads (default: one per physical core)', number('threads', 'int'))
+    .option('--gradient-checkpointing [mode]', 'recompute activations in backward: on | off | auto', onOff('gradient_checkpointing'))
+    .option('--bf16 <mode>', 'bf16 autocast: auto | on | off')
     .option('--json', 'print the estimate as JSON')
     .action(async (o, cmd: Command) => {
       if (o.method !== 'lora' && o.method !== 'qlora') {
@@ -68,6 +71,8 @@ export function registerEstimateCommands(program: Command): void {
           },
           ...(o.loraR !== undefined ? { lora: { r: o.loraR } } : {}),
           ...(o.threads !== undefined ? { threads: o.threads } : {}),
+          ...(o.gradientCheckpointing !== undefined ? { gradient_checkpointing: o.gradientCheckpointing } : {}),
+          ...(o.bf16 !== undefined ? { bf16: o.bf16 } : {}),
         });
         if (o.json) return printJson(e);
         printEstimate(e);

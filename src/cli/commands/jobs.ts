@@ -1,6 +1,7 @@
 /** `weitiao jobs list|show|events|checkpoints|cancel|pause|resume`: fine-tuning jobs, after any restart. */
 import type { Command } from 'commander';
 import { cancelJob, listJobCheckpoints, listJobEvents, listJobs, pauseJob, resumeJob, retrieveJob, type FineTuningJob } from '../../jobs/index.js';
+import { describeTrainingControls } from '../../train/index.js';
 import { fmt, formatLabelMetrics, formatTime, printJson, table } from '../output.js';
 import { number, withContext } from './shared.js';
 import { runInForeground } from './train.js';
@@ -50,6 +51,7 @@ export function registerJobCommands(program: Command): void {
             h
               ? `hyperparameters: epochs ${h.n_epochs}, batch ${h.batch_size}, lr ${h.learning_rate}, weight decay ${h.weight_decay}, max grad norm ${h.max_grad_norm}, ${h.lr_scheduler} schedule${h.auto.length ? ` (auto: ${h.auto.join(', ')})` : ''}`
               : '',
+            `controls: ${describeTrainingControls(job.weitiao.controls)}`,
             `created ${formatTime(job.created_at)}   finished ${formatTime(job.finished_at)}`,
             job.error ? `error 错误: [${job.error.code}] ${job.error.message}${job.error.param ? ` (param ${job.error.param})` : ''}` : '',
           ]

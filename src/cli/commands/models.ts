@@ -37,7 +37,7 @@ export function registerModelCommands(program: Command): void {
     .option('--heads <n>', 'attention heads', number('heads', 'int'), 4)
     .option('--kv-heads <n>', 'key/value heads', number('kv-heads', 'int'), 2)
     .option('--vocab-size <n>', 'tokenizer vocabulary', number('vocab-size', 'int'), 4096)
-    .option('--chat-template <template>', 'chatml | llama3', 'chatml')
+    .option('--chat-template <template>', 'chatml | llama3 | glm4', 'chatml')
     .option('--config-from <config>', 'copy the shapes of a real model\'s config.json (e.g. Qwen2.5-0.5B)')
     .option('--seed <n>', 'seed', number('seed', 'int'), 0)
     .option('--overwrite', 'replace a model of the same name')

@@ -32,3 +32,14 @@ export function number(name: string, kind: 'int' | 'float' = 'float') {
     return n;
   };
 }
+
+/** A flag that may take `on`/`off` (also true/false, yes/no) or `auto`; the bare flag is `on`. */
+export function onOff(name: string) {
+  return (value: string | boolean): boolean | 'auto' => {
+    const v = String(value).toLowerCase();
+    if (['on', 'true', 'yes', '1'].includes(v)) return true;
+    if (['off', 'false', 'no', '0'].includes(v)) return false;
+    if (v === 'auto') return 'auto';
+    throw new WeitiaoError('invalid_request', `${name} must be on, off or auto, got '${value}' / ${name} 须为 on、off 或 auto`, { param: name });
+  };
+}

@@ -7,11 +7,13 @@ import type { Command } from 'commander';
 import type { Context } from '../../context.js';
 import type { EngineEvent } from '../../engine/index.js';
 import { WeitiaoError } from '../../errors.js';
-import { createFile } from '../../files/index.js';
-import { createJob, pauseJob, resumeJob, retrieveJob, Worker, type CreateJobParams, type FineTuningJob } from '../../jobs/index.js';
+import { createFile, deleteFile } from '../../files/index.js';
+import { createJob, pauseJob, planJob, resumeJob, retrieveJob, Worker, type CreateJobParams, type FineTuningJob, type JobPlan } from '../../jobs/index.js';
+import { describeTrainingControls } from '../../train/index.js';
 import { ProgressBar } from '../progress.js';
-import { fmt, formatLabelMetrics } from '../output.js';
-import { autoOr, number, withContext } from './shared.js';
+import { fmt, formatLabelMetrics, printJson } from '../output.js';
+import { printEstimate } from './estimate.js';
+import { autoOr, number, onOff, withContext } from './shared.js';
 import path from 'node:path';
 
 export function registerTrainCommands(program: Command): void {
@@ -45,6 +47,14 @@ export function registerTrainCommands(program: Command): void {
     .option('--max-steps <n>', 'stop after N optimizer steps', number('max_steps', 'int'))
     .option('--max-seq-length <n>', 'truncate examples to N tokens', number('max_seq_length', 'int'))
     .option('--no-label-metrics', 'no accuracy/precision/recall even when the answers form a label set')
+    .option('--grad-accum <n>', 'gradient accumulation: micro-batches per optimizer step (batch size stays the examples per step)', number('gradient_accumulation_steps', 'int'))
+    .option('--gradient-checkpointing [mode]', 'recompute activations in backward (less memory, ~1/3 more compute): on | off | auto', onOff('gradient_checkpointing'))
+    .option('--early-stopping <patience>', 'stop after N validations without improvement of the validation loss', number('early_stopping_patience', 'int'))
+    .option('--early-stopping-min-delta <x>', 'the smallest fall of the validation loss that counts as improvement', number('early_stopping_min_delta'))
+    .option('--bf16 <mode>', 'bf16 autocast: auto (where the CPU/GPU supports it) | on | off')
+    .option('--group-by-length', 'batches of similar length (less padding)')
+    .option('--nproc <n>', 'training processes: above 1 the engine runs under torchrun (DDP; FSDP for full)', number('nproc', 'int'))
+    .option('--dry-run', 'validate the files, resolve auto and print the memory and time estimate; create nothing')
     .option('--resume <job>', 'continue a paused or interrupted job from its last checkpoint')
     .option('--json', 'print the engine events as JSON lines on stdout')
     .action(async (o, cmd: Command) => {
@@ -96,9 +106,27 @@ export function registerTrainCommands(program: Command): void {
               ...(o.saveEvery !== undefined && { save_every_steps: o.saveEvery }),
               ...(o.maxSteps !== undefined && { max_steps: o.maxSteps }),
               ...(o.maxSeqLength !== undefined && { max_seq_length: o.maxSeqLength }),
+              ...(o.gradAccum !== undefined && { gradient_accumulation_steps: o.gradAccum }),
+              ...(o.gradientCheckpointing !== undefined && { gradient_checkpointing: o.gradientCheckpointing }),
+              ...(o.earlyStopping !== undefined && { early_stopping_patience: o.earlyStopping }),
+              ...(o.earlyStoppingMinDelta !== undefined && { early_stopping_min_delta: o.earlyStoppingMinDelta }),
+              ...(o.bf16 !== undefined && { bf16: o.bf16 }),
+              ...(o.groupByLength && { group_by_length: true }),
+              ...(o.nproc !== undefined && { nproc: o.nproc }),
               label_set: o.labelMetrics ? 'auto' : null,
             },
           };
+          if (o.dryRun) {
+            // The plan reads stored files: these uploads are scratch copies, removed again.
+            try {
+              const plan = await planJob(ctx, { ...params, weitiao: { ...params.weitiao!, dry_run: true } });
+              if (o.json) printJson(plan);
+              else printPlan(plan);
+            } finally {
+              for (const f of [training, validation]) if (f) await deleteFile(ctx, f.id);
+            }
+            return;
+          }
           const job = createJob(ctx, params);
           jobId = job.id;
           process.stderr.write(`created job 已创建任务 ${job.id}\n`);
@@ -182,6 +210,24 @@ export async function runInForeground(ctx: Context, jobId: string, options: { js
     process.off('SIGINT', onSigint);
     process.off('SIGTERM', onSigint);
   }
+}
+
+/** A dry run: the resolved settings, the controls, warnings and the estimate, on stdout. */
+function printPlan(plan: JobPlan): void {
+  const w = plan.weitiao;
+  const h = w.hyperparameters!;
+  console.log(`dry run 试运行 (nothing created 未创建任务): ${plan.model}, ${w.method}`);
+  console.log(`${w.n_examples} training examples${w.n_validation_examples !== null ? `, ${w.n_validation_examples} validation` : ''}${Array.isArray(w.label_set) ? `; labels: ${w.label_set.join(', ')}` : ''}`);
+  console.log(
+    `hyperparameters: epochs ${h.n_epochs}, batch ${h.batch_size}, lr ${h.learning_rate}, ${h.lr_scheduler} schedule, ` +
+      `${h.estimated_total_steps} steps${h.auto.length ? ` (auto: ${h.auto.join(', ')})` : ''}`,
+  );
+  console.log(`controls: ${describeTrainingControls(w.controls)}`);
+  for (const x of plan.warnings.slice(0, 10)) console.log(`warning: ${x.file}${x.line ? `:${x.line}` : ''}: ${x.field ? `${x.field}: ` : ''}${x.message}`);
+  if (plan.warnings.length > 10) console.log(`… and ${plan.warnings.length - 10} more warnings`);
+  console.log('');
+  if (plan.estimate) printEstimate(plan.estimate);
+  for (const n of plan.notes) console.log(n);
 }
 
 function reportOutcome(job: FineTuningJob): void {

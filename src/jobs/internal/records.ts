@@ -8,6 +8,8 @@ import type { DB } from '../../store/index.js';
 import { newId, now } from '../../store/index.js';
 import type { RequestedHyperparameters, ResolvedHyperparameters } from '../../train/index.js';
 import type { JobStatus } from './status.js';
+import type { z } from 'zod';
+import type { WeitiaoJobSettings } from '../index.js';
 
 export interface JobRow {
   id: string;
@@ -35,32 +37,11 @@ export interface JobRow {
   requested_action: 'cancel' | 'pause' | null;
 }
 
-export interface LoraSettings {
-  r?: number;
-  alpha?: number;
-  dropout?: number;
-  target_modules?: 'all-linear' | string[];
-}
-
-/** weitiao's own settings for a job, as the user gave them (the `weitiao` object of the create request). */
-export interface JobSettings {
-  /** The supervised recipe (`lora` when absent); DPO jobs are told apart by their OpenAI method. */
-  method?: 'lora' | 'qlora' | 'full';
-  full?: { freeze_embeddings?: boolean; freeze_layers?: number };
-  /** DPO's beta, resolved from `auto` at creation. */
-  dpo?: { beta: number };
-  lora?: LoraSettings;
-  learning_rate?: number;
-  weight_decay?: number;
-  max_grad_norm?: number;
-  warmup_ratio?: number;
-  lr_scheduler?: 'linear' | 'cosine' | 'constant';
-  eval_every_steps?: number;
-  save_every_steps?: number;
-  label_set: 'auto' | null | string[];
-  max_steps?: number | null;
-  max_seq_length?: number;
-}
+/**
+ * weitiao's own settings for a job, as the user gave them (the `weitiao` object of the create request,
+ * its schema in ../index.ts), plus DPO's beta resolved from `auto` at creation.
+ */
+export type JobSettings = Omit<z.output<typeof WeitiaoJobSettings>, 'dry_run'> & { dpo?: { beta: number } };
 
 export interface JobProgress {
   step: number;

@@ -392,7 +392,8 @@ async function withRetries<T>(retries: number, signal: AbortSignal | undefined, 
     } catch (err) {
       if (!(err instanceof RetryableError)) throw err;
       if (attempt >= retries) {
-        throw new WeitiaoError('internal_error', `${err.message}. Run the same pull again to continue. / 下载中断，再次运行即可继续`, {
+        // The hub is unreachable or keeps failing (5xx, 429, dropped connections): a remote problem, not ours.
+        throw new WeitiaoError('unavailable', `${err.message}. Run the same pull again to continue. / 下载中断，再次运行即可继续`, {
           cause: err,
         });
       }

@@ -209,6 +209,8 @@ export interface Job {
     progress?: { step: number; total_steps: number; epoch: number } | null;
     /** Everything the engine was given, `auto` resolved once the files were read. */
     hyperparameters?: (Record<string, number | string | string[]> & { auto?: string[] }) | null;
+    /** Gradient accumulation/checkpointing, early stopping, bf16, length grouping, nproc (engine defaults filled in). */
+    controls?: Record<string, number | string | boolean | null>;
     label_set?: string[] | 'auto' | null;
     label_metrics?: LabelMetrics | null;
     max_steps?: number | null;
@@ -369,10 +371,13 @@ export interface EstimateResponse {
   total_steps: number;
   trained_tokens: number;
   tokens_per_second: number | null;
-  /** `measured`: from an earlier job on this base model; `model_size`: a rough figure. */
-  throughput_source: 'measured' | 'model_size' | null;
+  /** `estimate`: the engine's estimate on this machine (src/train/estimate.ts), the same as `weitiao estimate`. */
+  throughput_source: 'estimate';
+  method: 'lora' | 'qlora';
   estimated_seconds: number | null;
   estimated_memory_bytes: number | null;
+  /** The engine's figures behind the totals: memory breakdown, time per epoch, steps per epoch. */
+  estimate: { peak_memory_bytes: number; time_per_epoch_seconds: number; steps_per_epoch: number; total_seconds: number; memory: Record<string, number> };
   notes: string[];
 }
 

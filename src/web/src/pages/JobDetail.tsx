@@ -261,6 +261,16 @@ export function JobDetail({ id }: { id: string }) {
               .map(([k, v]) => `${k}=${typeof v === 'number' ? formatNumber(v) : String(v)}`)
               .join(' · ') || '—'}
           </dd>
+          {j.weitiao?.controls && (
+            <>
+              <dt>{t('jobs.controls')}</dt>
+              <dd className="mono small" data-testid="job-controls">
+                {Object.entries(j.weitiao.controls)
+                  .map(([k, v]) => `${k}=${String(v)}`)
+                  .join(' · ')}
+              </dd>
+            </>
+          )}
           <dt>{t('jobs.trainedTokens')}</dt>
           <dd>{formatNumber(j.trained_tokens, 12)}</dd>
           {j.estimated_finish && !finished && (

@@ -45,6 +45,8 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
   const [validation, setValidation] = useState(validationFile ?? '');
   const [suffix, setSuffix] = useState('');
   const [seed, setSeed] = useState('');
+  // The recipes the server's estimate covers; full fine-tuning and DPO are in the CLI and the API.
+  const [method, setMethod] = useState<'lora' | 'qlora'>('lora');
   const [hp, setHp] = useState<Record<HpName, string>>({
     n_epochs: '',
     batch_size: '',
@@ -74,7 +76,7 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
       api<EstimateResponse>('/v1/weitiao/estimate', {
         signal: controller.signal,
         timeoutMs: 2 * 60_000,
-        json: { model, training_file: training, validation_file: validation || undefined, hyperparameters: openai, lora },
+        json: { model, training_file: training, validation_file: validation || undefined, method, hyperparameters: openai, lora },
       })
         .then((e) => {
           setEstimate(e);
@@ -90,7 +92,7 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
       clearTimeout(timer);
       controller.abort();
     };
-  }, [model, training, validation, hp]);
+  }, [model, training, validation, method, hp]);
 
   const launch = useAction(async () => {
     const { openai, lora } = hyperparameterBody(hp);
@@ -102,7 +104,9 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
         ...(suffix.trim() ? { suffix: suffix.trim() } : {}),
         ...(seed.trim() ? { seed: Number(seed) } : {}),
         method: { type: 'supervised', supervised: { hyperparameters: openai } },
-        ...(Object.keys(lora).length ? { weitiao: { lora } } : {}),
+        ...(Object.keys(lora).length || method !== 'lora'
+          ? { weitiao: { ...(method !== 'lora' ? { method } : {}), ...(Object.keys(lora).length ? { lora } : {}) } }
+          : {}),
       },
     });
     navigate('jobs', job.id);
@@ -135,8 +139,9 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
           </label>
           <label>
             {t('new.method')}
-            <select name="method" value="lora" disabled>
+            <select name="method" value={method} onChange={(e) => setMethod(e.target.value as 'lora' | 'qlora')}>
               <option value="lora">LoRA</option>
+              <option value="qlora">QLoRA (NF4)</option>
             </select>
           </label>
           <label>

@@ -1,0 +1,90 @@
+/**
+ * What happens between a job's creation and its training, as plain functions: validate its files the
+ * way the engine will read them, then resolve `auto` hyperparameters and the label set. The worker
+ * (validating_files) and a dry run (`weitiao.dry_run`, `weitiao train --dry-run`) both call these, so a
+ * dry run checks exactly what a real job would. Not for use outside src/jobs.
+ */
+import type { Context } from '../../context.js';
+import { validateChatFile, validatePreferenceFile, type Issue, type ValidationReport } from '../../data/index.js';
+import { WeitiaoError, type ErrorCode } from '../../errors.js';
+import { fileContentPath, retrieveFile, type FileObject } from '../../files/index.js';
+import { resolveHyperparameters, type Method, type RequestedHyperparameters, type ResolvedHyperparameters } from '../../train/index.js';
+import type { JobError, JobSettings } from './records.js';
+
+export type JobFileParam = 'training_file' | 'validation_file';
+
+export interface CheckedFile {
+  param: JobFileParam;
+  file: FileObject;
+  path: string;
+  report: ValidationReport;
+}
+
+/** The stored file behind `fileId`; `file_not_found` (as a JobError) when it is gone. */
+export function jobFile(ctx: Context, param: JobFileParam, fileId: string): { file: FileObject; path: string } | JobError {
+  try {
+    return { file: retrieveFile(ctx, fileId), path: fileContentPath(ctx, fileId) };
+  } catch {
+    return { code: 'file_not_found', message: `${param} ${fileId} no longer exists / 文件 ${fileId} 已不存在`, param };
+  }
+}
+
+/** Validates one job file as training will read it: OpenAI's preference format for DPO, chat examples (with the base's tokenizer) otherwise. */
+export async function validateJobFile(
+  file: { file: FileObject; path: string },
+  param: JobFileParam,
+  options: { method: Method; modelDir: string; settings: Pick<JobSettings, 'max_seq_length'> },
+): Promise<CheckedFile> {
+  const report =
+    options.method === 'dpo'
+      ? await validatePreferenceFile(file.path)
+      : await validateChatFile(file.path, {
+          model_dir: options.modelDir,
+          ...(options.settings.max_seq_length ? { max_length: options.settings.max_seq_length } : {}),
+        });
+  return { param, ...file, report };
+}
+
+/** The job's error for a file with errors (the first one located, the count of the rest), or null. */
+export function fileError(checked: CheckedFile): JobError | null {
+  const { report, param, file } = checked;
+  if (!report.errors.length) return null;
+  const first = report.errors[0];
+  const more = report.errors.length > 1 ? ` (+${report.errors.length - 1} more)` : '';
+  return {
+    code: param === 'training_file' ? 'invalid_training_file' : 'invalid_validation_file',
+    message: `${describeIssue(file.filename, first)}${more}`,
+    param: [param, first.line ?? '', first.field ?? ''].filter((x) => x !== '').join(':'),
+  };
+}
+
+export interface JobResolution {
+  resolved: ResolvedHyperparameters;
+  /** The label set for per-epoch label metrics (null: free-text answers, DPO, or turned off). */
+  labelSet: string[] | null;
+}
+
+/** Resolves `auto` hyperparameters from the valid training examples and the label set from the answers; throws `invalid_request`. */
+export function resolveJob(input: { method: Method; settings: JobSettings; requested: RequestedHyperparameters; train: ValidationReport }): JobResolution {
+  const { method, settings, train } = input;
+  const resolved = resolveHyperparameters({ n_examples: train.valid_examples, requested: input.requested, method });
+  const labelSet = method === 'dpo' ? null : settings.label_set === 'auto' ? train.label_set : settings.label_set;
+  return { resolved, labelSet };
+}
+
+/** `file:line: field: message`, as every data issue is shown in events and errors. */
+export function describeIssue(filename: string, issue: Issue): string {
+  const where = issue.line ? `${filename}:${issue.line}` : filename;
+  return [where, issue.field, issue.message].filter(Boolean).join(': ');
+}
+
+/** A JobError as the WeitiaoError a synchronous caller (a dry run) throws: invalid files are `invalid_file`. */
+export function jobErrorToThrow(error: JobError): WeitiaoError {
+  const codes: Record<string, ErrorCode> = {
+    invalid_training_file: 'invalid_file',
+    invalid_validation_file: 'invalid_file',
+    file_not_found: 'not_found',
+    model_not_found: 'not_found',
+  };
+  return new WeitiaoError(codes[error.code] ?? 'invalid_request', error.message, { param: error.param ?? undefined });
+}
