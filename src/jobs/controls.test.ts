@@ -10,6 +10,7 @@ import { createFile, listFiles } from '../files/index.js';
 import { deleteModel } from '../models/index.js';
 import { buildTrainRequest, resolveHyperparameters, resolveTrainingControls, TrainingControls } from '../train/index.js';
 import { createJob, FineTuningJob, JobPlan, listJobCheckpoints, listJobEvents, listJobs, planJob, retrieveJob, Worker } from './index.js';
+import { resolveJob } from './internal/plan.js';
 import { setUpFixture, type Fixture } from './internal/test-fixtures.js';
 
 let fx: Fixture;
@@ -45,6 +46,14 @@ describe('training controls', () => {
     rejectsWith(() => createJob(fx.ctx, { ...base, weitiao: { bf16: 'maybe' as never } }), 'invalid_request', 'weitiao.bf16');
     rejectsWith(() => createJob(fx.ctx, { ...base, weitiao: { early_stopping_min_delta: -1 } }), 'invalid_request', 'weitiao.early_stopping_min_delta');
     assert.equal(TrainingControls.safeParse({ gradient_accumulation_step: 2 }).success, false, 'a misspelt control is refused, not ignored');
+    // Under torchrun each process takes an equal share of every batch, and DPO runs in one process.
+    rejectsWith(() => createJob(fx.ctx, { ...base, method: { type: 'dpo' }, weitiao: { nproc: 2 } }), 'invalid_request', 'weitiao.nproc');
+    const batch3 = { type: 'supervised' as const, supervised: { hyperparameters: { batch_size: 3 } } };
+    rejectsWith(() => createJob(fx.ctx, { ...base, method: batch3, weitiao: { nproc: 2 } }), 'invalid_request', 'hyperparameters.batch_size');
+    const train = { valid_examples: 100, label_set: null } as unknown as Parameters<typeof resolveJob>[0]['train'];
+    const auto = resolveJob({ method: 'lora', settings: { label_set: 'auto', nproc: 3 }, requested: {}, train });
+    assert.equal(auto.resolved.batch_size % 3, 0, `an auto batch rounds up to a multiple of nproc: ${auto.resolved.batch_size}`);
+    assert.equal(auto.resolved.estimated_total_steps, Math.ceil(100 / auto.resolved.batch_size) * auto.resolved.n_epochs);
   });
 
   test('buildTrainRequest: controls go into the engine hyperparameters, nproc to the request only above 1', () => {

@@ -373,6 +373,18 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
       param: 'weitiao.method',
     });
   }
+  const nproc = p.weitiao?.nproc ?? 1;
+  if (isDpo && nproc > 1) {
+    throw new WeitiaoError('invalid_request', 'DPO trains in one process; leave weitiao.nproc at 1 / DPO 只支持单进程训练', { param: 'weitiao.nproc' });
+  }
+  const explicitBatch = (p.method?.dpo?.hyperparameters ?? p.method?.supervised?.hyperparameters ?? p.hyperparameters)?.batch_size;
+  if (nproc > 1 && typeof explicitBatch === 'number' && explicitBatch % nproc !== 0) {
+    throw new WeitiaoError(
+      'invalid_request',
+      `batch_size ${explicitBatch} is not a multiple of weitiao.nproc ${nproc}: each process takes an equal share of every batch / batch_size 必须是进程数的整数倍`,
+      { param: 'hyperparameters.batch_size' },
+    );
+  }
   if (p.method?.type === 'supervised' && p.method.dpo) {
     throw new WeitiaoError('invalid_request', "method.dpo is given but method.type is 'supervised' / method.type 与参数不符", { param: 'method.dpo' });
   }
