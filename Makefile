@@ -65,7 +65,7 @@ test-node: setup browser
 
 test: setup typecheck test-engine test-node
 
-# Side-by-side speed benchmark (TRL SFTTrainer vs the engine); writes BENCHMARKS.md. Takes about 15 minutes on 2 cores.
+# Side-by-side speed benchmark (TRL SFTTrainer vs the engine); writes BENCHMARKS.md. Takes about 20 minutes on 2 quiet cores.
 bench: setup
 	$(VENV)/bin/pip install $(PIP_FLAGS) -q -r bench/requirements.txt
 	$(VPY) bench/run.py

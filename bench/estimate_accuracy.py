@@ -1,6 +1,7 @@
 """How close `weitiao estimate` comes to the measured peak memory of a real `train` run.
 
     .venv/bin/python bench/estimate_accuracy.py [MODEL_DIR] [TRAIN_JSONL]
+    WEITIAO_BENCH_THREADS=1 .venv/bin/python bench/estimate_accuracy.py …   (default: the engine's own thread count)
 
 Defaults: builds the tiny model (2 layers, 64 wide) and 64 waimai examples in a temp dir. For each method
 (lora, qlora) it prints the estimate, the peak RSS of a whole-epoch `train` subprocess (wait4's ru_maxrss,
@@ -56,13 +57,15 @@ def main() -> None:
                 msgs = [{"role": "system", "content": "你是一位外卖评论好评差评评论专家。"}, {"role": "user", "content": r["review"]},
                         {"role": "assistant", "content": answer}]  # fmt: skip
                 f.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
-    print(f"{'method':8} {'estimate MB':>12} {'measured MB':>12} {'ratio':>6}")
+    # The engine's own thread count unless told: per-thread allocator arenas and kernel scratch are part of the peak.
+    threads = int(os.environ["WEITIAO_BENCH_THREADS"]) if os.environ.get("WEITIAO_BENCH_THREADS") else None
+    print(f"{'method':8} {'estimate MB':>12} {'measured MB':>12} {'ratio':>6}   (threads: {threads or 'engine default'})")
     for method in ("lora", "qlora"):
         _, est = engine("estimate", {"base_model": model, "training_file": train, "method": method, "batch_size": 16,
-                                     "max_seq_length": 256, "threads": 1})  # fmt: skip
+                                     "max_seq_length": 256, "threads": threads})  # fmt: skip
         peak, _ = engine("train", {"base_model": model, "output_dir": str(tmp / f"job-{method}"), "training_file": train, "method": method,
                                    "hyperparameters": {"n_epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "max_seq_length": 256},
-                                   "threads": 1})  # fmt: skip
+                                   "threads": threads})  # fmt: skip
         e = est["peak_memory_bytes"]
         print(f"{method:8} {e / 2**20:12.1f} {peak / 2**20:12.1f} {e / peak:6.2f}")
 
