@@ -186,3 +186,20 @@ def train_stopped_at_step() -> Callable[[dict[str, Any], int], list[dict[str, An
         return events
 
     return run
+
+
+def trained_text(tokenizer, example) -> list[str]:
+    """The trained spans of a tokenized example, each decoded (consecutive labelled positions form one span)."""
+    from weitiao_engine.chat_format import IGNORE_INDEX
+
+    spans, current = [], []
+    for token, label in zip(example.input_ids, example.labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            spans.append(current)
+            current = []
+    if current:
+        spans.append(current)
+    return [tokenizer.decode(s) for s in spans]

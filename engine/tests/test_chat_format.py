@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+from conftest import trained_text
 from transformers import AutoTokenizer
 
 from weitiao_engine import tiny
@@ -38,21 +39,6 @@ def llama3(tmp_path_factory: pytest.TempPathFactory):
         num_attention_heads=2, num_key_value_heads=1, vocab_size=400, corpus_files=[str(corpus)],
     )  # fmt: skip
     return AutoTokenizer.from_pretrained(tiny.run(request)["path"])
-
-
-def trained_text(tokenizer, example) -> list[str]:
-    """The trained spans, each decoded (consecutive labelled positions form one span)."""
-    spans, current = [], []
-    for token, label in zip(example.input_ids, example.labels):
-        if label != IGNORE_INDEX:
-            assert label == token
-            current.append(token)
-        elif current:
-            spans.append(current)
-            current = []
-    if current:
-        spans.append(current)
-    return [tokenizer.decode(s) for s in spans]
 
 
 @pytest.mark.parametrize("name", ["chatml", "llama3"])

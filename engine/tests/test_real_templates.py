@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import LABELS, SYSTEM_PROMPT, waimai_rows
+from conftest import LABELS, SYSTEM_PROMPT, trained_text, waimai_rows
 from transformers import AutoTokenizer
 
 from weitiao_engine.chat_format import IGNORE_INDEX, answer_ids, count_tokens, prompt_ids, tokenize_example, tokenize_examples
@@ -88,21 +88,6 @@ def real(request: pytest.FixtureRequest, load):
 
 def template_ids(tokenizer, messages, add_generation_prompt: bool = False) -> list[int]:
     return tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
-
-
-def trained_text(tokenizer, example) -> list[str]:
-    """The trained spans, each decoded (consecutive labelled positions form one span)."""
-    spans, current = [], []
-    for token, label in zip(example.input_ids, example.labels):
-        if label != IGNORE_INDEX:
-            assert label == token
-            current.append(token)
-        elif current:
-            spans.append(current)
-            current = []
-    if current:
-        spans.append(current)
-    return [tokenizer.decode(s) for s in spans]
 
 
 def expected_spans(name: str, messages, skip: tuple[int, ...] = ()) -> list[str]:
