@@ -21,6 +21,7 @@ import { resolveModel } from '../models/index.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
 import { estimateJob, JobEstimate } from '../train/estimate.js';
 import {
+  LoraSettings,
   pickTrainingControls,
   RequestedHyperparameters,
   ResolvedTrainingControls,
@@ -88,17 +89,7 @@ export const WeitiaoJobSettings = z.strictObject({
     })
     .partial()
     .optional(),
-  lora: z
-    .strictObject({
-      r: z.number().int().positive().max(1024),
-      alpha: z.number().positive(),
-      dropout: z.number().min(0).max(1),
-      target_modules: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]),
-      /** Modules trained in full and saved with the adapter, e.g. `["embed_tokens"]` (needed for random-weight bases). */
-      modules_to_save: z.array(z.string().min(1)).min(1).nullable(),
-    })
-    .partial()
-    .optional(),
+  lora: LoraSettings.optional(),
   /** An absolute learning rate, instead of the base rate × `learning_rate_multiplier`. */
   learning_rate: z.number().positive().max(1).optional(),
   weight_decay: z.number().min(0).optional(),

@@ -17,7 +17,7 @@ import { EstimateResult, type EstimateRequest } from '../engine/protocol.js';
 import { WeitiaoError } from '../errors.js';
 import { fileContentPath, retrieveFile } from '../files/index.js';
 import { resolveModel } from '../models/index.js';
-import { resolveHyperparameters, TrainingControls } from './index.js';
+import { LoraSettings, resolveHyperparameters, TrainingControls } from './index.js';
 
 const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
 
@@ -35,16 +35,7 @@ export const EstimateParams = z.strictObject({
     .optional(),
   /** `lora` (default) or `qlora` (the base's linear layers in 4-bit NF4). */
   method: z.enum(['lora', 'qlora']).optional(),
-  lora: z
-    .strictObject({
-      r: z.number().int().positive().max(1024),
-      alpha: z.number().positive(),
-      dropout: z.number().min(0).max(1),
-      target_modules: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]),
-      modules_to_save: z.array(z.string().min(1)).min(1).nullable(),
-    })
-    .partial()
-    .optional(),
+  lora: LoraSettings.optional(),
   threads: z.number().int().positive().optional(),
   /** As the job's training controls of the same names (they change the activations and the speed). */
   ...TrainingControls.pick({ gradient_checkpointing: true, bf16: true }).shape,

@@ -206,6 +206,18 @@ function optionalFields<S extends z.ZodRawShape>(shape: S): Optional<S> {
   return out as Optional<S>;
 }
 
+/** LoRA's settings a job or an estimate may give (each optional; the engine fills the rest). */
+export const LoraSettings = z
+  .strictObject({
+    r: z.number().int().positive().max(1024),
+    alpha: z.number().positive(),
+    dropout: z.number().min(0).max(1),
+    target_modules: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]),
+    /** Modules trained in full and saved with the adapter, e.g. `["embed_tokens"]` (needed for random-weight bases). */
+    modules_to_save: z.array(z.string().min(1)).min(1).nullable(),
+  })
+  .partial();
+
 /**
  * The training controls a job may set: gradient accumulation and checkpointing, early stopping, bf16,
  * length grouping (the engine protocol's names and ranges, derived from it) and `nproc`, the number of
