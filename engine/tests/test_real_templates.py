@@ -180,3 +180,24 @@ def test_gemma3_refuses_what_its_template_refuses(load) -> None:
     assert e.value.code == "invalid_request" and "alternate" in str(e.value)
     # Gemma 3 has no system role: the system prompt becomes the start of the first user turn, not a turn of its own.
     assert tokenizer.apply_chat_template(SINGLE, tokenize=False).startswith(f"<bos><start_of_turn>user\n{SYSTEM_PROMPT}\n\n很快")
+
+
+def test_byte_level_tokenizer_in_a_llama_folder_is_not_mangled(load, tmp_path: Path) -> None:
+    """DeepSeek-R1-Distill-Llama-style folder: model_type llama, a byte-level tokenizer.json. transformers picks
+    its SentencePiece Llama tokenizer there, which drops spaces and Chinese; the engine's loader must not."""
+    from weitiao_engine.tokens import auto_tokenizer
+
+    source = PACKAGES / "tokenizer-deepseek_v3" / "models"
+    if not (source / "tokenizer.json").exists():
+        pytest.skip(f"{source} is missing: run `npm ci` at the repository root")
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / file, tmp_path / file)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "transformers_version": "4.51.0"}), encoding="utf-8")
+    text = "很快，好吃 good food!"
+    mangled = AutoTokenizer.from_pretrained(tmp_path)
+    assert mangled.decode(mangled.encode(text, add_special_tokens=False)) != text, "transformers fixed it: drop the workaround"
+
+    tokenizer, reference = auto_tokenizer(tmp_path), load("deepseek_v3")
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    assert template_ids(tokenizer, SINGLE) == template_ids(reference, SINGLE)
+    assert tokenize_example(tokenizer, SINGLE).labels == tokenize_example(reference, SINGLE).labels

@@ -48,7 +48,9 @@ MB = 1024 * 1024
 def run(request: EstimateRequest) -> dict[str, Any]:
     """Predicts `train`'s peak memory (bytes, with a breakdown) and seconds per epoch for this request."""
     import psutil
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
+
+    from .tokens import auto_tokenizer
 
     from .chat_format import tokenize_examples
     from .loading import checkpoint_dtype, set_threads
@@ -63,7 +65,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     progress("estimate", 0, 4, "reading data / 读取数据")
     examples = load_examples(request.training_file, "training_file")
     config = AutoConfig.from_pretrained(str(base))
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer = auto_tokenizer(base)
     data, n_truncated = tokenize_examples(tokenizer, examples, request.max_seq_length)
     lengths = [len(e.input_ids) for e in data]
     trained = [e.n_trained for e in data]

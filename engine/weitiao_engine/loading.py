@@ -40,7 +40,9 @@ def load_model(
     threads: Optional[int] = None,
 ) -> tuple[Any, Any]:
     """Loads a Hugging Face model directory (plus a PEFT LoRA adapter when given) in eval mode: (model, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .tokens import auto_tokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # stderr is the engine's log; a redrawn bar only clutters it
@@ -50,7 +52,7 @@ def load_model(
     set_threads(threads)
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        tokenizer = auto_tokenizer(model_dir)
     except Exception as e:  # transformers raises OSError, ValueError… for a broken or partial directory
         raise EngineError("invalid_file", f"{model_dir}: cannot load the tokenizer: {e} / 无法加载分词器", "model") from e
     if tokenizer.pad_token_id is None:

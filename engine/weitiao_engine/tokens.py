@@ -44,9 +44,36 @@ def load_tokenizer(model: str):
     if not Path(model).is_dir():
         raise EngineError("not_found", f"model directory {model} does not exist / 模型目录不存在", "model")
     try:
-        return AutoTokenizer.from_pretrained(model)
+        return auto_tokenizer(model)
     except Exception as e:  # transformers raises OSError, ValueError… for a broken or partial directory
         raise EngineError("invalid_file", f"{model}: cannot load the tokenizer: {e} / 无法加载分词器", "model") from e
+
+
+ROUND_TRIP_PROBE = "很快，好吃 good food!"
+
+
+def auto_tokenizer(model: str | Path):
+    """`AutoTokenizer.from_pretrained`, unless the class it picks mangles the directory's own tokenizer.json.
+
+    transformers 5 maps `tokenizer_class: LlamaTokenizerFast` to its SentencePiece-style Llama tokenizer even
+    when tokenizer.json is byte-level (DeepSeek-R1-Distill-Llama and other Llama-architecture models with
+    their own vocabulary), and that one silently drops spaces and Chinese (huggingface/transformers#45488;
+    its workaround only matches Hub names, never a local directory). A probe that does not survive
+    encode/decode falls back to the tokenizer.json as written, with the same tokenizer_config.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    if (Path(model) / "tokenizer.json").is_file() and not _round_trips(tokenizer):
+        exact = PreTrainedTokenizerFast.from_pretrained(str(model))
+        if _round_trips(exact):
+            return exact
+    return tokenizer
+
+
+def _round_trips(tokenizer) -> bool:
+    ids = tokenizer.encode(ROUND_TRIP_PROBE, add_special_tokens=False)
+    return tokenizer.decode(ids) == ROUND_TRIP_PROBE
 
 
 def model_max_length(model: str, tokenizer) -> int:

@@ -142,7 +142,9 @@ def setup(request: TrainRequest) -> Run:
     """Threads, seed, pairs, base model + LoRA, reference log-probabilities, optimizer, scheduler; resume."""
     import psutil
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from ..tokens import auto_tokenizer
 
     hp = request.hyperparameters
     torch.set_num_threads(request.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
@@ -159,7 +161,7 @@ def setup(request: TrainRequest) -> Run:
     if not Path(base).is_dir():
         raise EngineError("not_found", f"base model directory {base} does not exist / 基础模型目录不存在", "base_model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = auto_tokenizer(base)
         # As lora_finetune: the frozen base in bf16 unless the run is fp32.
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32 if precision == "fp32" else torch.bfloat16)
     except Exception as e:

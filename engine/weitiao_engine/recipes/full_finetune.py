@@ -128,7 +128,9 @@ def run(request: TrainRequest) -> dict[str, Any]:
 def setup(request: TrainRequest) -> Run:
     """Threads, seed, data, the base model with its frozen parts, optimizer and scheduler; restores on resume."""
     import psutil
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from ..tokens import auto_tokenizer
 
     hp = request.hyperparameters
     torch.set_num_threads(request.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
@@ -144,7 +146,7 @@ def setup(request: TrainRequest) -> Run:
     if not Path(base).is_dir():
         raise EngineError("not_found", f"base model directory {base} does not exist / 基础模型目录不存在", "base_model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = auto_tokenizer(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     except Exception as e:
         raise EngineError("invalid_file", f"{base}: cannot load the model: {e} / 无法加载模型", "base_model") from e

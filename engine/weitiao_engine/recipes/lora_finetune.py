@@ -138,7 +138,9 @@ def run(request: TrainRequest) -> dict[str, Any]:
 def setup(request: TrainRequest) -> Run:
     """Threads, seed, data, base model + LoRA, optimizer and scheduler; restores a checkpoint on resume."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from ..tokens import auto_tokenizer
 
     hp = request.hyperparameters
     from ..loading import checkpoint_dtype, limit_heap_retention, release_freed_memory, set_threads
@@ -163,7 +165,7 @@ def setup(request: TrainRequest) -> Run:
     if not Path(base).is_dir():
         raise EngineError("not_found", f"base model directory {base} does not exist / 基础模型目录不存在", "base_model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = auto_tokenizer(base)
     except Exception as e:  # transformers raises OSError, ValueError… for broken directories
         raise EngineError("invalid_file", f"{base}: cannot load the tokenizer: {e} / 无法加载分词器", "base_model") from e
     model = load_base(request, precision)
