@@ -77,8 +77,9 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     progress("estimate", 1, 4, "counting parameters / 统计参数")
     counts = parameter_counts(config, request)
     batch = min(request.batch_size, len(data))
-    widest = batch * max(lengths)  # the batch holding the longest example is padded to it
-    head_positions = batch * max(trained)
+    rows = math.ceil(batch / request.gradient_accumulation_steps)  # one forward/backward holds a micro-batch
+    widest = rows * max(lengths)  # the micro-batch holding the longest example is padded to it
+    head_positions = rows * max(trained)
     qlora = request.method == "qlora"
     # As the recipe: a bf16 checkpoint keeps bf16 frozen weights where compute is fp32; QLoRA's dense rest stays fp32.
     precision = "fp32" if qlora else precision_mode(request.bf16, checkpoint_dtype(base) == torch.bfloat16)
@@ -89,7 +90,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     progress("estimate", 2, 4, "measuring activations / 测量激活")
     per_token, per_token2 = activation_coefficients(config, request)
     layers = config.num_hidden_layers
-    one_layer = per_token * widest + per_token2 * batch * max(lengths) ** 2
+    one_layer = per_token * widest + per_token2 * rows * max(lengths) ** 2
     if checkpointing:
         # Only each layer's input (fp32) is kept; backward recomputes one layer at a time, holding its activations
         # and their gradients.
@@ -121,7 +122,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     progress("estimate", 3, 4, "timing matmuls / 测量矩阵乘法速度")
     rate = matmul_rate(config.hidden_size, min(widest, 512))
     steps = math.ceil(len(data) / batch)
-    padded = padded_tokens(lengths, batch)
+    padded = padded_tokens(lengths, rows)
     mean_len = sum(lengths) / len(lengths)
     forward_per_token = 2 * (counts["linear"] + counts["lora"]) + 4 * layers * mean_len * config.hidden_size
     passes = 3 if checkpointing else 2  # forward + backward to the inputs; checkpointing runs the forward twice

@@ -149,6 +149,7 @@ class EstimateRequest(Strict):
     threads: Optional[int] = Field(None, gt=0)  # None = one per physical core, as `train`
     gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"  # as `train`'s hyperparameters
     bf16: Literal["auto", "on", "off"] = "auto"  # as `train`'s hyperparameters
+    gradient_accumulation_steps: int = Field(1, gt=0)  # as `train`'s: activations are held for one micro-batch
 
 
 class EvaluateRequest(Strict):

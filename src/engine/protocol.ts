@@ -159,6 +159,8 @@ export const EstimateRequest = z.object({
   /** As `train`'s hyperparameters of the same names. */
   gradient_checkpointing: z.union([z.boolean(), z.literal('auto')]).default('auto'),
   bf16: z.enum(['auto', 'on', 'off']).default('auto'),
+  /** Activations are held for one micro-batch: ⌈batch_size / gradient_accumulation_steps⌉ rows. */
+  gradient_accumulation_steps: z.number().int().positive().default(1),
 });
 export type EstimateRequest = z.input<typeof EstimateRequest>;
 

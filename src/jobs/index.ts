@@ -466,6 +466,7 @@ export async function planJob(ctx: Context, params: CreateJobParams, options: { 
         ...(settings.lora ? { lora: settings.lora } : {}),
         ...(settings.gradient_checkpointing !== undefined ? { gradient_checkpointing: settings.gradient_checkpointing } : {}),
         ...(settings.bf16 !== undefined ? { bf16: settings.bf16 } : {}),
+        ...(settings.gradient_accumulation_steps !== undefined ? { gradient_accumulation_steps: settings.gradient_accumulation_steps } : {}),
       },
       options,
     );

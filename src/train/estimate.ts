@@ -38,7 +38,7 @@ export const EstimateParams = z.strictObject({
   lora: LoraSettings.optional(),
   threads: z.number().int().positive().optional(),
   /** As the job's training controls of the same names (they change the activations and the speed). */
-  ...TrainingControls.pick({ gradient_checkpointing: true, bf16: true }).shape,
+  ...TrainingControls.pick({ gradient_checkpointing: true, bf16: true, gradient_accumulation_steps: true }).shape,
 });
 export type EstimateParams = z.input<typeof EstimateParams>;
 
@@ -91,6 +91,7 @@ export async function estimateJob(ctx: Context, params: EstimateParams, options:
     threads: p.threads ?? null,
     ...(p.gradient_checkpointing !== undefined ? { gradient_checkpointing: p.gradient_checkpointing } : {}),
     ...(p.bf16 !== undefined ? { bf16: p.bf16 } : {}),
+    ...(p.gradient_accumulation_steps !== undefined ? { gradient_accumulation_steps: p.gradient_accumulation_steps } : {}),
   };
   // The engine's answer does not depend on the epochs: a form that changes only those is answered at once.
   const key = [JSON.stringify(request), ...[file, path.join(model.basePath, 'config.json')].map((f) => statSync(f, { throwIfNoEntry: false })?.mtimeMs ?? 0)].join('\0');

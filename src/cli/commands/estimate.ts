@@ -54,6 +54,7 @@ export function registerEstimateCommands(program: Command): void {
     .option('--threads <n>', 'torch threads (default: one per physical core)', number('threads', 'int'))
     .option('--gradient-checkpointing [mode]', 'recompute activations in backward: on | off | auto', onOff('gradient_checkpointing'))
     .option('--bf16 <mode>', 'bf16 autocast: auto | on | off')
+    .option('--grad-accum <n>', 'gradient accumulation: micro-batches per optimizer step', number('gradient_accumulation_steps', 'int'))
     .option('--json', 'print the estimate as JSON')
     .action(async (o, cmd: Command) => {
       if (o.method !== 'lora' && o.method !== 'qlora') {
@@ -73,6 +74,7 @@ export function registerEstimateCommands(program: Command): void {
           ...(o.threads !== undefined ? { threads: o.threads } : {}),
           ...(o.gradientCheckpointing !== undefined ? { gradient_checkpointing: o.gradientCheckpointing } : {}),
           ...(o.bf16 !== undefined ? { bf16: o.bf16 } : {}),
+          ...(o.gradAccum !== undefined ? { gradient_accumulation_steps: o.gradAccum } : {}),
         });
         if (o.json) return printJson(e);
         printEstimate(e);
