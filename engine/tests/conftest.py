@@ -24,6 +24,16 @@ REPO_ROOT = ENGINE_DIR.parent
 WAIMAI_CSV = (REPO_ROOT / ".." / "shared" / "data" / "waimai_10k.csv").resolve()
 SYSTEM_PROMPT = "你是一位外卖评论好评差评评论专家。"
 LABELS = {"1": "好评", "0": "差评"}
+# Conversations for the chat-format tests: one turn, and two assistant turns after one system prompt.
+SYSTEM = {"role": "system", "content": SYSTEM_PROMPT}
+SINGLE = [SYSTEM, {"role": "user", "content": "很快，好吃，味道足，量大"}, {"role": "assistant", "content": "好评"}]
+MULTI = [
+    SYSTEM,
+    {"role": "user", "content": "送餐太慢了"},
+    {"role": "assistant", "content": "差评"},
+    {"role": "user", "content": "味道不错，下次还点"},
+    {"role": "assistant", "content": "好评"},
+]
 
 if str(ENGINE_DIR) not in sys.path:
     sys.path.insert(0, str(ENGINE_DIR))
@@ -203,3 +213,13 @@ def trained_text(tokenizer, example) -> list[str]:
     if current:
         spans.append(current)
     return [tokenizer.decode(s) for s in spans]
+
+
+def assert_same_weights(dir_a: str, dir_b: str, filename: str, atol: float = 1e-6) -> None:
+    """Every tensor of `filename` in two saved model/adapter directories is equal within `atol`."""
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = load_file(Path(dir_a) / filename), load_file(Path(dir_b) / filename)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=atol, rtol=0)

@@ -6,22 +6,13 @@ import copy
 from pathlib import Path
 
 import pytest
-from conftest import trained_text
+from conftest import MULTI, SINGLE, SYSTEM, trained_text
 from transformers import AutoTokenizer
 
 from weitiao_engine import tiny
 from weitiao_engine.chat_format import IGNORE_INDEX, answer_ids, count_tokens, prompt_ids, tokenize_example, tokenize_examples
 from weitiao_engine.protocol import ChatMessage, CreateTinyRequest, EngineError
 
-SYSTEM = {"role": "system", "content": "你是一位外卖评论好评差评评论专家。"}
-SINGLE = [SYSTEM, {"role": "user", "content": "很快，好吃，味道足，量大"}, {"role": "assistant", "content": "好评"}]
-MULTI = [
-    SYSTEM,
-    {"role": "user", "content": "送餐太慢了"},
-    {"role": "assistant", "content": "差评"},
-    {"role": "user", "content": "味道不错，下次还点"},
-    {"role": "assistant", "content": "好评"},
-]
 
 
 @pytest.fixture(scope="module")

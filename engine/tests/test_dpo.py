@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import LABELS, SYSTEM_PROMPT, waimai_rows, write_jsonl
+from conftest import LABELS, SYSTEM_PROMPT, assert_same_weights, waimai_rows, write_jsonl
 from safetensors.torch import load_file
 from test_full_finetune import run_in_process
 
@@ -117,10 +117,7 @@ def test_dpo_stop_then_resume_equals_uninterrupted(tiny_model, pairs, tmp_path, 
     assert next(e["step"] for e in events if e["type"] == "metrics") == 3
     assert resumed["final_train_loss"] == pytest.approx(full["final_train_loss"], abs=1e-6)
     assert resumed["final_valid_loss"] == pytest.approx(full["final_valid_loss"], abs=1e-6)
-    a = load_file(Path(full["model_dir"]) / "adapter_model.safetensors")
-    b = load_file(Path(resumed["model_dir"]) / "adapter_model.safetensors")
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0)
+    assert_same_weights(full["model_dir"], resumed["model_dir"], "adapter_model.safetensors")
 
 
 def test_bad_preference_lines_name_file_line_and_field(tiny_model, pairs, tmp_path, monkeypatch) -> None:
@@ -150,10 +147,7 @@ def test_dpo_gradient_accumulation_equals_one_pass(tiny_model, pairs, tmp_path, 
         hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "gradient_accumulation_steps": k}
         runs[k], _ = run_in_process(request(tiny_model, {"train": str(train), "validation": None}, tmp_path / f"acc{k}", validation_file=None, hyperparameters=hp), monkeypatch)
     assert runs[4]["final_train_loss"] == pytest.approx(runs[1]["final_train_loss"], abs=1e-5)
-    a = load_file(Path(runs[1]["model_dir"]) / "adapter_model.safetensors")
-    b = load_file(Path(runs[4]["model_dir"]) / "adapter_model.safetensors")
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0)
+    assert_same_weights(runs[1]["model_dir"], runs[4]["model_dir"], "adapter_model.safetensors", atol=1e-5)
 
 
 def small_pairs(pairs: dict[str, str], tmp_path: Path, n_train: int, n_valid: int) -> dict[str, str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import assert_same_weights
 from safetensors.torch import load_file
 
 from weitiao_engine import generate, protocol, recipes
@@ -119,10 +120,7 @@ def test_full_finetune_stop_then_resume_equals_uninterrupted(tiny_model, waimai_
     assert resumed["steps"] == 8 and resumed["trained_tokens"] == full["trained_tokens"]
     assert resumed["final_train_loss"] == pytest.approx(full["final_train_loss"], abs=1e-6)
     assert resumed["final_valid_loss"] == pytest.approx(full["final_valid_loss"], abs=1e-6)
-    a = load_file(Path(full["model_dir"]) / "model.safetensors")
-    b = load_file(Path(resumed["model_dir"]) / "model.safetensors")
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0)
+    assert_same_weights(full["model_dir"], resumed["model_dir"], "model.safetensors")
 
 
 def test_freezing_every_layer_is_refused(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import LABELS, SYSTEM_PROMPT, trained_text, waimai_rows
+from conftest import LABELS, MULTI, SINGLE, SYSTEM, SYSTEM_PROMPT, trained_text, waimai_rows
 from transformers import AutoTokenizer
 
 from weitiao_engine.chat_format import IGNORE_INDEX, answer_ids, count_tokens, prompt_ids, tokenize_example, tokenize_examples
@@ -37,15 +37,6 @@ REAL = {
 # the generation prompt, so it is part of what the model writes and is trained.
 LAST_TURN_PREFIX = {"qwen3": "<think>\n\n</think>\n\n"}
 
-SYSTEM = {"role": "system", "content": SYSTEM_PROMPT}
-SINGLE = [SYSTEM, {"role": "user", "content": "很快，好吃，味道足，量大"}, {"role": "assistant", "content": "好评"}]
-MULTI = [
-    SYSTEM,
-    {"role": "user", "content": "送餐太慢了"},
-    {"role": "assistant", "content": "差评"},
-    {"role": "user", "content": "味道不错，下次还点"},
-    {"role": "assistant", "content": "好评"},
-]
 
 
 def real_conversation() -> list[dict[str, str]]:
