@@ -46,9 +46,15 @@ SHAPES = {
 def ablations(used: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """One row per technique the engine's default run used (its reported settings), turned off alone."""
     rows = [("weitiao − LM head at labels only", {"lm_head_at_labels_only": False})]
+    if used.get("packed") is True:
+        rows.append(("weitiao − padding-free packing (padded batches)", {"packing": False}))
+    if used.get("lora_dropout") is True:
+        rows.append(("weitiao − geometric LoRA dropout mask (nn.Dropout)", {"fast_lora_dropout": False}))
     if used.get("precision") in ("bf16", "bf16-weights"):
         rows.append((f"weitiao − {used['precision']} (fp32 weights and compute)", {"bf16": "off"}))
-    if used.get("gradient_checkpointing") is True:
+    if used.get("gradient_checkpointing") == "selective":
+        rows.append(("weitiao − selective checkpointing (full)", {"selective_checkpointing": False}))
+    if used.get("gradient_checkpointing") in ("selective", "full"):
         rows.append(("weitiao − gradient checkpointing", {"gradient_checkpointing": False}))
     if used.get("group_by_length") is True:
         rows.append(("weitiao − length grouping", {"group_by_length": False}))

@@ -38,9 +38,12 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+SWITCHES = ("lm_head_at_labels_only", "packing", "fast_lora_dropout", "selective_checkpointing")  # recipe switches, not request fields
+
+
 def engine_hyperparameters(spec: dict[str, Any]) -> dict[str, Any]:
     """The engine's TrainRequest hyperparameters for this run: its defaults plus the spec's options."""
-    options = {k: v for k, v in spec.get("options", {}).items() if k != "lm_head_at_labels_only"}
+    options = {k: v for k, v in spec.get("options", {}).items() if k not in SWITCHES}
     return {"n_epochs": 1, "batch_size": spec["batch_size"], "learning_rate": spec["learning_rate"], "seed": spec["seed"], **options}
 
 
@@ -127,15 +130,14 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     from weitiao_engine.recipes import lora_finetune
 
     options = spec.get("options", {})
+    # Techniques with no request field: module switches of the recipe, on by default (the ablations turn one off).
     lora_finetune.LM_HEAD_AT_LABELS_ONLY = options.get("lm_head_at_labels_only", True)
-    resolved: dict[str, Any] = {}  # what the recipe's "auto" settings became for this model
-    decide = getattr(lora_finetune, "use_gradient_checkpointing", None)
-    if decide is not None:
-        def recording(setting, model):  # noqa: E306 (observes the decision, changes nothing)
-            resolved["gradient_checkpointing"] = decide(setting, model)
-            return resolved["gradient_checkpointing"]
+    lora_finetune.PACKING = options.get("packing", True)
+    lora_finetune.FAST_LORA_DROPOUT = options.get("fast_lora_dropout", True)
+    if options.get("selective_checkpointing", True) is False:
+        from weitiao_engine import checkpointing
 
-        lora_finetune.use_gradient_checkpointing = recording
+        checkpointing.SELECTIVE_MAX_SHARE = 0.0  # full checkpointing whenever checkpointing is on
     marks: list[tuple[float, int]] = []
     losses: list[float] = []
 
@@ -165,8 +167,8 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     result = lora_finetune.run(request)
     peak = peak_rss_bytes()
     hp = request.hyperparameters
-    settings = {**options, "precision": result["precision"], "group_by_length": hp.group_by_length,
-                "gradient_checkpointing": resolved.get("gradient_checkpointing", hp.gradient_checkpointing)}  # fmt: skip
+    settings = {**options, "precision": result["precision"], "group_by_length": hp.group_by_length, "packed": result["packed"],
+                "gradient_checkpointing": result["gradient_checkpointing"], "lora_dropout": lora_finetune.FAST_LORA_DROPOUT}  # fmt: skip
     return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": result["model_dir"], "settings": settings}
 
 

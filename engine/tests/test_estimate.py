@@ -37,17 +37,17 @@ def test_estimate_adds_up(method, tiny_model, small_train, run_engine) -> None:
 
 
 def test_gradient_accumulation_holds_one_micro_batch(tiny_model, small_train, run_engine) -> None:
-    """Accumulating 4 micro-batches of 4 holds a quarter of a 16-row batch's activations, with the same steps."""
-    request = {"base_model": tiny_model, "training_file": small_train, "batch_size": 16, "max_seq_length": 256, "threads": 1}
+    """Accumulating 4 micro-batches of 4 holds the activations of a batch of 4, with the steps of a batch of 16."""
+    request = {"base_model": tiny_model, "training_file": small_train, "max_seq_length": 256, "threads": 1, "gradient_checkpointing": False}
     estimates = []
-    for accumulation in (1, 4):
-        code, events = run_engine("estimate", {**request, "gradient_accumulation_steps": accumulation, "gradient_checkpointing": False})
+    for batch, accumulation in ((16, 1), (16, 4), (4, 1)):
+        code, events = run_engine("estimate", {**request, "batch_size": batch, "gradient_accumulation_steps": accumulation})
         assert code == 0, events[-1]
         estimates.append(events[-1]["data"])
-    whole, micro = estimates
+    whole, micro, small = estimates
     assert micro["steps_per_epoch"] == whole["steps_per_epoch"] == 4
-    for part in ("activation_bytes", "lm_head_bytes"):
-        assert micro["memory"][part] == pytest.approx(whole["memory"][part] / 4, rel=1e-6), part
+    assert micro["memory"]["activation_bytes"] == small["memory"]["activation_bytes"] < whole["memory"]["activation_bytes"] / 3
+    assert micro["memory"]["lm_head_bytes"] == pytest.approx(whole["memory"]["lm_head_bytes"] / 4, rel=1e-6)
 
 
 def test_estimate_names_a_missing_model(tmp_path, small_train, run_engine) -> None:

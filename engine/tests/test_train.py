@@ -20,7 +20,7 @@ from weitiao_engine.recipes import lora_finetune
 
 RESULT_KEYS = {
     "model_dir", "interrupted", "early_stopped", "steps", "total_steps", "trained_tokens", "final_train_loss",
-    "final_valid_loss", "last_checkpoint", "truncated_examples", "precision",
+    "final_valid_loss", "last_checkpoint", "truncated_examples", "precision", "gradient_checkpointing", "packed",
 }  # fmt: skip
 METRICS_KEYS = {
     "step", "total_steps", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "grad_norm",

@@ -11,17 +11,18 @@ libraries and loaded the same tokenizer and data as `train` does) + the larger o
   train  base weights (fp32 or bf16 as the recipe's precision stores them; NF4 codes + fp32 absmax under
          QLoRA for the linears and, unless modules_to_save trains it, the embedding) + LoRA weights,
          gradients and AdamW's two moments (4 + 4 + 8 bytes per trainable parameter) + activations of the
-         widest batch (with gradient checkpointing: each layer's input plus one layer recomputed) + the LM
-         head's logits on trained positions (logits, log-softmax, gradient).
+         largest micro-batch (with gradient checkpointing: each layer's input, plus under selective
+         checkpointing its matmul outputs, plus one layer recomputed) + the LM head's logits on trained
+         positions (logits, log-softmax, gradient).
 
 Activations are not guessed: a one-layer copy of the model (same widths, LoRA on, QLoRA-quantized when
 asked) runs one training forward pass at two sequence lengths while `saved_tensors_hooks` add up every
 tensor autograd keeps; that gives bytes per token and per token² (attention) per layer, scaled to the
-layers and the widest batch (batch_size × longest example, which padding makes every row of its batch).
+layers and the largest micro-batch (the recipe packs it: its longest examples' tokens, no padding).
 
 Time per epoch = FLOPs / (this machine's fp32 matmul rate, timed for ≤ 1 s × EFFICIENCY), where FLOPs per
-token = 2 × (forward) for the frozen base (its weights need no gradient, only the input's; 3 × with
-gradient checkpointing, which runs the forward again) + 6 × LoRA's parameters, + 4 × vocab × hidden per
+token = 2 × (forward) for the frozen base (its weights need no gradient, only the input's; 3 × with full
+gradient checkpointing, which runs the forward again; selective checkpointing keeps the matmul outputs) + 6 × LoRA's parameters, + 4 × vocab × hidden per
 trained token for the LM head; QLoRA adds a dequantization of every NF4 matrix per pass, timed here as well.
 """
 
@@ -55,6 +56,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     from .chat_format import tokenize_examples
     from .loading import checkpoint_dtype, set_threads
     from .quantize import QUANTIZE_ROWS
+    from . import checkpointing as ac
     from .recipes.lora_finetune import GRADIENT_CHECKPOINTING_MIN_PARAMETERS, load_examples, precision_mode
 
     threads = set_threads(request.threads)
@@ -78,7 +80,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     counts = parameter_counts(config, request)
     batch = min(request.batch_size, len(data))
     rows = math.ceil(batch / request.gradient_accumulation_steps)  # one forward/backward holds a micro-batch
-    widest = rows * max(lengths)  # the micro-batch holding the longest example is padded to it
+    widest = sum(sorted(lengths, reverse=True)[:rows])  # packed (lora_finetune.pack): the longest examples' tokens
     head_positions = rows * max(trained)
     qlora = request.method == "qlora"
     # As the recipe: a bf16 checkpoint keeps bf16 frozen weights where compute is fp32; QLoRA's dense rest stays fp32.
@@ -86,19 +88,6 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     checkpointing = request.gradient_checkpointing
     if checkpointing == "auto":  # as lora_finetune.use_gradient_checkpointing
         checkpointing = counts["total"] >= GRADIENT_CHECKPOINTING_MIN_PARAMETERS
-
-    progress("estimate", 2, 4, "measuring activations / 测量激活")
-    per_token, per_token2 = activation_coefficients(config, request)
-    layers = config.num_hidden_layers
-    one_layer = per_token * widest + per_token2 * rows * max(lengths) ** 2
-    if checkpointing:
-        # Only each layer's input (fp32) is kept; backward recomputes one layer at a time, holding its activations
-        # and their gradients.
-        activations = layers * widest * config.hidden_size * 4 + 2 * one_layer
-    else:
-        # All layers' saved tensors, plus one layer's worth of gradients in flight during backward.
-        activations = (layers + 1) * one_layer
-    lm_head = head_positions * config.vocab_size * 4 * 3
 
     file_bytes, file_fp32 = weight_file_bytes(base)
     stored_bytes = 4 if file_fp32 else 2  # per weight in the checkpoint (bf16/fp16 or fp32)
@@ -108,13 +97,32 @@ def run(request: EstimateRequest) -> dict[str, Any]:
         base_weights = nf4 * 9 // 16 + (counts["total"] - nf4) * 4
         # The loader reads and quantizes QUANTIZE_ROWS rows at a time: that chunk and its fp32 scratch.
         load = base_weights + QUANTIZE_ROWS * config.hidden_size * (stored_bytes + 4 * 4)
-        activations += counts["largest_linear"] * (4 + 4 + 4)  # one layer's dequantization scratch: byte indices, values, scaled
     else:
         base_weights = counts["total"] * (4 if precision == "fp32" else 2)
         # Tensor by tensor (loading.load_causal_lm): the weights so far plus the largest tensor as read from the file.
         load = base_weights + counts["largest_tensor"] * stored_bytes
-        if precision == "bf16-weights":
-            activations += counts["largest_linear"] * 4 * 2  # one frozen matrix upcast to fp32, forward or backward
+
+    progress("estimate", 2, 4, "measuring activations / 测量激活")
+    per_token, per_token2, layer = activation_coefficients(config, request)
+    layers = config.num_hidden_layers
+    one_layer = per_token * widest + per_token2 * widest**2  # one packed row: its block-diagonal mask is widest²
+    value_bytes = 2 if precision == "bf16" else 4
+    if checkpointing:
+        # As the recipe (lora_finetune.checkpointing_mode): selective while its kept outputs fit in the base's bytes.
+        selective = ac.selective_fits(config, layer, widest, value_bytes, base_weights)
+        checkpointing = "selective" if selective else "full"
+        # Each layer's input (fp32) is kept (selective: and its matmul outputs); backward recomputes one layer at a
+        # time, holding its activations and their gradients.
+        kept = config.hidden_size * 4 + (ac.kept_values_per_token(config, layer) * value_bytes if selective else 0)
+        activations = layers * widest * kept + 2 * one_layer
+    else:
+        # All layers' saved tensors, plus one layer's worth of gradients in flight during backward.
+        activations = (layers + 1) * one_layer
+    if qlora:
+        activations += counts["largest_linear"] * (4 + 4 + 4)  # one layer's dequantization scratch: byte indices, values, scaled
+    elif precision == "bf16-weights":  # with checkpointing, the recomputed layer's upcasts are kept for its backward
+        activations += (counts["linear"] // layers if checkpointing else counts["largest_linear"] * 2) * 4
+    lm_head = head_positions * config.vocab_size * 4 * 3
     trainable = counts["lora"] + counts["modules_to_save"]
     train = base_weights + counts["modules_to_save"] * 4 + trainable * (4 + 4 + ADAMW_BYTES) + activations + lm_head
     peak = runtime + max(load, train)
@@ -125,8 +133,8 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     padded = padded_tokens(lengths, rows)
     mean_len = sum(lengths) / len(lengths)
     forward_per_token = 2 * (counts["linear"] + counts["lora"]) + 4 * layers * mean_len * config.hidden_size
-    passes = 3 if checkpointing else 2  # forward + backward to the inputs; checkpointing runs the forward twice
-    flops = padded * (passes * forward_per_token + 4 * counts["lora"]) + sum(trained) * 4 * config.vocab_size * config.hidden_size
+    passes = 3 if checkpointing == "full" else 2  # forward + backward to the inputs; full checkpointing runs the forward twice
+    flops = sum(lengths) * (passes * forward_per_token + 4 * counts["lora"]) + sum(trained) * 4 * config.vocab_size * config.hidden_size
     seconds = flops / (rate * EFFICIENCY)
     if request.method == "qlora":  # every NF4 matrix is dequantized once per pass
         seconds += steps * passes * (counts["linear"] + counts["embedding"] * (not counts["embedding_trained"])) * dequantize_seconds_per_weight()
@@ -163,7 +171,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
         "efficiency": EFFICIENCY,
         "threads": threads,
         "precision": precision,
-        "gradient_checkpointing": bool(checkpointing),
+        "gradient_checkpointing": checkpointing or "off",
     }
 
 
@@ -208,10 +216,12 @@ def parameter_counts(config, request: EstimateRequest) -> dict[str, int]:
     }
 
 
-def activation_coefficients(config, request: EstimateRequest) -> tuple[float, float]:
-    """Bytes autograd saves per token and per token² in one decoder layer under this method (measured)."""
+def activation_coefficients(config, request: EstimateRequest) -> tuple[float, float, torch.nn.Module]:
+    """Bytes autograd saves per token and per token² in one decoder layer under this method (measured), and that layer."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from .lora_dropout import use_lora_dropout
 
     fields = {**config.to_dict(), "num_hidden_layers": 1, "vocab_size": 256, "tie_word_embeddings": False}
     if isinstance(fields.get("layer_types"), list):  # per-layer attention kinds (sliding/full): keep the first
@@ -226,6 +236,7 @@ def activation_coefficients(config, request: EstimateRequest) -> tuple[float, fl
     names = sorted({n.rsplit(".", 1)[-1] for n, _ in target_linears(model, request)})
     lora = LoraConfig(r=request.lora.r, lora_alpha=request.lora.alpha, lora_dropout=request.lora.dropout, target_modules=names)
     model = get_peft_model(model, lora)
+    use_lora_dropout(model)  # as the recipe: its mask is kept as bools
     model.train()
     decoder = model.get_base_model().get_decoder()
     fixed = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}
@@ -251,7 +262,7 @@ def activation_coefficients(config, request: EstimateRequest) -> tuple[float, fl
     # b(s) = a·s + c·s², solved from the two lengths.
     quad = max(0.0, (b2 / s2 - b1 / s1) / (s2 - s1))
     linear = max(0.0, b1 / s1 - quad * s1)
-    return linear, quad
+    return linear, quad, decoder.layers[0]
 
 
 def weight_file_bytes(base: Path) -> tuple[int, bool]:

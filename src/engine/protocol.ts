@@ -317,6 +317,10 @@ export const TrainResult = z.object({
   /** Examples cut to `max_seq_length`. */
   truncated_examples: z.object({ training: z.number().int(), validation: z.number().int() }).optional(),
   precision: z.enum(['bf16', 'bf16-weights', 'fp32']).optional(),
+  /** What gradient checkpointing became: selective keeps the matmul outputs, full only each layer's input. */
+  gradient_checkpointing: z.enum(['off', 'full', 'selective']).optional(),
+  /** Padding-free (packed) training batches; false when the model cannot keep packed sequences apart. */
+  packed: z.boolean().optional(),
 });
 export type TrainResult = z.infer<typeof TrainResult>;
 
@@ -383,6 +387,8 @@ export const EstimateResult = z.object({
   /** The share of that rate whole training steps achieve. */
   efficiency: z.number(),
   threads: z.number().int(),
+  /** As `train` will resolve it: off, full, or selective (when the kept matmul outputs fit in the base's bytes). */
+  gradient_checkpointing: z.enum(['off', 'full', 'selective']).optional(),
 });
 export type EstimateResult = z.infer<typeof EstimateResult>;
 

@@ -8,14 +8,16 @@ train (one optimizer step per batch; validation, label metrics and checkpoints o
 save_final -> cleanup. Events (metrics, eval, checkpoint) go to stdout as JSON lines.
 
 Speed (bench/ measures each against TRL's SFTTrainer): the LM head and cross-entropy run only where
-labels exist; batches are grouped by length (SDPA on CPU has no varlen path, so packing is not an option
-here); the frozen base is held in the checkpoint's dtype (bf16 for real checkpoints: half an fp32 copy), and the
-matmuls run under bf16 autocast where bf16 is native (GPU, AMX) or else in fp32 from upcast weights
-(torch's bf16 GEMM on AVX512-BF16 without AMX measured slower than fp32: BENCHMARKS.md); the LoRA weights
-and optimizer stay fp32; one torch thread per physical core. Memory: the base is read tensor by tensor
-(loading.load_causal_lm, never a dense copy beside it; QLoRA quantizes each matrix as it arrives), freed
-activations go back to the OS (loading.limit_heap_retention), and gradient checkpointing is on by default
-for bases of 100M+ parameters, whose activations outweigh their weights.
+labels exist; batches are padding-free (`pack`: examples end to end, position ids restarting, attention kept
+within each example); LoRA's dropout mask is drawn as geometric gaps (lora_dropout.py); the frozen base is
+held in the checkpoint's dtype (bf16 for real checkpoints: half an fp32 copy), and the matmuls run under
+bf16 autocast where bf16 is native (GPU, AMX) or else in fp32 from upcast weights (torch's bf16 GEMM on
+AVX512-BF16 without AMX measured slower than fp32: BENCHMARKS.md); the LoRA weights and optimizer stay
+fp32; one torch thread per physical core. Memory: the base is read tensor by tensor (loading.load_causal_lm,
+never a dense copy beside it; QLoRA quantizes each matrix as it arrives), freed activations go back to the
+OS (loading.limit_heap_retention), and gradient checkpointing is on by default for bases of 100M+
+parameters, whose activations outweigh their weights: selective (the matmul outputs kept, only the cheap
+ops recomputed) while what it keeps fits in the base's own size, else full (checkpointing.py).
 
 Determinism: the data order of epoch e comes from its own generator seeded with (seed, e), and each
 checkpoint holds the optimizer, scheduler and every RNG state (dropout included) plus the position in
@@ -50,6 +52,13 @@ LENGTH_GROUP_BATCHES = 16  # length grouping sorts windows of this many batches:
 # Compute the LM head only at positions that predict a labelled token. Only the benchmark's ablation turns
 # it off, to measure what it saves; both ways give the same loss.
 LM_HEAD_AT_LABELS_ONLY = True
+# Padding-free batches (see `pack`) and the cheaper LoRA dropout mask (lora_dropout.py): on unless the
+# benchmark's ablations turn them off to measure them.
+PACKING = True
+FAST_LORA_DROPOUT = True
+# A packed row holds up to this many tokens (or one longest example): SDPA on CPU computes the block-diagonal
+# mask's masked-out part too, which at 1024 tokens costs ~10% of a 0.5B layer's matmuls, less than padding.
+PACKED_ROW_TOKENS = 1024
 CHECKPOINT_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -79,6 +88,8 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     pad_id: int
+    packed: bool = False  # training batches are padding-free (`pack`); else padded (`collate`)
+    checkpointing: str = "off"  # gradient checkpointing: "off", "full" or "selective" (checkpointing.py)
     bf16: bool = False  # bf16 autocast (compute); see `precision` for how the frozen base is stored
     precision: str = "fp32"  # "bf16" (bf16 weights + autocast), "bf16-weights" (bf16 weights, fp32 compute) or "fp32"
     truncated: tuple[int, int] = (0, 0)  # (training, validation) examples cut to max_seq_length
@@ -110,7 +121,7 @@ class Run:
 
 def run(request: TrainRequest) -> dict[str, Any]:
     """Trains a LoRA adapter; returns {model_dir, interrupted, early_stopped, steps, total_steps, trained_tokens,
-    final_train_loss, final_valid_loss, last_checkpoint, truncated_examples, precision}."""
+    final_train_loss, final_valid_loss, last_checkpoint, truncated_examples, precision, gradient_checkpointing, packed}."""
     state = setup(request)
     try:
         interrupted = train(state)
@@ -129,6 +140,8 @@ def run(request: TrainRequest) -> dict[str, Any]:
         "last_checkpoint": state.last_checkpoint,
         "truncated_examples": {"training": state.truncated[0], "validation": state.truncated[1]},
         "precision": state.precision,
+        "gradient_checkpointing": state.checkpointing,
+        "packed": state.packed,
     }
 
 
@@ -210,11 +223,18 @@ def setup(request: TrainRequest) -> Run:
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
+    if FAST_LORA_DROPOUT:
+        from ..lora_dropout import use_lora_dropout
+
+        use_lora_dropout(model)
+    packed = PACKING and packing_supported(model, train_data[0].input_ids)
+    checkpointing = checkpointing_mode(request, model, train_data, packed, use_bf16)
     if precision == "bf16-weights":
-        compute_in_fp32(model)
-    if use_gradient_checkpointing(hp.gradient_checkpointing, model):
-        # Non-reentrant checkpointing needs no input that requires grad (the base embedding is frozen).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        compute_in_fp32(model, keep_upcast=checkpointing != "off")
+    if checkpointing != "off":
+        from .. import checkpointing as ac
+
+        ac.enable(model, checkpointing == "selective", request.lora.r)
     model.train()
 
     # Weight decay only on matrices: decaying biases and norm gains pulls them to 0 for no benefit.
@@ -252,6 +272,8 @@ def setup(request: TrainRequest) -> Run:
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         pad_id=pad_id,
+        packed=packed,
+        checkpointing=checkpointing,
         bf16=use_bf16,
         precision=precision,
         truncated=(n_truncated, n_valid_truncated),
@@ -271,7 +293,8 @@ def setup(request: TrainRequest) -> Run:
         f"{len(train_data)} training / {len(valid_data)} validation examples, {steps_per_epoch} steps per epoch,"
         f" {total_steps} steps; LoRA r={lora.r} on {sorted(lora.target_modules)}: {trainable:,} trainable parameters,"
         f" {torch.get_num_threads()} threads, precision {precision},"
-        f" gradient checkpointing {'on' if getattr(model, 'is_gradient_checkpointing', False) else 'off'}"
+        f" gradient checkpointing {checkpointing},"
+        f" {'padding-free (packed)' if packed else 'padded'} batches"
     )
     progress("setup", 4, 4)
     return state
@@ -404,6 +427,25 @@ def use_gradient_checkpointing(setting: Any, model) -> bool:
     return base_parameter_count(model) >= GRADIENT_CHECKPOINTING_MIN_PARAMETERS
 
 
+def checkpointing_mode(request: TrainRequest, model, data: list[TokenizedExample], packed: bool, bf16: bool) -> str:
+    """"off", "full" or "selective" (checkpointing.py): selective while the matmul outputs it keeps for the
+    largest micro-batch fit in the frozen base's own bytes."""
+    from .. import checkpointing as ac
+
+    hp = request.hyperparameters
+    if not use_gradient_checkpointing(hp.gradient_checkpointing, model):
+        return "off"
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(causal_lm.get_decoder(), "layers", None)
+    if not layers:
+        return "full"
+    micro = math.ceil(math.ceil(hp.batch_size / distributed.world_size()) / hp.gradient_accumulation_steps)
+    longest = sorted((len(e.input_ids) for e in data), reverse=True)[:micro]
+    tokens = sum(longest) if packed else micro * longest[0]
+    base_bytes = sum(t.numel() * t.element_size() for t in [*causal_lm.parameters(), *causal_lm.buffers()] if not t.requires_grad)
+    return "selective" if ac.selective_fits(causal_lm.config, layers[0], tokens, 2 if bf16 else 4, base_bytes) else "full"
+
+
 def base_parameter_count(model) -> int:
     """Parameters of the model, NF4-quantized weights included (two per code byte), tied ones once."""
     dense = sum(p.numel() for p in model.parameters())
@@ -419,15 +461,19 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
-def compute_in_fp32(model) -> None:
+def compute_in_fp32(model, keep_upcast: bool = False) -> None:
     """bf16-stored frozen weights, fp32 arithmetic: each frozen linear upcasts its weight for the call (one
     matrix at a time, freed at once); the embedding's output is upcast; the LM head, which sees only the
-    few labelled positions, multiplies in bf16 rather than upcast its vocabulary-sized matrix."""
+    few labelled positions, multiplies in bf16 rather than upcast its vocabulary-sized matrix.
+
+    keep_upcast (with gradient checkpointing): backward uses the fp32 copy that the layer's recomputation
+    made, instead of upcasting again; only the layer being recomputed holds its copies (the first forward's
+    are not kept), so that costs one layer's fp32 weights and saves a third of the upcasts."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = causal_lm.get_output_embeddings()
 
     def upcast_linear(self, x):
-        return _FrozenUpcastLinear.apply(x, self.weight, self.bias)
+        return _FrozenUpcastLinear.apply(x, self.weight, self.bias, keep_upcast)
 
     def head_in_weight_dtype(self, x):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
@@ -451,17 +497,18 @@ def autocast(state: "Run"):
 
 class _FrozenUpcastLinear(torch.autograd.Function):
     """y = x·Wᵀ + b with a frozen bf16 W upcast for the call. Backward needs only W (no weight gradient), so
-    neither the fp32 copy nor the input is kept: F.linear would save the fp32 copy of every layer."""
+    the input is not kept, nor the fp32 copy (F.linear would save every layer's) unless keep_upcast."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(weight)
-        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    def forward(ctx, x, weight, bias, keep_upcast):
+        upcast = weight.to(x.dtype)
+        ctx.save_for_backward(upcast if keep_upcast else weight)
+        return F.linear(x, upcast, None if bias is None else bias.to(x.dtype))
 
     @staticmethod
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
-        return grad @ weight.to(grad.dtype), None, None
+        return grad @ weight.to(grad.dtype), None, None, None
 
 
 def seed_everything(seed: int) -> None:
@@ -500,9 +547,9 @@ def train(state: Run) -> bool:
             optimizer.zero_grad(set_to_none=True)
             loss_total, n_tokens, n_correct = 0.0, 0, 0
             for start in range(0, len(examples), micro):
-                input_ids, attention_mask, labels = collate(examples[start : start + micro], state.pad_id)
+                part = examples[start : start + micro]
                 with autocast(state):
-                    loss_sum, n, c = call(token_loss, input_ids, attention_mask, labels)
+                    loss_sum, n, c = call(token_loss, *(pack(part, state.pad_id) if state.packed else collate(part, state.pad_id)))
                 (loss_sum * distributed.loss_scale() / n_batch_tokens).backward()
                 loss_total, n_tokens, n_correct = loss_total + loss_sum.item(), n_tokens + n, n_correct + c
             loss_total, n_tokens, n_correct = distributed.all_sum(loss_total, n_tokens, n_correct)
@@ -606,16 +653,87 @@ def collate(examples: list[TokenizedExample], pad_id: int) -> tuple[torch.Tensor
     return input_ids, attention_mask, labels
 
 
-def token_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack(examples: list[TokenizedExample], pad_id: int) -> tuple[torch.Tensor, None, torch.Tensor, torch.Tensor]:
+    """A padding-free batch: (input_ids, None, labels, position_ids), the examples laid end to end.
+
+    Each example's position ids restart at 0; given position ids and no attention mask, transformers
+    (masking_utils) reads the restarts as sequence boundaries and attends only within each example, so
+    the result equals the padded batch's (checked by `packing_supported` for the model at hand). Rows hold
+    up to PACKED_ROW_TOKENS tokens, longest example first into the shortest row, so rows come out nearly
+    equal and only the few tokens that even them up are padding (a block of its own, unlabelled).
+    """
+    lengths = [len(e.input_ids) for e in examples]
+    n_rows = math.ceil(sum(lengths) / max(PACKED_ROW_TOKENS, max(lengths)))
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    fill = [0] * n_rows
+    for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
+        r = fill.index(min(fill))
+        rows[r].append(i)
+        fill[r] += lengths[i]
+    width = max(fill)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    labels = torch.full((n_rows, width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            e, n = examples[i], lengths[i]
+            input_ids[r, at : at + n] = torch.tensor(e.input_ids)
+            labels[r, at + 1 : at + n] = torch.tensor(e.labels[1:])  # an example's first token is never predicted
+            position_ids[r, at : at + n] = torch.arange(n)
+            at += n
+        position_ids[r, at:] = torch.arange(width - at)  # the padding: a block of its own
+    return input_ids, None, labels, position_ids
+
+
+@torch.no_grad()
+def packing_supported(model, sample: list[int]) -> bool:
+    """Whether this model honours packed position ids. A sequence packed after another must not see it (its
+    hidden states stay the same when the first one's tokens change) and must match itself run alone.
+    Architectures that build their own mask (or remote code) would let it attend across; they train on
+    padded batches instead, and a log says so."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    first, second = list(sample[:6]), list(sample[:5])
+    if len(second) < 5:
+        return False
+    other = list(reversed(first))  # same length, other tokens
+
+    def states(*sequences: list[int]) -> torch.Tensor:
+        ids, _, _, positions = pack([TokenizedExample(s, s) for s in sequences], 0)
+        return causal_lm.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0].float()
+
+    was_training = model.training
+    model.eval()
+    try:
+        alone, after_first, after_other = states(second), states(second, first), states(second, other)
+    except Exception as e:  # noqa: BLE001 (any failure means: do not pack)
+        log(f"padding-free batches unavailable ({type(e).__name__}: {e}); training on padded batches", "warning")
+        return False
+    finally:
+        model.train(was_training)
+    # pack() puts the longest first: the 5-token sequence is the last 5 rows. Same shapes, so without leaks the
+    # two packed runs agree to rounding; alone it may differ by the precision's rounding of other shapes.
+    tail_first, tail_other = after_first[-len(second) :], after_other[-len(second) :]
+    scale = alone.abs().max().item() + 1e-6
+    ok = (tail_first - tail_other).abs().max().item() <= 1e-4 * scale and (tail_first - alone).abs().max().item() <= 5e-2 * scale
+    if not ok:
+        log("this model does not keep packed sequences apart; training on padded batches / 该模型不支持序列打包，使用填充批次", "warning")
+    return ok
+
+
+def token_logprobs(model, input_ids, attention_mask, labels, position_ids=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probabilities of the labelled tokens, flattened: (logp [N], row of each [N], argmax right [N]).
 
+    Takes a padded batch (`collate`: attention_mask) or a packed one (`pack`: position_ids, no mask).
     Only the N positions that predict a labelled token go through the LM head: with short answers
     after long prompts that skips most of the head's matmul and softmax over the vocabulary.
     """
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX  # hidden state j predicts token j + 1
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT's LoRA layers live inside it
-    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = causal_lm.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     if LM_HEAD_AT_LABELS_ONLY:
         logits = causal_lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
     else:  # the standard way, kept for the benchmark's ablation: every position through the head
@@ -626,9 +744,9 @@ def token_logprobs(model, input_ids, attention_mask, labels) -> tuple[torch.Tens
     return logp, rows, logits.argmax(dim=-1) == targets
 
 
-def token_loss(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, int, int]:
+def token_loss(model, input_ids, attention_mask, labels, position_ids=None) -> tuple[torch.Tensor, int, int]:
     """(sum of cross-entropy over labelled tokens, their number, how many the model's argmax got right)."""
-    logp, _, correct = token_logprobs(model, input_ids, attention_mask, labels)
+    logp, _, correct = token_logprobs(model, input_ids, attention_mask, labels, position_ids)
     return -logp.sum(), logp.numel(), int(correct.sum())
 
 

@@ -34,7 +34,8 @@ export function printEstimate(e: JobEstimate): void {
     ),
   );
   console.log(
-    `\n${e.tokens_per_epoch} tokens per epoch (${e.padded_tokens_per_epoch} with padding), longest ${e.max_tokens};` +
+    `\n${e.tokens_per_epoch} tokens per epoch (packed: no padding; ${e.padded_tokens_per_epoch} in padded batches), longest ${e.max_tokens};` +
+      `${e.gradient_checkpointing ? ` gradient checkpointing ${e.gradient_checkpointing};` : ''}` +
       ` ${(e.flops_per_epoch / 1e12).toFixed(2)} TFLOP per epoch at ${(e.matmul_flops_per_second / 1e9).toFixed(1)} GFLOP/s × ${e.efficiency} (${e.threads} threads)`,
   );
   if (e.n_truncated) console.log(`${e.n_truncated} examples will be truncated to max_seq_length / ${e.n_truncated} 条样本将被截断`);

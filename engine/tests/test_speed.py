@@ -1,0 +1,179 @@
+"""The LoRA recipe's speed techniques change how fast, not what is computed: padding-free packing, the
+geometric LoRA dropout mask and selective gradient checkpointing (the benchmark measures how much faster)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from weitiao_engine import checkpointing
+from weitiao_engine.chat_format import tokenize_examples
+from weitiao_engine.lora_dropout import LoraDropout, drop_mask, use_lora_dropout
+from weitiao_engine.recipes import lora_finetune
+
+from test_train import request, run_in_process
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model, waimai_small):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(waimai_small["train"], "training_file")[:12], 1024)
+    return examples, tokenizer.pad_token_id
+
+
+def lora_model(tiny_model: str, dropout: float = 0.0, dtype=torch.float32):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype)
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=lora_finetune.linear_module_names(model))
+    model = get_peft_model(model, config)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    with torch.no_grad():  # B starts at 0, which would hide LoRA's share of every gradient
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return model.train()
+
+
+def loss_and_grads(model, args, n: int) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss, count, _ = lora_finetune.token_loss(model, *args)
+    (loss / n).backward()
+    assert count == n
+    return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+# ---------------------------------------------------------------------------------------------- packing
+
+
+def test_packed_rows_hold_every_token_once_with_positions_restarting(batch, monkeypatch) -> None:
+    examples, pad = batch
+    monkeypatch.setattr(lora_finetune, "PACKED_ROW_TOKENS", 200)  # several rows
+    ids, mask, labels, positions = lora_finetune.pack(examples, pad)
+    total = sum(len(e.input_ids) for e in examples)
+    assert mask is None and ids.shape[0] == math.ceil(total / 200) and ids.numel() - total < ids.shape[0] * max(len(e.input_ids) for e in examples)
+    real = labels != -100
+    assert int(real.sum()) == sum(e.n_trained for e in examples)  # every trained token once, nothing else
+    starts = (positions == 0).sum().item()
+    assert starts >= len(examples)  # one restart per example (and per row's padding block)
+    for row in range(ids.shape[0]):  # positions count up inside each example
+        p = positions[row]
+        assert all(p[i] in (0, p[i - 1] + 1) for i in range(1, len(p)))
+
+
+def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model, batch) -> None:
+    examples, pad = batch
+    model = lora_model(tiny_model)
+    n = sum(e.n_trained for e in examples)
+    padded_loss, padded_grads = loss_and_grads(model, lora_finetune.collate(examples, pad), n)
+    packed_loss, packed_grads = loss_and_grads(model, lora_finetune.pack(examples, pad), n)
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    for name, g in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6)
+
+
+def test_packing_is_checked_on_the_model(tiny_model, batch) -> None:
+    """A model that lets packed sequences see each other (here: a decoder given an all-ones mask) is caught."""
+    examples, _ = batch
+    model = lora_model(tiny_model)
+    assert lora_finetune.packing_supported(model, examples[0].input_ids) is True
+    decoder = model.get_base_model().get_decoder()
+    real_forward = decoder.forward
+
+    def leaky(input_ids=None, position_ids=None, **kwargs):
+        return real_forward(input_ids=input_ids, position_ids=position_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+
+    decoder.forward = leaky
+    assert lora_finetune.packing_supported(model, examples[0].input_ids) is False
+    assert model.training, "the check leaves the model in training mode"
+
+
+# ------------------------------------------------------------------------------------------ LoRA dropout
+
+
+def test_dropout_mask_is_bernoulli_p_per_element() -> None:
+    torch.manual_seed(0)
+    masks = torch.stack([drop_mask(torch.Size([3, 4]), 0.3, torch.device("cpu")) for _ in range(40_000)]).flatten(1).float()
+    rate = masks.mean(0)
+    assert (rate - 0.3).abs().max() < 0.012, rate  # every position ~0.3 (4.5 standard errors)
+    corr = torch.corrcoef(masks.T)
+    assert (corr - torch.eye(12)).abs().max() < 0.03  # and independent of the others
+    torch.manual_seed(5)
+    a = drop_mask(torch.Size([1000]), 0.05, torch.device("cpu"))
+    torch.manual_seed(5)
+    assert torch.equal(a, drop_mask(torch.Size([1000]), 0.05, torch.device("cpu"))), "torch's generator decides it"
+    assert drop_mask(torch.Size([0]), 0.5, torch.device("cpu")).numel() == 0
+
+
+def test_dropout_scales_kept_inputs_and_their_gradients() -> None:
+    dropout = LoraDropout(0.2)
+    x = torch.randn(64, 32, requires_grad=True)
+    y = dropout(x)
+    dropped = y == 0
+    torch.testing.assert_close(y[~dropped], x[~dropped] / 0.8)
+    y.sum().backward()
+    assert torch.all(x.grad[dropped] == 0) and torch.allclose(x.grad[~dropped], torch.full_like(x.grad[~dropped], 1 / 0.8))
+    assert dropout.eval()(x) is x, "eval mode is the identity, like nn.Dropout"
+
+
+def test_peft_dropouts_are_replaced(tiny_model) -> None:
+    model = lora_model(tiny_model, dropout=0.1)
+    n_lora = sum(1 for m in model.modules() if hasattr(m, "lora_A") and isinstance(m.lora_dropout, torch.nn.ModuleDict))
+    assert use_lora_dropout(model) == n_lora > 0
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0)
+
+
+# -------------------------------------------------------------------------------- gradient checkpointing
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_checkpointing_gives_the_gradients_of_none(tiny_model, batch, mode, dtype) -> None:
+    """With LoRA dropout on (the recomputation must redraw the same mask) and, for bf16 weights, fp32 compute
+    from upcast weights (backward reusing the recomputation's upcast)."""
+    examples, pad = batch
+    args, n = lora_finetune.pack(examples, pad), sum(e.n_trained for e in examples)
+    model = lora_model(tiny_model, dropout=0.1, dtype=dtype)
+    use_lora_dropout(model)
+    if dtype == torch.bfloat16:
+        lora_finetune.compute_in_fp32(model, keep_upcast=True)
+    torch.manual_seed(3)
+    want_loss, want = loss_and_grads(model, args, n)
+    checkpointing.enable(model, mode == "selective", lora_rank=4)
+    torch.manual_seed(3)
+    got_loss, got = loss_and_grads(model, args, n)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7)
+
+
+def test_selective_checkpointing_only_while_its_outputs_fit(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    model = lora_model(tiny_model)
+    layer = model.get_base_model().get_decoder().layers[0]
+    # q 64 + k 32 + v 32 + o 64 + gate 256 + up 256 + down 64 + attention output 64 (LoRA's A and B not counted)
+    assert checkpointing.kept_values_per_token(config, layer) == 832
+    per_token = 832 * config.num_hidden_layers * 4
+    assert checkpointing.selective_fits(config, layer, 100, 4, base_bytes=100 * per_token)
+    assert not checkpointing.selective_fits(config, layer, 101, 4, base_bytes=100 * per_token)
+
+    hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "gradient_checkpointing": True}
+    # The tiny base is ~0.6 MB and a batch's outputs ~6 MB: full by default, selective given room.
+    monkeypatch.setattr(checkpointing, "SELECTIVE_MAX_SHARE", 1000.0)
+    selective, events = run_in_process(request(tiny_model, waimai_small, tmp_path / "s", hyperparameters=hp, max_steps=1), monkeypatch)
+    monkeypatch.setattr(checkpointing, "SELECTIVE_MAX_SHARE", 0.0)
+    full, _ = run_in_process(request(tiny_model, waimai_small, tmp_path / "f", hyperparameters=hp, max_steps=1), monkeypatch)
+    assert (selective["gradient_checkpointing"], full["gradient_checkpointing"]) == ("selective", "full")
+    assert selective["packed"] is True
+    assert any(e["type"] == "log" and "gradient checkpointing selective" in e["message"] for e in events)
+    assert full["final_train_loss"] == pytest.approx(selective["final_train_loss"], rel=1e-6)
