@@ -46,6 +46,7 @@ from .lora_finetune import (
     precision_mode,
     rng_state,
     seed_everything,
+    stop_early,
     rank_rng_state,
     set_rng_state,
     use_gradient_checkpointing,
@@ -329,11 +330,7 @@ def train(state: Run) -> bool:
             if epoch_end or last or stopping or due(state.step, request.save_every_steps):
                 save_checkpoint(state)
             if stopping:
-                state.early_stopped = True
-                log(
-                    f"early stopping at step {state.step}: validation loss has not improved for {patience} evaluations"
-                    f" (best {state.best_valid_loss:.4f}) / 验证损失连续 {patience} 次未改善，提前停止"
-                )
+                stop_early(state)
                 return False
             if last:
                 break

@@ -591,11 +591,7 @@ def train(state: Run) -> bool:
             if epoch_end or last or stopping or due(state.step, request.save_every_steps):
                 save_checkpoint(state)
             if stopping:
-                state.early_stopped = True
-                log(
-                    f"early stopping at step {state.step}: validation loss has not improved for {patience} evaluations"
-                    f" (best {state.best_valid_loss:.4f}) / 验证损失连续 {patience} 次未改善，提前停止"
-                )
+                stop_early(state)
                 return False
             if last:
                 break
@@ -603,6 +599,16 @@ def train(state: Run) -> bool:
             state.epoch_index += 1
             state.batches_done = 0
     return False
+
+
+def stop_early(state) -> None:
+    """Marks the run early-stopped and says why (every recipe with validation: LoRA, full)."""
+    state.early_stopped = True
+    patience = state.request.hyperparameters.early_stopping_patience
+    log(
+        f"early stopping at step {state.step}: validation loss has not improved for {patience} evaluations"
+        f" (best {state.best_valid_loss:.4f}) / 验证损失连续 {patience} 次未改善，提前停止"
+    )
 
 
 def epoch_batches(seed: int, epoch: int, lengths: list[int], batch_size: int, group_by_length: bool) -> list[list[int]]:
