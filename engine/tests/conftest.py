@@ -63,6 +63,33 @@ def write_jsonl(path: Path, examples: list[dict[str, Any]]) -> Path:
     return path
 
 
+def train_request(tiny_model: str, data: dict[str, str], output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A `train` request on the tiny model and a data fixture ({"train", "validation"}): the settings the recipe
+    tests share; `overrides` replace whole top-level fields (method, lora, hyperparameters…)."""
+    base = {
+        "base_model": tiny_model,
+        "output_dir": str(output_dir),
+        "training_file": data["train"],
+        "validation_file": data["validation"],
+        "hyperparameters": {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7},
+        "threads": 1,  # the same reductions in every run, and the machine is shared
+    }
+    return {**base, **overrides}
+
+
+def run_train(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Runs `train` (the recipe dispatcher, as __main__ does) in this process; (result, its stdout events)."""
+    import io
+
+    from weitiao_engine import protocol, recipes
+    from weitiao_engine.protocol import TrainRequest
+
+    out = io.StringIO()
+    monkeypatch.setattr(protocol, "_out", out)
+    result = recipes.run(TrainRequest.model_validate(raw))
+    return result, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 64-wide random-weight Qwen2 whose tokenizer is trained on 2,000 reviews of both labels."""

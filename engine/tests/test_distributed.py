@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import train_request
+
 TOLERANCE = 1e-4  # issue 4: the 2-process loss equals the 1-process one within 1e-4 after 5 steps
 
 
@@ -29,17 +31,12 @@ def small_data(waimai_small: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 
 def request(tiny_model: str, data: dict[str, str], output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    base = {
-        "base_model": tiny_model,
-        "output_dir": str(output_dir),
-        "training_file": data["train"],
-        "validation_file": data["validation"],
+    own = {
         "label_set": ["好评", "差评"],
         "lora": {"dropout": 0.0},
         "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "seed": 7, "gradient_accumulation_steps": 2},
-        "threads": 1,
     }
-    return {**base, **overrides}
+    return train_request(tiny_model, data, output_dir, **{**own, **overrides})
 
 
 def train(run_engine, raw: dict[str, Any]) -> list[dict[str, Any]]:

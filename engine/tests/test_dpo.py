@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import LABELS, SYSTEM_PROMPT, assert_same_weights, waimai_rows, write_jsonl
+from conftest import LABELS, SYSTEM_PROMPT, assert_same_weights, train_request, waimai_rows, write_jsonl
 from safetensors.torch import load_file
 from test_full_finetune import run_in_process
 
@@ -42,19 +42,13 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def request(tiny_model: str, data: dict[str, str], output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    base = {
-        "base_model": tiny_model,
-        "output_dir": str(output_dir),
-        "training_file": data["train"],
-        "validation_file": data["validation"],
+    own = {
         "method": "dpo",
         "dpo": {"beta": 0.5},
         # A random-weight base: LoRA alone cannot use its tiny random embeddings, so they train too.
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["embed_tokens"]},
-        "hyperparameters": {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7},
-        "threads": 1,
     }
-    return {**base, **overrides}
+    return train_request(tiny_model, data, output_dir, **{**own, **overrides})
 
 
 def test_dpo_raises_held_out_reward_accuracy(tiny_model, pairs, tmp_path, monkeypatch) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_same_weights
+from conftest import assert_same_weights, train_request
 from safetensors.torch import load_file
 
 from weitiao_engine import generate, protocol, recipes
@@ -21,16 +21,7 @@ from weitiao_engine.protocol import ChatRequest, EngineError, TrainRequest
 
 
 def request(tiny_model: str, data: dict[str, str], output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    base = {
-        "base_model": tiny_model,
-        "output_dir": str(output_dir),
-        "training_file": data["train"],
-        "validation_file": data["validation"],
-        "method": "full",
-        "hyperparameters": {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7},
-        "threads": 1,
-    }
-    return {**base, **overrides}
+    return train_request(tiny_model, data, output_dir, **{"method": "full", **overrides})
 
 
 class Events(io.StringIO):

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from weitiao_engine import protocol, recipes
+from conftest import run_train, train_request
+from weitiao_engine import protocol
 from weitiao_engine.protocol import TrainRequest
 from weitiao_engine.quantize import (
     BLOCK_SIZE,
@@ -148,24 +149,8 @@ def test_nf4_embedding_and_tied_head_share_codes() -> None:
 # ------------------------------------------------------------------------------------------ the qlora method
 
 
-def train_request(tiny_model: str, data: dict[str, str], output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    base = {
-        "base_model": tiny_model,
-        "output_dir": str(output_dir),
-        "training_file": data["train"],
-        "validation_file": data["validation"],
-        "method": "qlora",
-        "hyperparameters": {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7},
-        "threads": 1,
-    }
-    return {**base, **overrides}
-
-
-def run_in_process(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    out = io.StringIO()
-    monkeypatch.setattr(protocol, "_out", out)
-    result = recipes.run(TrainRequest.model_validate(raw))
-    return result, [json.loads(line) for line in out.getvalue().splitlines()]
+def qlora_request(tiny_model: str, data: dict[str, str], output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    return train_request(tiny_model, data, output_dir, **{"method": "qlora", **overrides})
 
 
 def test_qlora_trains_and_the_adapter_chats_on_the_plain_base(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
@@ -174,7 +159,7 @@ def test_qlora_trains_and_the_adapter_chats_on_the_plain_base(tiny_model, waimai
     from weitiao_engine.recipes import lora_finetune
 
     # The recipe really trains on NF4 layers (setup only: cheap), the embedding and the tied LM head included.
-    state = lora_finetune.setup(TrainRequest.model_validate(train_request(tiny_model, waimai_small, tmp_path / "setup")))
+    state = lora_finetune.setup(TrainRequest.model_validate(qlora_request(tiny_model, waimai_small, tmp_path / "setup")))
     try:
         wrapped = [m for m in state.model.modules() if hasattr(m, "base_layer")]
         assert wrapped and all(isinstance(m.base_layer, NF4Linear) for m in wrapped)
@@ -184,7 +169,7 @@ def test_qlora_trains_and_the_adapter_chats_on_the_plain_base(tiny_model, waimai
     finally:
         lora_finetune.cleanup(state)
 
-    result, events = run_in_process(train_request(tiny_model, waimai_small, tmp_path / "job", max_steps=20), monkeypatch)
+    result, events = run_train(qlora_request(tiny_model, waimai_small, tmp_path / "job", max_steps=20), monkeypatch)
     assert result["steps"] == 20 and not result["interrupted"]
     losses = [e["train_loss"] for e in events if e["type"] == "metrics" and "train_loss" in e]
     assert sum(losses[-5:]) / 5 < losses[0] - 0.5, losses
@@ -204,7 +189,7 @@ def test_qlora_keeps_a_trained_embedding_dense_and_says_so(tiny_model, waimai_sm
 
     out = io.StringIO()
     monkeypatch.setattr(protocol, "_out", out)
-    raw = train_request(tiny_model, waimai_small, tmp_path / "setup", lora={"modules_to_save": ["embed_tokens"]})
+    raw = qlora_request(tiny_model, waimai_small, tmp_path / "setup", lora={"modules_to_save": ["embed_tokens"]})
     state = lora_finetune.setup(TrainRequest.model_validate(raw))
     try:
         causal_lm = state.model.get_base_model()
@@ -223,11 +208,11 @@ def test_qlora_sigterm_then_resume_equals_uninterrupted(tiny_model, waimai_small
     train.write_text("".join(Path(waimai_small["train"]).read_text(encoding="utf-8").splitlines(keepends=True)[:128]), encoding="utf-8")
     data = {**waimai_small, "train": str(train)}
     lora = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"}
-    full, _ = run_in_process(train_request(tiny_model, data, tmp_path / "full", lora=lora), monkeypatch)
+    full, _ = run_train(qlora_request(tiny_model, data, tmp_path / "full", lora=lora), monkeypatch)
     assert full["steps"] == 16 and not full["interrupted"]
 
     job = tmp_path / "stopped"
-    raw = train_request(tiny_model, data, job, lora=lora)
+    raw = qlora_request(tiny_model, data, job, lora=lora)
     events = train_stopped_at_step(raw, 2)
     stopped = events[-1]["data"]
     assert stopped["interrupted"] and 2 <= stopped["steps"] < 16

@@ -13,7 +13,7 @@ from weitiao_engine.chat_format import tokenize_examples
 from weitiao_engine.lora_dropout import LoraDropout, drop_mask, use_lora_dropout
 from weitiao_engine.recipes import lora_finetune
 
-from test_train import request, run_in_process
+from conftest import run_train as run_in_process, train_request as request
 
 
 @pytest.fixture(scope="module")

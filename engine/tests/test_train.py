@@ -3,7 +3,6 @@ and a run stopped by SIGTERM then resumed ends exactly where an uninterrupted ru
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from weitiao_engine import protocol
+from conftest import run_train as run_in_process, train_request as request
 from weitiao_engine.metrics import label_metrics
 from weitiao_engine.protocol import EngineError, TrainRequest
 from weitiao_engine.recipes import lora_finetune
@@ -28,24 +27,8 @@ METRICS_KEYS = {
 }  # fmt: skip
 
 
-def request(tiny_model: str, data: dict[str, str], output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    base = {
-        "base_model": tiny_model,
-        "output_dir": str(output_dir),
-        "training_file": data["train"],
-        "validation_file": data["validation"],
-        "hyperparameters": {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7},
-        "threads": 1,  # the same reductions in every run, and the machine is shared
-    }
-    return {**base, **overrides}
 
 
-def run_in_process(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Runs the recipe in this process, capturing its stdout events."""
-    out = io.StringIO()
-    monkeypatch.setattr(protocol, "_out", out)
-    result = lora_finetune.run(TrainRequest.model_validate(raw))
-    return result, [json.loads(line) for line in out.getvalue().splitlines()]
 
 
 def test_loss_falls_checkpoints_and_label_metrics(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
