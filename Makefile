@@ -10,9 +10,9 @@ VPY := $(VENV)/bin/python
 PIP_FLAGS ?= --retries 0 --disable-pip-version-check
 export WEITIAO_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: setup demo test test-node test-engine typecheck bench clean check-python browser
+.PHONY: setup demo test test-node test-engine typecheck bench clean check-python browser malloc
 
-setup: node_modules/.stamp $(VENV)/.stamp dist/.stamp dist/web/index.html
+setup: node_modules/.stamp $(VENV)/.stamp dist/.stamp dist/web/index.html malloc
 
 check-python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
@@ -46,6 +46,19 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null); \
 	  else \
 	    echo "error: browser tests need chromium and fonts-wqy-microhei: sudo apt-get install chromium fonts-wqy-microhei" >&2; exit 1; \
+	  fi; \
+	fi
+
+# tcmalloc: the engine preloads it when present (engine/weitiao_engine/allocator.py): ~1.5x CPU training speed
+# at the same memory. Optional: without it (and without root to install it) the engine runs on glibc's malloc.
+malloc:
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libtcmalloc'; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing tcmalloc (apt-get install libtcmalloc-minimal4)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || \
+	      echo "note: could not install libtcmalloc-minimal4; the engine will use glibc's malloc (slower on CPU)" >&2; \
+	  else \
+	    echo "note: for ~1.5x faster CPU training install tcmalloc: sudo apt-get install libtcmalloc-minimal4 / 建议安装 tcmalloc" >&2; \
 	  fi; \
 	fi
 

@@ -10,8 +10,8 @@ optimisation (bench/worker.py pins the label tokens, the batches and their order
 optimizer defaults equal the engine's). Shapes: a tiny Qwen2 (2 layers, 128 wide, vocab 4096) and
 Qwen2.5-0.5B's shape (bench/configs/qwen2.5-0.5b.json) with random weights stored in bf16 like the real
 checkpoint. Every run is its own subprocess (bench/worker.py), baseline then engine; then one ablation row
-per technique the engine's default run used (each turned off alone), then label scoring against a
-per-example generate loop. Writes BENCHMARKS.md (generated: do not edit by hand) after every row.
+per technique the engine's default run used (each turned off alone), TRL on the engine's allocator for
+reference, then label scoring against a per-example generate loop. Writes BENCHMARKS.md (generated: do not edit by hand) after every row.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ SHAPES = {
 
 
 def ablations(used: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """One row per technique the engine's default run used (its reported settings), turned off alone."""
-    rows = [("weitiao − LM head at labels only", {"lm_head_at_labels_only": False})]
+    """One row per technique the engine's default run used (its reported settings), turned off alone:
+    (name, engine options), or spec keys for what is not an engine option (the allocator)."""
+    rows: list[tuple[str, dict[str, Any]]] = [("weitiao − LM head at labels only", {"lm_head_at_labels_only": False})]
     if used.get("packed") is True:
         rows.append(("weitiao − padding-free packing (padded batches)", {"packing": False}))
     if used.get("lora_dropout") is True:
@@ -58,6 +59,9 @@ def ablations(used: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         rows.append(("weitiao − gradient checkpointing", {"gradient_checkpointing": False}))
     if used.get("group_by_length") is True:
         rows.append(("weitiao − length grouping", {"group_by_length": False}))
+    rows = [(name, {"options": options}) for name, options in rows]
+    if used.get("allocator") == "tcmalloc":
+        rows.append(("weitiao − tcmalloc (glibc malloc)", {"malloc": "system"}))
     return rows
 
 
@@ -208,12 +212,15 @@ def main() -> None:
             write_report(Path(args.out), peak, sections)  # after every row, so a long run leaves its results early
             return r
 
-        if "baseline" in wanted:
-            run("TRL SFTTrainer (baseline)", {"system": "trl"})
+        if "baseline" in wanted:  # TRL as its users run it: on glibc's malloc
+            run("TRL SFTTrainer (baseline)", {"system": "trl", "malloc": "system"})
         default = run("weitiao", {"system": "weitiao"}) if wanted & {"weitiao", "ablations", "scoring"} else None
         if default is not None and "ablations" in wanted and shape != "tiny":  # the shape that matters; each 0.5B run takes minutes
-            for name, options in ablations(default["settings"]):
-                run(name, {"system": "weitiao", "options": options})
+            for name, extra in ablations(default["settings"]):
+                run(name, {"system": "weitiao", **extra})
+            if "baseline" in wanted and default["settings"].get("allocator") == "tcmalloc":
+                # Not the baseline: what the allocator alone does for TRL, so the engine's own share is plain to see.
+                run("TRL SFTTrainer + tcmalloc (for reference)", {"system": "trl"})
         if default is not None and "scoring" in wanted:
             spec = {"system": "score", "name": f"{shape}-score", "model": model, "adapter": default["adapter"], "valid": valid, "seed": SEED, "n": n_scored}
             section["scoring"] = worker(spec, work)
@@ -250,7 +257,9 @@ def write_report(path: Path, peak: dict[str, float], sections: list[dict[str, An
         "`<|im_end|>`; its own prompt-completion tokenization would also train the template's `\\n` after it), the "
         "engine's batches in the engine's order (sequential sampler), and LoRA A matrices from the same seed; the "
         "optimizer settings below are TRL's defaults and equal the engine's. TRL keeps its speed defaults (bf16 "
-        "autocast, gradient checkpointing, padding, chunked cross-entropy). With LoRA B = 0 the two step-1 losses "
+        "autocast, gradient checkpointing, padding, chunked cross-entropy) and runs on glibc's malloc, as its users run it; "
+        "the engine preloads tcmalloc when the machine has it (engine/weitiao_engine/allocator.py), and the row \"TRL "
+        "SFTTrainer + tcmalloc\" shows what that allocator alone does for TRL. With LoRA B = 0 the two step-1 losses "
         "must agree (up to bf16 rounding).",
         "",
     ]

@@ -7,6 +7,8 @@ Systems: `trl` (TRL SFTTrainer + PEFT LoRA, TRL's default settings, completion-o
 scoring against a per-example generate loop). Both trainers record the wall time of steps 2..N (step 1
 warms up oneDNN's kernels), every step's train loss and the peak RSS right after training; then the same
 evaluator (fp32, the engine's labels, no autocast) computes the validation loss of the saved adapter.
+The process runs on tcmalloc when the machine has it, as the engine does (allocator.py), unless the spec
+says `"malloc": "system"` (the TRL baseline, and the engine's "− tcmalloc" row).
 
 Same optimisation in both (what the harness pins, `parity` in the result): the engine's tokens with its
 label mask (answer + end-of-turn; TRL's own prompt-completion tokenization also labels the template's
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import resource
 import sys
 import time
@@ -65,6 +68,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+    from weitiao_engine import allocator
     from weitiao_engine.recipes import lora_finetune
 
     # What the harness pins to the engine's (all three by default; fewer only to measure what each changes):
@@ -121,11 +125,12 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     keys = ("bf16", "gradient_checkpointing", "loss_type", "padding_free", "packing", "train_sampling_strategy", "optim", "lr_scheduler_type",
             "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "gradient_accumulation_steps")  # fmt: skip
     settings = {k: str(v) if not isinstance(v, (bool, int, float, type(None))) else v for k, v in ((k, getattr(config, k, None)) for k in keys)}
+    settings["allocator"] = allocator.in_use()
     return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": str(adapter), "settings": settings, "pinned": sorted(pin)}
 
 
 def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
-    from weitiao_engine import protocol
+    from weitiao_engine import allocator, protocol
     from weitiao_engine.protocol import TrainRequest
     from weitiao_engine.recipes import lora_finetune
 
@@ -168,7 +173,8 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     peak = peak_rss_bytes()
     hp = request.hyperparameters
     settings = {**options, "precision": result["precision"], "group_by_length": hp.group_by_length, "packed": result["packed"],
-                "gradient_checkpointing": result["gradient_checkpointing"], "lora_dropout": lora_finetune.FAST_LORA_DROPOUT}  # fmt: skip
+                "gradient_checkpointing": result["gradient_checkpointing"], "lora_dropout": lora_finetune.FAST_LORA_DROPOUT,
+                "allocator": allocator.in_use()}  # fmt: skip
     return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": result["model_dir"], "settings": settings}
 
 
@@ -234,6 +240,11 @@ def run_scoring(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    from weitiao_engine import allocator
+
+    if spec.get("malloc") == "system":
+        os.environ["WEITIAO_MALLOC"] = "system"
+    allocator.use_tcmalloc()  # re-executes this process with tcmalloc preloaded, as the engine's entry point does
     import torch
 
     torch.manual_seed(spec["seed"])

@@ -49,6 +49,25 @@ def test_tree_batches_equal_plain_forward_passes(base, waimai_small, system):
     assert sum(one_by_one, []) == pytest.approx(sum(batched, []), abs=1e-4)
 
 
+def test_token_budget_batches_group_similar_lengths_within_the_budget():
+    lengths = [50, 10, 12, 300, 11, 40, 45, 13]
+    passes = scoring.token_budget_batches(lengths, max_rows=3, max_tokens=100)
+    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))  # every row once
+    assert [lengths[i] for p in passes for i in p] == sorted(lengths)  # by increasing length
+    assert all(len(p) <= 3 and (len(p) == 1 or len(p) * max(lengths[i] for i in p) <= 100) for p in passes)
+    assert passes == [[1, 4, 2], [7, 5], [6, 0], [3]]  # 300 exceeds the budget alone: a pass of its own
+
+
+def test_small_token_budget_same_scores(base, waimai_small, monkeypatch):
+    """Many small passes (a budget of a few rows) score exactly what one pass per prompt does."""
+    model, tokenizer = base
+    prompts = prompts_of(waimai_small["validation"], 9)
+    monkeypatch.setattr(scoring, "SCORING_TOKENS_PER_PASS", 40)
+    small = scoring.label_scores(model, tokenizer, prompts, LABELS, batch_size=32)
+    one_by_one = scoring.label_scores(model, tokenizer, prompts, LABELS, batch_size=1)
+    assert sum(small, []) == pytest.approx(sum(one_by_one, []), abs=1e-4)
+
+
 def test_each_prompt_its_own_continuations(tuned, waimai_small):
     """Different continuations per prompt (an expected answer outside the label set), and none at all."""
     model, tokenizer = tuned

@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
+from . import __version__, allocator
 from .protocol import PROTOCOL_VERSION, REQUESTS, EngineError, emit
 
 # command -> module that implements it
@@ -36,6 +36,7 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m weitiao_engine {{{','.join(MODULES)}}} [--request-file PATH] < request.json", file=sys.stderr)
         return 2
     command = argv[0]
+    allocator.use_tcmalloc()  # first: it re-executes the process with tcmalloc preloaded (allocator.py)
     try:
         import torch
 
@@ -49,6 +50,7 @@ def main(argv: list[str]) -> int:
                 torch_version=torch.__version__,
                 device="cuda" if torch.cuda.is_available() else "cpu",
                 threads=torch.get_num_threads(),
+                allocator=allocator.in_use(),
             )
         raw = sys.stdin.readline() if request_file is None else Path(request_file).read_text(encoding="utf-8")
         try:

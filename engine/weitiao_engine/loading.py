@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Callable, Optional, Sequence, Union
 
 import torch
 
+from .allocator import release_freed_memory
 from .chat_format import end_of_turn_ids
 from .protocol import EngineError
 
@@ -191,48 +192,6 @@ def checkpoint_dtype(model_dir: Union[str, Path]) -> Optional[torch.dtype]:
     dtypes = {info["dtype"] for file in Path(model_dir).glob("*.safetensors") for info in safetensors_index(file)[1].values()}
     floats = {_SAFETENSORS_DTYPES[d] for d in dtypes if d in _SAFETENSORS_DTYPES and _SAFETENSORS_DTYPES[d].is_floating_point}
     return floats.pop() if len(floats) == 1 else None
-
-
-def limit_heap_retention(threshold: int = 1 << 20) -> None:
-    """Allocations of `threshold` bytes or more get their own mapping, returned to the OS when freed (glibc's mallopt).
-
-    glibc raises this threshold after the first large free (up to 32 MB), and from then on keeps freed
-    activations and read buffers in its heap: on the 0.5B shape that held ~1.5 GB more than the step
-    needed. Pinning it keeps resident memory at what is in use. 1 MB, not 4: a packed row's hidden states
-    (tokens x hidden x 4 bytes, 3 MB for 880 tokens at width 896) kept by checkpointing between the layers'
-    freed temporaries fragmented the heap by ~0.9 GB on the 0.5B shape at batch 16 (measured: peak 2,760 MiB
-    at 4 MB, 1,795 MiB at 1 MB; batch 8 with selective checkpointing 2,617 -> 2,211 MiB for ~14% of the step
-    time in page faults). A no-op where libc is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def release_freed_memory() -> None:
-    """Hands the heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere).
-
-    Quantizing leaves many-MB read and scratch buffers freed between the small codes that stay; glibc
-    keeps such holes resident (its mmap threshold has grown past their size by then), which would cost
-    QLoRA a third of its memory saving. Trimming after each matrix keeps only what is in use.
-    """
-    global _malloc_trim
-    if _malloc_trim is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc
-            _malloc_trim = lambda _pad: 0  # noqa: E731
-    _malloc_trim(0)
-
-
-_malloc_trim: Optional[Callable[[int], int]] = None
 
 
 def resident_mib(peak: bool = False) -> float:

@@ -238,6 +238,8 @@ const Hello = z.object({
   torch_version: z.string(),
   device: z.string(),
   threads: z.number().int(),
+  /** The malloc the engine runs on: "tcmalloc" when the machine has it (engine/weitiao_engine/allocator.py), else "glibc". */
+  allocator: z.string().optional(),
 });
 const Log = z.object({ type: z.literal('log'), level: z.enum(['debug', 'info', 'warning', 'error']), message: z.string() });
 const Progress = z.object({

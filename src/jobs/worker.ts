@@ -508,7 +508,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const db = this.ctx.db;
     switch (e.type) {
       case 'hello':
-        this.event(id, { message: `Engine started: torch ${e.torch_version} on ${e.device}, ${e.threads} threads / 训练引擎已启动` });
+        this.event(id, { message: `Engine started: torch ${e.torch_version} on ${e.device}, ${e.threads} threads${e.allocator ? `, ${e.allocator}` : ''} / 训练引擎已启动` });
         break;
       case 'log':
         if (e.level !== 'debug') this.event(id, { level: e.level === 'warning' ? 'warn' : e.level, message: e.message });

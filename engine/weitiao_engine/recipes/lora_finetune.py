@@ -14,9 +14,9 @@ held in the checkpoint's dtype (bf16 for real checkpoints: half an fp32 copy), a
 bf16 autocast where bf16 is native (GPU, AMX) or else in fp32 from upcast weights (torch's bf16 GEMM on
 AVX512-BF16 without AMX measured slower than fp32: BENCHMARKS.md); the LoRA weights and optimizer stay
 fp32; one torch thread per physical core. Memory: the base is read tensor by tensor (loading.load_causal_lm,
-never a dense copy beside it; QLoRA quantizes each matrix as it arrives), freed activations go back to the
-OS (loading.limit_heap_retention), and gradient checkpointing is on by default for bases of 100M+
-parameters, whose activations outweigh their weights: selective (the matmul outputs kept, only the cheap
+never a dense copy beside it; QLoRA quantizes each matrix as it arrives), freed activations are reused by
+tcmalloc or handed back to the OS by glibc (allocator.py), and gradient checkpointing is on by default for
+bases of 100M+ parameters, whose activations outweigh their weights: selective (the matmul outputs kept, only the cheap
 ops recomputed) while what it keeps fits in the base's own size, else full (checkpointing.py).
 
 Determinism: the data order of epoch e comes from its own generator seeded with (seed, e), and each
@@ -156,11 +156,14 @@ def setup(request: TrainRequest) -> Run:
     from ..tokens import auto_tokenizer
 
     hp = request.hyperparameters
-    from ..loading import checkpoint_dtype, limit_heap_retention, release_freed_memory, set_threads
+    from .. import allocator
+    from ..loading import checkpoint_dtype, set_threads
 
     # Physical cores this process may use: hyper-threads only contend for the same matmul units.
     set_threads(request.threads)
-    limit_heap_retention()  # freed activations go back to the OS instead of staying resident in glibc's heap
+    allocator.limit_heap_retention()  # glibc: freed activations go back to the OS instead of staying resident in glibc's heap
+    if allocator.missing() and not torch.cuda.is_available():
+        log(allocator.MISSING, "warning")
     precision = precision_mode(hp.bf16, checkpoint_dtype(request.base_model) == torch.bfloat16)
     if request.method == "qlora" and precision == "bf16-weights":
         precision = "fp32"  # NF4 replaces the base linears: nothing left to store in bf16
@@ -245,9 +248,11 @@ def setup(request: TrainRequest) -> Run:
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.learning_rate
     )
-    # The step's activations are all freed by now: hand glibc's free heap pages back, so what one step's
+    # glibc: the step's activations are all freed by now: hand its free heap pages back, so what one step's
     # small tensors fragmented does not stay resident into the next (0.7-1.1 GB between steps on the 0.5B shape).
-    optimizer.register_step_post_hook(lambda *_: release_freed_memory())
+    # tcmalloc reuses them for the next step instead: giving them back would only fault them in again.
+    if allocator.in_use() == "glibc":
+        optimizer.register_step_post_hook(lambda *_: allocator.release_freed_memory())
     steps_per_epoch = math.ceil(len(train_data) / hp.batch_size)
     total_steps = hp.n_epochs * steps_per_epoch
     if request.max_steps is not None:
@@ -307,7 +312,8 @@ def load_base(request: TrainRequest, precision: str) -> Any:
     linear to NF4 as it is read, and the input embedding (with the LM head tied to it) too, unless
     modules_to_save trains it: a trained module needs its dense weights, so it stays fp32.
     """
-    from ..loading import load_causal_lm, release_freed_memory, resident_mib
+    from ..allocator import release_freed_memory
+    from ..loading import load_causal_lm, resident_mib
 
     base, keep = request.base_model, tuple(request.lora.modules_to_save or ())
     nf4 = request.method == "qlora"
