@@ -192,3 +192,25 @@ def test_byte_level_tokenizer_in_a_llama_folder_is_not_mangled(load, tmp_path: P
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     assert template_ids(tokenizer, SINGLE) == template_ids(reference, SINGLE)
     assert tokenize_example(tokenizer, SINGLE).labels == tokenize_example(reference, SINGLE).labels
+
+
+def test_qwen3_replies_leave_out_the_empty_reasoning_block(load) -> None:
+    """A Qwen3 model tuned on plain answers writes `<think>\n\n</think>\n\n` first (it was trained, above): the
+    streamed and final text leave it out; a non-empty reasoning block, or text that only starts like one, stays."""
+    from weitiao_engine.chat_format import without_empty_reasoning
+    from weitiao_engine.generate import TextStream
+
+    tokenizer = load("qwen3")
+
+    def stream(text: str) -> tuple[list[str], str]:
+        s = TextStream(tokenizer)
+        pieces = [s.push(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]] + [s.finish()]
+        assert "".join(pieces) == s.text
+        return pieces, s.text
+
+    pieces, text = stream("<think>\n\n</think>\n\n好评，味道不错")
+    assert text == "好评，味道不错" and not any("think" in p for p in pieces)
+    assert stream("<think>\n送餐慢\n</think>\n\n差评")[1] == "<think>\n送餐慢\n</think>\n\n差评"
+    assert stream("<think>\n\n")[1] == "<think>\n\n"  # generation ended inside: it was text after all
+    assert without_empty_reasoning("<think>\n\n</think>\n\n好评") == "好评"
+    assert len(tokenizer("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"]) > 1  # really streamed in pieces

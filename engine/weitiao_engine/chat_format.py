@@ -60,6 +60,16 @@ def as_dicts(messages: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
+# Qwen3's template opens the last answer with a reasoning block, empty for an answer without reasoning, and so a
+# model tuned on plain answers writes it before each reply. Scaffolding, not text the user asked for.
+EMPTY_REASONING = "<think>\n\n</think>\n\n"
+
+
+def without_empty_reasoning(text: str) -> str:
+    """A generated answer without the empty reasoning block it may open with (a non-empty one stays)."""
+    return text[len(EMPTY_REASONING) :] if text.startswith(EMPTY_REASONING) else text
+
+
 def end_of_turn_ids(tokenizer) -> set[int]:
     """Ids of the tokens that can end an assistant turn for this tokenizer."""
     ids, next_turn = _turn_ends(tokenizer)

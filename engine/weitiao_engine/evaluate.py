@@ -20,7 +20,7 @@ import torch
 from pydantic import ValidationError
 
 from . import protocol
-from .chat_format import prompt_ids
+from .chat_format import prompt_ids, without_empty_reasoning
 from .loading import load_model, stop_token_ids
 from .metrics import label_metrics
 from .protocol import ChatExample, EngineError, EvaluateRequest
@@ -186,7 +186,7 @@ def generate_greedy(
                 if t in stops:
                     new = new[:j]
                     break
-            out[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            out[i] = without_empty_reasoning(tokenizer.decode(new, skip_special_tokens=True)).strip()
         if report is not None:
             report(start + len(rows))
     return out

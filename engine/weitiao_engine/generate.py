@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import protocol
-from .chat_format import Message, prompt_ids
+from .chat_format import EMPTY_REASONING, Message, prompt_ids, without_empty_reasoning
 from .loading import load_model, stop_token_ids
 from .protocol import ChatRequest, EngineError
 
@@ -114,24 +114,32 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
 class TextStream:
     """Turns generated token ids into text pieces that never change once handed out.
 
-    Two things are held back until the next token settles them: a trailing U+FFFD (a Chinese character
-    whose UTF-8 bytes are split over tokens decodes as U+FFFD until its last byte arrives), and a tail
-    that could be the start of a stop string. When a stop string appears, the text is cut just before it
-    and `stopped` becomes true.
+    Three things are held back until the next token settles them: a trailing U+FFFD (a Chinese character
+    whose UTF-8 bytes are split over tokens decodes as U+FFFD until its last byte arrives), a tail that
+    could be the start of a stop string, and an opening that could be Qwen3's empty reasoning block (left
+    out of the text, chat_format.EMPTY_REASONING). When a stop string appears, the text is cut just before
+    it and `stopped` becomes true.
     """
 
     def __init__(self, tokenizer: Any, stop: Sequence[str] = ()):
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.ids: list[int] = []
-        self.text = ""  # everything decoded so far (cut at a stop string)
+        self.decoded = ""  # everything decoded so far
+        self.skip: Optional[int] = None  # characters of an empty reasoning block left out; None: not known yet
+        self.text = ""  # the answer so far (cut at a stop string)
         self.sent = 0  # characters of `text` already handed out
         self.stopped = False
 
     def push(self, token: int) -> str:
         """Adds one token; returns the newly settled text (maybe empty)."""
         self.ids.append(token)
-        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        self.decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if self.skip is None:
+            if EMPTY_REASONING.startswith(self.decoded) and self.decoded != EMPTY_REASONING:
+                return ""  # maybe the opening of an empty reasoning block: wait for the next token
+            self.skip = len(self.decoded) - len(without_empty_reasoning(self.decoded))
+        self.text = self.decoded[self.skip :]
         hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
         if hits:
             self.text = self.text[: min(hits)]
@@ -141,6 +149,8 @@ class TextStream:
 
     def finish(self) -> str:
         """Whatever is still held back, once generation is over."""
+        if self.skip is None:  # ended inside what looked like an empty reasoning block: it was text after all
+            self.skip, self.text = 0, self.decoded
         return self._take(len(self.text))
 
     def _held(self) -> int:

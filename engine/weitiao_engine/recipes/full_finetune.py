@@ -31,6 +31,7 @@ from ..chat_format import TokenizedExample, tokenize_examples
 from ..metrics import label_metrics
 from ..atomic import atomic_dir
 from ..protocol import EngineError, TrainRequest, emit, log, progress
+from . import lora_finetune
 from .lora_finetune import (
     EVAL_BATCH_SIZE,
     LabelTask,
@@ -43,6 +44,8 @@ from .lora_finetune import (
     length_sorted_batches,
     load_examples,
     newest_checkpoint,
+    pack,
+    packing_supported,
     precision_mode,
     rng_state,
     seed_everything,
@@ -75,6 +78,7 @@ class Run:
     call: Any = None  # call(fn, *args) = fn(model, *args) inside FSDP's forward under torchrun (distributed.ModelCall)
     bf16: bool = False  # bf16 autocast (compute); the weights and AdamW stay fp32
     precision: str = "fp32"  # "bf16" (autocast; the final model is saved in bf16) or "fp32"
+    packed: bool = False  # training batches are padding-free (lora_finetune.pack); else padded (collate)
     # counters, saved in every checkpoint
     step: int = 0
     epoch_index: int = 0
@@ -120,6 +124,7 @@ def run(request: TrainRequest) -> dict[str, Any]:
         "final_valid_loss": state.valid_loss,
         "last_checkpoint": state.last_checkpoint,
         "precision": state.precision,
+        "packed": state.packed,
     }
 
 
@@ -171,6 +176,8 @@ def setup(request: TrainRequest) -> Run:
     progress("setup", 3, 4, "freezing / 冻结参数")
     frozen = freeze(model, request.full.freeze_embeddings, request.full.freeze_layers)
     seed_everything(hp.seed)
+    # Padding-free batches as in the LoRA recipe (lora_finetune.pack), where the model keeps packed sequences apart.
+    packed = lora_finetune.PACKING and packing_supported(model, train_data[0].input_ids)
     if use_gradient_checkpointing(hp.gradient_checkpointing, model):  # "auto": by the base's size
         # Non-reentrant: works although the (frozen) embedding output needs no gradient.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -216,6 +223,7 @@ def setup(request: TrainRequest) -> Run:
         call=call,
         bf16=precision == "bf16",
         precision=precision,
+        packed=packed,
     )
     if request.resume:
         restore_checkpoint(state)
@@ -286,9 +294,9 @@ def train(state: Run) -> bool:
             optimizer.zero_grad(set_to_none=True)
             loss_total, n_tokens, n_correct = 0.0, 0, 0
             for start in range(0, len(examples), micro):
-                input_ids, attention_mask, labels = collate(examples[start : start + micro], state.pad_id)
+                part = examples[start : start + micro]
                 with autocast(state):
-                    loss_sum, n, c = state.call(token_loss, input_ids, attention_mask, labels)
+                    loss_sum, n, c = state.call(token_loss, *(pack(part, state.pad_id) if state.packed else collate(part, state.pad_id)))
                 (loss_sum * distributed.loss_scale() / n_batch_tokens).backward()
                 loss_total, n_tokens, n_correct = loss_total + loss_sum.item(), n_tokens + n, n_correct + c
             loss_total, n_tokens, n_correct = distributed.all_sum(loss_total, n_tokens, n_correct)
