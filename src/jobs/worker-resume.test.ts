@@ -2,6 +2,8 @@
 // a "crashed" worker whose job another worker takes over and finishes from the last checkpoint.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { cancelJob, createJob, followJobEvents, listJobCheckpoints, listJobEvents, pauseJob, resumeJob, retrieveJob, Worker } from './index.js';
 import { isGroupAlive } from './internal/process.js';
@@ -59,8 +61,16 @@ describe('pause, resume and recovery with the real engine', () => {
     for await (const _ of followJobEvents(fx.ctx, job.id)) n++;
     assert.ok(n > 0);
 
+    // A checkpoint the database never heard of (an engine that outlived a killed server saved it; its steps were
+    // never reported) is discarded, not resumed from: the run continues from the recorded one.
+    const orphan = path.join(fx.ctx.home.jobs, job.id, 'checkpoints', 'step-000031');
+    mkdirSync(orphan, { recursive: true });
+    writeFileSync(path.join(orphan, 'state.json'), '{}');
+
     assert.equal(resumeJob(fx.ctx, job.id).status, 'queued');
     assert.equal(await worker.runNext(), job.id);
+    assert.ok(!existsSync(orphan));
+    assert.ok(listJobEvents(fx.ctx, job.id, { limit: 1000 }).data.some((e) => e.message.startsWith('Discarded step-000031')));
     const done = retrieveJob(fx.ctx, job.id);
     assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
     // Steps 1…N before the pause, N+1…32 after it: nothing trained twice, nothing skipped.

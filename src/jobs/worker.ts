@@ -15,7 +15,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import type { Issue } from '../data/index.js';
@@ -415,6 +415,13 @@ export class Worker extends EventEmitter<WorkerEvents> {
       ...(model.adapterPath && method !== 'full' ? { base_path: path.join(outputDir, 'base') } : {}),
     };
     await mkdir(outputDir, { recursive: true });
+    const discarded = await discardUnrecordedCheckpoints(this.ctx, id, outputDir);
+    if (discarded.length) {
+      this.event(id, {
+        level: 'warn',
+        message: `Discarded ${discarded.join(', ')}: saved after the control plane stopped, so the steps it holds were never reported; they are trained again / 丢弃未登记的检查点 ${discarded.join(', ')}，相应步骤将重新训练`,
+      });
+    }
     const newest = newestCheckpoint(outputDir);
     const request = buildTrainRequest({
       basePath: model.basePath,
@@ -771,6 +778,21 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.opts.onEvent?.(id, wire);
     this.emit('event', id, wire);
   }
+}
+
+/**
+ * Removes the `checkpoints/step-N` directories newer than every checkpoint the database recorded for the job:
+ * an engine that outlived its control plane (killed server) trained and saved them while its events went
+ * nowhere (or sat unread in a dead pipe). Resuming from them would leave those steps out of the job's history;
+ * resuming from the last recorded one trains them again, reported. Returns the names removed.
+ */
+async function discardUnrecordedCheckpoints(ctx: Context, jobId: string, outputDir: string): Promise<string[]> {
+  const dir = path.join(outputDir, 'checkpoints');
+  if (!existsSync(dir)) return [];
+  const { last } = ctx.db.prepare('SELECT MAX(step) AS last FROM checkpoints WHERE job_id = ?').get(jobId) as { last: number | null };
+  const unrecorded = readdirSync(dir).filter((n) => /^step-\d+$/.test(n) && Number(n.slice(5)) > (last ?? 0));
+  for (const name of unrecorded) await rm(path.join(dir, name), { recursive: true, force: true });
+  return unrecorded;
 }
 
 /** The newest `checkpoints/step-N` directory name in a job's directory, or null. */
