@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
 import sys
@@ -67,8 +68,10 @@ def missing() -> bool:
     return in_use() == "glibc" and os.environ.get("WEITIAO_MALLOC") != "system"
 
 
+@functools.lru_cache(maxsize=None)
 def in_use() -> str:
-    """"tcmalloc", "jemalloc" or "glibc": which malloc this process runs on (what is mapped into it)."""
+    """"tcmalloc", "jemalloc" or "glibc": which malloc this process runs on (what is mapped into it). Fixed for the
+    process's life, so /proc/self/maps (thousands of lines once torch is loaded) is read once."""
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
             maps = f.read()
