@@ -25,6 +25,7 @@ MODULES = {
     "chat": "weitiao_engine.generate",
     "serve": "weitiao_engine.serve",
     "estimate": "weitiao_engine.estimate",
+    "export": "weitiao_engine.export",
 }
 
 

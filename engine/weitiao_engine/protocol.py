@@ -195,6 +195,28 @@ class ServeCall(Strict):
     target: Optional[str] = None  # for `cancel`
 
 
+# Quantization types of an exported GGUF. The gguf package's own quantizers write f32/f16/bf16/q8_0/q4_0/
+# q4_1/q5_0/q5_1; the k-quants need llama.cpp's quantizer (libllama's llama_model_quantize), used only
+# where `llama_library` names one.
+GgufQuantization = Literal[
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+    "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
+]
+
+
+class ExportRequest(Strict):
+    """`export`: a model (base, or base + LoRA adapter merged in) written for use outside weitiao (export/)."""
+
+    model: str  # the base model's Hugging Face folder
+    adapter: Optional[str] = None  # a LoRA adapter folder trained on `model`; merged into it unless adapter_only
+    format: Literal["hf", "gguf"]
+    output_dir: str  # created; hf: the folder itself; gguf: holds model.gguf (and adapter.gguf)
+    quantize: GgufQuantization = "f16"  # gguf only
+    adapter_only: bool = False  # hf: the PEFT adapter as is (vLLM/LoRAX multi-LoRA); gguf: a LoRA GGUF for llama.cpp's --lora
+    llama_library: Optional[str] = None  # libllama shared library for the k-quants (node-llama-cpp ships one)
+    name: Optional[str] = None  # general.name in GGUF metadata, the model's registered name
+
+
 REQUESTS: dict[str, type[Strict]] = {
     "create-tiny": CreateTinyRequest,
     "count-tokens": CountTokensRequest,
@@ -203,6 +225,7 @@ REQUESTS: dict[str, type[Strict]] = {
     "chat": ChatRequest,
     "serve": ServeRequest,
     "estimate": EstimateRequest,
+    "export": ExportRequest,
 }
 
 

@@ -188,6 +188,36 @@ export const ChatRequest = z.object({
 });
 export type ChatRequest = z.input<typeof ChatRequest>;
 
+/**
+ * Quantization types of an exported GGUF. The gguf package's own quantizers write f32 … q5_1; the k-quants
+ * need llama.cpp's quantizer (libllama's `llama_model_quantize`), used only where `llama_library` names one.
+ */
+export const GgufQuantization = z.enum([
+  'f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1',
+  'q2_k', 'q3_k_s', 'q3_k_m', 'q3_k_l', 'q4_k_s', 'q4_k_m', 'q5_k_s', 'q5_k_m', 'q6_k',
+]);
+export type GgufQuantization = z.infer<typeof GgufQuantization>;
+
+/** `export`: a model (a base, or a base with a LoRA adapter merged in) written for use outside weitiao. */
+export const ExportRequest = z.object({
+  /** The base model's Hugging Face folder. */
+  model: z.string(),
+  /** A LoRA adapter folder trained on `model`; merged into it unless `adapter_only`. */
+  adapter: z.string().nullable().default(null),
+  format: z.enum(['hf', 'gguf']),
+  /** Created. hf: the folder itself; gguf: holds `model.gguf` (or `adapter.gguf`). */
+  output_dir: z.string(),
+  /** gguf only. */
+  quantize: GgufQuantization.default('f16'),
+  /** hf: the PEFT adapter as is (vLLM/LoRAX multi-LoRA); gguf: a LoRA GGUF for llama.cpp's `--lora`. */
+  adapter_only: z.boolean().default(false),
+  /** libllama shared library for the k-quants (node-llama-cpp ships one). */
+  llama_library: z.string().nullable().default(null),
+  /** `general.name` in GGUF metadata: the model's registered name. */
+  name: z.string().nullable().default(null),
+});
+export type ExportRequest = z.input<typeof ExportRequest>;
+
 /** `serve`'s one request line; after it, stdin carries `ServeCall` lines until `shutdown` or end of input. */
 export const ServeRequest = z.object({
   /** Base models kept loaded (least recently used out); a 0.5B model is ~2 GB in fp32. */
@@ -394,6 +424,26 @@ export const EstimateResult = z.object({
 });
 export type EstimateResult = z.infer<typeof EstimateResult>;
 
+/** What `export` wrote. */
+export const ExportResult = z.object({
+  format: z.enum(['hf', 'gguf']),
+  /** The folder (hf) or the .gguf file (gguf). */
+  path: z.string(),
+  files: z.array(z.object({ name: z.string(), bytes: z.number().int(), sha256: z.string() })),
+  architecture: z.string(),
+  quantize: z.string().nullable(),
+  adapter_only: z.boolean(),
+  /** The Jinja chat template written with the model (tokenizer_config.json / tokenizer.chat_template). */
+  chat_template: z.string().nullable(),
+  bos_token: z.string().nullable(),
+  eos_token: z.string().nullable(),
+  /** Every token that ends a turn: generation_config's eos ids, the GGUF's eos/eot ids, Ollama's `PARAMETER stop`. */
+  stop_tokens: z.array(z.string()),
+  context_length: z.number().int(),
+  parameters: z.number().int(),
+});
+export type ExportResult = z.infer<typeof ExportResult>;
+
 /** What `serve` returns when it shuts down: how many answers it gave. */
 export const ServeResult = z.object({ served: z.number().int() });
 export type ServeResult = z.infer<typeof ServeResult>;
@@ -406,6 +456,7 @@ export const COMMANDS = {
   evaluate: { request: EvaluateRequest, result: EvaluateResult },
   chat: { request: ChatRequest, result: ChatResult },
   estimate: { request: EstimateRequest, result: EstimateResult },
+  export: { request: ExportRequest, result: ExportResult },
 } as const;
 export type EngineCommand = keyof typeof COMMANDS;
 

@@ -93,4 +93,34 @@ export const MIGRATIONS: readonly string[] = [
     revoked_at  INTEGER
   );
   `,
+  // 2: exports of models (HF folders, GGUF files, Ollama bundles) with their post-export check, and deployments
+  `
+  CREATE TABLE exports (
+    id          TEXT PRIMARY KEY,              -- export-…
+    model       TEXT NOT NULL,                 -- the exported model's id
+    format      TEXT NOT NULL,                 -- hf | gguf | ollama
+    quantize    TEXT,                          -- gguf/ollama: f16 | q8_0 | …
+    options     TEXT NOT NULL DEFAULT '{}',    -- JSON: adapter_only, check settings, …
+    status      TEXT NOT NULL,                 -- queued | running | succeeded | failed | cancelled
+    progress    TEXT,                          -- JSON {phase, current, total} of the running step
+    path        TEXT,                          -- the output folder (inside the home unless -o chose another)
+    result      TEXT,                          -- JSON: the engine's export result (files, stop tokens, …)
+    "check"     TEXT,                          -- JSON: the post-export check's report
+    error       TEXT,                          -- JSON {code, message, param} or NULL
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER
+  );
+  CREATE INDEX exports_model ON exports(model, created_at);
+
+  CREATE TABLE deployments (
+    model       TEXT PRIMARY KEY,              -- the served model's id (what clients send as "model")
+    backend     TEXT NOT NULL,                 -- engine | llamacpp | vllm
+    replicas    INTEGER NOT NULL DEFAULT 1,
+    config      TEXT NOT NULL DEFAULT '{}',    -- JSON: gguf path / export id, base_url, parallel sequences, …
+    state       TEXT NOT NULL DEFAULT 'ready', -- ready | loading | failed | stopped
+    error       TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+  );
+  `,
 ];
