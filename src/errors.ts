@@ -77,3 +77,28 @@ export function formatLocation(file: string | undefined, line: number | undefine
   const parts = [file && line ? `${file}:${line}` : file, param].filter(Boolean);
   return parts.join(': ');
 }
+
+// Absolute paths: a leading '/' not preceded by a word character, ':' (URLs) or '/', at least two segments.
+// Segments stop at whitespace, quotes and (full-width) punctuation, so the Chinese half of a message survives.
+const ABSOLUTE_PATH = /(?<![\w:/.~-])\/(?!v1\/)(?:[^\s/'"`,;:()<>[\]{}，。；：、（）“”‘’]+\/)+[^\s/'"`,;:()<>[\]{}，。；：、（）“”‘’]*/g;
+
+/**
+ * `text` without absolute server paths, for anything a client sees: a path under `root` (the home
+ * directory) becomes relative to it (`jobs/ftjob-…/checkpoints/step-000004`), any other absolute path its
+ * last segment. API routes (`/v1/…`) are left alone.
+ */
+export function hideServerPaths(text: string, root?: string): string {
+  return text.replace(ABSOLUTE_PATH, (p) => {
+    const trimmed = p.replace(/\/+$/, '');
+    if (root && (trimmed === root || trimmed.startsWith(root + '/'))) return trimmed.slice(root.length + 1) || '.';
+    return trimmed.slice(trimmed.lastIndexOf('/') + 1) || '.';
+  });
+}
+
+/** The same error with server paths hidden from its message (and `file` cut to its name); itself when there were none. */
+export function hideErrorPaths(err: WeitiaoError, root?: string): WeitiaoError {
+  const message = hideServerPaths(err.message, root);
+  const file = err.file && err.file.startsWith('/') ? err.file.slice(err.file.lastIndexOf('/') + 1) : err.file;
+  if (message === err.message && file === err.file) return err;
+  return new WeitiaoError(err.code, message, { param: err.param, line: err.line, file, cause: err });
+}

@@ -32,7 +32,7 @@ import {
   type ValidationReport,
 } from '../data/index.js';
 
-import { WeitiaoError } from '../errors.js';
+import { hideErrorPaths, WeitiaoError } from '../errors.js';
 import type { ChatExample } from '../engine/index.js';
 import { compareModels, evaluateModel, type EvalReport } from '../eval/index.js';
 import { createFile, fileContentPath, retrieveFile, type FileObject } from '../files/index.js';
@@ -219,14 +219,6 @@ function scrubError(err: unknown, dirs: string[], filename: string): unknown {
   const message = scrub(err.message, dirs, filename);
   if (message === err.message && !err.file) return err;
   return new WeitiaoError(err.code, message, { param: err.param, line: err.line, file: err.file ? filename : undefined, cause: err });
-}
-
-/** The error with every path under the home directory cut to its last segment. */
-function hideHome(err: WeitiaoError, root: string): WeitiaoError {
-  const escaped = root.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  const message = err.message.replace(new RegExp(`${escaped}[^\\s,;:'")]*`, 'g'), (p) => path.basename(p));
-  if (message === err.message) return err;
-  return new WeitiaoError(err.code, message, { param: err.param, line: err.line, file: err.file && path.basename(err.file), cause: err });
 }
 
 /** Issues name the uploaded file, never a server path. */
@@ -779,7 +771,7 @@ async function evaluate(ctx: Context, body: z.infer<typeof EvaluationBody>, sign
 export function extensionRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   const base = '/v1/weitiao';
   const tag = 'Console (weitiao)';
-  // Any path under the home directory left in an error message is cut to its file name.
+  // Server paths left in an error message are hidden (src/errors.ts, the policy every API error follows).
   const add = <P extends Schema = undefined, Q extends Schema = undefined, B extends Schema = undefined>(
     spec: RouteSpec<P, Q, B>,
     handler: RouteHandler<ApiEnv, P, Q, B>,
@@ -788,7 +780,7 @@ export function extensionRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void 
       try {
         return await handler(c, input);
       } catch (err) {
-        throw err instanceof WeitiaoError ? hideHome(err, ctx.home.root) : err;
+        throw err instanceof WeitiaoError ? hideErrorPaths(err, ctx.home.root) : err;
       }
     });
 

@@ -10,10 +10,11 @@
  * worker (worker.ts) moves them through the statuses in internal/status.ts, the one transition table.
  * The wire job is OpenAI's FineTuningJob; weitiao's settings and live progress sit in its `weitiao` field.
  */
+import { existsSync } from 'node:fs';
 import { setTimeout as delay } from 'node:timers/promises';
 import { z } from 'zod';
 import type { Context } from '../context.js';
-import { WeitiaoError } from '../errors.js';
+import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { Issue } from '../data/index.js';
 import { LabelMetrics } from '../engine/protocol.js';
 import { retrieveFile } from '../files/index.js';
@@ -572,17 +573,68 @@ export function pauseJob(ctx: Context, id: string): FineTuningJob {
   return retrieveJob(ctx, id);
 }
 
-/** Resumes a paused job: it is queued again and continues from its newest checkpoint. */
+/**
+ * Resumes a paused job, or a failed one that saved a checkpoint: it is queued again and continues from its
+ * newest good checkpoint (the engine skips one that does not verify). `conflict` for a failed job with no
+ * checkpoint on disk (nothing to resume from) and for every other status.
+ */
 export function resumeJob(ctx: Context, id: string): FineTuningJob {
   ctx.db.transaction(() => {
+    const row = requireJob(ctx, id);
+    if (row.status !== 'failed') {
+      transition(
+        ctx.db,
+        id,
+        'queued',
+        { requested_action: null, worker_id: null, worker_pid: null, estimated_finish: null },
+        { from: ['paused'], action: 'resume' },
+      );
+      addEvent(ctx.db, id, { message: 'The job was resumed and is queued / 任务已继续，正在排队' });
+      return;
+    }
+    const checkpoints = ctx.db.prepare('SELECT step, path FROM checkpoints WHERE job_id = ? ORDER BY step DESC').all(id) as { step: number; path: string }[];
+    const usable = checkpoints.filter((c) => existsSync(c.path));
+    if (!usable.length) {
+      throw new WeitiaoError(
+        'conflict',
+        `cannot resume job ${id}: it failed before saving a checkpoint, so there is nothing to resume from; create the job again / 任务 ${id} 失败前没有保存检查点，无法继续，请重新创建任务`,
+        { param: 'fine_tuning_job_id' },
+      );
+    }
+    // What it trains from must still be there, or the resumed run would only fail again.
+    try {
+      resolveModel(ctx, row.model);
+    } catch (err) {
+      const e = WeitiaoError.from(err);
+      throw new WeitiaoError('conflict', `cannot resume job ${id}: ${e.message}`, { param: 'model', cause: e });
+    }
+    for (const param of ['training_file', 'validation_file'] as const) {
+      const fileId = row[param];
+      if (fileId && !ctx.db.prepare('SELECT 1 FROM files WHERE id = ?').get(fileId)) {
+        throw new WeitiaoError('conflict', `cannot resume job ${id}: its ${param} ${fileId} was deleted / 任务的文件 ${fileId} 已被删除，无法继续`, { param });
+      }
+    }
+    const ext = parseExtension(row);
     transition(
       ctx.db,
       id,
       'queued',
-      { requested_action: null, worker_id: null, worker_pid: null, estimated_finish: null },
-      { from: ['paused'], action: 'resume' },
+      {
+        extension: JSON.stringify({ ...ext, crash_streak: 0 }),
+        error: null,
+        finished_at: null,
+        requested_action: null,
+        worker_id: null,
+        worker_pid: null,
+        estimated_finish: null,
+      },
+      { from: ['failed'], action: 'resume' },
     );
-    addEvent(ctx.db, id, { message: 'The job was resumed and is queued / 任务已继续，正在排队' });
+    const step = usable[0].step;
+    addEvent(ctx.db, id, {
+      message: `The failed job was resumed and is queued; it continues from its last good checkpoint (step ${step} or, if that one is damaged, an older one) / 失败的任务已继续，将从最后一个完好的检查点继续`,
+      data: { resumed_after_failure: true, newest_checkpoint_step: step },
+    });
   })();
   return retrieveJob(ctx, id);
 }
@@ -673,7 +725,8 @@ export function jobToWire(row: JobRow): FineTuningJob {
     object: 'fine_tuning.job',
     created_at: row.created_at,
     finished_at: row.finished_at,
-    model: row.model,
+    // A job trained on a then-unregistered directory stored its path: a client sees the folder's name.
+    model: hideServerPaths(row.model),
     fine_tuned_model: row.fine_tuned_model,
     organization_id: 'org-weitiao',
     result_files: JSON.parse(row.result_files) as string[],
@@ -683,7 +736,7 @@ export function jobToWire(row: JobRow): FineTuningJob {
     hyperparameters: openaiHyperparameters(method),
     method,
     trained_tokens: row.trained_tokens,
-    error: row.error ? (JSON.parse(row.error) as FineTuningJob['error']) : null,
+    error: row.error ? publicJobError(JSON.parse(row.error) as NonNullable<FineTuningJob['error']>) : null,
     seed: row.seed,
     estimated_finish: row.estimated_finish,
     metadata: row.metadata ? (JSON.parse(row.metadata) as Record<string, string>) : null,
@@ -722,6 +775,11 @@ export function jobToWire(row: JobRow): FineTuningJob {
       attempts: row.attempts,
     },
   };
+}
+
+/** A job's error as clients see it: the engine's messages name files by absolute path, the wire never does. */
+function publicJobError(error: NonNullable<FineTuningJob['error']>): FineTuningJob['error'] {
+  return { ...error, message: hideServerPaths(error.message) };
 }
 
 /** The engine recipe of a job: `dpo` for OpenAI's DPO method, else weitiao's supervised choice (default `lora`). */

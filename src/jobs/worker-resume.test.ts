@@ -121,16 +121,19 @@ describe('pause, resume and recovery with the real engine', () => {
     const exited = new Promise((r) => orphan.on('exit', r));
     const job = createJob(fx.ctx, jobParams());
     fx.ctx.db
-      .prepare(`UPDATE jobs SET status = 'running', worker_id = ?, worker_pid = ?, heartbeat_at = ?, attempts = 2 WHERE id = ?`)
+      .prepare(
+        `UPDATE jobs SET status = 'running', worker_id = ?, worker_pid = ?, heartbeat_at = ?, attempts = 2,
+         extension = json_set(extension, '$.crash_streak', 2) WHERE id = ?`,
+      )
       .run(`crashed:${DEAD_PID}`, orphan.pid, Math.floor(Date.now() / 1000), job.id);
-    const worker = new Worker(fx.ctx, { maxAttempts: 3 });
+    const worker = new Worker(fx.ctx, { maxCrashes: 3 });
     assert.deepEqual(await worker.recover(), [job.id]);
     await exited;
     assert.equal(isGroupAlive(orphan.pid), false);
     const failed = retrieveJob(fx.ctx, job.id);
     assert.equal(failed.status, 'failed');
     assert.equal(failed.error?.code, 'training_interrupted');
-    assert.match(failed.error!.message, /stopped unexpectedly 3 times/);
+    assert.match(failed.error!.message, /stopped unexpectedly 3 times in a row/);
     assert.equal(failed.weitiao.attempts, 3);
 
     // A live worker's job (this process, fresh heartbeat) is left alone.

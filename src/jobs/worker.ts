@@ -20,7 +20,7 @@ import path from 'node:path';
 import type { Context } from '../context.js';
 import type { Issue } from '../data/index.js';
 import { runEngine, type EngineEvent, type TrainResult } from '../engine/index.js';
-import { WeitiaoError } from '../errors.js';
+import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { createFile, fileContentPath } from '../files/index.js';
 import { registerModel, resolveModel } from '../models/index.js';
 import { newId, now } from '../store/index.js';
@@ -30,6 +30,7 @@ import { isGroupAlive, signalGroup, STALE_WORKER_SECONDS, stopGroup, workerGone 
 import {
   addEvent,
   checkpointModelName,
+  eventToWire,
   fineTunedModelName,
   getJobRow,
   parseExtension,
@@ -37,6 +38,7 @@ import {
   upsertCheckpoint,
   type CheckpointMetrics,
   type EventLevel,
+  type EventRow,
   type JobError,
   type JobExtension,
   type JobRow,
@@ -56,8 +58,11 @@ export interface WorkerOptions {
   cancelGraceMs?: number;
   /** Pause and shutdown: time the engine gets to save its checkpoint before SIGKILL. */
   pauseGraceMs?: number;
-  /** A job whose run is lost (worker or engine crash) this many times fails instead of resuming again. */
-  maxAttempts?: number;
+  /**
+   * A job whose run is lost (engine crash, worker gone) this many times in a row — no checkpoint saved in
+   * between — fails with the cause instead of resuming again. Default `WEITIAO_MAX_ENGINE_CRASHES`, else 3.
+   */
+  maxCrashes?: number;
   /** Torch threads for the engine (null: the engine's default). */
   threads?: number | null;
   /** Every job event this worker writes, as it is written. */
@@ -90,6 +95,14 @@ interface RunState {
   ftName: string;
   outputDir: string;
   weights: Weights;
+  /** The step of the checkpoint the run resumes from (null: from the start). */
+  resumeFrom: number | null;
+  /** The highest step whose metrics the job's history already holds: a resumed run trains such steps again. */
+  reportedUpTo: number;
+  /** Whether the first metrics of this run arrived (that step tells which checkpoint the engine took). */
+  sawMetrics: boolean;
+  /** The engine said it skipped a damaged checkpoint. */
+  sawSkip: boolean;
 }
 
 interface Run {
@@ -124,7 +137,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       staleSeconds: STALE_WORKER_SECONDS,
       cancelGraceMs: 2000,
       pauseGraceMs: 120_000,
-      maxAttempts: 3,
+      maxCrashes: defaultMaxCrashes(),
       ...options,
     };
   }
@@ -199,7 +212,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   /**
    * Takes back jobs whose worker is gone (process dead or heartbeat stale): a left-over engine is stopped;
-   * a running job is queued again to resume from its last checkpoint, or failed after `maxAttempts` losses.
+   * a running job is queued again to resume from its last checkpoint, or failed after `maxCrashes` losses in a row.
    * Returns the ids it touched.
    */
   async recover(): Promise<string[]> {
@@ -456,7 +469,19 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const run: Run = { jobId: id, pid: null, reason: null, sawEngineError: false, killTimer: null };
     this.run = run;
     const ftName = fineTunedModelName(row);
-    const state: RunState = { ext, ftName, outputDir, weights };
+    const reported = this.ctx.db
+      .prepare(`SELECT MAX(json_extract(data, '$.step')) AS step FROM job_events WHERE job_id = ? AND type = 'metrics'`)
+      .get(id) as { step: number | null };
+    const state: RunState = {
+      ext,
+      ftName,
+      outputDir,
+      weights,
+      resumeFrom: newest ? Number(newest.slice(5)) : null,
+      reportedUpTo: reported.step ?? 0,
+      sawMetrics: false,
+      sawSkip: false,
+    };
     const watch = setInterval(() => this.watch(run), this.opts.pollMs);
     watch.unref();
 
@@ -517,9 +542,18 @@ export class Worker extends EventEmitter<WorkerEvents> {
       case 'hello':
         this.event(id, { message: `Engine started: torch ${e.torch_version} on ${e.device}, ${e.threads} threads${e.allocator ? `, ${e.allocator}` : ''} / 训练引擎已启动` });
         break;
-      case 'log':
-        if (e.level !== 'debug') this.event(id, { level: e.level === 'warning' ? 'warn' : e.level, message: e.message });
+      case 'log': {
+        if (e.level === 'debug') break;
+        // The engine skipped a checkpoint that does not verify (truncated, corrupted) and took an older one.
+        const skipped = e.level === 'warning' && /skip/i.test(e.message) ? /step-\d+/.exec(e.message)?.[0] : undefined;
+        if (skipped) state.sawSkip = true;
+        this.event(id, {
+          level: e.level === 'warning' ? 'warn' : e.level,
+          message: e.message,
+          ...(skipped ? { data: { skipped_checkpoint: skipped } } : {}),
+        });
         break;
+      }
       case 'metrics': {
         const { type: _type, ...data } = e;
         const progress = { step: e.step, total_steps: e.total_steps, epoch: e.epoch };
@@ -527,8 +561,16 @@ export class Worker extends EventEmitter<WorkerEvents> {
         for (const [k, v] of Object.entries(data)) if (typeof v === 'number') last[k] = v;
         state.ext.last_metrics = last;
         state.ext.progress = progress;
+        if (!state.sawMetrics) {
+          state.sawMetrics = true;
+          this.noteOlderCheckpoint(id, state, e.step);
+        }
         db.transaction(() => {
-          this.event(id, { type: 'metrics', message: metricsMessage(e), data });
+          // A resumed run trains again the steps after its checkpoint: their figures replace the earlier ones, so
+          // the history holds every step once.
+          if (e.step > state.reportedUpTo || !this.replaceMetrics(id, e.step, metricsMessage(e), data)) {
+            this.event(id, { type: 'metrics', message: metricsMessage(e), data });
+          }
           patchExtension(db, id, { progress, last_metrics: last }, {
             heartbeat_at: now(),
             ...(e.trained_tokens !== undefined ? { trained_tokens: e.trained_tokens } : {}),
@@ -577,6 +619,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
         const row = getJobRow(db, id)!;
         db.transaction(() => {
           upsertCheckpoint(db, { job_id: id, step: e.step, epoch: e.epoch, metrics, path: ckptPath, fine_tuned_model_checkpoint: name });
+          // Progress was saved: crashes before this one no longer count towards the crash loop.
+          if (state.ext.crash_streak) {
+            state.ext.crash_streak = 0;
+            patchExtension(db, id, { crash_streak: 0 });
+          }
           registerModel(this.ctx, {
             id: name,
             kind: 'checkpoint',
@@ -634,7 +681,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     // The engine died without saying why (killed, out of memory) or was stopped from outside: try again from the checkpoint.
     const why = failure ? failure.message.split('\n')[0] : 'the engine was interrupted';
-    this.lost(getJobRow(this.ctx.db, id)!, `${why} / 训练引擎意外退出`, failure?.message);
+    this.lost(getJobRow(this.ctx.db, id)!, why, failure?.message.split('\n').slice(1).join('\n'));
   }
 
   private async succeed(id: string, state: RunState, result: TrainResult): Promise<void> {
@@ -728,24 +775,73 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   // ----------------------------------------------------------------------------------------- outcomes
 
-  /** A lost run: queued again to resume from its checkpoint, or failed once it has been lost `maxAttempts` times. */
+  /**
+   * A lost run (engine crash, worker gone): queued again to resume from its checkpoint, or, the
+   * `maxCrashes`-th time in a row without a checkpoint saved in between, failed with the cause stated once:
+   * `why` and the engine's last output (`detail`, its stderr tail), server paths hidden.
+   */
   private lost(row: JobRow, why: string, detail?: string): void {
     const attempts = row.attempts + 1;
-    const release = { worker_id: null, worker_pid: null, estimated_finish: null, attempts };
-    if (attempts >= this.opts.maxAttempts) {
-      this.fail(
+    const ext = parseExtension(row);
+    const streak = (ext.crash_streak ?? 0) + 1;
+    const release = { worker_id: null, worker_pid: null, estimated_finish: null, attempts, extension: JSON.stringify({ ...ext, crash_streak: streak }) };
+    const cause = hideServerPaths(why, this.ctx.home.root);
+    if (streak < this.opts.maxCrashes) {
+      this.settle(
         row.id,
-        {
-          code: 'training_interrupted',
-          message: `training stopped unexpectedly ${attempts} times; last: ${why}. Check the engine log and create the job again / 训练多次意外中断` +
-            (detail ? `\n${detail}` : ''),
-          param: null,
-        },
-        { attempts },
+        'queued',
+        release,
+        `Training stopped unexpectedly (${cause}); it will resume from its last checkpoint (crash ${streak} of at most ${this.opts.maxCrashes} in a row) / 训练意外中断，将从最后的检查点继续`,
+        'warn',
       );
       return;
     }
-    this.settle(row.id, 'queued', release, `Training stopped unexpectedly (${why}); it will resume from its last checkpoint (attempt ${attempts + 1} of ${this.opts.maxAttempts}) / 训练意外中断，将从最后的检查点继续`, 'warn');
+    const tail = hideServerPaths(lastLines(detail ?? '', 6), this.ctx.home.root);
+    const saved = this.ctx.db.prepare('SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = ?').get(row.id) as { n: number };
+    const next = saved.n
+      ? `fix the cause, then resume it from its last checkpoint: \`weitiao jobs resume ${row.id}\` / 排除原因后可用 weitiao jobs resume 从最后的检查点继续`
+      : 'it saved no checkpoint, so fix the cause and create it again / 尚无检查点，排除原因后请重新创建任务';
+    this.fail(
+      row.id,
+      {
+        code: 'training_interrupted',
+        message: `the engine stopped unexpectedly ${streak} times in a row; last cause: ${cause}${tail ? `\n${tail}` : ''}\nThe job is not retried again: ${next} / 训练引擎连续 ${streak} 次意外退出`,
+        param: null,
+      },
+      { attempts, extension: release.extension },
+    );
+  }
+
+  /** The step the first metrics of a resumed run carry tells whether the engine took an older checkpoint than the newest. */
+  private noteOlderCheckpoint(id: string, state: RunState, firstStep: number): void {
+    if (state.resumeFrom === null || firstStep > state.resumeFrom) return;
+    const from = firstStep - 1;
+    this.event(id, {
+      level: 'warn',
+      message:
+        (state.sawSkip ? '' : `The newest checkpoint (step ${state.resumeFrom}) could not be used; `) +
+        `training resumed from the checkpoint at step ${from}: steps ${from + 1}–${state.resumeFrom} are trained again and their figures replace the earlier ones / 最新检查点无法使用，已从第 ${from} 步的检查点继续`,
+      data: { skipped_checkpoint_step: state.resumeFrom, resumed_from_step: from },
+    });
+  }
+
+  /** Replaces the metrics event already recorded for `step` (same kind: training or validation figures); false when there is none. */
+  private replaceMetrics(id: string, step: number, message: string, data: Record<string, unknown>): boolean {
+    const db = this.ctx.db;
+    const training = data.train_loss !== undefined ? 1 : 0;
+    const old = db
+      .prepare(
+        `SELECT * FROM job_events WHERE job_id = ? AND type = 'metrics' AND json_extract(data, '$.step') = ?
+         AND (json_extract(data, '$.train_loss') IS NOT NULL) = ? ORDER BY seq DESC LIMIT 1`,
+      )
+      .get(id, step, training) as EventRow | undefined;
+    if (!old) return false;
+    const updated = { ...old, message, data: JSON.stringify(data), created_at: now() };
+    db.prepare('UPDATE job_events SET message = ?, data = ?, created_at = ? WHERE seq = ?').run(updated.message, updated.data, updated.created_at, old.seq);
+    const wire = eventToWire(updated);
+    this.opts.onEvent?.(id, wire);
+    this.emit('event', id, wire);
+    return true;
   }
 
   private fail(id: string, error: JobError, extra: Record<string, unknown> = {}): void {
@@ -803,6 +899,22 @@ function newestCheckpoint(outputDir: string): string | null {
     .filter((n) => /^step-\d+$/.test(n))
     .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
   return steps.at(-1) ?? null;
+}
+
+/** `WEITIAO_MAX_ENGINE_CRASHES` when it is a whole number ≥ 1, else 3. */
+function defaultMaxCrashes(): number {
+  const n = Number(process.env.WEITIAO_MAX_ENGINE_CRASHES);
+  return Number.isInteger(n) && n >= 1 ? n : 3;
+}
+
+/** The last `n` non-empty lines of `text`. */
+function lastLines(text: string, n: number): string {
+  return text
+    .split('\n')
+    .map((l) => l.trimEnd())
+    .filter(Boolean)
+    .slice(-n)
+    .join('\n');
 }
 
 function metricsMessage(e: Extract<EngineEvent, { type: 'metrics' }>): string {

@@ -135,15 +135,16 @@ describe('registry', () => {
     deleteModel(ctx, 'again', { force: true });
   });
 
-  test('a local directory with config.json resolves by path without being registered', () => {
+  test('a path is never resolved, even to a model directory: models go by registered name', () => {
     const dir = path.join(home, 'models', 'tiny-qwen2');
-    const byPath = resolveModel(ctx, dir);
-    assert.deepEqual(byPath, { id: dir, kind: 'base', basePath: dir, adapterPath: null, baseId: dir });
     const relative = path.relative(process.cwd(), dir);
-    assert.equal(resolveModel(ctx, relative.startsWith('.') ? relative : `./${relative}`).basePath, dir);
-    const err = code(() => resolveModel(ctx, home));
-    assert.equal(err.code, 'not_found');
-    assert.match(err.message, /no config\.json/);
+    for (const p of [dir, relative.startsWith('.') ? relative : `./${relative}`, home, '/etc', '~/models']) {
+      const err = code(() => resolveModel(ctx, p));
+      assert.equal(err.code, 'not_found');
+      assert.equal(err.param, 'model');
+      assert.match(err.message, /registered id, not a path; register a model directory with `weitiao models add/);
+      assert.doesNotMatch(err.message, /config\.json/);
+    }
   });
 
   test('unknown ids are not_found with param model and close names suggested', () => {

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { Context } from '../context.js';
 import { runEngine, type CreateTinyRequest } from '../engine/index.js';
-import { WeitiaoError } from '../errors.js';
+import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { now } from '../store/index.js';
 
 import { downloadRepo, type DownloadRepoOptions, type HubSource, type PullProgress } from './internal/hub.js';
@@ -43,7 +43,7 @@ export const ModelObject = z.object({
     /** The base model's id (fine-tuned models and checkpoints), else null. */
     base_model: z.string().nullable(),
     job_id: z.string().nullable(),
-    /** Base: the Hugging Face model directory; fine-tuned/checkpoint: the adapter directory (a complete model when `metadata.format` is `full`). */
+    /** Base: the Hugging Face model directory; fine-tuned/checkpoint: the adapter directory (a complete model when `metadata.format` is `full`). Over the API: relative to the home directory (a folder outside it: its name only). */
     path: z.string(),
     metadata: z.record(z.string(), z.unknown()),
   }),
@@ -58,12 +58,12 @@ export type ModelDeleted = z.infer<typeof ModelDeleted>;
 
 /** What the engine needs to load a model: the base directory plus, for fine-tunes, the adapter. */
 export interface ResolvedModel {
-  /** The registered id, or the absolute path for an unregistered local directory. */
+  /** The registered id. */
   id: string;
   kind: ModelKind;
   basePath: string;
   adapterPath: string | null;
-  /** The base model's id (itself for a base model; the path for an unregistered directory). */
+  /** The base model's id (itself for a base model; a path only for a job trained on a then-unregistered directory). */
   baseId: string;
 }
 
@@ -99,6 +99,23 @@ function toObject(row: ModelRow): ModelObject {
       path: row.path,
       metadata,
     },
+  };
+}
+
+/**
+ * The model as an API client sees it: `weitiao.path` relative to the home directory and every path in the
+ * metadata hidden the same way (src/errors.ts hideServerPaths): a client names models, never server folders.
+ */
+export function publicModel(model: ModelObject, root: string): ModelObject {
+  const hide = (value: unknown): unknown => {
+    if (typeof value === 'string') return hideServerPaths(value, root);
+    if (Array.isArray(value)) return value.map(hide);
+    if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, hide(v)]));
+    return value;
+  };
+  return {
+    ...model,
+    weitiao: { ...model.weitiao, path: hideServerPaths(model.weitiao.path, root), metadata: hide(model.weitiao.metadata) as Record<string, unknown> },
   };
 }
 
@@ -173,6 +190,7 @@ export function retrieveModel(ctx: Context, id: string): ModelObject {
 export function deleteModel(ctx: Context, id: string, options: { force?: boolean } = {}): ModelDeleted {
   const row = getRow(ctx, id);
   if (!row) throw notFound(ctx, id);
+  requireNotInUse(ctx, row);
 
   let rows: ModelRow[] = [row];
   if (row.kind === 'base') {
@@ -219,6 +237,33 @@ export function deleteModel(ctx: Context, id: string, options: { force?: boolean
   return { id, object: 'model', deleted: true };
 }
 
+/** Statuses of a job that has not finished: what it trains from and what it saved must stay. */
+const UNFINISHED = `('validating_files', 'queued', 'running', 'pausing', 'paused')`;
+
+/**
+ * `conflict` naming the job when an unfinished job trains from this model (its `model`, or the model
+ * the job's base was fine-tuned from) or, for a fine-tuned model or checkpoint, when the job it came
+ * from has not finished (a paused job resumes from its checkpoints).
+ */
+function requireNotInUse(ctx: Context, row: ModelRow): void {
+  // The models deleted with this one (a fine-tune takes its job's checkpoints along) count too.
+  const ids = [row.id];
+  if (row.kind === 'fine-tuned' && row.job_id) {
+    for (const c of ctx.db.prepare("SELECT id FROM models WHERE job_id = ? AND kind = 'checkpoint'").all(row.job_id) as { id: string }[]) ids.push(c.id);
+  }
+  const marks = ids.map(() => '?').join(', ');
+  const user = ctx.db
+    .prepare(`SELECT id, status FROM jobs WHERE status IN ${UNFINISHED} AND (model IN (${marks}) OR id = ?) ORDER BY created_at LIMIT 1`)
+    .get(...ids, row.job_id ?? '') as { id: string; status: string } | undefined;
+  if (!user) return;
+  const how = user.id === row.job_id ? 'was saved by' : 'is the base of';
+  throw new WeitiaoError(
+    'conflict',
+    `model '${row.id}' ${how} job ${user.id}, which has not finished (status '${user.status}'); cancel the job or let it finish first / 模型 '${row.id}' 正被未结束的任务 ${user.id} 使用，请先取消或等待任务结束`,
+    { param: 'model' },
+  );
+}
+
 /** True for a directory weitiao made inside its home (never the home's top-level folders themselves). */
 function isOwnedPath(ctx: Context, p: string): boolean {
   const rel = path.relative(ctx.home.root, path.resolve(p));
@@ -226,25 +271,21 @@ function isOwnedPath(ctx: Context, p: string): boolean {
 }
 
 /**
- * Turns a model id (or a local model directory) into the paths the engine loads.
- * Fine-tuned models and checkpoints follow `base_model` to their base's directory.
+ * Turns a registered model id into the paths the engine loads. Only names: a path is never looked up on the
+ * server's disk (a client could otherwise load or probe any directory); directories are registered first
+ * with `weitiao models add`. Fine-tuned models and checkpoints follow `base_model` to their base's directory.
  */
-export function resolveModel(ctx: Context, nameOrPath: string): ResolvedModel {
-  const row = getRow(ctx, nameOrPath);
+export function resolveModel(ctx: Context, name: string): ResolvedModel {
+  const row = getRow(ctx, name);
   if (!row) {
-    const dir = expandHome(nameOrPath);
-    if (looksLikePath(nameOrPath) || existsSync(dir)) {
-      if (isDir(dir) && existsSync(path.join(dir, 'config.json'))) {
-        const abs = path.resolve(dir);
-        return { id: abs, kind: 'base', basePath: abs, adapterPath: null, baseId: abs };
-      }
-      if (isDir(dir)) {
-        throw new WeitiaoError('not_found', `${dir} has no config.json: not a Hugging Face model directory / ${dir} 中没有 config.json，不是模型目录`, {
-          param: 'model',
-        });
-      }
+    if (looksLikePath(name)) {
+      throw new WeitiaoError(
+        'not_found',
+        `model '${name}' not found: models are named by their registered id, not a path; register a model directory with \`weitiao models add <dir> --name <id>\` / 模型须使用已注册的名称而非路径，请先用 weitiao models add 注册`,
+        { param: 'model' },
+      );
     }
-    throw notFound(ctx, nameOrPath);
+    throw notFound(ctx, name);
   }
   if (row.kind === 'base') {
     requireDir(row.path, row.id);

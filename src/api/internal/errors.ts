@@ -7,7 +7,7 @@ import type { Context as HonoContext, ErrorHandler, NotFoundHandler } from 'hono
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { z } from 'zod';
-import { WeitiaoError, type ErrorCode } from '../../errors.js';
+import { hideErrorPaths, WeitiaoError, type ErrorCode } from '../../errors.js';
 
 /** `messages[1].role`: the form params are named in everywhere (see ErrorDetails.param). */
 export function formatPath(path: readonly PropertyKey[]): string {
@@ -63,6 +63,7 @@ export function toWeitiaoError(err: unknown): WeitiaoError {
 /**
  * The body to send for an error, logging server-side failures to stderr. An unexpected error's stack and
  * message stay in the log: they may carry paths or internals, so the client learns what happened, not how.
+ * Every other message leaves with its absolute paths cut to their last segment (src/errors.ts hideServerPaths).
  */
 export function publicError(c: HonoContext, err: unknown): WeitiaoError {
   const e = toWeitiaoError(err);
@@ -72,7 +73,8 @@ export function publicError(c: HonoContext, err: unknown): WeitiaoError {
     return new WeitiaoError('internal_error', 'internal server error / 服务器内部错误');
   }
   if (e.httpStatus >= 500) console.error(`[weitiao api] ${c.req.method} ${c.req.path}: ${e.code}: ${e.message}`);
-  return e;
+  // No absolute server path leaves in an error, whichever service wrote the message (the log keeps them).
+  return hideErrorPaths(e);
 }
 
 /** The response for an error: OpenAI's body with the status from the code table. */

@@ -119,7 +119,7 @@ export function jobRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       method: 'post',
       path: `${base}/:fine_tuning_job_id/resume`,
       operationId: 'resume_fine_tuning_job',
-      summary: 'Resume a paused job from its newest checkpoint',
+      summary: 'Resume a paused job, or a failed one that saved a checkpoint, from its newest good checkpoint',
       tag,
       params: JobParams,
       response: { description: 'The job', ...JOB },

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import type { Context } from '../../context.js';
-import { deleteModel, listModels, ModelDeleted, ModelList, ModelObject, retrieveModel } from '../../models/index.js';
+import { deleteModel, listModels, ModelDeleted, ModelList, ModelObject, publicModel, retrieveModel } from '../../models/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
 
@@ -20,7 +20,10 @@ export function modelRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       tag: 'Models',
       response: { description: 'Every registered model', schema: ModelList, name: 'ModelList' },
     },
-    (c) => c.json(listModels(ctx)),
+    (c) => {
+      const list = listModels(ctx);
+      return c.json({ ...list, data: list.data.map((m) => publicModel(m, ctx.home.root)) });
+    },
   );
 
   routes.add(
@@ -33,7 +36,7 @@ export function modelRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       params: ModelParams,
       response: { description: 'The model', schema: ModelObject, name: 'Model' },
     },
-    (c, { params }) => c.json(retrieveModel(ctx, params.model)),
+    (c, { params }) => c.json(publicModel(retrieveModel(ctx, params.model), ctx.home.root)),
   );
 
   routes.add(

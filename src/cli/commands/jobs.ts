@@ -104,7 +104,7 @@ export function registerJobCommands(program: Command): void {
   });
   jobs
     .command('resume <job>')
-    .description('queue a paused job again (a running `weitiao serve` picks it up); --run runs it here')
+    .description('queue a paused job again, or a failed one from its last good checkpoint (a running `weitiao serve` picks it up); --run runs it here')
     .option('--run', 'run it in this process now, with a progress bar')
     .action(async (id: string, o, cmd: Command) => {
       await withContext(cmd, async (ctx) => {

@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import type { LabelMetrics } from '../../engine/protocol.js';
+import { hideServerPaths } from '../../errors.js';
 import type { DB } from '../../store/index.js';
 import { newId, now } from '../../store/index.js';
 import type { RequestedHyperparameters, ResolvedHyperparameters } from '../../train/index.js';
@@ -65,6 +66,8 @@ export interface JobExtension {
   /** Newest figures, for checkpoint metrics and the model's lineage. */
   last_metrics: Record<string, number> | null;
   last_eval: { step: number; valid_loss?: number; accuracy?: number } | null;
+  /** Runs lost in a row (engine crash, worker gone) since the last checkpoint was saved; absent = 0. */
+  crash_streak?: number;
 }
 
 export interface JobError {
@@ -117,13 +120,14 @@ export interface WireJobEvent {
   data: unknown;
 }
 
+/** The wire event; its message without absolute server paths (engine logs name the files they touch). */
 export function eventToWire(row: EventRow): WireJobEvent {
   return {
     id: row.id,
     object: 'fine_tuning.job.event',
     created_at: row.created_at,
     level: row.level,
-    message: row.message,
+    message: hideServerPaths(row.message),
     type: row.type,
     data: row.data === null ? null : JSON.parse(row.data),
   };

@@ -29,7 +29,8 @@ export const TRANSITIONS: Readonly<Record<JobStatus, readonly JobStatus[]>> = {
   pausing: ['paused', 'succeeded', 'failed', 'cancelled', 'queued'],
   paused: ['queued', 'cancelled'],
   succeeded: [],
-  failed: [],
+  //  failed → queued: resumed from its last good checkpoint (resumeJob checks there is one)
+  failed: ['queued'],
   cancelled: [],
 };
 
