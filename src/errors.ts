@@ -13,6 +13,10 @@ export const ERROR_CODES = {
   not_found: /*         */ [404, 5, 'invalid_request_error'],
   conflict: /*          */ [409, 6, 'invalid_request_error'],
   payload_too_large: /* */ [413, 2, 'invalid_request_error'],
+  /** A request body in another media type than the route takes (JSON, or multipart for uploads). */
+  unsupported_media_type: [415, 2, 'invalid_request_error'],
+  /** A chat request longer than the serving backend's context (OpenAI's code of the same name; param `messages`). */
+  context_length_exceeded: [400, 2, 'invalid_request_error'],
   unprocessable: /*     */ [422, 2, 'invalid_request_error'],
   rate_limited: /*      */ [429, 7, 'rate_limit_error'],
   cancelled: /*         */ [499, 130, 'cancelled'],
