@@ -26,6 +26,7 @@ MODULES = {
     "serve": "weitiao_engine.serve",
     "estimate": "weitiao_engine.estimate",
     "export": "weitiao_engine.export",
+    "grade": "weitiao_engine.graders",  # graders/run.py
 }
 
 

@@ -217,6 +217,40 @@ class ExportRequest(Strict):
     name: Optional[str] = None  # general.name in GGUF metadata, the model's registered name
 
 
+class GradeSample(Strict):
+    """One answer to grade: the model's text (`{{sample.output_text}}`, JSON also as `output_json`) and its data item."""
+
+    model_sample: str
+    item: dict[str, Any] = {}  # `{{item.x}}`: the data line's fields
+
+
+class JudgeConfig(Strict):
+    """Where score_model graders' judges are served (a grader's own `weitiao.base_url` wins)."""
+
+    base_url: Optional[str] = None  # an OpenAI-compatible /v1, e.g. weitiao serve's own
+    api_key: Optional[str] = None
+    timeout_seconds: float = Field(120, gt=0)
+
+
+class PythonGraderLimits(Strict):
+    """Per sample, for `python` graders (graders/python_sandbox.py)."""
+
+    cpu_seconds: float = Field(10, gt=0)
+    wall_seconds: float = Field(20, gt=0)
+    memory_mb: int = Field(1024, ge=64)
+
+
+class GradeRequest(Strict):
+    """`grade`: validate a grader (graders/schema.py); with samples, grade each (OpenAI's graders/run result per sample)."""
+
+    grader: dict[str, Any]  # validated by graders/schema.py, which names the field at fault
+    samples: list[GradeSample] = []  # none: validate only
+    items_file: Optional[str] = None  # JSONL whose every line must fill the grader's {{item.x}} templates
+    judge: JudgeConfig = JudgeConfig()
+    embedding_model: Optional[str] = None  # a sentence-embedding model folder, for text_similarity's cosine
+    python_limits: PythonGraderLimits = PythonGraderLimits()
+
+
 REQUESTS: dict[str, type[Strict]] = {
     "create-tiny": CreateTinyRequest,
     "count-tokens": CountTokensRequest,
@@ -226,6 +260,7 @@ REQUESTS: dict[str, type[Strict]] = {
     "serve": ServeRequest,
     "estimate": EstimateRequest,
     "export": ExportRequest,
+    "grade": GradeRequest,
 }
 
 
