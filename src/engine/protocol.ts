@@ -218,6 +218,42 @@ export const ExportRequest = z.object({
 });
 export type ExportRequest = z.input<typeof ExportRequest>;
 
+/** One answer to grade: the model's text (`{{sample.output_text}}`; JSON also as `output_json`) and its data item (`{{item.x}}`). */
+export const GradeSample = z.object({
+  model_sample: z.string(),
+  item: z.record(z.string(), z.unknown()).default({}),
+});
+
+/** Where score_model graders' judges are served (a grader's own `weitiao.base_url` wins). */
+export const JudgeConfig = z.object({
+  /** An OpenAI-compatible `/v1`, e.g. `weitiao serve`'s own. */
+  base_url: z.string().nullable().default(null),
+  api_key: z.string().nullable().default(null),
+  timeout_seconds: z.number().positive().default(120),
+});
+
+/** Per sample, for `python` graders (engine/weitiao_engine/graders/python_sandbox.py). */
+export const PythonGraderLimits = z.object({
+  cpu_seconds: z.number().positive().default(10),
+  wall_seconds: z.number().positive().default(20),
+  memory_mb: z.number().int().min(64).default(1024),
+});
+
+/** `grade`: validate a grader; with samples, grade each (one OpenAI graders/run result per sample). */
+export const GradeRequest = z.object({
+  /** Validated by the engine's graders/schema.py (and src/graders/schema.ts before it), which name the field at fault. */
+  grader: z.record(z.string(), z.unknown()),
+  /** None: validate only. */
+  samples: z.array(GradeSample).default([]),
+  /** A JSONL file whose every line must fill the grader's `{{item.x}}` templates (errors name file:line and field). */
+  items_file: z.string().nullable().default(null),
+  judge: JudgeConfig.default(JudgeConfig.parse({})),
+  /** A sentence-embedding model folder, for text_similarity's `cosine`. */
+  embedding_model: z.string().nullable().default(null),
+  python_limits: PythonGraderLimits.default(PythonGraderLimits.parse({})),
+});
+export type GradeRequest = z.input<typeof GradeRequest>;
+
 /** `serve`'s one request line; after it, stdin carries `ServeCall` lines until `shutdown` or end of input. */
 export const ServeRequest = z.object({
   /** Base models kept loaded (least recently used out); a 0.5B model is ~2 GB in fp32. */
@@ -444,6 +480,55 @@ export const ExportResult = z.object({
 });
 export type ExportResult = z.infer<typeof ExportResult>;
 
+/** OpenAI's graders/run error flags (all false when the grader ran cleanly) and their details. */
+export const GraderRunErrors = z.object({
+  formula_parse_error: z.boolean(),
+  invalid_variable_error: z.boolean(),
+  model_grader_parse_error: z.boolean(),
+  model_grader_refusal_error: z.boolean(),
+  model_grader_server_error: z.boolean(),
+  model_grader_server_error_details: z.string().nullable(),
+  other_error: z.boolean(),
+  python_grader_runtime_error: z.boolean(),
+  python_grader_runtime_error_details: z.string().nullable(),
+  python_grader_server_error: z.boolean(),
+  python_grader_server_error_type: z.string().nullable(),
+  sample_parse_error: z.boolean(),
+  truncated_observation_error: z.boolean(),
+  unresponsive_reward_error: z.boolean(),
+});
+
+/** One sample's grade in the shape of OpenAI's `POST /fine_tuning/alpha/graders/run` response, plus `weitiao`. */
+export const GraderRunResult = z.object({
+  reward: z.number(),
+  metadata: z.object({
+    name: z.string(),
+    type: z.string(),
+    errors: GraderRunErrors,
+    execution_time: z.number(),
+    /** multi: each named grader's score. */
+    scores: z.record(z.string(), z.number()),
+    /** The judge's total tokens (score_model), else null. */
+    token_usage: z.number().int().nullable(),
+    sampled_model_name: z.string().nullable(),
+  }),
+  sub_rewards: z.record(z.string(), z.number()),
+  model_grader_token_usage_per_model: z.record(z.string(), z.record(z.string(), z.unknown())),
+  weitiao: z.object({
+    /** e.g. `tokenization: character` for CJK text, the judge's answer, the sandbox's walls; per named grader for multi. */
+    notes: z.record(z.string(), z.unknown()),
+    /** Why the reward is 0, when it is for a failure (also logged). */
+    error_messages: z.array(z.string()),
+  }),
+});
+export type GraderRunResult = z.infer<typeof GraderRunResult>;
+
+export const GradeResult = z.object({
+  grader: z.record(z.string(), z.unknown()),
+  results: z.array(GraderRunResult),
+});
+export type GradeResult = z.infer<typeof GradeResult>;
+
 /** What `serve` returns when it shuts down: how many answers it gave. */
 export const ServeResult = z.object({ served: z.number().int() });
 export type ServeResult = z.infer<typeof ServeResult>;
@@ -457,6 +542,7 @@ export const COMMANDS = {
   chat: { request: ChatRequest, result: ChatResult },
   estimate: { request: EstimateRequest, result: EstimateResult },
   export: { request: ExportRequest, result: ExportResult },
+  grade: { request: GradeRequest, result: GradeResult },
 } as const;
 export type EngineCommand = keyof typeof COMMANDS;
 
