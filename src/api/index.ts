@@ -25,6 +25,7 @@ import { notFound, onError } from './internal/errors.js';
 import { RouteTable } from './internal/routes.js';
 import { chatRoutes } from './routes/chat.js';
 import { fileRoutes } from './routes/files.js';
+import { graderRoutes } from './routes/graders.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { extensionRoutes } from './extensions.js';
@@ -79,6 +80,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   jobRoutes(routes, ctx);
   modelRoutes(routes, ctx);
   chatRoutes(routes, ctx);
+  graderRoutes(routes, ctx);
   extensionRoutes(routes, ctx);
 
   let document: Record<string, unknown> | undefined;

@@ -12,6 +12,7 @@ import { registerEvalCommands } from './commands/eval.js';
 import { registerChatCommands } from './commands/chat.js';
 import { registerServeCommands } from './commands/serve.js';
 import { registerEstimateCommands } from './commands/estimate.js';
+import { registerGraderCommands } from './commands/graders.js';
 
 const program = new Command('weitiao')
   .description('微调 weitiao: fine-tune open LLMs on your own data, on your own machines')
@@ -27,6 +28,7 @@ registerEvalCommands(program);
 registerChatCommands(program);
 registerServeCommands(program);
 registerEstimateCommands(program);
+registerGraderCommands(program);
 
 try {
   await program.parseAsync(process.argv);
