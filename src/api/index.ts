@@ -18,6 +18,7 @@ import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
 import { DEFAULT_MAX_BYTES } from '../files/index.js';
 import { Worker } from '../jobs/index.js';
+import { checkIntegrity, integritySummary } from '../store/integrity.js';
 import { verifyKey } from '../keys/index.js';
 import { z } from 'zod';
 import { apiKeyAuth, type ApiEnv } from './internal/auth.js';
@@ -186,6 +187,9 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
   worker?.on('worker_error', (err) => log(`worker: ${err.code}: ${err.message}`));
   worker?.start();
   log(`weitiao API listening on ${url}/v1 (OpenAPI: ${url}/openapi.json)${worker ? ', worker running' : ''}`);
+  // Rows without files and folders without rows (a lost WAL, a hand-deleted folder) are said at start-up.
+  const integrity = checkIntegrity(ctx);
+  if (!integrity.ok) log(integritySummary(integrity));
 
   let closing: Promise<void> | undefined;
   const close = () =>

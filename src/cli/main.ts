@@ -13,6 +13,8 @@ import { registerChatCommands } from './commands/chat.js';
 import { registerServeCommands } from './commands/serve.js';
 import { registerEstimateCommands } from './commands/estimate.js';
 import { registerGraderCommands } from './commands/graders.js';
+import { registerDoctorCommands } from './commands/doctor.js';
+import { registerBackupCommands } from './commands/backup.js';
 
 const program = new Command('weitiao')
   .description('微调 weitiao: fine-tune open LLMs on your own data, on your own machines')
@@ -29,6 +31,8 @@ registerChatCommands(program);
 registerServeCommands(program);
 registerEstimateCommands(program);
 registerGraderCommands(program);
+registerDoctorCommands(program);
+registerBackupCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -142,7 +142,7 @@ describe('registry', () => {
       const err = code(() => resolveModel(ctx, p));
       assert.equal(err.code, 'not_found');
       assert.equal(err.param, 'model');
-      assert.match(err.message, /registered id, not a path; register a model directory with `weitiao models add/);
+      assert.match(err.message, /registered id, not a path: see `weitiao models list`, or register a model directory with `weitiao models add/);
       assert.doesNotMatch(err.message, /config\.json/);
     }
   });

@@ -278,13 +278,6 @@ function isOwnedPath(ctx: Context, p: string): boolean {
 export function resolveModel(ctx: Context, name: string): ResolvedModel {
   const row = getRow(ctx, name);
   if (!row) {
-    if (looksLikePath(name)) {
-      throw new WeitiaoError(
-        'not_found',
-        `model '${name}' not found: models are named by their registered id, not a path; register a model directory with \`weitiao models add <dir> --name <id>\` / 模型须使用已注册的名称而非路径，请先用 weitiao models add 注册`,
-        { param: 'model' },
-      );
-    }
     throw notFound(ctx, name);
   }
   if (row.kind === 'base') {
@@ -362,6 +355,7 @@ function looksLikePath(p: string): boolean {
 
 /** `not_found` naming up to three registered ids close to what was asked for. */
 function notFound(ctx: Context, id: string): WeitiaoError {
+  if (looksLikePath(id)) return pathGiven();
   const ids = (ctx.db.prepare('SELECT id FROM models').all() as { id: string }[]).map((r) => r.id);
   const q = id.toLowerCase();
   const close = ids
@@ -377,6 +371,15 @@ function notFound(ctx: Context, id: string): WeitiaoError {
   return new WeitiaoError(
     'not_found',
     `model '${id}' not found.${hint} See \`weitiao models list\`. / 找不到模型 '${id}'${close.length ? `，是否指 ${close.join('、')}？` : ''}`,
+    { param: 'model' },
+  );
+}
+
+/** A path where a model id belongs. The value is not echoed: cut to its last segment (as every path in an API answer), it would read as a model name. */
+function pathGiven(): WeitiaoError {
+  return new WeitiaoError(
+    'not_found',
+    'models are named by their registered id, not a path: see `weitiao models list`, or register a model directory with `weitiao models add <dir> --name <id>` / 模型须使用已注册的名称而非路径，请先用 weitiao models add 注册',
     { param: 'model' },
   );
 }
