@@ -28,6 +28,9 @@ MODULES = {
     "export": "weitiao_engine.export",
     "grade": "weitiao_engine.graders",  # graders/run.py
 }
+# Commands that never need torch say hello without importing it: that import alone takes seconds on a
+# busy CPU, and the graders API answers while a user waits (cosine's embedding model imports it itself).
+TORCH_FREE = {"grade"}
 
 
 def main(argv: list[str]) -> int:
@@ -40,8 +43,14 @@ def main(argv: list[str]) -> int:
     command = argv[0]
     allocator.use_tcmalloc()  # first: it re-executes the process with tcmalloc preloaded (allocator.py)
     try:
-        import torch
+        if command in TORCH_FREE:
+            from importlib.metadata import version
 
+            torch_version, device, threads = version("torch"), "cpu", os.cpu_count() or 1
+        else:
+            import torch
+
+            torch_version, device, threads = torch.__version__, "cuda" if torch.cuda.is_available() else "cpu", torch.get_num_threads()
         if request_file is None:
             emit(
                 "hello",
@@ -49,9 +58,9 @@ def main(argv: list[str]) -> int:
                 engine_version=__version__,
                 command=command,
                 pid=os.getpid(),
-                torch_version=torch.__version__,
-                device="cuda" if torch.cuda.is_available() else "cpu",
-                threads=torch.get_num_threads(),
+                torch_version=torch_version,
+                device=device,
+                threads=threads,
                 allocator=allocator.in_use(),
             )
         raw = sys.stdin.readline() if request_file is None else Path(request_file).read_text(encoding="utf-8")
