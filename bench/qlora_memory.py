@@ -3,7 +3,7 @@
     .venv/bin/python bench/qlora_memory.py [--model /tmp/weitiao-bench/qwen2.5-0.5b]
 
 Each setup runs in its own subprocess (a fresh allocator, so one cannot reuse the other's freed pages),
-through the `train` command's own code: `lora_finetune.load_base` (the tensor-by-tensor loader of
+through the `train` command's own code: `training.lora.load_base` (the tensor-by-tensor loader of
 weitiao_engine/loading.py) with the request a `train` would get, then PEFT's LoRA (r=8, all linears) as
 the recipe adds it, and one training step (forward, backward through the chunked NF4 LM head) to check the
 model trains. Printed per setup: the RSS growth while loading (the base weights: what stays resident during
@@ -45,7 +45,9 @@ def child(setup: str, model_dir: str) -> dict:
     from weitiao_engine.loading import resident_mib
     from weitiao_engine.protocol import TrainRequest
     from weitiao_engine.quantize import nf4_bytes
-    from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training.lora import linear_module_names, load_base
+    from weitiao_engine.training.loss import token_loss
+    from weitiao_engine.training.precision import compute_in_fp32
 
     torch.set_num_threads(1)
     method, precision, to_save = SETUPS[setup]
@@ -56,17 +58,17 @@ def child(setup: str, model_dir: str) -> dict:
     })  # fmt: skip
     gc.collect()
     rss0, peak0 = resident_mib(), resident_mib(peak=True)
-    model = lora_finetune.load_base(request, precision)
+    model = load_base(request, precision)
     gc.collect()
     base_rss, base_peak = resident_mib() - rss0, resident_mib(peak=True) - peak0
 
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=lora_finetune.linear_module_names(model), modules_to_save=to_save,
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=linear_module_names(model), modules_to_save=to_save,
                       ensure_weight_tying=bool(to_save and model.config.tie_word_embeddings), task_type="CAUSAL_LM")  # fmt: skip
     model = get_peft_model(model, lora)
     if precision == "bf16-weights":
-        lora_finetune.compute_in_fp32(model)
+        compute_in_fp32(model)
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
@@ -74,7 +76,7 @@ def child(setup: str, model_dir: str) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (2, 24))
     labels = torch.full_like(ids, -100)
     labels[:, -3:] = ids[:, -3:]
-    loss, n, _ = lora_finetune.token_loss(model, ids, torch.ones_like(ids), labels)
+    loss, n, _ = token_loss(model, ids, torch.ones_like(ids), labels)
     (loss / n).backward()
     assert torch.isfinite(loss)
     return {

@@ -160,9 +160,9 @@ def labelled_tokens(model_dir: str, train: str) -> int:
     sys.path.insert(0, str(ROOT / "engine"))
     from transformers import AutoTokenizer
     from weitiao_engine.chat_format import tokenize_examples
-    from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training.data import load_examples
 
-    examples, _ = tokenize_examples(AutoTokenizer.from_pretrained(model_dir), lora_finetune.load_examples(train, "training_file"))
+    examples, _ = tokenize_examples(AutoTokenizer.from_pretrained(model_dir), load_examples(train, "training_file"))
     return sum(e.n_trained for e in examples)
 
 

@@ -54,11 +54,12 @@ def engine_data(spec: dict[str, Any], tokenizer) -> tuple[list[Any], list[list[i
     """The training file tokenized as the engine does, and the engine's batches of epoch 0 in its order."""
     from weitiao_engine.chat_format import tokenize_examples
     from weitiao_engine.protocol import TrainHyperparameters
-    from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training.batching import epoch_batches
+    from weitiao_engine.training.data import load_examples
 
     hp = TrainHyperparameters.model_validate(engine_hyperparameters(spec))
-    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(spec["train"], "training_file"), hp.max_seq_length)
-    batches = lora_finetune.epoch_batches(hp.seed, 0, [len(e.input_ids) for e in examples], hp.batch_size, hp.group_by_length)
+    examples, _ = tokenize_examples(tokenizer, load_examples(spec["train"], "training_file"), hp.max_seq_length)
+    batches = epoch_batches(hp.seed, 0, [len(e.input_ids) for e in examples], hp.batch_size, hp.group_by_length)
     return examples, batches[: spec["steps"]]
 
 
@@ -69,7 +70,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
     from weitiao_engine import allocator
-    from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training.rng import seed_everything
 
     # What the harness pins to the engine's (all three by default; fewer only to measure what each changes):
     # "labels" (the engine's tokens and label mask), "order" (the engine's batches), "init" (LoRA A from the seed).
@@ -115,7 +116,7 @@ def run_trl(spec: dict[str, Any]) -> dict[str, Any]:
     model, peft_config = spec["model"], lora
     if "init" in pin:
         model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-        lora_finetune.seed_everything(spec["seed"])
+        seed_everything(spec["seed"])
         model, peft_config = get_peft_model(model, lora), None
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=peft_config, callbacks=[StepTimes()])
     trainer.train()
@@ -133,16 +134,15 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     from weitiao_engine import allocator, protocol
     from weitiao_engine.protocol import TrainRequest
     from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training import activation_checkpointing, batching, lora as lora_setup, loss as training_loss
 
     options = spec.get("options", {})
     # Techniques with no request field: module switches of the recipe, on by default (the ablations turn one off).
-    lora_finetune.LM_HEAD_AT_LABELS_ONLY = options.get("lm_head_at_labels_only", True)
-    lora_finetune.PACKING = options.get("packing", True)
-    lora_finetune.FAST_LORA_DROPOUT = options.get("fast_lora_dropout", True)
+    training_loss.LM_HEAD_AT_LABELS_ONLY = options.get("lm_head_at_labels_only", True)
+    batching.PACKING = options.get("packing", True)
+    lora_setup.FAST_LORA_DROPOUT = options.get("fast_lora_dropout", True)
     if options.get("selective_checkpointing", True) is False:
-        from weitiao_engine import checkpointing
-
-        checkpointing.SELECTIVE_MAX_SHARE = 0.0  # full checkpointing whenever checkpointing is on
+        activation_checkpointing.SELECTIVE_MAX_SHARE = 0.0  # full checkpointing whenever checkpointing is on
     marks: list[tuple[float, int]] = []
     losses: list[float] = []
 
@@ -173,7 +173,7 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     peak = peak_rss_bytes()
     hp = request.hyperparameters
     settings = {**options, "precision": result["precision"], "group_by_length": hp.group_by_length, "packed": result["packed"],
-                "gradient_checkpointing": result["gradient_checkpointing"], "lora_dropout": lora_finetune.FAST_LORA_DROPOUT,
+                "gradient_checkpointing": result["gradient_checkpointing"], "lora_dropout": lora_setup.FAST_LORA_DROPOUT,
                 "allocator": allocator.in_use()}  # fmt: skip
     return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": result["model_dir"], "settings": settings}
 
@@ -183,15 +183,17 @@ def validation_loss(model_dir: str, adapter: str, valid: str) -> float:
     import torch
     from weitiao_engine.chat_format import tokenize_examples
     from weitiao_engine.loading import load_model
-    from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training import loss as training_loss
+    from weitiao_engine.training.batching import collate, length_sorted_batches
+    from weitiao_engine.training.data import load_examples
 
-    lora_finetune.LM_HEAD_AT_LABELS_ONLY = True  # same loss either way (tested); this way is cheaper
+    training_loss.LM_HEAD_AT_LABELS_ONLY = True  # same loss either way (tested); this way is cheaper
     model, tokenizer = load_model(model_dir, adapter, dtype=torch.float32)
-    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(valid, "validation_file"), 1024)
+    examples, _ = tokenize_examples(tokenizer, load_examples(valid, "validation_file"), 1024)
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in lora_finetune.length_sorted_batches([len(e.input_ids) for e in examples], 16):
-            s, n, _ = lora_finetune.token_loss(model, *lora_finetune.collate([examples[i] for i in batch], tokenizer.pad_token_id))
+        for batch in length_sorted_batches([len(e.input_ids) for e in examples], 16):
+            s, n, _ = training_loss.token_loss(model, *collate([examples[i] for i in batch], tokenizer.pad_token_id))
             total, count = total + s.item(), count + n
     return total / count
 
@@ -206,11 +208,11 @@ def run_scoring(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import GenerationConfig
     from weitiao_engine.chat_format import answers_for_prompts, prompt_ids
     from weitiao_engine.loading import load_model, stop_token_ids
-    from weitiao_engine.recipes import lora_finetune
     from weitiao_engine.scoring import score_labels
+    from weitiao_engine.training.data import load_examples
 
     model, tokenizer = load_model(spec["model"], spec["adapter"])
-    prompts = [m[:-1] for m in lora_finetune.load_examples(spec["valid"], "validation_file")][: spec.get("n")]
+    prompts = [m[:-1] for m in load_examples(spec["valid"], "validation_file")][: spec.get("n")]
     labels, batch = ["好评", "差评"], spec.get("batch_size", 32)
     longest = max(len(c) for c in answers_for_prompts(tokenizer, prompts[:1], labels)[0][1])  # label tokens + end token
     config = GenerationConfig(max_new_tokens=longest, do_sample=False, eos_token_id=sorted(stop_token_ids(model, tokenizer)), pad_token_id=tokenizer.pad_token_id)

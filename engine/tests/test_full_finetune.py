@@ -158,12 +158,12 @@ def test_gradient_accumulation_equals_one_pass(tiny_model, waimai_small, tmp_pat
 
 def test_full_packed_batches_train_what_padded_batches_train(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
     """Padding-free batches (as the LoRA recipe packs them) change nothing but speed: same losses, same weights."""
-    from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training import batching
 
     data = small_train(waimai_small, tmp_path, 32)
     runs = {}
     for packing in (True, False):
-        monkeypatch.setattr(lora_finetune, "PACKING", packing)
+        monkeypatch.setattr(batching, "PACKING", packing)
         hp = {"n_epochs": 1, "batch_size": 8, "learning_rate": 3e-3, "seed": 7}
         raw = request(tiny_model, {**data, "validation": None}, tmp_path / f"packed-{packing}", validation_file=None, hyperparameters=hp)
         runs[packing], _ = run_in_process(raw, monkeypatch)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from weitiao_engine.loading import checkpoint_dtype, load_causal_lm, read_tensor, safetensors_index
 from weitiao_engine.quantize import NF4Embedding, NF4Linear, quantize_model_nf4, quantize_nf4, quantize_nf4_by_rows
-from weitiao_engine.recipes.lora_finetune import base_parameter_count, use_gradient_checkpointing
+from weitiao_engine.training.activation_checkpointing import base_parameter_count, use_gradient_checkpointing
 
 
 def assert_same_model(new, old) -> None:
@@ -96,6 +96,7 @@ def test_a_bf16_checkpoint_trains_with_bf16_frozen_weights_by_default(tiny_model
     """bf16: auto keeps a bf16 checkpoint's frozen weights in bf16 (no fp32 copy); what trains stays fp32."""
     from weitiao_engine.protocol import TrainRequest
     from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training.precision import precision_mode
 
     bf16_dir = tmp_path / "bf16"
     AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).save_pretrained(bf16_dir)
@@ -105,12 +106,9 @@ def test_a_bf16_checkpoint_trains_with_bf16_frozen_weights_by_default(tiny_model
     request = TrainRequest.model_validate({"base_model": str(bf16_dir), "output_dir": str(tmp_path / "job"), "training_file": waimai_small["train"],
                                            "hyperparameters": {"n_epochs": 1, "batch_size": 8, "learning_rate": 1e-3}, "threads": 1})  # fmt: skip
     state = lora_finetune.setup(request)
-    try:
-        assert state.precision == lora_finetune.precision_mode("auto", True) and state.precision in ("bf16-weights", "bf16")
-        frozen = [p for p in state.model.parameters() if not p.requires_grad and p.ndim == 2]
-        trained = [p for p in state.model.parameters() if p.requires_grad]
-        assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
-        assert trained and all(p.dtype == torch.float32 for p in trained)
-        assert state.model.is_gradient_checkpointing is False  # auto: a tiny base does not need it
-    finally:
-        lora_finetune.cleanup(state)
+    assert state.precision == precision_mode("auto", True) and state.precision in ("bf16-weights", "bf16")
+    frozen = [p for p in state.model.parameters() if not p.requires_grad and p.ndim == 2]
+    trained = [p for p in state.model.parameters() if p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    assert state.model.is_gradient_checkpointing is False  # auto: a tiny base does not need it

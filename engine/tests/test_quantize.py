@@ -160,14 +160,11 @@ def test_qlora_trains_and_the_adapter_chats_on_the_plain_base(tiny_model, waimai
 
     # The recipe really trains on NF4 layers (setup only: cheap), the embedding and the tied LM head included.
     state = lora_finetune.setup(TrainRequest.model_validate(qlora_request(tiny_model, waimai_small, tmp_path / "setup")))
-    try:
-        wrapped = [m for m in state.model.modules() if hasattr(m, "base_layer")]
-        assert wrapped and all(isinstance(m.base_layer, NF4Linear) for m in wrapped)
-        causal_lm = state.model.get_base_model()
-        emb, head = causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()
-        assert isinstance(emb, NF4Embedding) and isinstance(head, NF4Linear) and head.qweight is emb.qweight
-    finally:
-        lora_finetune.cleanup(state)
+    wrapped = [m for m in state.model.modules() if hasattr(m, "base_layer")]
+    assert wrapped and all(isinstance(m.base_layer, NF4Linear) for m in wrapped)
+    causal_lm = state.model.get_base_model()
+    emb, head = causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()
+    assert isinstance(emb, NF4Embedding) and isinstance(head, NF4Linear) and head.qweight is emb.qweight
 
     result, events = run_train(qlora_request(tiny_model, waimai_small, tmp_path / "job", max_steps=20), monkeypatch)
     assert result["steps"] == 20 and not result["interrupted"]
@@ -191,14 +188,11 @@ def test_qlora_keeps_a_trained_embedding_dense_and_says_so(tiny_model, waimai_sm
     monkeypatch.setattr(protocol, "_out", out)
     raw = qlora_request(tiny_model, waimai_small, tmp_path / "setup", lora={"modules_to_save": ["embed_tokens"]})
     state = lora_finetune.setup(TrainRequest.model_validate(raw))
-    try:
-        causal_lm = state.model.get_base_model()
-        assert not any(isinstance(m, NF4Embedding) for m in causal_lm.modules())
-        assert any(isinstance(m, NF4Linear) for m in causal_lm.modules())  # the decoder's linears are still NF4
-        trained = [p for n, p in state.model.named_parameters() if p.requires_grad and "embed_tokens" in n]
-        assert trained and all(p.dtype == torch.float32 for p in trained)
-    finally:
-        lora_finetune.cleanup(state)
+    causal_lm = state.model.get_base_model()
+    assert not any(isinstance(m, NF4Embedding) for m in causal_lm.modules())
+    assert any(isinstance(m, NF4Linear) for m in causal_lm.modules())  # the decoder's linears are still NF4
+    trained = [p for n, p in state.model.named_parameters() if p.requires_grad and "embed_tokens" in n]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
     logs = [json.loads(line)["message"] for line in out.getvalue().splitlines() if json.loads(line)["type"] == "log"]
     assert any("embedding and LM head stay dense" in m for m in logs), logs
 

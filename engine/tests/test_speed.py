@@ -8,10 +8,14 @@ import math
 import pytest
 import torch
 
-from weitiao_engine import checkpointing
+from weitiao_engine.training import activation_checkpointing as checkpointing, batching
 from weitiao_engine.chat_format import tokenize_examples
-from weitiao_engine.lora_dropout import LoraDropout, drop_mask, use_lora_dropout
-from weitiao_engine.recipes import lora_finetune
+from weitiao_engine.training.lora_dropout import LoraDropout, drop_mask, use_lora_dropout
+from weitiao_engine.training.batching import collate, pack, packing_supported
+from weitiao_engine.training.data import load_examples
+from weitiao_engine.training.lora import linear_module_names
+from weitiao_engine.training.loss import token_loss
+from weitiao_engine.training.precision import compute_in_fp32
 
 from conftest import run_train as run_in_process, train_request as request
 
@@ -21,7 +25,7 @@ def batch(tiny_model, waimai_small):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(waimai_small["train"], "training_file")[:12], 1024)
+    examples, _ = tokenize_examples(tokenizer, load_examples(waimai_small["train"], "training_file")[:12], 1024)
     return examples, tokenizer.pad_token_id
 
 
@@ -31,7 +35,7 @@ def lora_model(tiny_model: str, dropout: float = 0.0, dtype=torch.float32):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype)
     torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=lora_finetune.linear_module_names(model))
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=linear_module_names(model))
     model = get_peft_model(model, config)
     for p in model.parameters():
         if p.requires_grad:
@@ -45,7 +49,7 @@ def lora_model(tiny_model: str, dropout: float = 0.0, dtype=torch.float32):
 
 def loss_and_grads(model, args, n: int) -> tuple[float, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    loss, count, _ = lora_finetune.token_loss(model, *args)
+    loss, count, _ = token_loss(model, *args)
     (loss / n).backward()
     assert count == n
     return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
@@ -56,8 +60,8 @@ def loss_and_grads(model, args, n: int) -> tuple[float, dict[str, torch.Tensor]]
 
 def test_packed_rows_hold_every_token_once_with_positions_restarting(batch, monkeypatch) -> None:
     examples, pad = batch
-    monkeypatch.setattr(lora_finetune, "PACKED_ROW_TOKENS", 200)  # several rows
-    ids, mask, labels, positions = lora_finetune.pack(examples, pad)
+    monkeypatch.setattr(batching, "PACKED_ROW_TOKENS", 200)  # several rows
+    ids, mask, labels, positions = pack(examples, pad)
     total = sum(len(e.input_ids) for e in examples)
     assert mask is None and ids.shape[0] == math.ceil(total / 200) and ids.numel() - total < ids.shape[0] * max(len(e.input_ids) for e in examples)
     real = labels != -100
@@ -73,8 +77,8 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model, batch) -> 
     examples, pad = batch
     model = lora_model(tiny_model)
     n = sum(e.n_trained for e in examples)
-    padded_loss, padded_grads = loss_and_grads(model, lora_finetune.collate(examples, pad), n)
-    packed_loss, packed_grads = loss_and_grads(model, lora_finetune.pack(examples, pad), n)
+    padded_loss, padded_grads = loss_and_grads(model, collate(examples, pad), n)
+    packed_loss, packed_grads = loss_and_grads(model, pack(examples, pad), n)
     assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
     for name, g in padded_grads.items():
         torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6)
@@ -84,7 +88,7 @@ def test_packing_is_checked_on_the_model(tiny_model, batch) -> None:
     """A model that lets packed sequences see each other (here: a decoder given an all-ones mask) is caught."""
     examples, _ = batch
     model = lora_model(tiny_model)
-    assert lora_finetune.packing_supported(model, examples[0].input_ids) is True
+    assert packing_supported(model, examples[0].input_ids) is True
     decoder = model.get_base_model().get_decoder()
     real_forward = decoder.forward
 
@@ -92,7 +96,7 @@ def test_packing_is_checked_on_the_model(tiny_model, batch) -> None:
         return real_forward(input_ids=input_ids, position_ids=position_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
 
     decoder.forward = leaky
-    assert lora_finetune.packing_supported(model, examples[0].input_ids) is False
+    assert packing_supported(model, examples[0].input_ids) is False
     assert model.training, "the check leaves the model in training mode"
 
 
@@ -140,11 +144,11 @@ def test_checkpointing_gives_the_gradients_of_none(tiny_model, batch, mode, dtyp
     """With LoRA dropout on (the recomputation must redraw the same mask) and, for bf16 weights, fp32 compute
     from upcast weights (backward reusing the recomputation's upcast)."""
     examples, pad = batch
-    args, n = lora_finetune.pack(examples, pad), sum(e.n_trained for e in examples)
+    args, n = pack(examples, pad), sum(e.n_trained for e in examples)
     model = lora_model(tiny_model, dropout=0.1, dtype=dtype)
     use_lora_dropout(model)
     if dtype == torch.bfloat16:
-        lora_finetune.compute_in_fp32(model, keep_upcast=True)
+        compute_in_fp32(model, keep_upcast=True)
     torch.manual_seed(3)
     want_loss, want = loss_and_grads(model, args, n)
     checkpointing.enable(model, mode == "selective", lora_rank=4)

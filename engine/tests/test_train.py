@@ -14,7 +14,12 @@ from safetensors.torch import load_file
 from conftest import run_train as run_in_process, train_request as request
 from weitiao_engine.metrics import label_metrics
 from weitiao_engine.protocol import EngineError, TrainRequest
-from weitiao_engine.recipes import lora_finetune
+from weitiao_engine.training import loss as training_loss
+from weitiao_engine.training.batching import collate, epoch_batches, epoch_order
+from weitiao_engine.training.data import load_examples
+from weitiao_engine.training.labels import build_label_task, score_sequences
+from weitiao_engine.training.loss import token_loss
+from weitiao_engine.training.precision import compute_in_fp32, precision_mode
 
 
 RESULT_KEYS = {
@@ -64,7 +69,10 @@ def test_loss_falls_checkpoints_and_label_metrics(tiny_model, waimai_small, tmp_
     assert sorted(p.name for p in root.iterdir()) == ["step-000008", "step-000016", "step-000020"]
     for e in checkpoints:
         path = Path(e["path"])
-        assert sorted(p.name for p in path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "state.json", "training_state.pt"]
+        names = ["adapter_config.json", "adapter_model.safetensors", "manifest.json", "state.json", "training_state.pt"]
+        assert sorted(p.name for p in path.iterdir()) == names
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert manifest["step"] == e["step"] and [f["name"] for f in manifest["files"]] == [n for n in names if n != "manifest.json"]
         state = json.loads((path / "state.json").read_text())
         assert state["step"] == e["step"] and state["config"]["hyperparameters"]["learning_rate"] == 3e-3
         saved = torch.load(path / "training_state.pt", weights_only=True)
@@ -88,10 +96,10 @@ def test_batched_label_scores_equal_one_by_one(tiny_model, waimai_small) -> None
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    examples = lora_finetune.load_examples(waimai_small["validation"], "validation_file")[:12]
-    task = lora_finetune.build_label_task(tokenizer, examples, ["好评", "差评"])
+    examples = load_examples(waimai_small["validation"], "validation_file")[:12]
+    task = build_label_task(tokenizer, examples, ["好评", "差评"])
     assert len(task.sequences) == 24 and task.expected == [m[-1]["content"] for m in examples]
-    batched = lora_finetune.score_sequences(model, task.sequences, task.answer_lengths, tokenizer.pad_token_id, batch_size=8)
+    batched = score_sequences(model, task.sequences, task.answer_lengths, tokenizer.pad_token_id, batch_size=8)
     with torch.no_grad():
         for seq, k, score in zip(task.sequences, task.answer_lengths, batched):
             logp = torch.log_softmax(model(torch.tensor([seq])).logits[0, :-1], dim=-1)
@@ -171,9 +179,9 @@ def test_label_metrics_hand_checked() -> None:
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
-    a = lora_finetune.epoch_order(7, 0, 100)
-    assert a == lora_finetune.epoch_order(7, 0, 100) and sorted(a) == list(range(100))
-    assert a != lora_finetune.epoch_order(7, 1, 100) and a != lora_finetune.epoch_order(8, 0, 100)
+    a = epoch_order(7, 0, 100)
+    assert a == epoch_order(7, 0, 100) and sorted(a) == list(range(100))
+    assert a != epoch_order(7, 1, 100) and a != epoch_order(8, 0, 100)
 
 
 def test_unknown_lora_modules_are_named(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
@@ -221,7 +229,7 @@ def test_bf16_modes_keep_the_loss(tiny_model, waimai_small, tmp_path, monkeypatc
     for mode in ("off", "on", "auto"):
         runs[mode], _ = run_in_process(request(tiny_model, waimai_small, tmp_path / mode, hyperparameters={**hp, "bf16": mode}, max_steps=6), monkeypatch)
     assert (runs["off"]["precision"], runs["on"]["precision"]) == ("fp32", "bf16")
-    assert runs["auto"]["precision"] == lora_finetune.precision_mode("auto")
+    assert runs["auto"]["precision"] == precision_mode("auto")
     for mode in ("on", "auto"):
         assert runs[mode]["final_valid_loss"] == pytest.approx(runs["off"]["final_valid_loss"], rel=0.02)
         adapter = load_file(Path(runs[mode]["model_dir"]) / "adapter_model.safetensors")
@@ -237,11 +245,11 @@ def test_bf16_weights_with_fp32_compute_match_fp32_on_bf16_values(tiny_model, wa
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     stored = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
     reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).float().eval()
-    lora_finetune.compute_in_fp32(stored.requires_grad_(False))  # as under LoRA: only frozen weights are upcast
-    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(waimai_small["validation"], "validation_file")[:8], 1024)
-    batch = lora_finetune.collate(examples, tokenizer.pad_token_id)
+    compute_in_fp32(stored.requires_grad_(False))  # as under LoRA: only frozen weights are upcast
+    examples, _ = tokenize_examples(tokenizer, load_examples(waimai_small["validation"], "validation_file")[:8], 1024)
+    batch = collate(examples, tokenizer.pad_token_id)
     with torch.no_grad():
-        got, want = lora_finetune.token_loss(stored, *batch)[0], lora_finetune.token_loss(reference, *batch)[0]
+        got, want = token_loss(stored, *batch)[0], token_loss(reference, *batch)[0]
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-2)  # only the LM head multiplies in bf16
 
@@ -259,10 +267,10 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model, waimai_small, 
 
 def test_length_grouped_batches_partition_the_epoch_and_pad_less() -> None:
     lengths = [int(x) for x in torch.randint(5, 200, (1000,), generator=torch.Generator().manual_seed(0))]
-    grouped = lora_finetune.epoch_batches(3, 0, lengths, 8, group_by_length=True)
-    plain = lora_finetune.epoch_batches(3, 0, lengths, 8, group_by_length=False)
-    assert grouped == lora_finetune.epoch_batches(3, 0, lengths, 8, group_by_length=True), "a function of (seed, epoch)"
-    assert grouped != lora_finetune.epoch_batches(3, 1, lengths, 8, group_by_length=True)
+    grouped = epoch_batches(3, 0, lengths, 8, group_by_length=True)
+    plain = epoch_batches(3, 0, lengths, 8, group_by_length=False)
+    assert grouped == epoch_batches(3, 0, lengths, 8, group_by_length=True), "a function of (seed, epoch)"
+    assert grouped != epoch_batches(3, 1, lengths, 8, group_by_length=True)
     assert sorted(i for b in grouped for i in b) == list(range(1000)) and len(grouped) == len(plain) == 125
     padded = lambda batches: sum(len(b) * max(lengths[i] for i in b) for b in batches)  # noqa: E731
     assert padded(grouped) < 0.75 * padded(plain), (padded(grouped), padded(plain), sum(lengths))
@@ -275,12 +283,12 @@ def test_lm_head_at_labels_only_gives_the_full_head_loss(tiny_model, waimai_smal
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    examples, _ = tokenize_examples(tokenizer, lora_finetune.load_examples(waimai_small["validation"], "validation_file")[:16], 1024)
-    batch = lora_finetune.collate(examples, tokenizer.pad_token_id)
+    examples, _ = tokenize_examples(tokenizer, load_examples(waimai_small["validation"], "validation_file")[:16], 1024)
+    batch = collate(examples, tokenizer.pad_token_id)
     with torch.no_grad():
-        sliced = lora_finetune.token_loss(model, *batch)
-        monkeypatch.setattr(lora_finetune, "LM_HEAD_AT_LABELS_ONLY", False)
-        full = lora_finetune.token_loss(model, *batch)
+        sliced = token_loss(model, *batch)
+        monkeypatch.setattr(training_loss, "LM_HEAD_AT_LABELS_ONLY", False)
+        full = token_loss(model, *batch)
         reference = torch.nn.functional.cross_entropy(model(batch[0], attention_mask=batch[1]).logits[:, :-1].flatten(0, 1), batch[2][:, 1:].flatten(), reduction="sum")
     assert sliced[1:] == full[1:] and sliced[1] == 32  # 好评/差评 + <|im_end|> per example
     torch.testing.assert_close(sliced[0], full[0], atol=1e-4, rtol=1e-5)

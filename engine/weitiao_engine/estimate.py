@@ -56,8 +56,10 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     from .chat_format import tokenize_examples
     from .loading import checkpoint_dtype, set_threads
     from .quantize import QUANTIZE_ROWS
-    from . import checkpointing as ac
-    from .recipes.lora_finetune import GRADIENT_CHECKPOINTING_MIN_PARAMETERS, load_examples, precision_mode
+    from .training import activation_checkpointing as ac
+    from .training.activation_checkpointing import GRADIENT_CHECKPOINTING_MIN_PARAMETERS
+    from .training.data import load_examples
+    from .training.precision import precision_mode
 
     threads = set_threads(request.threads)
     base = Path(request.base_model)
@@ -80,13 +82,13 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     counts = parameter_counts(config, request)
     batch = min(request.batch_size, len(data))
     rows = math.ceil(batch / request.gradient_accumulation_steps)  # one forward/backward holds a micro-batch
-    widest = sum(sorted(lengths, reverse=True)[:rows])  # packed (lora_finetune.pack): the longest examples' tokens
+    widest = sum(sorted(lengths, reverse=True)[:rows])  # packed (training/batching.pack): the longest examples' tokens
     head_positions = rows * max(trained)
     qlora = request.method == "qlora"
     # As the recipe: a bf16 checkpoint keeps bf16 frozen weights where compute is fp32; QLoRA's dense rest stays fp32.
     precision = "fp32" if qlora else precision_mode(request.bf16, checkpoint_dtype(base) == torch.bfloat16)
     checkpointing = request.gradient_checkpointing
-    if checkpointing == "auto":  # as lora_finetune.use_gradient_checkpointing
+    if checkpointing == "auto":  # as training/activation_checkpointing.use_gradient_checkpointing
         checkpointing = counts["total"] >= GRADIENT_CHECKPOINTING_MIN_PARAMETERS
 
     file_bytes, file_fp32 = weight_file_bytes(base)
@@ -108,7 +110,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     one_layer = per_token * widest + per_token2 * widest**2  # one packed row: its block-diagonal mask is widest²
     value_bytes = 2 if precision == "bf16" else 4
     if checkpointing:
-        # As the recipe (lora_finetune.checkpointing_mode): selective while its kept outputs fit in the base's bytes.
+        # As the recipe (training/activation_checkpointing.checkpointing_mode): selective while its kept outputs fit in the base's bytes.
         selective = ac.selective_fits(config, layer, widest, value_bytes, base_weights)
         checkpointing = "selective" if selective else "full"
         # Each layer's input (fp32) is kept (selective: and its matmul outputs); backward recomputes one layer at a
@@ -221,7 +223,7 @@ def activation_coefficients(config, request: EstimateRequest) -> tuple[float, fl
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from .lora_dropout import use_lora_dropout
+    from .training.lora_dropout import use_lora_dropout
 
     fields = {**config.to_dict(), "num_hidden_layers": 1, "vocab_size": 256, "tie_word_embeddings": False}
     if isinstance(fields.get("layer_types"), list):  # per-layer attention kinds (sliding/full): keep the first

@@ -1,4 +1,5 @@
-"""Training recipes, one per method, each readable top to bottom (setup / train / save_checkpoint / cleanup).
+"""Training recipes, one per method, each readable top to bottom (setup / train / save_checkpoint / save_final);
+the pieces they share are plain functions in training/, and no recipe imports another.
 
 `train` runs `run(request)` here, which picks the recipe by `request.method`:
 

@@ -1,4 +1,5 @@
-"""Gradient checkpointing for LoRA: full, or selective (keep the matmul outputs, recompute the rest).
+"""Gradient (activation) checkpointing: whether a run uses it, and for LoRA full or selective (keep the
+matmul outputs, recompute the rest).
 
 Full checkpointing keeps only each decoder layer's input and runs the whole layer's forward again in
 backward: a third more compute. Selective checkpointing (torchtune's "selective" AC, through torch's
@@ -12,9 +13,12 @@ itself (`selective_fits`); a bigger batch gets full checkpointing. Both give the
 from __future__ import annotations
 
 import functools
-from typing import Any
+import math
+from typing import Any, Optional
 
 import torch
+
+from .. import distributed
 
 # Keep the matmul outputs while they take at most this share of the frozen base's bytes.
 SELECTIVE_MAX_SHARE = 1.0
@@ -37,8 +41,44 @@ def selective_fits(config: Any, layer: torch.nn.Module, tokens: int, value_bytes
     return kept <= SELECTIVE_MAX_SHARE * base_bytes
 
 
-def enable(model: Any, selective: bool, lora_rank: int) -> None:
-    """Turns on non-reentrant checkpointing of every decoder layer, selective or full."""
+# gradient_checkpointing "auto" turns it on from this many base parameters: on Qwen2.5-0.5B's shape (494M) the
+# activations of a batch of 8 take ~4.5 GB against 1 GB of bf16 weights, and checkpointing keeps ~0.1 GB of them
+# for ~1.3x the step time; a tiny model's activations are a few MB, not worth the recompute (BENCHMARKS.md).
+GRADIENT_CHECKPOINTING_MIN_PARAMETERS = 100_000_000
+
+
+def use_gradient_checkpointing(setting: Any, model) -> bool:
+    """`gradient_checkpointing` true/false as given; "auto": on for a base of GRADIENT_CHECKPOINTING_MIN_PARAMETERS or more."""
+    if setting != "auto":
+        return bool(setting)
+    return base_parameter_count(model) >= GRADIENT_CHECKPOINTING_MIN_PARAMETERS
+
+
+def base_parameter_count(model) -> int:
+    """Parameters of the model, NF4-quantized weights included (two per code byte), tied ones once."""
+    dense = sum(p.numel() for p in model.parameters())
+    return dense + 2 * sum(b.numel() for name, b in model.named_buffers() if name.endswith("qweight"))
+
+
+def checkpointing_mode(hp: Any, model, lengths: list[int], packed: bool, bf16: bool) -> str:
+    """"off", "full" or "selective" for a LoRA run (`hp`: its hyperparameters; `lengths`: its examples' token
+    counts): selective while the matmul outputs it keeps for the largest micro-batch fit in the frozen base's
+    own bytes."""
+    if not use_gradient_checkpointing(hp.gradient_checkpointing, model):
+        return "off"
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(causal_lm.get_decoder(), "layers", None)
+    if not layers:
+        return "full"
+    micro = math.ceil(math.ceil(hp.batch_size / distributed.world_size()) / hp.gradient_accumulation_steps)
+    longest = sorted(lengths, reverse=True)[:micro]
+    tokens = sum(longest) if packed else micro * longest[0]
+    base_bytes = sum(t.numel() * t.element_size() for t in [*causal_lm.parameters(), *causal_lm.buffers()] if not t.requires_grad)
+    return "selective" if selective_fits(causal_lm.config, layers[0], tokens, 2 if bf16 else 4, base_bytes) else "full"
+
+
+def enable(model: Any, selective: bool = False, lora_rank: Optional[int] = None) -> None:
+    """Turns on non-reentrant checkpointing of every decoder layer, selective (LoRA: `lora_rank` given) or full."""
     kwargs: dict[str, Any] = {"use_reentrant": False}  # non-reentrant: no input needs to require grad (the embedding is frozen)
     if selective:
         from torch.utils.checkpoint import create_selective_checkpoint_contexts
