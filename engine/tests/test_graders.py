@@ -206,7 +206,7 @@ def test_validation_names_the_field_at_fault():
     assert e.value.param == "grader.refrence"
     with pytest.raises(GraderInvalid) as e:
         validate({"type": "label_model", "name": "x"})
-    assert e.value.param == "grader"
+    assert e.value.param == "grader.type"
 
 
 def test_multi_combines_named_graders():

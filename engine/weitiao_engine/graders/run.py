@@ -46,7 +46,7 @@ def validate(payload: Any, embedding_model: Optional[str] = None) -> Any:
     try:
         grader = parse_grader(payload)
     except ValidationError as e:
-        problems = [(error_param(tuple(err["loc"])), err["msg"]) for err in e.errors()]
+        problems = [(error_param(err), err["msg"]) for err in e.errors()]
         message = "; ".join(f"{p}: {m}" for p, m in problems[:5])
         raise GraderInvalid(problems[0][0], f"invalid grader / 评分器无效: {message}") from None
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 # OpenAI caps a python grader's source at 256 kB.
 MAX_PYTHON_SOURCE = 256 * 1024
@@ -95,11 +95,12 @@ class ScoreModelGrader(Strict):
     pass_threshold: Optional[float] = None
     weitiao: Optional[JudgeEndpoint] = None
 
-    @model_validator(mode="after")
-    def _range_ordered(self) -> "ScoreModelGrader":
-        if self.range is not None and not self.range[0] < self.range[1]:
-            raise ValueError(f"range must be [low, high] with low < high, got {self.range}")
-        return self
+    @field_validator("range")
+    @classmethod
+    def _range_ordered(cls, value: Optional[list[float]]) -> Optional[list[float]]:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"range must be [low, high] with low < high, got {value}")
+        return value
 
 
 class PythonGrader(Strict):
@@ -140,12 +141,16 @@ def parse_grader(payload: Any):
     return _ADAPTER.validate_python(payload)
 
 
-def error_param(loc: tuple[Any, ...], prefix: str = "grader") -> str:
-    """pydantic's error location as the field a user wrote, e.g. `grader.graders.b.operation`.
+def error_param(error: dict[str, Any], prefix: str = "grader") -> str:
+    """A pydantic error's location as the field a user wrote, e.g. `grader.graders.b.operation`.
 
     pydantic puts the union's tag into the location (`multi.graders.b.string_check.operation`); the
-    user's JSON has no such level, so tags at union positions are dropped.
+    user's JSON has no such level, so tags at union positions are dropped. A missing or unknown tag is
+    the `type` field's fault.
     """
+    loc = tuple(error["loc"])
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, "type")
     parts: list[str] = []
     for i, key in enumerate(loc):
         at_union = i == 0 or (i >= 2 and loc[i - 2] == "graders")
