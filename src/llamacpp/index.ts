@@ -10,6 +10,7 @@
  */
 import { createRequire } from 'node:module';
 import { existsSync, readdirSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { Llama, LlamaModel } from 'node-llama-cpp';
 import { WeitiaoError } from '../errors.js';
@@ -24,6 +25,9 @@ export function getLlama(): Promise<Llama> {
       getLlama({
         gpu: process.env.WEITIAO_LLAMA_GPU === 'auto' ? 'auto' : false,
         build: 'never', // a prebuilt binary or nothing: never compile or download at run time
+        // Never more threads than cores (node-llama-cpp's default can be twice that): llama.cpp's threads
+        // spin at every barrier, and oversubscribed they wait seconds for each token.
+        maxThreads: os.availableParallelism(),
         logLevel: LlamaLogLevel.error,
         progressLogs: false,
       }),

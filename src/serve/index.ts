@@ -1,204 +1,87 @@
 /**
- * Chat completions over base and fine-tuned models, and OpenAI's wire objects for them.
+ * Chat completions over base and fine-tuned models, routed by each model's deployment (deployments.ts):
+ * the engine's warm process (no deployment), llama.cpp in this process, or a vLLM server.
  *
  * ```ts
  * const result = await chatCompletion(ctx, { model: 'ft:tiny:waimai:abc', messages: [{ role: 'user', content: '很好吃' }] },
  *   { onToken: (t) => process.stdout.write(t) });
  * toChatCompletion(completionMeta('ft:tiny:waimai:abc'), result); // {id: 'chatcmpl-…', object: 'chat.completion', …}
  * ```
- * The API and the CLI both go through `chatCompletion` / `streamChatCompletion`, so validation, model
- * resolution and the wire shapes live here once.
+ * The API and the CLI both go through these functions, so validation, routing and the wire shapes live here once.
  */
-import { z } from 'zod';
 import type { Context } from '../context.js';
-import type { ChatRequest, ChatResult } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
-import { resolveModel } from '../models/index.js';
-import { newId, now } from '../store/index.js';
-import { generate } from './internal/runner.js';
+import type { ChoiceOutput, GenerationRequest, TokenLogprob } from './internal/backend.js';
+import { closeAll, routeFor } from './internal/router.js';
+import { proxyChatCompletion, proxyChatStream } from './internal/vllm.js';
+import {
+  ChatCompletionParams,
+  completionMeta,
+  toChatCompletion,
+  toChatCompletionChunk,
+  type ChatCompletion,
+  type ChatCompletionChunk,
+  type ChatCompletionResult,
+  type CompletionMeta,
+  type FinishReason,
+} from './wire.js';
 
-/** Stops the warm inference process; call it on server shutdown (a later chat request starts it again). */
-export { closeChatEngine } from './internal/runner.js';
+export * from './wire.js';
+export { deployModel, undeployModel, retrieveDeployment, deploymentsByModel, Deployment, DeployParams, DeploymentBackend, DeploymentState } from './deployments.js';
 
-// ---------------------------------------------------------------------------------------------- request
-
-const TextPart = z.object({ type: z.literal('text'), text: z.string() });
-
-const Message = z.object({
-  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
-  // OpenAI allows text parts and null (an assistant turn that only called tools).
-  content: z.union([z.string(), z.array(TextPart), z.null()]).optional(),
-  name: z.string().optional(),
-});
-
-/** The request body of `POST /v1/chat/completions` (the parameters weitiao honours; others are ignored). */
-export const ChatCompletionParams = z.object({
-  model: z.string().min(1),
-  messages: z.array(Message).min(1),
-  /** Deprecated by OpenAI in favour of max_completion_tokens; either works, the latter wins. */
-  max_tokens: z.number().int().positive().nullish(),
-  max_completion_tokens: z.number().int().positive().nullish(),
-  temperature: z.number().min(0).max(2).nullish(),
-  top_p: z.number().min(0).max(1).nullish(),
-  stop: z.union([z.string(), z.array(z.string()).max(4)]).nullish(),
-  seed: z.number().int().nullish(),
-  stream: z.boolean().nullish(),
-  stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
-  n: z.literal(1).nullish(),
-  user: z.string().optional(),
-});
-export type ChatCompletionParams = z.input<typeof ChatCompletionParams>;
-
-export type FinishReason = 'stop' | 'length';
-export type Usage = ChatResult['usage'];
-/** What a completion comes to: the text, why it ended, and the token counts. */
-export type ChatCompletionResult = ChatResult;
+/** Stops the warm inference process and every deployment this process loaded; call it on shutdown (later requests load again). */
+export const closeChatEngine = closeAll;
 
 export interface ChatCompletionOptions {
-  /** Each piece of text as it is generated; the pieces concatenate to the result's `text`. */
+  /** Each piece of choice 0's text as it is generated; the pieces concatenate to the result's `text`. */
   onToken?: (text: string) => void;
   signal?: AbortSignal;
 }
 
-/** Validates the request, resolves the model and generates the answer. */
+type Params = ChatCompletionParams & { model: string };
+
+/** Validates the request, routes it to the model's backend and generates the answer. */
 export async function chatCompletion(ctx: Context, params: ChatCompletionParams, options: ChatCompletionOptions = {}): Promise<ChatCompletionResult> {
-  const request = prepareChat(ctx, params);
-  return generate(request, options);
-}
-
-/** The engine request for `params`: every check that can fail before generation starts. */
-function prepareChat(ctx: Context, params: ChatCompletionParams): ChatRequest {
-  const parsed = ChatCompletionParams.safeParse(params);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const param = formatPath(issue.path);
-    throw new WeitiaoError('invalid_request', `${param ? `${param}: ` : ''}${issue.message} / 请求参数无效`, { param: param || undefined });
+  const p = parseParams(params);
+  const route = await routeFor(ctx, p.model);
+  if (route.kind === 'vllm') {
+    // Streamed, so a caller printing tokens sees them as they come; the chunks add up to the same answer.
+    const chunks = await proxyChatStream(route.target, { ...p, stream_options: { include_usage: true } }, p.model, options.signal);
+    return assembleChunks(chunks as AsyncIterable<ChatCompletionChunk>, options.onToken);
   }
-  const p = parsed.data;
-  const resolved = resolveModel(ctx, p.model);
-  const stop = p.stop == null ? [] : typeof p.stop === 'string' ? [p.stop] : p.stop;
-  return {
-    model: resolved.basePath,
-    adapter: resolved.adapterPath,
-    messages: p.messages.map((m) => ({
-      role: m.role,
-      content: m.content == null ? '' : typeof m.content === 'string' ? m.content : m.content.map((part) => part.text).join(''),
-    })),
-    max_tokens: p.max_completion_tokens ?? p.max_tokens ?? undefined,
-    temperature: p.temperature ?? undefined,
-    // OpenAI accepts top_p 0 (only the most likely token); the engine's nucleus always keeps that one.
-    top_p: p.top_p == null ? undefined : Math.max(p.top_p, 1e-6),
-    stop: stop.filter((s) => s !== ''),
-    seed: p.seed ?? null,
-    stream: true,
-  };
+  const request = generationRequest(p);
+  const result = await route.backend.generate(request, { signal: options.signal, onDelta: (i, text) => i === 0 && text && options.onToken?.(text) });
+  const first = result.choices[0];
+  return { text: first.text, finish_reason: first.finish_reason, usage: result.usage, choices: result.choices };
 }
 
-/** `['messages', 1, 'role']` -> `messages[1].role`, the form OpenAI puts in `error.param`. */
-function formatPath(parts: readonly PropertyKey[]): string {
-  let out = '';
-  for (const part of parts) out += typeof part === 'number' ? `[${part}]` : out ? `.${String(part)}` : String(part);
-  return out;
-}
-
-// ------------------------------------------------------------------------------------------ wire objects
-
-const UsageSchema = z.object({ prompt_tokens: z.number().int(), completion_tokens: z.number().int(), total_tokens: z.number().int() });
-const FinishReasonSchema = z.enum(['stop', 'length']);
-
-/** OpenAI's `chat.completion` object. */
-export const ChatCompletion = z.object({
-  id: z.string(),
-  object: z.literal('chat.completion'),
-  created: z.number().int(),
-  model: z.string(),
-  choices: z.array(
-    z.object({
-      index: z.number().int(),
-      message: z.object({ role: z.literal('assistant'), content: z.string(), refusal: z.null() }),
-      logprobs: z.null(),
-      finish_reason: FinishReasonSchema,
-    }),
-  ),
-  usage: UsageSchema,
-});
-export type ChatCompletion = z.infer<typeof ChatCompletion>;
-
-/** OpenAI's `chat.completion.chunk` object, one per server-sent event. */
-export const ChatCompletionChunk = z.object({
-  id: z.string(),
-  object: z.literal('chat.completion.chunk'),
-  created: z.number().int(),
-  model: z.string(),
-  choices: z.array(
-    z.object({
-      index: z.number().int(),
-      delta: z.object({ role: z.literal('assistant').optional(), content: z.string().optional() }),
-      logprobs: z.null(),
-      finish_reason: FinishReasonSchema.nullable(),
-    }),
-  ),
-  /** Only with `stream_options.include_usage`: null on every chunk but the last, which has no choices. */
-  usage: UsageSchema.nullable().optional(),
-});
-export type ChatCompletionChunk = z.infer<typeof ChatCompletionChunk>;
-
-/** What every object of one completion shares: its id, creation time and model. */
-export interface CompletionMeta {
-  id: string;
-  created: number;
-  model: string;
-}
-
-/** A fresh `chatcmpl-…` id and the current time for a completion of `model`. */
-export function completionMeta(model: string): CompletionMeta {
-  return { id: newId('chatcmpl'), created: now(), model };
-}
-
-/** The `chat.completion` object for a finished answer. */
-export function toChatCompletion(meta: CompletionMeta, result: ChatCompletionResult): ChatCompletion {
-  return {
-    id: meta.id,
-    object: 'chat.completion',
-    created: meta.created,
-    model: meta.model,
-    choices: [{ index: 0, message: { role: 'assistant', content: result.text, refusal: null }, logprobs: null, finish_reason: result.finish_reason }],
-    usage: { ...result.usage },
-  };
+/** The `chat.completion` object (the API's non-streamed answer); a vLLM deployment's is its server's own, model mapped back. */
+export async function createChatCompletion(ctx: Context, params: ChatCompletionParams, options: { signal?: AbortSignal } = {}): Promise<ChatCompletion> {
+  const p = parseParams(params);
+  const route = await routeFor(ctx, p.model);
+  if (route.kind === 'vllm') return (await proxyChatCompletion(route.target, p, p.model, options.signal)) as ChatCompletion;
+  const meta = completionMeta(p.model);
+  return toChatCompletion(meta, await chatCompletion(ctx, p, options));
 }
 
 /**
- * One `chat.completion.chunk`: a delta (`{role}` first, then `{content}` pieces, then `{}` with the
- * finish reason), or, with `usage` and no delta, the closing usage chunk whose `choices` is empty.
- */
-export function toChatCompletionChunk(
-  meta: CompletionMeta,
-  part: { delta?: { role?: 'assistant'; content?: string }; finish_reason?: FinishReason | null; usage?: Usage | null },
-): ChatCompletionChunk {
-  const chunk: ChatCompletionChunk = {
-    id: meta.id,
-    object: 'chat.completion.chunk',
-    created: meta.created,
-    model: meta.model,
-    choices: part.delta === undefined && part.usage ? [] : [{ index: 0, delta: part.delta ?? {}, logprobs: null, finish_reason: part.finish_reason ?? null }],
-  };
-  if (part.usage !== undefined) chunk.usage = part.usage;
-  return chunk;
-}
-
-/**
- * The answer as OpenAI's stream of chunks: role, content pieces, finish reason, then (with
- * `includeUsage`) a usage chunk. Validation and model errors throw before the first chunk; ending the
- * iteration early stops generation.
+ * The answer as OpenAI's stream of chunks: role, content pieces (with `index` per choice), finish
+ * reasons, then (with `include_usage`) a usage chunk. Validation, model and context errors throw before
+ * the first chunk; ending the iteration early stops generation.
  */
 export async function streamChatCompletion(
   ctx: Context,
   params: ChatCompletionParams,
   options: { signal?: AbortSignal; includeUsage?: boolean; meta?: CompletionMeta } = {},
 ): Promise<AsyncIterable<ChatCompletionChunk>> {
-  const request = prepareChat(ctx, params);
-  const meta = options.meta ?? completionMeta(params.model);
-  const includeUsage = options.includeUsage ?? params.stream_options?.include_usage ?? false;
+  const p = parseParams(params);
+  const route = await routeFor(ctx, p.model);
+  if (route.kind === 'vllm') return (await proxyChatStream(route.target, p, p.model, options.signal)) as AsyncIterable<ChatCompletionChunk>;
+  const request = generationRequest(p);
+  route.backend.validate(request);
+  const backend = route.backend;
+  const meta = options.meta ?? completionMeta(p.model);
+  const includeUsage = options.includeUsage ?? p.stream_options?.include_usage ?? false;
   const usageField = includeUsage ? { usage: null } : {};
 
   return {
@@ -208,26 +91,32 @@ export async function streamChatCompletion(
       options.signal?.addEventListener('abort', onAbort, { once: true });
       if (options.signal?.aborted) stop.abort();
 
-      // Tokens arrive by callback; the generator hands them out in order as they come.
-      const pieces: string[] = [];
+      // Pieces arrive by callback; the generator hands them out in order as they come.
+      const pieces: { index: number; text: string; logprobs: TokenLogprob[] | null }[] = [];
       let wake: (() => void) | null = null;
-      let settled: { result?: ChatCompletionResult; error?: unknown } | null = null;
-      generate(request, { signal: stop.signal, onToken: (t) => (pieces.push(t), wake?.()) }).then(
-        (result) => ((settled = { result }), wake?.()),
-        (error) => ((settled = { error }), wake?.()),
-      );
+      let settled: { result?: { choices: ChoiceOutput[]; usage: ChatCompletionResult['usage'] }; error?: unknown } | null = null;
+      backend
+        .generate(request, { signal: stop.signal, onDelta: (index, text, logprobs) => (pieces.push({ index, text, logprobs }), wake?.()) })
+        .then(
+          (result) => ((settled = { result }), wake?.()),
+          (error) => ((settled = { error }), wake?.()),
+        );
+      const piece = (x: (typeof pieces)[number]) =>
+        toChatCompletionChunk(meta, { index: x.index, delta: { content: x.text }, logprobs: x.logprobs, ...usageField });
       try {
-        yield toChatCompletionChunk(meta, { delta: { role: 'assistant', content: '' }, ...usageField });
+        for (let index = 0; index < request.n; index++) {
+          yield toChatCompletionChunk(meta, { index, delta: { role: 'assistant', content: '' }, ...usageField });
+        }
         for (;;) {
-          while (pieces.length) yield toChatCompletionChunk(meta, { delta: { content: pieces.shift()! }, ...usageField });
+          while (pieces.length) yield piece(pieces.shift()!);
           if (settled) break;
           await new Promise<void>((resolve) => (wake = resolve));
           wake = null;
         }
-        while (pieces.length) yield toChatCompletionChunk(meta, { delta: { content: pieces.shift()! }, ...usageField });
-        const done = settled as { result?: ChatCompletionResult; error?: unknown };
+        while (pieces.length) yield piece(pieces.shift()!);
+        const done = settled as { result?: { choices: ChoiceOutput[]; usage: ChatCompletionResult['usage'] }; error?: unknown };
         if (!done.result) throw done.error;
-        yield toChatCompletionChunk(meta, { delta: {}, finish_reason: done.result.finish_reason, ...usageField });
+        for (const c of done.result.choices) yield toChatCompletionChunk(meta, { index: c.index, delta: {}, finish_reason: c.finish_reason, ...usageField });
         if (includeUsage) yield toChatCompletionChunk(meta, { usage: done.result.usage });
       } finally {
         options.signal?.removeEventListener('abort', onAbort);
@@ -235,4 +124,67 @@ export async function streamChatCompletion(
       }
     },
   };
+}
+
+// --------------------------------------------------------------------------------------------- helpers
+
+function parseParams(params: ChatCompletionParams): Params {
+  const parsed = ChatCompletionParams.safeParse(params);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const param = formatPath(issue.path);
+    throw new WeitiaoError('invalid_request', `${param ? `${param}: ` : ''}${issue.message} / 请求参数无效`, { param: param || undefined });
+  }
+  const p = parsed.data as Params;
+  if (p.top_logprobs != null && !p.logprobs) {
+    throw new WeitiaoError('invalid_request', 'top_logprobs needs logprobs: true / 使用 top_logprobs 须同时设置 logprobs: true', { param: 'top_logprobs' });
+  }
+  return p;
+}
+
+/** OpenAI's parameters as a backend's settings, defaults resolved. */
+function generationRequest(p: Params): GenerationRequest {
+  const stop = p.stop == null ? [] : typeof p.stop === 'string' ? [p.stop] : p.stop;
+  return {
+    messages: p.messages.map((m) => ({
+      role: m.role,
+      content: m.content == null ? '' : typeof m.content === 'string' ? m.content : m.content.map((part) => part.text).join(''),
+    })),
+    maxTokens: p.max_completion_tokens ?? p.max_tokens ?? null,
+    temperature: p.temperature ?? 1,
+    topP: p.top_p ?? 1,
+    stop: stop.filter((s) => s !== ''),
+    seed: p.seed ?? null,
+    n: p.n ?? 1,
+    logprobs: p.logprobs ?? false,
+    topLogprobs: p.top_logprobs ?? 0,
+  };
+}
+
+/** Chunks (a proxied stream) added up into one result. */
+async function assembleChunks(chunks: AsyncIterable<ChatCompletionChunk>, onToken?: (text: string) => void): Promise<ChatCompletionResult> {
+  const choices = new Map<number, ChoiceOutput>();
+  let usage: ChatCompletionResult['usage'] = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 };
+  for await (const chunk of chunks) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices ?? []) {
+      const choice = choices.get(c.index) ?? { index: c.index, text: '', finish_reason: 'stop' as FinishReason, logprobs: null };
+      choices.set(c.index, choice);
+      const text = c.delta?.content ?? '';
+      choice.text += text;
+      if (text && c.index === 0) onToken?.(text);
+      if (c.logprobs?.content) choice.logprobs = [...(choice.logprobs ?? []), ...c.logprobs.content];
+      if (c.finish_reason) choice.finish_reason = c.finish_reason === 'length' ? 'length' : 'stop';
+    }
+  }
+  const list = [...choices.values()].sort((a, b) => a.index - b.index);
+  if (!list.length) list.push({ index: 0, text: '', finish_reason: 'stop', logprobs: null });
+  return { text: list[0].text, finish_reason: list[0].finish_reason, usage, choices: list };
+}
+
+/** `['messages', 1, 'role']` -> `messages[1].role`, the form OpenAI puts in `error.param`. */
+function formatPath(parts: readonly PropertyKey[]): string {
+  let out = '';
+  for (const part of parts) out += typeof part === 'number' ? `[${part}]` : out ? `.${String(part)}` : String(part);
+  return out;
 }

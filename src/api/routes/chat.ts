@@ -1,16 +1,10 @@
 /**
- * /v1/chat/completions over base models, fine-tuned models and checkpoints: a `chat.completion`, or with
- * `stream: true` server-sent `chat.completion.chunk`s ending in `data: [DONE]`.
+ * /v1/chat/completions over base models, fine-tuned models and checkpoints, each answered by its
+ * deployment's backend (src/serve): a `chat.completion`, or with `stream: true` server-sent
+ * `chat.completion.chunk`s ending in `data: [DONE]`.
  */
 import type { Context } from '../../context.js';
-import {
-  ChatCompletion,
-  chatCompletion,
-  ChatCompletionParams,
-  completionMeta,
-  streamChatCompletion,
-  toChatCompletion,
-} from '../../serve/index.js';
+import { ChatCompletion, ChatCompletionParams, createChatCompletion, streamChatCompletion } from '../../serve/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
 import { sse } from '../internal/sse.js';
@@ -35,14 +29,11 @@ export function chatRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       },
     },
     async (c, { body }) => {
-      // The client hanging up stops generation: the engine is a shared, one-at-a-time resource.
+      // The client hanging up stops generation: backends are shared (a sequence, the warm engine's queue).
       const hangUp = c.req.raw.signal;
-      if (!body.stream) {
-        const result = await chatCompletion(ctx, body, { signal: hangUp });
-        return c.json(toChatCompletion(completionMeta(body.model), result));
-      }
+      if (!body.stream) return c.json(await createChatCompletion(ctx, body, { signal: hangUp }));
       const stop = new AbortController();
-      // Validation and model resolution throw here, before the stream opens: a real 400/404.
+      // Validation, model resolution and context overflow throw here, before the stream opens: a real 400/404.
       const chunks = await streamChatCompletion(ctx, body, { signal: stop.signal });
       return sse(c, async (out) => {
         out.signal.addEventListener('abort', () => stop.abort(), { once: true });

@@ -1,14 +1,27 @@
 /**
- * /v1/models: list, retrieve, delete. Model ids contain ':' and '/' (`ft:tiny:waimai:abc`,
- * `Qwen/Qwen2.5-0.5B-Instruct`), so the id is the whole rest of the path.
+ * /v1/models: list, retrieve, delete, and /v1/weitiao/models/{model}/deployment: how a model is served.
+ * Model ids contain ':' and '/' (`ft:tiny:waimai:abc`, `Qwen/Qwen2.5-0.5B-Instruct`), so the id is the
+ * whole rest of the path. Listed and retrieved models carry their deployment in `weitiao.deployment`
+ * (null: the engine's warm process serves them).
  */
 import { z } from 'zod';
 import type { Context } from '../../context.js';
 import { deleteModel, listModels, ModelDeleted, ModelList, ModelObject, publicModel, retrieveModel } from '../../models/index.js';
+import { deploymentsByModel, deployModel, Deployment, DeployParams, retrieveDeployment, undeployModel } from '../../serve/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
 
 const ModelParams = z.object({ model: z.string().min(1) });
+
+/** OpenAI's model object; `weitiao.deployment` is the model's deployment or null (the warm engine). */
+const DeployedModel = ModelObject.extend({
+  weitiao: ModelObject.shape.weitiao.extend({ deployment: Deployment.nullable() }),
+});
+const DeployedModelList = ModelList.extend({ data: z.array(DeployedModel) });
+
+function withDeployment(model: ModelObject, deployments: Map<string, Deployment>): z.infer<typeof DeployedModel> {
+  return { ...model, weitiao: { ...model.weitiao, deployment: deployments.get(model.id) ?? null } };
+}
 
 export function modelRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   routes.add(
@@ -18,12 +31,52 @@ export function modelRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       operationId: 'list_models',
       summary: 'Base models, fine-tuned models and their checkpoints',
       tag: 'Models',
-      response: { description: 'Every registered model', schema: ModelList, name: 'ModelList' },
+      response: { description: 'Every registered model', schema: DeployedModelList, name: 'ModelList' },
     },
     (c) => {
+      const deployments = deploymentsByModel(ctx);
       const list = listModels(ctx);
-      return c.json({ ...list, data: list.data.map((m) => publicModel(m, ctx.home.root)) });
+      return c.json({ ...list, data: list.data.map((m) => withDeployment(publicModel(m, ctx.home.root), deployments)) });
     },
+  );
+
+  const base = '/v1/weitiao/models/:model{.+}/deployment';
+  routes.add(
+    {
+      method: 'post',
+      path: base,
+      operationId: 'deploy_model',
+      summary: "Deploy a model on a backend (engine | llamacpp | vllm), replacing its deployment; answers once it is loaded",
+      tag: 'Deployments',
+      params: ModelParams,
+      body: DeployParams,
+      response: { description: 'The deployment (state ready)', schema: Deployment, name: 'Deployment' },
+    },
+    async (c, { params, body }) => c.json(await deployModel(ctx, params.model, body)),
+  );
+  routes.add(
+    {
+      method: 'get',
+      path: base,
+      operationId: 'retrieve_deployment',
+      summary: "A model's deployment (404: none, the engine's warm process serves it)",
+      tag: 'Deployments',
+      params: ModelParams,
+      response: { description: 'The deployment', schema: Deployment, name: 'Deployment' },
+    },
+    (c, { params }) => c.json(retrieveDeployment(ctx, params.model)),
+  );
+  routes.add(
+    {
+      method: 'delete',
+      path: base,
+      operationId: 'undeploy_model',
+      summary: "End a model's deployment: the engine's warm process serves it again",
+      tag: 'Deployments',
+      params: ModelParams,
+      response: { description: 'The ended deployment (state stopped)', schema: Deployment, name: 'Deployment' },
+    },
+    async (c, { params }) => c.json(await undeployModel(ctx, params.model)),
   );
 
   routes.add(
@@ -34,9 +87,9 @@ export function modelRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       summary: 'Retrieve a model',
       tag: 'Models',
       params: ModelParams,
-      response: { description: 'The model', schema: ModelObject, name: 'Model' },
+      response: { description: 'The model', schema: DeployedModel, name: 'Model' },
     },
-    (c, { params }) => c.json(publicModel(retrieveModel(ctx, params.model), ctx.home.root)),
+    (c, { params }) => c.json(withDeployment(publicModel(retrieveModel(ctx, params.model), ctx.home.root), deploymentsByModel(ctx))),
   );
 
   routes.add(
