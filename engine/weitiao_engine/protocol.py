@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.experimental.missing_sentinel import MISSING
 
 PROTOCOL_VERSION = 1
 
@@ -31,8 +32,10 @@ class Strict(BaseModel):
 class ChatMessage(Strict):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
-    weight: Optional[Literal[0, 1]] = None  # OpenAI's field: 0 = do not train on this assistant turn
-    name: Optional[str] = None  # OpenAI allows it; templates ignore it
+    # May be absent, never null (as src/engine/protocol.ts: the parity test compares them): MISSING leaves it
+    # out of model_dump().
+    weight: Union[Literal[0, 1], MISSING] = MISSING  # OpenAI's field: 0 = do not train on this assistant turn
+    name: Union[str, MISSING] = MISSING  # OpenAI allows it; templates ignore it
 
 
 class ChatExample(Strict):
@@ -64,7 +67,7 @@ class LoraConfig(Strict):
     r: int = Field(8, gt=0)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, le=1)
-    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    target_modules: Union[Literal["all-linear"], Annotated[list[str], Field(min_length=1)]] = "all-linear"
     # Modules trained in full and saved with the adapter (PEFT's modules_to_save), e.g. ["embed_tokens"]
     # for a random-weight base, whose tiny random embeddings LoRA alone cannot make use of.
     modules_to_save: Optional[list[str]] = Field(None, min_length=1)
@@ -106,11 +109,11 @@ class TrainHyperparameters(Strict):
     # it into this many micro-batches, so memory falls and the update is the same.
     gradient_accumulation_steps: int = Field(1, gt=0)
     # Recompute activations in backward: less memory, ~1/3 more compute. auto: on for bases of 100M+ parameters,
-    # where the activations outweigh the weights (lora_finetune.use_gradient_checkpointing; BENCHMARKS.md).
+    # where the activations outweigh the weights (training/activation_checkpointing.py; BENCHMARKS.md).
     gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"
     early_stopping_patience: Optional[int] = Field(None, gt=0)  # stop after N validations without improvement
     early_stopping_min_delta: float = Field(0.0, ge=0)  # an improvement must lower the validation loss by more
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto: see lora_finetune.precision_mode (bf16 compute on GPU/AMX, bf16 weights on AVX512-BF16)
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: see training/precision.py's precision_mode (bf16 compute on GPU/AMX, bf16 weights on AVX512-BF16)
     group_by_length: bool = False  # batches of similar length (less padding); opt-in: no gain measured yet (BENCHMARKS.md)
 
 
@@ -144,12 +147,14 @@ class EstimateRequest(Strict):
     training_file: str  # tokenized as `train` would: lengths after truncation, trained tokens per example
     method: Literal["lora", "qlora"] = "lora"
     lora: LoraConfig = LoraConfig()
-    batch_size: int = Field(gt=0)
-    max_seq_length: int = Field(1024, gt=0)
-    threads: Optional[int] = Field(None, gt=0)  # None = one per physical core, as `train`
-    gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"  # as `train`'s hyperparameters
-    bf16: Literal["auto", "on", "off"] = "auto"  # as `train`'s hyperparameters
-    gradient_accumulation_steps: int = Field(1, gt=0)  # as `train`'s: activations are held for one micro-batch
+    # The settings `train` has too are its own fields (bounds and defaults declared once, in TrainHyperparameters/TrainRequest).
+    batch_size: int = TrainHyperparameters.model_fields["batch_size"]
+    max_seq_length: int = TrainHyperparameters.model_fields["max_seq_length"]
+    threads: Optional[int] = TrainRequest.model_fields["threads"]  # None = one per physical core, as `train`
+    gradient_checkpointing: Union[bool, Literal["auto"]] = TrainHyperparameters.model_fields["gradient_checkpointing"]
+    bf16: Literal["auto", "on", "off"] = TrainHyperparameters.model_fields["bf16"]
+    # Activations are held for one micro-batch.
+    gradient_accumulation_steps: int = TrainHyperparameters.model_fields["gradient_accumulation_steps"]
 
 
 class EvaluateRequest(Strict):
