@@ -151,9 +151,10 @@ describe('createJob', () => {
 });
 
 describe('status transitions', () => {
-  test('the table: terminal states go nowhere; every status is a key', () => {
+  test('the table: terminal states go nowhere but a failed job back to the queue; every status is a key', () => {
     assert.deepEqual(Object.keys(TRANSITIONS).sort(), [...JOB_STATUSES].sort());
-    for (const s of TERMINAL) assert.deepEqual(TRANSITIONS[s], []);
+    for (const s of TERMINAL) assert.deepEqual(TRANSITIONS[s], s === 'failed' ? ['queued'] : []);
+    assert.ok(!canTransition('failed', 'running')); // a resumed failed job goes through the queue too
     assert.ok(canTransition('running', 'pausing'));
     assert.ok(canTransition('paused', 'queued'));
     assert.ok(!canTransition('paused', 'running')); // resume goes through the queue
