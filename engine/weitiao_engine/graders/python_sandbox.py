@@ -79,6 +79,7 @@ class PythonSandbox:
         self.fatal: Optional[str] = None
         self._buffer = b""
         self._cwd = tempfile.mkdtemp(prefix="weitiao-grader-")
+        self._lifetime_cpu = int(limits.cpu_seconds * 20 + 5)
 
     def __enter__(self) -> "PythonSandbox":
         return self
@@ -95,7 +96,7 @@ class PythonSandbox:
         )
         self._buffer = b""
         # The CPU rlimit is the process's whole life: a generous backstop; the per-sample budget is watched here.
-        config = {"source": self.source, "memory_bytes": self.limits.memory_mb << 20, "cpu_seconds": int(self.limits.cpu_seconds * 20 + 5)}
+        config = {"source": self.source, "memory_bytes": self.limits.memory_mb << 20, "cpu_seconds": self._lifetime_cpu}
         self._write(config)
 
     def _write(self, obj: Any) -> bool:
@@ -159,6 +160,8 @@ class PythonSandbox:
         if self.fatal:
             return SandboxOutcome(error=self.fatal, kind="fatal", walls=self.walls, missing=self.missing)
         deadline = time.monotonic() + self.limits.wall_seconds
+        if self.proc is not None and _cpu_seconds(self.proc.pid) + self.limits.cpu_seconds >= self._lifetime_cpu - 1:
+            self.close_process()  # near its lifetime CPU rlimit: a fresh process, so no sample is blamed for the others' time
         if self.proc is None:
             self._start()
             hello, reason = self._read(deadline, 0.0)
@@ -178,11 +181,7 @@ class PythonSandbox:
             return self._failure("crash", returncode)
         answer, reason = self._read(deadline, cpu_start)
         if answer is None:
-            self.proc.poll()
-            returncode = self.proc.returncode if reason == "crash" else None
-            if reason == "crash":
-                self.proc.wait()
-                returncode = self.proc.returncode
+            returncode = self.proc.wait() if reason == "crash" else None  # its stdout closed: it is exiting
             self._kill()
             return self._failure(reason or "crash", returncode)
         if "score" in answer:
@@ -191,6 +190,13 @@ class PythonSandbox:
                               walls=self.walls, missing=self.missing)
 
     def close(self) -> None:
+        self.close_process()
+        try:
+            os.rmdir(self._cwd)
+        except OSError:
+            pass
+
+    def close_process(self) -> None:
         if self.proc is not None:
             try:
                 self.proc.stdin and self.proc.stdin.close()  # end of input: the child's loop ends by itself
@@ -198,7 +204,3 @@ class PythonSandbox:
             except (OSError, subprocess.TimeoutExpired):
                 pass
             self._kill()
-        try:
-            os.rmdir(self._cwd)
-        except OSError:
-            pass
