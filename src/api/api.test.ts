@@ -217,7 +217,8 @@ describe('HTTP API (in-process)', () => {
       const noFile = new FormData();
       noFile.append('purpose', 'fine-tune');
       assertError(await call('POST', '/v1/files', { body: noFile }), 400, 'invalid_request', 'file');
-      assertError(await call('POST', '/v1/files', { body: { purpose: 'fine-tune' } }), 400, 'invalid_request', 'file');
+      // JSON where the upload takes multipart: 415 (src/api/internal/hygiene.ts).
+      assertError(await call('POST', '/v1/files', { body: { purpose: 'fine-tune' } }), 415, 'unsupported_media_type', 'Content-Type');
       assert.deepEqual(readdirSync(ctx.home.cache), []);
     });
 

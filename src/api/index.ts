@@ -16,12 +16,14 @@ import { createAdaptorServer } from '@hono/node-server';
 import { Hono } from 'hono';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
-import { DEFAULT_MAX_BYTES } from '../files/index.js';
+import { DEFAULT_MAX_BYTES, deleteFile } from '../files/index.js';
 import { Worker } from '../jobs/index.js';
 import { checkIntegrity, integritySummary } from '../store/integrity.js';
 import { verifyKey } from '../keys/index.js';
 import { z } from 'zod';
 import { apiKeyAuth, type ApiEnv } from './internal/auth.js';
+import { requireContentType, securityHeaders } from './internal/hygiene.js';
+import { chatConcurrency, limitsFromEnv, requestRate, retryAfterHeader, unfinishedJobs, uploadQuota, type Limits } from './internal/limits.js';
 import { notFound, onError } from './internal/errors.js';
 import { RouteTable } from './internal/routes.js';
 import { chatRoutes } from './routes/chat.js';
@@ -50,6 +52,8 @@ export interface AppOptions {
   maxUploadBytes?: number;
   /** Largest JSON body (chat messages, job requests); default 16 MiB. */
   maxJsonBytes?: number;
+  /** Rate, concurrency, job and upload limits (internal/limits.ts); default: the environment's, else DEFAULT_LIMITS. */
+  limits?: Partial<Limits>;
 }
 
 /** Where `make setup` builds the web console. */
@@ -62,7 +66,15 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   const app = new Hono<ApiEnv>();
   app.onError(onError);
   app.notFound(notFound);
+  app.use('*', securityHeaders());
+  app.use('/v1/*', retryAfterHeader());
+  app.use('/v1/*', requireContentType({ multipart: (method, p) => method === 'POST' && p === '/v1/files' }));
   if (options.auth) app.use('/v1/*', apiKeyAuth({ verify: (key) => verifyKey(ctx, key) }));
+  const limits = limitsFromEnv(process.env, options.limits);
+  app.use('/v1/*', requestRate(limits));
+  app.on('POST', '/v1/files', uploadQuota(limits, (id) => deleteFile(ctx, id)));
+  app.on('POST', '/v1/chat/completions', chatConcurrency(limits));
+  app.on('POST', '/v1/fine_tuning/jobs', unfinishedJobs(limits, (id) => jobUnfinished(ctx, id)));
 
   const routes = new RouteTable(app, { maxJsonBytes: options.maxJsonBytes ?? 16 * 1024 * 1024 });
   routes.add(
@@ -106,6 +118,12 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
     },
   );
   return app;
+}
+
+/** Whether a job still counts against its key's limit of unfinished jobs. */
+function jobUnfinished(ctx: Context, id: string): boolean {
+  const row = ctx.db.prepare('SELECT status FROM jobs WHERE id = ?').get(id) as { status: string } | undefined;
+  return row !== undefined && !['succeeded', 'failed', 'cancelled'].includes(row.status);
 }
 
 export interface ServerOptions {

@@ -26,6 +26,12 @@ import { assertReadable, openSource, readJsonLines, readTable } from './internal
 import { histogram, summarize } from './internal/summary.js';
 import { parseTemplate, renderTemplate, type Template } from './internal/template.js';
 import { writeFilesAtomic } from './internal/atomic.js';
+import { IssueList, MAX_REPORTED_ISSUES, validationCancelled } from './internal/issues.js';
+
+export { MAX_REPORTED_ISSUES, validationCancelled } from './internal/issues.js';
+/** Validation and upload checks off the event loop (worker thread), cancellable. */
+export { IN_PROCESS_MAX_BYTES, runValidationTask, type ThreadTask } from './internal/thread.js';
+export type { UploadCheck } from './internal/upload.js';
 
 export { writeFileAtomic, writeFilesAtomic, type AtomicFile } from './internal/atomic.js';
 export { detectEncoding } from './internal/encoding.js';
@@ -157,7 +163,10 @@ export const ValidationReport = z.object({
   errors: z.array(Issue),
   warnings: z.array(Issue),
   label_set: z.array(z.string()).nullable(),
-  /** With a tokenizer: one count per valid example, in file order (one per line when there are no errors). */
+  /** All errors and warnings found; `errors`/`warnings` list the first MAX_REPORTED_ISSUES of each. */
+  error_count: z.number().int().optional(),
+  warning_count: z.number().int().optional(),
+  /** With a tokenizer: one count per valid example, in file order (one per line when there are no errors); left out past MAX_TOKEN_COUNTS examples. */
   token_counts: z.array(z.number().int()).optional(),
   max_length: z.number().int().optional(),
 });
@@ -200,7 +209,7 @@ export const DatasetStats = z.object({
 export type DatasetStats = z.infer<typeof DatasetStats>;
 
 /** Counts tokens of chat examples with a real tokenizer (chat template applied). Injectable for tests. */
-export type TokenCounter = (examples: ChatExample[]) => Promise<TokenCounts>;
+export type TokenCounter = (examples: ChatExample[], options?: { signal?: AbortSignal }) => Promise<TokenCounts>;
 
 /** Per example: all tokens, and the trained ones (assistant answers + end-of-turn; null if unknown). */
 export interface TokenCounts {
@@ -212,11 +221,19 @@ export interface TokenCounts {
 export interface DataDeps {
   /** Replaces the engine-backed counter (normally built from `model_dir`). */
   countTokens?: TokenCounter;
+  /** Stops reading (and any token count under way): the call rejects with `cancelled`. */
+  signal?: AbortSignal;
 }
+
+/** Valid examples whose token counts a report lists; past this the list is left out (the checks still run). */
+export const MAX_TOKEN_COUNTS = 1_000_000;
+/** Valid examples (or ~8 MB of their text) sent to the tokenizer at a time, so a file is never held whole. */
+const TOKEN_BATCH_EXAMPLES = 20_000;
+const TOKEN_BATCH_CHARS = 8 * 1024 * 1024;
 
 /** The base model's tokenizer, through the engine's `count-tokens` command (one process per call). */
 export function engineTokenCounter(modelDir: string): TokenCounter {
-  return (examples) => runEngine('count-tokens', { model: modelDir, examples });
+  return (examples, options) => runEngine('count-tokens', { model: modelDir, examples }, { signal: options?.signal, killAfterMs: 500 });
 }
 
 // ------------------------------------------------------------------------------------------- helpers
@@ -259,16 +276,36 @@ export const LABEL_SET_RULE = { max_labels: 20, max_label_chars: 20, max_share_o
  * Labels come sorted (code-point order), the same however the file is ordered or split.
  */
 export function detectLabelSet(answers: readonly string[]): string[] | null {
-  const distinct = new Set<string>();
-  for (const a of answers) {
-    const n = charLength(a);
-    if (n < 1 || n > LABEL_SET_RULE.max_label_chars || /[\r\n]/.test(a) || a.trim() === '') return null;
-    distinct.add(a);
-    if (distinct.size > LABEL_SET_RULE.max_labels) return null;
+  const detector = new LabelSetDetector();
+  for (const a of answers) detector.add(a);
+  return detector.result();
+}
+
+/** detectLabelSet over a stream of answers, in bounded memory: it keeps at most 21 distinct answers and a count. */
+export class LabelSetDetector {
+  private readonly distinct = new Set<string>();
+  private possible = true;
+  private n = 0;
+
+  add(answer: string): void {
+    this.n++;
+    if (!this.possible) return;
+    const chars = charLength(answer);
+    if (chars < 1 || chars > LABEL_SET_RULE.max_label_chars || /[\r\n]/.test(answer) || answer.trim() === '') return this.giveUp();
+    this.distinct.add(answer);
+    if (this.distinct.size > LABEL_SET_RULE.max_labels) this.giveUp();
   }
-  const allowed = Math.max(2, Math.floor(answers.length * LABEL_SET_RULE.max_share_of_examples));
-  if (distinct.size < 2 || distinct.size > allowed) return null;
-  return [...distinct].sort();
+
+  result(): string[] | null {
+    const allowed = Math.max(2, Math.floor(this.n * LABEL_SET_RULE.max_share_of_examples));
+    if (!this.possible || this.distinct.size < 2 || this.distinct.size > allowed) return null;
+    return [...this.distinct].sort();
+  }
+
+  private giveUp(): void {
+    this.possible = false;
+    this.distinct.clear();
+  }
 }
 
 /**
@@ -329,10 +366,11 @@ export function formatIssue(issue: Issue): string {
  * The first error of a report as a WeitiaoError (`invalid_file`, with file, line and field), or null
  * when there is none: what a job or command fails with after validating its files.
  */
-export function reportError(report: { errors: Issue[] }): WeitiaoError | null {
+export function reportError(report: { errors: Issue[]; error_count?: number }): WeitiaoError | null {
   const first = report.errors[0];
   if (!first) return null;
-  const more = report.errors.length > 1 ? ` (and ${report.errors.length - 1} more error(s) / 另有 ${report.errors.length - 1} 个错误)` : '';
+  const rest = (report.error_count ?? report.errors.length) - 1;
+  const more = rest > 0 ? ` (and ${rest} more error(s) / 另有 ${rest} 个错误)` : '';
   return new WeitiaoError('invalid_file', `${formatIssue(first)}${more}`, {
     file: first.file,
     line: first.line ?? undefined,
@@ -347,20 +385,6 @@ function parseOptions<S extends z.ZodType>(schema: S, input: unknown): z.infer<S
   throw new WeitiaoError('invalid_request', `invalid options: ${z.prettifyError(parsed.error)}`, { param: first?.path.join('.') });
 }
 
-class IssueList {
-  readonly errors: Issue[] = [];
-  readonly warnings: Issue[] = [];
-  constructor(private readonly file: string) {}
-  add(line: number | null, p: Problem): void {
-    (p.severity === 'error' ? this.errors : this.warnings).push({ file: this.file, line, ...p });
-  }
-  /** Sorted by line (stable), since token checks come after the reading pass. */
-  sorted(): { errors: Issue[]; warnings: Issue[] } {
-    const byLine = (a: Issue, b: Issue) => (a.line ?? 0) - (b.line ?? 0);
-    return { errors: [...this.errors].sort(byLine), warnings: [...this.warnings].sort(byLine) };
-  }
-}
-
 interface Located {
   line: number;
   example: ChatExample;
@@ -370,9 +394,9 @@ function tokenCounter(options: { model_dir?: string }, deps: DataDeps): TokenCou
   return deps.countTokens ?? (options.model_dir ? engineTokenCounter(options.model_dir) : null);
 }
 
-async function countTokens(counter: TokenCounter, examples: ChatExample[]): Promise<TokenCounts> {
+async function countTokens(counter: TokenCounter, examples: ChatExample[], signal?: AbortSignal): Promise<TokenCounts> {
   if (examples.length === 0) return { counts: [], trained_counts: [], model_max_length: 0 };
-  const result = await counter(examples);
+  const result = await counter(examples, signal ? { signal } : undefined);
   for (const counts of [result.counts, result.trained_counts ?? examples]) {
     if (counts.length !== examples.length) {
       throw new WeitiaoError('engine_error', `token counter returned ${counts.length} counts for ${examples.length} examples`);
@@ -390,8 +414,9 @@ async function checkLengths(
   counter: TokenCounter,
   maxLength: number | undefined,
   issues: IssueList,
+  signal?: AbortSignal,
 ): Promise<{ counts: number[]; max_length: number }> {
-  const { counts, model_max_length } = await countTokens(counter, items.map((i) => i.example));
+  const { counts, model_max_length } = await countTokens(counter, items.map((i) => i.example), signal);
   const max = maxLength ?? model_max_length;
   counts.forEach((n, i) => {
     if (n > max) {
@@ -685,16 +710,33 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
  */
 export async function validateChatFile(file: string, options: ValidateOptions = {}, deps: DataDeps = {}): Promise<ValidationReport> {
   const opts = parseOptions(ValidateOptions, options);
+  const { signal } = deps;
   await assertReadable(file, 'file');
   const encoding = await resolveEncoding(file, opts.encoding);
-  const issues = new IssueList(file);
+  const issues = new IssueList(file, MAX_REPORTED_ISSUES);
   const duplicates = new DuplicateFinder(opts.conflicts);
+  const labels = new LabelSetDetector();
   const counter = tokenCounter(opts, deps);
-  const valid: Located[] = [];
-  const answers: string[] = [];
+  let tokenCounts: number[] | null = counter ? [] : null;
+  let maxLength: number | undefined;
   let examples = 0;
+  let valid = 0;
+
+  // Valid examples wait here for the tokenizer, a batch at a time: never the whole file.
+  let batch: Located[] = [];
+  let batchChars = 0;
+  const countBatch = async () => {
+    if (!counter || batch.length === 0) return;
+    const { counts, max_length } = await checkLengths(batch, counter, opts.max_length, issues, signal);
+    maxLength = max_length;
+    if (tokenCounts && tokenCounts.length + counts.length <= MAX_TOKEN_COUNTS) for (const n of counts) tokenCounts.push(n);
+    else tokenCounts = null;
+    batch = [];
+    batchChars = 0;
+  };
 
   for await (const row of readJsonLines(file, encoding)) {
+    if (signal?.aborted) throw validationCancelled(file);
     examples++;
     if (row.problem) {
       issues.add(row.line, row.problem);
@@ -705,26 +747,32 @@ export async function validateChatFile(file: string, options: ValidateOptions = 
     if (!example) continue;
     const dup = duplicates.check(example, row.line);
     if (dup) issues.add(row.line, dup);
-    answers.push(answerOf(example));
-    if (counter) valid.push({ line: row.line, example });
+    labels.add(answerOf(example));
+    valid++;
+    if (counter) {
+      batch.push({ line: row.line, example });
+      for (const m of example.messages) batchChars += m.content.length;
+      if (batch.length >= TOKEN_BATCH_EXAMPLES || batchChars >= TOKEN_BATCH_CHARS) await countBatch();
+    }
   }
+  await countBatch();
+  if (signal?.aborted) throw validationCancelled(file);
   if (examples === 0) issues.add(null, problem('empty_file', null, `${file} has no examples / 文件中没有样本`));
 
   const report: ValidationReport = {
     file,
     encoding,
     examples,
-    valid_examples: answers.length,
+    valid_examples: valid,
     errors: [],
     warnings: [],
-    label_set: detectLabelSet(answers),
+    label_set: labels.result(),
   };
-  if (counter && valid.length) {
-    const { counts, max_length } = await checkLengths(valid, counter, opts.max_length, issues);
-    report.token_counts = counts;
-    report.max_length = max_length;
+  if (counter && valid) {
+    if (tokenCounts) report.token_counts = tokenCounts;
+    report.max_length = maxLength;
   }
-  Object.assign(report, issues.sorted());
+  Object.assign(report, issues.sorted(), { error_count: issues.errorCount, warning_count: issues.warningCount });
   return report;
 }
 

@@ -16,12 +16,18 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { z } from 'zod';
 import type { Context } from '../context.js';
+import { reportError, runValidationTask } from '../data/index.js';
 import { WeitiaoError } from '../errors.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
 
 /** OpenAI's purposes that make sense here; `fine-tune-results` is what jobs write (metrics CSV). */
 export const FilePurpose = z.enum(['fine-tune', 'fine-tune-results', 'evals', 'user_data', 'batch', 'assistants', 'vision']);
 export type FilePurpose = z.infer<typeof FilePurpose>;
+
+/** What a client may upload with; `fine-tune-results` files are written by jobs only. */
+export const CLIENT_PURPOSES = FilePurpose.options.filter((p) => p !== 'fine-tune-results');
+/** Data files: re-encoded to UTF-8 at upload (and checked when asked), so the engine never sees another encoding. */
+const TEXT_PURPOSES: readonly string[] = ['fine-tune', 'evals'];
 
 /** OpenAI's file object. */
 export const FileObject = z.object({
@@ -59,6 +65,15 @@ export interface CreateFileParams {
   maxBytes?: number;
   /** With a path source: move the file in (a scratch upload of ours) instead of copying it. */
   move?: boolean;
+  /**
+   * Check a data file's lines as `weitiao data validate` does and refuse it (`invalid_file`, naming
+   * file:line: field) when any is wrong; nothing is stored then. Uploads through the API do.
+   */
+  check?: boolean;
+  /** Refuse server-only purposes (`fine-tune-results`) with `invalid_request` naming `purpose`. */
+  fromClient?: boolean;
+  /** Stops the check; the call rejects with `cancelled` and nothing is stored. */
+  signal?: AbortSignal;
 }
 
 interface FileRow {
@@ -79,6 +94,13 @@ export async function createFile(ctx: Context, params: CreateFileParams): Promis
     throw new WeitiaoError(
       'invalid_request',
       `unsupported purpose '${params.purpose}', expected one of ${FilePurpose.options.join(', ')} / 不支持的用途`,
+      { param: 'purpose' },
+    );
+  }
+  if (params.fromClient && !(CLIENT_PURPOSES as string[]).includes(purpose.data)) {
+    throw new WeitiaoError(
+      'invalid_request',
+      `purpose '${purpose.data}' is for files the server writes; upload with one of ${CLIENT_PURPOSES.join(', ')} / 该用途仅供服务器写入`,
       { param: 'purpose' },
     );
   }
@@ -122,6 +144,7 @@ export async function createFile(ctx: Context, params: CreateFileParams): Promis
     } else {
       await pipeline(input as Readable, counter, createWriteStream(target, { flags: 'wx' }));
     }
+    if (TEXT_PURPOSES.includes(purpose.data)) bytes = await normalizeText(target, filename, params);
     await rename(tmpDir, finalDir);
   } catch (err) {
     await rm(tmpDir, { recursive: true, force: true });
@@ -224,6 +247,14 @@ function cleanFilename(raw: string): string {
     throw new WeitiaoError('invalid_request', `invalid filename '${raw}' / 文件名无效`, { param: 'filename' });
   }
   return name;
+}
+
+/** Re-encodes a stored data file to UTF-8 and, when asked, refuses it for its first bad line; its new size. */
+async function normalizeText(file: string, filename: string, params: CreateFileParams): Promise<number> {
+  const result = await runValidationTask({ kind: 'upload', file, filename, check: params.check ?? false }, { signal: params.signal });
+  const error = result.report ? reportError(result.report) : null;
+  if (error) throw error;
+  return result.bytes;
 }
 
 function tooLarge(maxBytes: number): WeitiaoError {

@@ -329,8 +329,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
         return false;
       }
       this.event(id, { message: `Validating ${param.replace('_', ' ')}: ${file.file.filename} / 正在校验文件 ${file.file.filename}` });
-      const checked = await validateJobFile(file, param, { method, modelDir, settings: ext.settings });
-      if (!this.stillIs(id, 'validating_files')) return false;
+      const checked = await this.validateFile(id, file, param, { method, modelDir, settings: ext.settings });
+      if (!checked || !this.stillIs(id, 'validating_files')) return false;
       this.issueEvents(id, file.file.filename, checked.report.warnings, 'warn');
       const error = fileError(checked);
       if (error) {
@@ -387,6 +387,30 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.event(id, { message: 'The job is queued / 任务已进入队列' });
     return true;
+  }
+
+  /**
+   * validateJobFile, stopped (thread and token count) as soon as the job is cancelled or the worker
+   * stops; null then. Cancel and stop requests arrive through the store, so it looks every `pollMs`.
+   */
+  private async validateFile(
+    id: string,
+    file: Parameters<typeof validateJobFile>[0],
+    param: Parameters<typeof validateJobFile>[1],
+    options: Omit<Parameters<typeof validateJobFile>[2], 'signal'>,
+  ): Promise<CheckedFile | null> {
+    const stop = new AbortController();
+    const watch = setInterval(() => {
+      if (this.stopping || !this.stillIs(id, 'validating_files')) stop.abort();
+    }, this.opts.pollMs);
+    try {
+      return await validateJobFile(file, param, { ...options, signal: stop.signal });
+    } catch (err) {
+      if (stop.signal.aborted) return null;
+      throw err;
+    } finally {
+      clearInterval(watch);
+    }
   }
 
   private issueEvents(id: string, filename: string, issues: Issue[], level: EventLevel): void {

@@ -11,12 +11,12 @@ import { z } from 'zod';
 import type { Context } from '../../context.js';
 import { WeitiaoError } from '../../errors.js';
 import {
+  CLIENT_PURPOSES,
   createFile,
   deleteFile,
   fileContentPath,
   FileDeleted,
   FileObject,
-  FilePurpose,
   listFiles,
   ListFilesParams,
   retrieveFile,
@@ -30,7 +30,7 @@ const FileIdParams = z.object({ file_id: z.string().min(1) });
 /** The upload form: the file's bytes and what they are for. */
 export const UploadFileForm = z.object({
   file: z.custom<Readable>(() => true).meta({ type: 'string', format: 'binary', description: 'The file, e.g. a chat JSONL for fine-tuning' }),
-  purpose: FilePurpose,
+  purpose: z.enum(CLIENT_PURPOSES as [string, ...string[]]).meta({ description: "What the file is for; `fine-tune-results` is the server's" }),
 });
 
 const FileList = z.object({
@@ -69,6 +69,8 @@ export function fileRoutes(routes: RouteTable<ApiEnv>, ctx: Context, options: { 
       }
       if (Number(c.req.header('content-length')) > maxBytes + FORM_OVERHEAD_BYTES) throw tooLarge(maxBytes);
 
+      // Data files are checked line by line before they are stored; the client hanging up stops the check.
+      const checked = { check: true, fromClient: true, signal: c.req.raw.signal };
       const fields: Record<string, string> = {};
       let stored: FileObject | undefined;
       let spooled: { dir: string; file: string; filename: string } | undefined;
@@ -83,16 +85,19 @@ export function fileRoutes(routes: RouteTable<ApiEnv>, ctx: Context, options: { 
           const filename = part.filename || 'upload';
           if (fields.purpose !== undefined) {
             // The purpose came first: stream straight into the file store.
-            stored = await createFile(ctx, { source: Readable.from(part.body), filename, purpose: fields.purpose, maxBytes });
+            stored = await createFile(ctx, { source: Readable.from(part.body), filename, purpose: fields.purpose, maxBytes, ...checked });
           } else {
             // The SDKs send `file` before `purpose`; spool it (bounded) until we know what it is for.
             spooled = await spool(ctx, part.body, filename, maxBytes);
           }
         }
-        const form = UploadFileForm.pick({ purpose: true }).safeParse({ purpose: fields.purpose });
         if (!stored && !spooled) throw new WeitiaoError('invalid_request', 'missing `file` in the form / 表单中缺少 file', { param: 'file' });
-        if (!form.success) throw form.error;
-        if (spooled) stored = await createFile(ctx, { source: spooled.file, filename: spooled.filename, purpose: form.data.purpose, maxBytes, move: true });
+        const form = UploadFileForm.pick({ purpose: true }).safeParse({ purpose: fields.purpose });
+        if (!form.success) {
+          const got = fields.purpose === undefined ? 'missing' : `'${fields.purpose}'`;
+          throw new WeitiaoError('invalid_request', `purpose is ${got}; upload with one of ${CLIENT_PURPOSES.join(', ')} / 用途无效`, { param: 'purpose' });
+        }
+        if (spooled) stored = await createFile(ctx, { source: spooled.file, filename: spooled.filename, purpose: form.data.purpose, maxBytes, move: true, ...checked });
       } finally {
         if (spooled) await rm(spooled.dir, { recursive: true, force: true });
       }

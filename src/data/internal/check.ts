@@ -5,8 +5,8 @@
  * plus weitiao's own: invalid weights, duplicates, conflicting answers and over-long examples.
  * Every message is bilingual: English first, then Chinese.
  */
-import { createHash } from 'node:crypto';
 import type { ChatExample, ChatMessage } from '../../engine/protocol.js';
+import { DigestTable, digest64 } from './digests.js';
 
 export const ALLOWED_ROLES = ['system', 'user', 'assistant', 'tool', 'developer'] as const;
 export const ALLOWED_MESSAGE_KEYS = ['role', 'content', 'weight', 'name'] as const;
@@ -33,6 +33,10 @@ function describe(value: unknown): string {
 
 export function clip(text: string, max = 40): string {
   return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
+export function isObjectValue(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /** Parses one JSONL line; returns the value or a `data_type` problem. */
@@ -142,44 +146,85 @@ export function promptOf(example: ChatExample): ChatMessage[] {
   return example.messages;
 }
 
-function digest(messages: ChatMessage[]): string {
+function canonical(messages: ChatMessage[]): string {
   // Fixed key order, so `{"content":…,"role":…}` and `{"role":…,"content":…}` are the same example.
-  const canonical = JSON.stringify(messages.map((m) => [m.role, m.content, m.weight ?? null]));
-  return createHash('sha1').update(canonical).digest('base64');
+  return JSON.stringify(messages.map((m) => [m.role, m.content, m.weight ?? null]));
 }
+
+/** Distinct examples the duplicate checks remember: past it (~32 MB of tables) later lines are checked against these only. */
+export const DUPLICATE_CHECK_LIMIT = 1_000_000;
+/** Distinct answers kept as text for the conflict message (label sets are small; free text is not kept). */
+const MAX_KEPT_ANSWERS = 4096;
+const MAX_KEPT_ANSWER_CHARS = 64;
+const HASHED = 0x80000000;
 
 /**
  * Finds exact duplicates (same messages as an earlier example) and conflicting duplicates (same prompt,
- * different answer). Keeps one digest per distinct example, so memory stays linear and small.
+ * different answer). Memory is bounded: 64-bit digests in typed-array tables (digests.ts), at most
+ * `limit` distinct examples, and the text of at most 4096 short answers (for the message).
  */
 export class DuplicateFinder {
-  private readonly examples = new Map<string, number>();
-  private readonly prompts = new Map<string, { line: number; answer: string }>();
+  private readonly examples: DigestTable;
+  /** prompt digest → [first line, answer key] */
+  private readonly prompts: DigestTable;
+  private readonly answerIds = new Map<string, number>();
+  private readonly answerTexts: string[] = [];
+  private warnedFull = false;
 
-  constructor(private readonly conflictSeverity: Severity = 'warning') {}
+  constructor(
+    private readonly conflictSeverity: Severity = 'warning',
+    limit = DUPLICATE_CHECK_LIMIT,
+  ) {
+    this.examples = new DigestTable(limit);
+    this.prompts = new DigestTable(limit);
+  }
 
   check(example: ChatExample, line: number): Problem | null {
-    const full = digest(example.messages);
+    const full = digest64(canonical(example.messages));
     const earlier = this.examples.get(full);
-    if (earlier !== undefined) {
-      return problem('exact_duplicate', 'messages', `same messages as line ${earlier} / 与第 ${earlier} 行完全相同`, 'warning');
+    if (earlier !== null) {
+      return problem('exact_duplicate', 'messages', `same messages as line ${earlier[0]} / 与第 ${earlier[0]} 行完全相同`, 'warning');
     }
-    this.examples.set(full, line);
-    const prompt = digest(promptOf(example));
+    if (this.examples.full) {
+      if (this.warnedFull) return null;
+      this.warnedFull = true;
+      const n = this.examples.maxEntries;
+      return problem(
+        'duplicate_check_limited',
+        null,
+        `more than ${n} distinct examples: later lines are checked for duplicates of the first ${n} only / 样本超过 ${n} 条，之后的行只与前 ${n} 条比较重复`,
+        'warning',
+      );
+    }
+    this.examples.add(full, line, 0);
+    const prompt = digest64(canonical(promptOf(example)));
     const answer = answerOf(example);
+    const key = this.answerKey(answer);
     const first = this.prompts.get(prompt);
-    if (first === undefined) {
-      this.prompts.set(prompt, { line, answer });
+    if (first === null) {
+      this.prompts.add(prompt, line, key);
       return null;
     }
-    if (first.answer === answer) return null; // same prompt and answer, differing only in weights
+    if (first[1] === key) return null; // same prompt and answer, differing only in weights
+    const there = first[1] & HASHED ? '' : `, '${clip(this.answerTexts[first[1]])}' there`;
     return problem(
       'conflicting_duplicate',
       'messages',
-      `same prompt as line ${first.line} but a different answer ('${clip(answer)}' here, '${clip(first.answer)}' there) / ` +
-        `与第 ${first.line} 行提示相同但答案不同`,
+      `same prompt as line ${first[0]} but a different answer ('${clip(answer)}' here${there}) / ` + `与第 ${first[0]} 行提示相同但答案不同`,
       this.conflictSeverity,
     );
+  }
+
+  /** A small id for a kept answer text, else a 31-bit hash with the top bit set. */
+  private answerKey(answer: string): number {
+    const id = this.answerIds.get(answer);
+    if (id !== undefined) return id;
+    if (this.answerTexts.length < MAX_KEPT_ANSWERS && answer.length <= MAX_KEPT_ANSWER_CHARS) {
+      this.answerIds.set(answer, this.answerTexts.length);
+      this.answerTexts.push(answer);
+      return this.answerTexts.length - 1;
+    }
+    return (digest64(answer)[1] | HASHED) >>> 0;
   }
 }
 

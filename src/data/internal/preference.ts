@@ -12,7 +12,7 @@
  * output's name, missing_output, invalid_output_role, empty_file; warning identical_outputs.
  */
 import type { ValidateOptions, ValidationReport } from '../index.js';
-import type { Issue } from '../index.js';
+import { IssueList, MAX_REPORTED_ISSUES, validationCancelled } from './issues.js';
 import { checkExample, problem, type Problem } from './check.js';
 import { resolveEncoding } from './encoding.js';
 import { assertReadable, readJsonLines } from './source.js';
@@ -80,19 +80,29 @@ export function checkPreferencePair(value: unknown): Problem[] {
  * Checks a preference-format JSONL file and reports every problem with its line and field. Errors mean
  * the file must not be trained on; `valid_examples` counts the pairs without errors.
  */
-export async function validatePreferenceFile(file: string, options: ValidateOptions = {}): Promise<ValidationReport> {
+export async function validatePreferenceFile(file: string, options: ValidateOptions = {}, deps: { signal?: AbortSignal } = {}): Promise<ValidationReport> {
   await assertReadable(file, 'file');
   const encoding = await resolveEncoding(file, options.encoding ?? 'auto');
-  const errors: Issue[] = [];
-  const warnings: Issue[] = [];
+  const issues = new IssueList(file, MAX_REPORTED_ISSUES);
   let examples = 0;
   let valid = 0;
   for await (const row of readJsonLines(file, encoding)) {
+    if (deps.signal?.aborted) throw validationCancelled(file);
     examples++;
     const problems = row.problem ? [row.problem] : checkPreferencePair(row.value);
-    for (const p of problems) (p.severity === 'error' ? errors : warnings).push({ file, line: row.line, ...p });
+    for (const p of problems) issues.add(row.line, p);
     if (!problems.some((p) => p.severity === 'error')) valid++;
   }
-  if (examples === 0) errors.push({ file, line: null, ...problem('empty_file', null, `${file} has no examples / 文件中没有样本`) });
-  return { file, encoding, examples, valid_examples: valid, errors, warnings, label_set: null };
+  if (examples === 0) issues.add(null, problem('empty_file', null, `${file} has no examples / 文件中没有样本`));
+  return {
+    file,
+    encoding,
+    examples,
+    valid_examples: valid,
+    errors: issues.errors,
+    warnings: issues.warnings,
+    error_count: issues.errorCount,
+    warning_count: issues.warningCount,
+    label_set: null,
+  };
 }

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { WeitiaoError } from '../../errors.js';
 import { parseDelimited } from './csv.js';
 import { decodeFile, resolveEncoding, type Encoding, type EncodingOption } from './encoding.js';
-import { splitLines } from './lines.js';
+import { MAX_LINE_CHARS, splitLines } from './lines.js';
 import { parseJsonLine, type Problem, problem } from './check.js';
 
 export type DataFormat = 'csv' | 'tsv' | 'jsonl';
@@ -107,7 +107,12 @@ export async function readTable(
 
 /** A JSONL file's non-blank lines, each parsed (or with its `data_type` problem). */
 export async function* readJsonLines(file: string, encoding: Encoding): AsyncGenerator<JsonRow> {
-  for await (const { text, line } of splitLines(decodeFile(file, encoding))) {
+  for await (const { text, line, tooLong } of splitLines(decodeFile(file, encoding))) {
+    if (tooLong) {
+      const max = `${MAX_LINE_CHARS / (1024 * 1024)} Mi`;
+      yield { line, problem: problem('line_too_long', null, `line is longer than ${max} characters; it was not read / 该行超过 ${max} 个字符，未读取`) };
+      continue;
+    }
     if (text.trim() === '') continue; // blank lines (often a trailing one) carry no example
     const parsed = parseJsonLine(text);
     yield 'problem' in parsed ? { line, problem: parsed.problem } : { line, value: parsed.value };

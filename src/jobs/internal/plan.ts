@@ -5,7 +5,7 @@
  * dry run checks exactly what a real job would. Not for use outside src/jobs.
  */
 import type { Context } from '../../context.js';
-import { validateChatFile, validatePreferenceFile, type Issue, type ValidationReport } from '../../data/index.js';
+import { engineTokenCounter, runValidationTask, type Issue, type ValidationReport } from '../../data/index.js';
 import { WeitiaoError, type ErrorCode } from '../../errors.js';
 import { fileContentPath, retrieveFile, type FileObject } from '../../files/index.js';
 import { resolveHyperparameters, type Method, type RequestedHyperparameters, type ResolvedHyperparameters } from '../../train/index.js';
@@ -33,15 +33,21 @@ export function jobFile(ctx: Context, param: JobFileParam, fileId: string): { fi
 export async function validateJobFile(
   file: { file: FileObject; path: string },
   param: JobFileParam,
-  options: { method: Method; modelDir: string; settings: Pick<JobSettings, 'max_seq_length'> },
+  options: { method: Method; modelDir: string; settings: Pick<JobSettings, 'max_seq_length'>; signal?: AbortSignal },
 ): Promise<CheckedFile> {
+  // Off the event loop (a worker thread for all but small files) and stopped by `signal` (a cancel).
   const report =
     options.method === 'dpo'
-      ? await validatePreferenceFile(file.path)
-      : await validateChatFile(file.path, {
-          model_dir: options.modelDir,
-          ...(options.settings.max_seq_length ? { max_length: options.settings.max_seq_length } : {}),
-        });
+      ? await runValidationTask({ kind: 'preference', file: file.path, options: {} }, { signal: options.signal })
+      : await runValidationTask(
+          {
+            kind: 'chat',
+            file: file.path,
+            options: { model_dir: options.modelDir, ...(options.settings.max_seq_length ? { max_length: options.settings.max_seq_length } : {}) },
+            count_tokens: true,
+          },
+          { signal: options.signal, countTokens: engineTokenCounter(options.modelDir) },
+        );
   return { param, ...file, report };
 }
 
@@ -50,7 +56,8 @@ export function fileError(checked: CheckedFile): JobError | null {
   const { report, param, file } = checked;
   if (!report.errors.length) return null;
   const first = report.errors[0];
-  const more = report.errors.length > 1 ? ` (+${report.errors.length - 1} more)` : '';
+  const total = report.error_count ?? report.errors.length;
+  const more = total > 1 ? ` (+${total - 1} more)` : '';
   return {
     code: param === 'training_file' ? 'invalid_training_file' : 'invalid_validation_file',
     message: `${describeIssue(file.filename, first)}${more}`,
