@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 PIP_FLAGS ?= --retries 0 --disable-pip-version-check
 export WEITIAO_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: setup demo test test-node test-engine typecheck bench clean check-python browser malloc
+.PHONY: setup demo test test-node test-engine typecheck bench bench-upload clean check-python browser malloc
 
 setup: node_modules/.stamp $(VENV)/.stamp dist/.stamp dist/web/index.html malloc
 
@@ -82,6 +82,10 @@ test: setup typecheck test-engine test-node
 bench: setup
 	$(VENV)/bin/pip install $(PIP_FLAGS) -q -r bench/requirements.txt
 	$(VPY) bench/run.py
+
+# Memory benchmark: a 500 MB chat JSONL uploaded (and checked) through `weitiao serve`; prints RSS growth and /health latency against the targets.
+bench-upload: node_modules/.stamp
+	node bench/upload_memory.mjs
 
 clean:
 	rm -rf dist node_modules $(VENV) .demo

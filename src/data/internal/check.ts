@@ -151,8 +151,8 @@ function canonical(messages: ChatMessage[]): string {
   return JSON.stringify(messages.map((m) => [m.role, m.content, m.weight ?? null]));
 }
 
-/** Distinct examples the duplicate checks remember: past it (~32 MB of tables) later lines are checked against these only. */
-export const DUPLICATE_CHECK_LIMIT = 1_000_000;
+/** Distinct examples the duplicate checks remember: past it (~28 MB of tables) later lines are checked against these only. */
+export const DUPLICATE_CHECK_LIMIT = 750_000;
 /** Distinct answers kept as text for the conflict message (label sets are small; free text is not kept). */
 const MAX_KEPT_ANSWERS = 4096;
 const MAX_KEPT_ANSWER_CHARS = 64;
@@ -175,8 +175,8 @@ export class DuplicateFinder {
     private readonly conflictSeverity: Severity = 'warning',
     limit = DUPLICATE_CHECK_LIMIT,
   ) {
-    this.examples = new DigestTable(limit);
-    this.prompts = new DigestTable(limit);
+    this.examples = new DigestTable(limit, 1);
+    this.prompts = new DigestTable(limit, 2);
   }
 
   check(example: ChatExample, line: number): Problem | null {

@@ -1,6 +1,6 @@
 /**
- * A set of 64-bit digests with two 32-bit values each, in typed arrays: 16 bytes a slot and no object
- * per entry, so remembering a million examples costs ~32 MB instead of the ~250 MB a Map of strings
+ * A set of 64-bit digests with one or two 32-bit values each, in typed arrays: 12–16 bytes a slot and no
+ * object per entry, so remembering 750k examples costs ~14 MB instead of the ~200 MB a Map of strings
  * takes. It stops taking new entries at `maxEntries` (lookups still work), which bounds its memory.
  */
 import { createHash } from 'node:crypto';
@@ -21,10 +21,11 @@ export class DigestTable {
 
   constructor(
     readonly maxEntries: number,
+    private readonly width: 1 | 2 = 2,
     initialSlots = 1 << 12,
   ) {
     this.keys = new Uint32Array(initialSlots * 2);
-    this.values = new Uint32Array(initialSlots * 2);
+    this.values = new Uint32Array(initialSlots * width);
     this.mask = initialSlots - 1;
   }
 
@@ -40,20 +41,21 @@ export class DigestTable {
   get([hi, lo]: [number, number]): [number, number] | null {
     const slot = this.find(hi, lo);
     if (this.keys[2 * slot] === 0 && this.keys[2 * slot + 1] === 0) return null;
-    return [this.values[2 * slot], this.values[2 * slot + 1]];
+    const w = this.width;
+    return [this.values[w * slot], w === 2 ? this.values[w * slot + 1] : 0];
   }
 
   /** Stores the values unless the digest is there already or the table is full; false when not stored. */
   add([hi, lo]: [number, number], a: number, b: number): boolean {
     if (this.full) return false;
-    // Grow at 50 % load: probes stay short.
-    if ((this.count + 1) * 2 > this.mask + 1) this.grow();
+    // Grow at 75 % load: linear probes stay short (~2.5 on a hit) and 750k entries fit 2^20 slots.
+    if ((this.count + 1) * 4 > (this.mask + 1) * 3) this.grow();
     const slot = this.find(hi, lo);
     if (this.keys[2 * slot] !== 0 || this.keys[2 * slot + 1] !== 0) return false;
     this.keys[2 * slot] = hi;
     this.keys[2 * slot + 1] = lo;
-    this.values[2 * slot] = a;
-    this.values[2 * slot + 1] = b;
+    this.values[this.width * slot] = a;
+    if (this.width === 2) this.values[2 * slot + 1] = b;
     this.count++;
     return true;
   }
@@ -70,18 +72,19 @@ export class DigestTable {
   }
 
   private grow(): void {
-    const { keys, values } = this;
+    const { keys, values, width: w } = this;
     const slots = (this.mask + 1) * 2;
     this.keys = new Uint32Array(slots * 2);
-    this.values = new Uint32Array(slots * 2);
+    this.values = new Uint32Array(slots * w);
     this.mask = slots - 1;
-    for (let i = 0; i < keys.length; i += 2) {
-      if (keys[i] === 0 && keys[i + 1] === 0) continue;
-      const slot = this.find(keys[i], keys[i + 1]);
-      this.keys[2 * slot] = keys[i];
-      this.keys[2 * slot + 1] = keys[i + 1];
-      this.values[2 * slot] = values[i];
-      this.values[2 * slot + 1] = values[i + 1];
+    for (let old = 0; old < keys.length / 2; old++) {
+      const hi = keys[2 * old];
+      const lo = keys[2 * old + 1];
+      if (hi === 0 && lo === 0) continue;
+      const slot = this.find(hi, lo);
+      this.keys[2 * slot] = hi;
+      this.keys[2 * slot + 1] = lo;
+      for (let j = 0; j < w; j++) this.values[w * slot + j] = values[w * old + j];
     }
   }
 }

@@ -64,21 +64,30 @@ export async function runValidationTask<T extends ThreadTask>(
   return (await inThread(task, deps)) as ResultOf<T>;
 }
 
+/**
+ * A small heap makes V8 collect often instead of growing: reading streams through short-lived strings,
+ * and what is kept (digest tables, capped issue lists) lives outside the heap or is small. A line of up to
+ * MAX_LINE_CHARS must still fit, twice (the text and its parse).
+ */
+const THREAD_LIMITS = { maxOldGenerationSizeMb: 96, maxYoungGenerationSizeMb: 8 };
+
 function startThread(task: ThreadTask): Worker {
   const here = import.meta.url;
-  if (!here.endsWith('.ts')) return new Worker(new URL('./validation-thread.js', here), { workerData: task });
+  if (!here.endsWith('.ts')) return new Worker(new URL('./validation-thread.js', here), { workerData: task, resourceLimits: THREAD_LIMITS });
   // From the TypeScript sources (tsx): the thread registers tsx itself before loading its module.
   const boot = `const { workerData } = require('node:worker_threads');
 (async () => { const { register } = await import(workerData.tsx); register(); await import(workerData.entry); })()
   .catch((err) => { setImmediate(() => { throw err; }); });`;
   return new Worker(boot, {
     eval: true,
+    resourceLimits: THREAD_LIMITS,
     workerData: { ...task, tsx: import.meta.resolve('tsx/esm/api'), entry: new URL('./validation-thread.ts', here).href },
   });
 }
 
 function inThread(task: ThreadTask, deps: { signal?: AbortSignal; countTokens?: TokenCounter }): Promise<UploadCheck | ValidationReport> {
   return new Promise((resolve, reject) => {
+    if (deps.signal?.aborted) return reject(validationCancelled(task.file));
     const thread = startThread(task);
     const counting = new AbortController();
     let settled = false;
