@@ -102,13 +102,15 @@ def engine_greedy(model: Any, tokenizer: Any, ids: list[int], max_tokens: int) -
     return out
 
 
-def llamacpp_greedy(tmp_path: Path, gguf: str, prompts: list[str], lora: str | None = None, check: list[int] = (), max_tokens: int = 16) -> dict[str, Any]:
-    """Greedy tokens from llama.cpp (node-llama-cpp) for rendered prompts (engine/tests/llamacpp_greedy.ts)."""
+def llamacpp_greedy(tmp_path: Path, runs: list[tuple[str, str | None]], prompts: list[str], check: list[int] = (), max_tokens: int = 16) -> list[dict[str, Any]]:
+    """Greedy tokens from llama.cpp (node-llama-cpp) for rendered prompts, per (gguf, lora gguf or None) run
+    (engine/tests/llamacpp_greedy.ts): [{results: [{prompt_tokens, tokens, stopped}], eog: {id: bool}}]."""
     request = tmp_path / "greedy.json"
-    request.write_text(json.dumps({"model": gguf, "lora": lora, "prompts": prompts, "max_tokens": max_tokens, "check_tokens": list(check)}), encoding="utf-8")
+    runs_ = [{"model": model, "lora": lora} for model, lora in runs]
+    request.write_text(json.dumps({"runs": runs_, "prompts": prompts, "max_tokens": max_tokens, "check_tokens": list(check)}), encoding="utf-8")
     proc = subprocess.run(["node", "--import", "tsx", str(GREEDY_SCRIPT), str(request)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])["runs"]
 
 
 def validation_prompts(waimai_small: dict[str, str], n: int = 4) -> list[list[dict[str, str]]]:
@@ -116,31 +118,51 @@ def validation_prompts(waimai_small: dict[str, str], n: int = 4) -> list[list[di
     return [json.loads(line)["messages"][:-1] for line in lines] + [[SYSTEM, {"role": "user", "content": "量太少了，而且很咸"}]]
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
-@pytest.mark.parametrize("as_lora", [False, True], ids=["merged", "lora-gguf"])
-def test_llamacpp_answers_as_the_engine(arch, as_lora, models, waimai_small, tmp_path) -> None:
-    """The acceptance test: llama.cpp greedy-decodes the f16 GGUF (merged, or base + LoRA GGUF) to the engine's
-    tokens, prompt tokenization included, and stops at the end-of-turn token where the engine does."""
-    m = models[arch]
-    model, tokenizer = load_model(m["base"], m["adapter"])
-    conversations = validation_prompts(waimai_small)
-    if as_lora:
-        base = export_(tmp_path / "base", model=m["base"], format="gguf")
-        adapter = export_(tmp_path / "lora", model=m["base"], adapter=m["adapter"], format="gguf", adapter_only=True)
-        gguf, lora = base["path"], adapter["path"]
-    else:
-        gguf, lora = export_(tmp_path, model=m["base"], adapter=m["adapter"], format="gguf")["path"], None
+def assert_llamacpp_answers_as_the_engine(tmp_path: Path, base: str, adapter: str, conversations: list[Any]) -> list[dict[str, Any]]:
+    """Exports `base` + `adapter` to GGUF f16 twice (merged; base + LoRA GGUF), greedy-decodes `conversations`
+    with llama.cpp and asserts its prompt tokens and answers equal the engine's, token for token."""
+    model, tokenizer = load_model(base, adapter)
+    merged = export_(tmp_path / "merged", model=base, adapter=adapter, format="gguf")["path"]
+    plain = export_(tmp_path / "base", model=base, format="gguf")["path"]
+    lora = export_(tmp_path / "lora", model=base, adapter=adapter, format="gguf", adapter_only=True)["path"]
     stops = sorted(stop_token_ids(model, tokenizer))
-    got = llamacpp_greedy(tmp_path, gguf, [render(tokenizer, c, True) for c in conversations], lora, check=stops)
-    stopped = 0
-    for conversation, answer in zip(conversations, got["results"]):
-        ids = prompt_ids(tokenizer, conversation)
-        assert answer["prompt_tokens"] == ids  # llama.cpp's tokenizer = the engine's, special tokens included
-        assert answer["tokens"] == engine_greedy(model, tokenizer, ids, 16), tokenizer.decode(answer["tokens"])
-        stopped += answer["stopped"]
-    assert stopped >= len(conversations) - 1  # the fine-tuned model answers a label and ends its turn
-    # every token the engine stops at ends generation in llama.cpp too (<|im_end|>/<|endoftext|>, <|eot_id|>/<|end_of_text|>)
-    assert all(got["eog"][str(t)] for t in stops), got["eog"]
+    runs = llamacpp_greedy(tmp_path, [(merged, None), (plain, lora)], [render(tokenizer, c, True) for c in conversations], check=stops)
+    for run in runs:
+        for conversation, answer in zip(conversations, run["results"]):
+            ids = prompt_ids(tokenizer, conversation)
+            assert answer["prompt_tokens"] == ids  # llama.cpp's tokenizer = the engine's, special tokens included
+            assert answer["tokens"] == engine_greedy(model, tokenizer, ids, 16), tokenizer.decode(answer["tokens"])
+        # every token the engine stops at ends generation in llama.cpp too (<|im_end|>/<|endoftext|>, <|eot_id|>/<|end_of_text|>)
+        assert all(run["eog"][str(t)] for t in stops), run["eog"]
+    return runs
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_llamacpp_answers_as_the_engine(arch, models, waimai_small, tmp_path) -> None:
+    """The acceptance test: llama.cpp greedy-decodes the f16 GGUF of the fine-tuned model (merged, and base + LoRA
+    GGUF) to the engine's tokens, and stops at the end-of-turn token where the engine does."""
+    conversations = validation_prompts(waimai_small)
+    runs = assert_llamacpp_answers_as_the_engine(tmp_path, models[arch]["base"], models[arch]["adapter"], conversations)
+    for run in runs:  # the fine-tuned model answers a label and ends its turn
+        assert sum(answer["stopped"] for answer in run["results"]) >= len(conversations) - 1
+
+
+def test_qwen3_gguf_answers_as_the_engine(tiny_model, tmp_path) -> None:
+    """Qwen3 (q/k norms, a head size that is not hidden / heads), built from the tiny Qwen2's tokenizer."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    base = tmp_path / "qwen3"
+    shutil.copytree(tiny_model, base, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    qwen2 = json.loads((Path(tiny_model) / "config.json").read_text(encoding="utf-8"))
+    torch.manual_seed(3)
+    config = Qwen3Config(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                         vocab_size=1024, max_position_embeddings=512, tie_word_embeddings=True, eos_token_id=qwen2["eos_token_id"],
+                         pad_token_id=qwen2["pad_token_id"], bos_token_id=None)  # fmt: skip
+    Qwen3ForCausalLM(config).save_pretrained(base)
+    meta, _ = read_gguf(export_(tmp_path / "meta", model=str(base), format="gguf")["path"])
+    assert meta["general.architecture"] == "qwen3" and meta["qwen3.attention.key_length"] == 32
+    conversations = [[SYSTEM, {"role": "user", "content": text}] for text in ("很快，好吃，味道足，量大", "送餐太慢了，菜都凉了")]
+    assert_llamacpp_answers_as_the_engine(tmp_path, str(base), random_adapter(str(base), tmp_path / "lora"), conversations)
 
 
 # ------------------------------------------------------------------------------------------------------ hf
@@ -367,7 +389,7 @@ def test_lora_gguf_holds_a_and_b_in_llamacpp_orientation(arch, tiny_model, llama
 
 
 def test_lora_gguf_refuses_modules_to_save(tiny_model, tmp_path) -> None:
-    adapter = random_adapter(tiny_model, tmp_path / "lora", modules_to_save=["embed_tokens"])
+    adapter = random_adapter(tiny_model, tmp_path / "lora", modules_to_save=["embed_tokens"], ensure_weight_tying=True)
     with pytest.raises(EngineError) as e:
         export_(tmp_path, model=tiny_model, adapter=adapter, format="gguf", adapter_only=True)
     assert e.value.code == "invalid_request" and e.value.param == "adapter_only" and "modules_to_save" in e.value.message
@@ -385,7 +407,7 @@ def test_k_quants_need_libllama_and_llamacpp_loads_them(tiny_model, adapter, tmp
     assert {t.tensor_type.name for t in tensors.values()} >= {"Q4_K", "F32"}
     model, tokenizer = load_model(tiny_model, adapter)
     conversation = [SYSTEM, {"role": "user", "content": "很快，好吃，味道足，量大"}]
-    answer = llamacpp_greedy(tmp_path, result["path"], [render(tokenizer, conversation, True)], max_tokens=4)["results"][0]
+    answer = llamacpp_greedy(tmp_path, [(result["path"], None)], [render(tokenizer, conversation, True)], max_tokens=4)[0]["results"][0]
     assert answer["prompt_tokens"] == prompt_ids(tokenizer, conversation) and len(answer["tokens"]) >= 1
 
 
@@ -406,3 +428,40 @@ def test_unknown_pre_tokenizers_and_glm_are_refused_clearly(tiny_model, tmp_path
     with pytest.raises(EngineError) as e:
         gguf_model.architecture(SimpleNamespace(model_type="glm4"))
     assert e.value.param == "format" and "GLM-4" in e.value.message
+
+
+def test_llama3_tokenizers_are_llama_bpe(tiny_model, tmp_path) -> None:
+    from weitiao_engine.export.gguf_vocab import pre_tokenizer_name
+
+    spec = json.loads((Path(tiny_model) / "tokenizer.json").read_text(encoding="utf-8"))
+    assert pre_tokenizer_name(spec) == "qwen2"
+    split = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+    split["Regex"] = split["Regex"].replace(r"|\p{N}|", r"|\p{N}{1,3}|")  # Meta-Llama-3's split: digits in threes
+    assert pre_tokenizer_name(spec) == "llama-bpe"
+
+
+def test_llama31_rope_scaling_writes_llamacpp_frequency_factors() -> None:
+    """Llama 3.1's rope_type llama3: rope_freqs.weight holds the factor each base frequency is divided by,
+    computed here from the published piecewise rule (wavelength against the original context)."""
+    import math
+
+    from transformers import LlamaConfig
+
+    from weitiao_engine.export.gguf_model import rope_tensors
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}  # fmt: skip
+    config = LlamaConfig(hidden_size=256, num_attention_heads=2, rope_parameters=rope, max_position_embeddings=131072)
+    [(name, factors)] = list(rope_tensors(config))
+    expected = []
+    for i in range(0, 128, 2):
+        wavelength = 2 * math.pi * 500000.0 ** (i / 128)
+        if wavelength < 8192 / 4.0:
+            expected.append(1.0)
+        elif wavelength > 8192 / 1.0:
+            expected.append(8.0)
+        else:
+            smooth = (8192 / wavelength - 1.0) / (4.0 - 1.0)
+            expected.append(1 / ((1 - smooth) / 8.0 + smooth))
+    assert name == "rope_freqs.weight"
+    np.testing.assert_allclose(factors, expected, rtol=1e-5)

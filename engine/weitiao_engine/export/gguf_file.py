@@ -65,7 +65,8 @@ def _add_tensors(writer: GGUFWriter, tensors: Iterable[tuple[str, np.ndarray]], 
         writer.add_tensor(name, array, raw_dtype=raw)
         done += 1
         progress("convert", done, max(total, done))
-    progress("convert", done, done)
+    if done != total:  # fewer than estimated (a tied head left out): say the phase is complete
+        progress("convert", done, done)
     log("tensors by type: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
 
