@@ -1,6 +1,7 @@
-/** `weitiao models list|create-tiny|pull|add|delete`: base models and fine-tuned models. */
+/** `weitiao models list|create-tiny|pull|add|delete|deploy|undeploy`: base models, fine-tuned models and how they are served. */
 import type { Command } from 'commander';
 import { addLocalModel, createTinyModel, deleteModel, listModels, pullModel, type HubSource } from '../../models/index.js';
+import { closeChatEngine, deploymentsByModel, deployModel, undeployModel, type Deployment, type DeployParams } from '../../serve/index.js';
 import { ProgressBar } from '../progress.js';
 import { formatTime, printJson, table } from '../output.js';
 import { number, withContext } from './shared.js';
@@ -16,12 +17,14 @@ export function registerModelCommands(program: Command): void {
     .action(async (o, cmd: Command) => {
       await withContext(cmd, (ctx) => {
         const list = listModels(ctx, { kind: o.kind });
-        if (o.json) return printJson(list);
+        const deployments = deploymentsByModel(ctx);
+        const data = list.data.map((m) => ({ ...m, weitiao: { ...m.weitiao, deployment: deployments.get(m.id) ?? null } }));
+        if (o.json) return printJson({ ...list, data });
         if (list.data.length === 0) return console.log('no models yet / 暂无模型. Try: weitiao models create-tiny tiny-qwen2 --corpus <file>');
         console.log(
           table(
-            ['id', 'kind 类型', 'base 基座', 'source 来源', 'created 创建时间'],
-            list.data.map((m) => [m.id, m.weitiao.kind, m.weitiao.base_model ?? '-', m.weitiao.source, formatTime(m.created)]),
+            ['id', 'kind 类型', 'base 基座', 'source 来源', 'served by 部署', 'created 创建时间'],
+            data.map((m) => [m.id, m.weitiao.kind, m.weitiao.base_model ?? '-', m.weitiao.source, describeDeployment(m.weitiao.deployment), formatTime(m.created)]),
           ),
         );
       });
@@ -118,6 +121,56 @@ export function registerModelCommands(program: Command): void {
     });
 
   models
+    .command('deploy <model>')
+    .description('serve a model on a backend: engine (warm Python process), llamacpp (GGUF, concurrent sequences) or vllm (proxy) / 部署模型')
+    .requiredOption('--backend <backend>', 'engine | llamacpp | vllm')
+    .option('--replicas <n>', 'llamacpp: contexts, each decoding --parallel sequences', number('replicas', 'int'), 1)
+    .option('--parallel <n>', 'llamacpp: sequences decoded together per replica (default 4)', number('parallel', 'int'))
+    .option('--gguf <file>', "llamacpp: the GGUF (the base model's, with --lora); default the model's latest GGUF export")
+    .option('--lora <file>', 'llamacpp: a LoRA adapter GGUF applied on --gguf')
+    .option('--export <id>', 'llamacpp: a succeeded GGUF or Ollama export of this model')
+    .option('--context-size <n>', 'llamacpp: tokens per sequence, prompt and answer (default the model\'s, at most 2048)', number('context-size', 'int'))
+    .option('--threads <n>', 'llamacpp: threads per replica (default 1 for a model under 64 MB, else the cores)', number('threads', 'int'))
+    .option('--base-url <url>', 'vllm: the server\'s OpenAI base URL, e.g. http://gpu-box:8000/v1')
+    .option('--served-model <name>', 'vllm: the name the server serves the model under (default the model id)')
+    .option('--api-key-env <var>', 'vllm: environment variable holding the server\'s API key')
+    .option('--json', 'print as JSON')
+    .action(async (model: string, o, cmd: Command) => {
+      await withContext(cmd, async (ctx) => {
+        const params: DeployParams = {
+          backend: o.backend,
+          replicas: o.replicas,
+          parallel: o.parallel,
+          gguf: o.gguf,
+          lora: o.lora,
+          export_id: o.export,
+          context_size: o.contextSize,
+          threads: o.threads,
+          base_url: o.baseUrl,
+          served_model: o.servedModel,
+          api_key_env: o.apiKeyEnv,
+        };
+        try {
+          const deployment = await deployModel(ctx, model, params);
+          if (o.json) return printJson(deployment);
+          console.log(`deployed ${deployment.model}: ${describeDeployment(deployment)} / 已部署. \`weitiao serve\` answers it on /v1/chat/completions`);
+        } finally {
+          await closeChatEngine(); // the CLI only checked that it loads; the server loads its own
+        }
+      });
+    });
+
+  models
+    .command('undeploy <model>')
+    .description("end a model's deployment: the engine's warm process serves it again / 取消部署")
+    .action(async (model: string, _o, cmd: Command) => {
+      await withContext(cmd, async (ctx) => {
+        const deployment = await undeployModel(ctx, model);
+        console.log(`undeployed ${deployment.model} (was ${deployment.backend}) / 已取消部署`);
+      });
+    });
+
+  models
     .command('delete <id>')
     .description('delete a fine-tuned model (and its checkpoints and files); --force for base models')
     .option('--force', 'also delete base models')
@@ -127,4 +180,16 @@ export function registerModelCommands(program: Command): void {
         console.log(`deleted ${id}`);
       });
     });
+}
+
+/** `llamacpp ×2 (4 seq) ready`, `vllm → name ready`, or `engine (default)` for a model without a deployment. */
+function describeDeployment(d: Deployment | null): string {
+  if (!d) return 'engine (default)';
+  const shape =
+    d.backend === 'llamacpp'
+      ? ` ×${d.replicas} (${d.config.parallel} seq${d.config.lora ? ', LoRA' : ''})`
+      : d.backend === 'vllm'
+        ? ` → ${d.config.served_model} @ ${d.config.base_url}`
+        : '';
+  return `${d.backend}${shape} ${d.state}${d.error ? `: ${d.error}` : ''}`;
 }
