@@ -1,5 +1,6 @@
 // `weitiao graders run|validate` as the real command in a subprocess (through the engine's grade command):
-// the reward with each named grader's score, a data file checked line by line, a bad grader named by field.
+// the reward with each named grader's score, a data file checked line by line, a bad grader named by field,
+// and a score_model judged by one of weitiao's own models with no server running.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -7,6 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { createTestModel } from '../api/internal/test-support.js';
+import { openContext } from '../context.js';
 
 const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'main.ts');
 let dir: string;
@@ -55,4 +58,34 @@ test('graders validate checks the grader and every line of a data file', () => {
   const both = weitiao('graders', 'run', '--grader', path.join(dir, 'multi.json'), '--sample', 'x', '--sample-file', path.join(dir, 'answer.txt'));
   assert.equal(both.status, 2);
   assert.match(both.stderr, /exactly one of --sample and --sample-file/);
+});
+
+test('graders run judges with a weitiao model when no judge endpoint is configured', { timeout: 300_000 }, async () => {
+  const ctx = openContext({ home: path.join(dir, 'home') });
+  try {
+    await createTestModel(ctx, 'tiny-judge');
+  } finally {
+    ctx.close();
+  }
+  const judge = {
+    type: 'score_model', name: 'judge', model: 'tiny-judge', range: [0, 10],
+    input: [{ role: 'system', content: '给回答打分（0-10）。' }, { role: 'user', content: '评论：{{item.review}} 回答：{{sample.output_text}}' }],
+    sampling_params: { temperature: 0, max_completions_tokens: 8 },
+  };
+  writeFileSync(path.join(dir, 'judge.json'), JSON.stringify(judge));
+  const env = { ...process.env };
+  delete env.WEITIAO_JUDGE_BASE_URL;
+  const r = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', MAIN, '--home', path.join(dir, 'home'), 'graders', 'run', '--grader', path.join(dir, 'judge.json'), '--sample', '好评', '--item', '{"review": "送餐很快"}', '--json'],
+    { encoding: 'utf8', timeout: 240_000, env },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const result = JSON.parse(r.stdout);
+  // The tiny random model answered (its tokens are counted); whether its text holds a score in range is chance.
+  assert.equal(result.metadata.sampled_model_name, 'tiny-judge');
+  assert.ok(result.metadata.token_usage > 0);
+  assert.equal(result.metadata.errors.model_grader_server_error, false, result.metadata.errors.model_grader_server_error_details);
+  const parsed = !result.metadata.errors.model_grader_parse_error;
+  assert.ok(parsed ? result.reward >= 0 && result.reward <= 10 : result.reward === 0);
 });

@@ -1,9 +1,15 @@
 /** `weitiao graders run|validate`: try an OpenAI-shaped grader on one sample, or check it (and a data file) before training. */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createAdaptorServer } from '@hono/node-server';
 import type { Command } from 'commander';
+import { createApp } from '../../api/index.js';
+import type { Context } from '../../context.js';
 import type { GraderRunResult } from '../../engine/index.js';
 import { WeitiaoError } from '../../errors.js';
-import { runGrader, validateGrader } from '../../graders/index.js';
+import { parseGrader, runGrader, validateGrader, type Grader, type JudgeSettings } from '../../graders/index.js';
 import { printJson, table } from '../output.js';
 import { withContext } from './shared.js';
 
@@ -22,6 +28,37 @@ function parseJson(text: string, param: string): unknown {
     return JSON.parse(text);
   } catch (err) {
     throw new WeitiaoError('invalid_request', `${param} is not valid JSON: ${(err as Error).message} / ${param} 不是有效的 JSON`, { param });
+  }
+}
+
+/** Whether a score_model in the grader has no endpoint of its own (nor WEITIAO_JUDGE_BASE_URL to fall back on). */
+function needsLocalJudge(grader: Grader): boolean {
+  if (process.env.WEITIAO_JUDGE_BASE_URL) return false;
+  const graders = grader.type === 'multi' ? Object.values(grader.graders) : [grader];
+  return graders.some((g) => g.type === 'score_model' && !g.weitiao?.base_url);
+}
+
+/**
+ * Runs `fn` with weitiao's own chat completions as the judge, served for the command's duration on a random
+ * loopback port behind a one-time key: `weitiao graders run` then judges with local and fine-tuned models
+ * without a running `weitiao serve`.
+ */
+async function withLocalJudge<T>(ctx: Context, grader: Grader, fn: (judge?: JudgeSettings) => Promise<T>): Promise<T> {
+  if (!needsLocalJudge(grader)) return fn();
+  const token = randomBytes(24).toString('hex');
+  const app = createApp(ctx, { auth: false });
+  const server = createAdaptorServer({
+    hostname: '127.0.0.1',
+    fetch: (req: Request) =>
+      req.headers.get('authorization') === `Bearer ${token}` ? app.fetch(req) : Response.json(new WeitiaoError('unauthorized', 'invalid key').toJSON(), { status: 401 }),
+  }) as Server;
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    return await fn({ base_url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`, api_key: token });
+  } finally {
+    // The warm chat engine is left to end with this process, as after `weitiao chat` (its stdin closes then).
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
   }
 }
 
@@ -59,7 +96,10 @@ export function registerGraderCommands(program: Command): void {
         throw new WeitiaoError('invalid_request', '--item must be a JSON object / --item 须为 JSON 对象', { param: 'item' });
       }
       await withContext(cmd, async (ctx) => {
-        const [result] = await runGrader(ctx, readJson(o.grader, 'grader'), [{ model_sample: sample, item: item as Record<string, unknown> }]);
+        const grader = parseGrader(readJson(o.grader, 'grader'));
+        const [result] = await withLocalJudge(ctx, grader, (defaultJudge) =>
+          runGrader(ctx, grader, [{ model_sample: sample, item: item as Record<string, unknown> }], { defaultJudge }),
+        );
         if (o.json) printJson(result);
         else printResult(result);
       });
