@@ -118,16 +118,18 @@ def validation_prompts(waimai_small: dict[str, str], n: int = 4) -> list[list[di
     return [json.loads(line)["messages"][:-1] for line in lines] + [[SYSTEM, {"role": "user", "content": "量太少了，而且很咸"}]]
 
 
-def assert_llamacpp_answers_as_the_engine(tmp_path: Path, base: str, adapter: str, conversations: list[Any]) -> list[dict[str, Any]]:
+def assert_llamacpp_answers_as_the_engine(tmp_path: Path, base: str, adapter: str, conversations: list[Any], also: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Exports `base` + `adapter` to GGUF f16 twice (merged; base + LoRA GGUF), greedy-decodes `conversations`
-    with llama.cpp and asserts its prompt tokens and answers equal the engine's, token for token."""
+    with llama.cpp and asserts its prompt tokens and answers equal the engine's, token for token. Merged exports
+    in the quantizations `also` are decoded in the same process; their runs follow, unchecked."""
     model, tokenizer = load_model(base, adapter)
     merged = export_(tmp_path / "merged", model=base, adapter=adapter, format="gguf")["path"]
     plain = export_(tmp_path / "base", model=base, format="gguf")["path"]
     lora = export_(tmp_path / "lora", model=base, adapter=adapter, format="gguf", adapter_only=True)["path"]
+    quantized = [(export_(tmp_path / q, model=base, adapter=adapter, format="gguf", quantize=q)["path"], None) for q in also]
     stops = sorted(stop_token_ids(model, tokenizer))
-    runs = llamacpp_greedy(tmp_path, [(merged, None), (plain, lora)], [render(tokenizer, c, True) for c in conversations], check=stops)
-    for run in runs:
+    runs = llamacpp_greedy(tmp_path, [(merged, None), (plain, lora), *quantized], [render(tokenizer, c, True) for c in conversations], check=stops)
+    for run in runs[:2]:
         for conversation, answer in zip(conversations, run["results"]):
             ids = prompt_ids(tokenizer, conversation)
             assert answer["prompt_tokens"] == ids  # llama.cpp's tokenizer = the engine's, special tokens included
@@ -142,9 +144,11 @@ def test_llamacpp_answers_as_the_engine(arch, models, waimai_small, tmp_path) ->
     """The acceptance test: llama.cpp greedy-decodes the f16 GGUF of the fine-tuned model (merged, and base + LoRA
     GGUF) to the engine's tokens, and stops at the end-of-turn token where the engine does."""
     conversations = validation_prompts(waimai_small)
-    runs = assert_llamacpp_answers_as_the_engine(tmp_path, models[arch]["base"], models[arch]["adapter"], conversations)
-    for run in runs:  # the fine-tuned model answers a label and ends its turn
+    f16, lora, q8_0 = assert_llamacpp_answers_as_the_engine(tmp_path, models[arch]["base"], models[arch]["adapter"], conversations, also=("q8_0",))
+    for run in (f16, lora):  # the fine-tuned model answers a label and ends its turn
         assert sum(answer["stopped"] for answer in run["results"]) >= len(conversations) - 1
+    # q8_0 is not bit-exact, but the fine-tuned model's answers (labels) must survive it
+    assert [a["tokens"] for a in q8_0["results"]] == [a["tokens"] for a in f16["results"]]
 
 
 def test_qwen3_gguf_answers_as_the_engine(tiny_model, tmp_path) -> None:
