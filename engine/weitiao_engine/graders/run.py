@@ -23,7 +23,7 @@ from .schema import parse_grader, error_param
 from .score_model import Judge, JudgeError, score_with_judge
 from .similarity import similarity
 from .string_check import string_check
-from .templating import TemplateError, as_text, check_syntax, missing_item_fields, render, sample_namespace
+from .templating import TemplateError, check_syntax, missing_item_fields, render, sample_namespace
 
 ERROR_FLAGS = (
     "formula_parse_error", "invalid_variable_error", "model_grader_parse_error", "model_grader_refusal_error",

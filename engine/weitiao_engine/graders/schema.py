@@ -14,11 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 # OpenAI caps a python grader's source at 256 kB.
 MAX_PYTHON_SOURCE = 256 * 1024
 
-SIMILARITY_METRICS = (
-    "fuzzy_match", "bleu", "gleu", "meteor", "cosine",
-    "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l",
-)
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
