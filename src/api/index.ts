@@ -31,6 +31,7 @@ import { fileRoutes } from './routes/files.js';
 import { graderRoutes } from './routes/graders.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
+import { exportRoutes } from './routes/exports.js';
 import { extensionRoutes } from './extensions.js';
 import { closeChatEngine } from '../serve/index.js';
 import { serveStatic } from '@hono/node-server/serve-static';
@@ -95,6 +96,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   chatRoutes(routes, ctx);
   graderRoutes(routes, ctx);
   extensionRoutes(routes, ctx);
+  exportRoutes(routes, ctx);
 
   let document: Record<string, unknown> | undefined;
   routes.add(

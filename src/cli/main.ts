@@ -15,6 +15,7 @@ import { registerEstimateCommands } from './commands/estimate.js';
 import { registerGraderCommands } from './commands/graders.js';
 import { registerDoctorCommands } from './commands/doctor.js';
 import { registerBackupCommands } from './commands/backup.js';
+import { registerExportCommands } from './commands/export.js';
 
 const program = new Command('weitiao')
   .description('微调 weitiao: fine-tune open LLMs on your own data, on your own machines')
@@ -33,6 +34,7 @@ registerEstimateCommands(program);
 registerGraderCommands(program);
 registerDoctorCommands(program);
 registerBackupCommands(program);
+registerExportCommands(program);
 
 try {
   await program.parseAsync(process.argv);
