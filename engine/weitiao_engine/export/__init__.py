@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_dir
-from ..protocol import EngineError, ExportRequest, log, progress
+from ..protocol import EngineError, ExportRequest, log
 from .special import SpecialTokens, generation_eos, special_tokens
 
 
