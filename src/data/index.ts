@@ -19,7 +19,8 @@ import path from 'node:path';
 import { z } from 'zod';
 import { runEngine, type ChatExample } from '../engine/index.js';
 import { WeitiaoError, formatLocation } from '../errors.js';
-import { answerOf, charLength, checkExample, clip, DuplicateFinder, problem, type Problem } from './internal/check.js';
+import { answerOf, charLength, checkExample, clip, DUPLICATE_CHECK_LIMIT, DuplicateFinder, problem, type Problem } from './internal/check.js';
+import { DigestTable, digest64 } from './internal/digests.js';
 import { ENCODINGS, resolveEncoding } from './internal/encoding.js';
 import { mulberry32, permutation } from './internal/random.js';
 import { assertReadable, openSource, readJsonLines, readTable } from './internal/source.js';
@@ -783,37 +784,62 @@ export async function validateChatFile(file: string, options: ValidateOptions = 
  */
 export async function datasetStats(file: string, options: StatsOptions = {}, deps: DataDeps = {}): Promise<DatasetStats> {
   const opts = parseOptions(StatsOptions, options);
+  const { signal } = deps;
   await assertReadable(file, 'file');
   const encoding = await resolveEncoding(file, opts.encoding);
-  const examples: ChatExample[] = [];
-  let invalid = 0;
-  for await (const row of readJsonLines(file, encoding)) {
-    const example = row.problem ? null : checkExample(row.value).example;
-    if (example) examples.push(example);
-    else invalid++;
-  }
-
   const counter = tokenCounter(opts, deps);
-  let unit: 'tokens' | 'characters' = 'characters';
-  let sizes: number[];
-  let assistantSizes: number[] | null;
+  // Three numbers per valid example (for exact percentiles) and the answers' label set: never the examples.
+  const sizes: number[] = [];
+  let assistantSizes: number[] | null = [];
+  const messageCounts: number[] = [];
+  const labels = new LabelSetDetector();
+  const answerCounts = new Map<string, number>(); // while the answers may still be a label set
+  const distinctAnswers = new DigestTable(DUPLICATE_CHECK_LIMIT, 1);
   let maxLength: number | undefined;
-  if (counter && examples.length) {
-    unit = 'tokens';
+  let invalid = 0;
+
+  let batch: ChatExample[] = [];
+  let batchChars = 0;
+  const countBatch = async () => {
+    if (!counter || batch.length === 0) return;
     // Trained tokens are the ones training labels (every assistant turn + its end-of-turn token), not
     // the template's role headers around them.
-    const { counts, trained_counts, model_max_length } = await countTokens(counter, examples);
-    sizes = counts;
-    assistantSizes = trained_counts;
+    const { counts, trained_counts, model_max_length } = await countTokens(counter, batch, signal);
+    for (const n of counts) sizes.push(n);
+    if (trained_counts && assistantSizes) for (const n of trained_counts) assistantSizes.push(n);
+    else assistantSizes = null;
     maxLength = opts.max_length ?? model_max_length;
-  } else {
-    sizes = examples.map((e) => e.messages.reduce((s, m) => s + charLength(m.content), 0));
-    assistantSizes = examples.map((e) => charLength(answerOf(e)));
-  }
+    batch = [];
+    batchChars = 0;
+  };
 
-  const answers = examples.map(answerOf);
-  const labelSet = detectLabelSet(answers);
-  const counts = labelCounts(answers, labelSet);
+  for await (const row of readJsonLines(file, encoding)) {
+    if (signal?.aborted) throw validationCancelled(file);
+    const example = row.problem ? null : checkExample(row.value).example;
+    if (!example) {
+      invalid++;
+      continue;
+    }
+    const answer = answerOf(example);
+    labels.add(answer);
+    if (answerCounts.size <= LABEL_SET_RULE.max_labels || answerCounts.has(answer)) answerCounts.set(answer, (answerCounts.get(answer) ?? 0) + 1);
+    distinctAnswers.add(digest64(answer), 0, 0);
+    messageCounts.push(example.messages.length);
+    if (counter) {
+      batch.push(example);
+      for (const m of example.messages) batchChars += m.content.length;
+      if (batch.length >= TOKEN_BATCH_EXAMPLES || batchChars >= TOKEN_BATCH_CHARS) await countBatch();
+    } else {
+      sizes.push(example.messages.reduce((n, m) => n + charLength(m.content), 0));
+      assistantSizes!.push(charLength(answer));
+    }
+  }
+  await countBatch();
+
+  const n = messageCounts.length;
+  const unit: 'tokens' | 'characters' = counter && n > 0 ? 'tokens' : 'characters';
+  const labelSet = labels.result();
+  const counts = labelSet ? Object.fromEntries(labelSet.map((l) => [l, answerCounts.get(l) ?? 0])) : null;
   const sum = (xs: number[]) => xs.reduce((s, x) => s + x, 0);
   const total = sum(sizes);
   const totalAssistant = assistantSizes ? sum(assistantSizes) : 0;
@@ -821,10 +847,10 @@ export async function datasetStats(file: string, options: StatsOptions = {}, dep
   const stats: DatasetStats = {
     file,
     encoding,
-    examples: examples.length,
+    examples: n,
     invalid_examples: invalid,
     token_unit: unit,
-    messages_per_example: summarize(examples.map((e) => e.messages.length)),
+    messages_per_example: summarize(messageCounts),
     tokens_per_example: summarize(sizes),
     assistant_tokens_per_example: assistantSizes ? summarize(assistantSizes) : null,
     total_tokens: total,
@@ -833,10 +859,11 @@ export async function datasetStats(file: string, options: StatsOptions = {}, dep
     estimated_trained_tokens: total * opts.epochs,
     estimated_trained_assistant_tokens: totalAssistant * opts.epochs,
     label_set: labelSet,
-    distinct_answers: new Set(answers).size,
+    /** Exact up to DUPLICATE_CHECK_LIMIT distinct answers (the set's bound). */
+    distinct_answers: distinctAnswers.size,
     answer_distribution: counts
       ? Object.entries(counts)
-          .map(([answer, count]) => ({ answer, count, share: count / examples.length }))
+          .map(([answer, count]) => ({ answer, count, share: count / n }))
           .sort((a, b) => b.count - a.count || (a.answer < b.answer ? -1 : 1))
       : null,
     histogram: { unit, ...hist },
