@@ -5,6 +5,7 @@
 import { useState } from 'react';
 import { api, type FileObject, type Job, type List, type Model } from '../api';
 import { AsyncView, ErrorMessage, formatTime } from '../components/ui';
+import { ExportPanel } from '../components/ExportPanel';
 import { useAction, useAsync } from '../hooks';
 import { useI18n } from '../i18n';
 import { href } from '../router';
@@ -127,6 +128,7 @@ export function Models() {
                                     {t('common.delete')}
                                   </button>
                                 </div>
+                                <ExportPanel model={m.id} />
                               </td>
                             </tr>
                           );
