@@ -55,3 +55,9 @@ console.log(`\n== result 结果 ==\nvalidation accuracy 验证集准确率: base
   ` (majority class 多数类 ${(Math.max(...tuned.label_metrics.labels.map((l) => tuned.label_metrics.per_class[l].support)) / tuned.n).toFixed(4)}; ${minutes} min)`);
 if (acc(tuned) <= 0.8) { console.error('the fine-tuned model did not beat 0.80 accuracy / 微调后准确率未超过 0.80'); process.exit(1); }
 JS
+
+echo; echo "== 7. export and check 导出并检查 (GGUF q8_0, Ollama) =="
+# Each export is checked against the trained model on the job's validation file (llama.cpp vs the engine);
+# a failed check exits non-zero and stops the demo.
+weitiao export "$MODEL" --format gguf --quantize q8_0 --check-max-examples 200 -o "$DEMO/export-gguf"
+weitiao export "$MODEL" --format ollama --quantize q8_0 --check-max-examples 100 -o "$DEMO/export-ollama"
