@@ -222,6 +222,27 @@ def test_hf_export_of_an_adapter_with_modules_to_save(tied, tiny_model, tmp_path
     assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is tied
 
 
+def test_hf_export_merges_in_fp32_and_keeps_the_base_dtype(tiny_model, tmp_path) -> None:
+    """A bf16 base: the merge runs in fp32 and the folder is saved in bf16; without an adapter (a full fine-tune)
+    the weights are copied unchanged."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    base = tmp_path / "bf16"
+    shutil.copytree(tiny_model, base, ignore=shutil.ignore_patterns("*.safetensors"))
+    AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).save_pretrained(base)
+    adapter = random_adapter(str(base), tmp_path / "lora")
+    merged = load_file(Path(export_(tmp_path / "m", model=str(base), adapter=adapter, format="hf")["path"]) / "model.safetensors")
+    peft_model, _ = load_model(str(base), adapter)  # fp32
+    want = peft_model.merge_and_unload().state_dict()
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+    for name, tensor in merged.items():
+        torch.testing.assert_close(tensor, want[name].to(torch.bfloat16), atol=0, rtol=0)
+    copied = load_file(Path(export_(tmp_path / "c", model=str(base), format="hf")["path"]) / "model.safetensors")
+    source = load_file(base / "model.safetensors")
+    assert copied.keys() == source.keys() and all(torch.equal(copied[k], source[k]) for k in source)
+
+
 def test_hf_adapter_only_is_a_peft_folder_naming_its_base(tiny_model, adapter, tmp_path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
