@@ -14,8 +14,7 @@
  * checks every `pollMs` and signals the engine's process group.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import type { Issue } from '../data/index.js';
@@ -30,7 +29,6 @@ import { isGroupAlive, signalGroup, STALE_WORKER_SECONDS, stopGroup, workerGone 
 import {
   addEvent,
   checkpointModelName,
-  eventToWire,
   fineTunedModelName,
   getJobRow,
   parseExtension,
@@ -38,11 +36,11 @@ import {
   upsertCheckpoint,
   type CheckpointMetrics,
   type EventLevel,
-  type EventRow,
   type JobError,
   type JobExtension,
   type JobRow,
 } from './internal/records.js';
+import { crashLoopMessage, defaultMaxCrashes, discardUnrecordedCheckpoints, newestCheckpoint, replaceMetricsEvent } from './internal/recovery.js';
 import { describeIssue, fileError, jobFile, resolveJob, validateJobFile, type CheckedFile, type JobResolution } from './internal/plan.js';
 import { transition, type JobStatus } from './internal/status.js';
 
@@ -820,20 +818,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
       );
       return;
     }
-    const tail = hideServerPaths(lastLines(detail ?? '', 6), this.ctx.home.root);
     const saved = this.ctx.db.prepare('SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = ?').get(row.id) as { n: number };
-    const next = saved.n
-      ? `fix the cause, then resume it from its last checkpoint: \`weitiao jobs resume ${row.id}\` / 排除原因后可用 weitiao jobs resume 从最后的检查点继续`
-      : 'it saved no checkpoint, so fix the cause and create it again / 尚无检查点，排除原因后请重新创建任务';
-    this.fail(
-      row.id,
-      {
-        code: 'training_interrupted',
-        message: `the engine stopped unexpectedly ${streak} times in a row; last cause: ${cause}${tail ? `\n${tail}` : ''}\nThe job is not retried again: ${next} / 训练引擎连续 ${streak} 次意外退出`,
-        param: null,
-      },
-      { attempts, extension: release.extension },
-    );
+    const message = crashLoopMessage({ jobId: row.id, streak, cause, output: hideServerPaths(detail ?? '', this.ctx.home.root), resumable: saved.n > 0 });
+    this.fail(row.id, { code: 'training_interrupted', message, param: null }, { attempts, extension: release.extension });
   }
 
   /** The step the first metrics of a resumed run carry tells whether the engine took an older checkpoint than the newest. */
@@ -849,20 +836,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
     });
   }
 
-  /** Replaces the metrics event already recorded for `step` (same kind: training or validation figures); false when there is none. */
+  /** Replaces the metrics event already recorded for `step` (internal/recovery.ts); false when there is none. */
   private replaceMetrics(id: string, step: number, message: string, data: Record<string, unknown>): boolean {
-    const db = this.ctx.db;
-    const training = data.train_loss !== undefined ? 1 : 0;
-    const old = db
-      .prepare(
-        `SELECT * FROM job_events WHERE job_id = ? AND type = 'metrics' AND json_extract(data, '$.step') = ?
-         AND (json_extract(data, '$.train_loss') IS NOT NULL) = ? ORDER BY seq DESC LIMIT 1`,
-      )
-      .get(id, step, training) as EventRow | undefined;
-    if (!old) return false;
-    const updated = { ...old, message, data: JSON.stringify(data), created_at: now() };
-    db.prepare('UPDATE job_events SET message = ?, data = ?, created_at = ? WHERE seq = ?').run(updated.message, updated.data, updated.created_at, old.seq);
-    const wire = eventToWire(updated);
+    const wire = replaceMetricsEvent(this.ctx.db, id, step, message, data);
+    if (!wire) return false;
     this.opts.onEvent?.(id, wire);
     this.emit('event', id, wire);
     return true;
@@ -898,47 +875,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.opts.onEvent?.(id, wire);
     this.emit('event', id, wire);
   }
-}
-
-/**
- * Removes the `checkpoints/step-N` directories newer than every checkpoint the database recorded for the job:
- * an engine that outlived its control plane (killed server) trained and saved them while its events went
- * nowhere (or sat unread in a dead pipe). Resuming from them would leave those steps out of the job's history;
- * resuming from the last recorded one trains them again, reported. Returns the names removed.
- */
-async function discardUnrecordedCheckpoints(ctx: Context, jobId: string, outputDir: string): Promise<string[]> {
-  const dir = path.join(outputDir, 'checkpoints');
-  if (!existsSync(dir)) return [];
-  const { last } = ctx.db.prepare('SELECT MAX(step) AS last FROM checkpoints WHERE job_id = ?').get(jobId) as { last: number | null };
-  const unrecorded = readdirSync(dir).filter((n) => /^step-\d+$/.test(n) && Number(n.slice(5)) > (last ?? 0));
-  for (const name of unrecorded) await rm(path.join(dir, name), { recursive: true, force: true });
-  return unrecorded;
-}
-
-/** The newest `checkpoints/step-N` directory name in a job's directory, or null. */
-function newestCheckpoint(outputDir: string): string | null {
-  const dir = path.join(outputDir, 'checkpoints');
-  if (!existsSync(dir)) return null;
-  const steps = readdirSync(dir)
-    .filter((n) => /^step-\d+$/.test(n))
-    .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
-  return steps.at(-1) ?? null;
-}
-
-/** `WEITIAO_MAX_ENGINE_CRASHES` when it is a whole number ≥ 1, else 3. */
-function defaultMaxCrashes(): number {
-  const n = Number(process.env.WEITIAO_MAX_ENGINE_CRASHES);
-  return Number.isInteger(n) && n >= 1 ? n : 3;
-}
-
-/** The last `n` non-empty lines of `text`. */
-function lastLines(text: string, n: number): string {
-  return text
-    .split('\n')
-    .map((l) => l.trimEnd())
-    .filter(Boolean)
-    .slice(-n)
-    .join('\n');
 }
 
 function metricsMessage(e: Extract<EngineEvent, { type: 'metrics' }>): string {
