@@ -140,6 +140,35 @@ def worker(spec: dict[str, Any], work: Path) -> dict[str, Any]:
     return json.loads(line[len("RESULT ") :])
 
 
+def make_adapters(work: Path, model_dir: str, n: int) -> list[str]:
+    """n LoRA adapters of the base (r 8 on every linear layer, random A and B so each really changes the
+    model), saved as PEFT folders like a fine-tune's: what the serving row serves side by side."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dirs = [work / f"{Path(model_dir).name}-lora-{i}" for i in range(n)]
+    for i, out in enumerate(dirs):
+        if (out / "adapter_config.json").exists():
+            continue
+        torch.manual_seed(SEED + i)
+        config = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+        get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), config).save_pretrained(out)
+    return [str(d) for d in dirs]
+
+
+def serving(work: Path, model_dir: str, requests: int, max_tokens: int, adapters: int) -> dict[str, Any]:
+    """bench/serve_bench.ts: streamed concurrent chat requests, llama.cpp (q8_0) vs the engine's warm process."""
+    cmd = ["node", "--import", "tsx", str(ROOT / "bench" / "serve_bench.ts"), "--model", model_dir, "--work", str(work / "serving"),
+           "--requests", str(requests), "--max-tokens", str(max_tokens), "--adapters", ",".join(make_adapters(work, model_dir, adapters))]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"serving benchmark failed:\n{proc.stderr[-4000:]}")
+    return {**json.loads(line[len("RESULT ") :]), "requests": requests, "max_tokens": max_tokens, "adapters": adapters}
+
+
 def model_flops(model_dir: str) -> tuple[float, float]:
     """(FLOPs per real token, FLOPs per labelled token) of one LoRA training step, useful work only.
 
@@ -169,10 +198,12 @@ def labelled_tokens(model_dir: str, train: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="qwen2.5-0.5b,tiny")
-    parser.add_argument("--rows", default="", help="comma-separated rows to run: baseline, weitiao, ablations, scoring (default: all)")
+    parser.add_argument("--rows", default="", help="comma-separated rows to run: baseline, weitiao, ablations, scoring, serving (default: all)")
+    parser.add_argument("--serving-requests", type=int, default=16, help="serving row: concurrent streamed requests")
+    parser.add_argument("--serving-max-tokens", type=int, default=64, help="serving row: max_tokens of every request")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
-    wanted = set(filter(None, args.rows.split(","))) or {"baseline", "weitiao", "ablations", "scoring"}
+    wanted = set(filter(None, args.rows.split(","))) or {"baseline", "weitiao", "ablations", "scoring", "serving"}
     if not WAIMAI.exists():
         raise SystemExit(f"{WAIMAI} not found: the benchmark trains on the waimai reviews / 找不到数据文件")
 
@@ -198,7 +229,7 @@ def main() -> None:
         per_token, per_label = model_flops(model)
         labels_per_example = labelled_tokens(model, train) / (batch * steps)
         results: list[tuple[str, dict[str, Any]]] = []
-        section = {"shape": shape, "batch": batch, "steps": steps, "lr": lr, "results": results, "scoring": None}
+        section = {"shape": shape, "batch": batch, "steps": steps, "lr": lr, "results": results, "scoring": None, "serving": None}
         sections.append(section)
 
         def run(name: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +258,11 @@ def main() -> None:
             s = section["scoring"]
             print(f"[{shape}] scoring: {s['score_eps']:.1f} ex/s vs generate loop {s['generate_eps']:.1f} ex/s "
                   f"({s['score_eps'] / s['generate_eps']:.1f}x), {s['agree']}/{s['n']} identical", flush=True)  # fmt: skip
+        if "serving" in wanted:
+            section["serving"] = serving(work, model, args.serving_requests, args.serving_max_tokens, adapters=4)
+            for row in section["serving"]["rows"]:
+                print(f"[{shape}] serving, {row['name']}: {row['requests_per_second']:.2f} req/s, {row['output_tokens_per_second']:.1f} output tok/s, "
+                      f"p50/p95 latency {row['p50_latency']:.2f}/{row['p95_latency']:.2f} s, TTFT p50 {row['p50_ttft']:.2f} s", flush=True)  # fmt: skip
         write_report(Path(args.out), peak, sections)
     after = matmul_peak(list(models.values()))
     peak.update({k: max(v, after[k]) for k, v in peak.items()})
@@ -283,7 +319,36 @@ def write_report(path: Path, peak: dict[str, float], sections: list[dict[str, An
                 "(prompt rendering and tokenization included).",
                 "",
             ]
+        if section.get("serving"):
+            lines += _serving_table(shape, section["serving"])
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _serving_table(shape: str, serving: dict[str, Any]) -> list[str]:
+    """Rows in pairs: the engine's warm process, then llama.cpp on the same requests (the ratio's baseline)."""
+    lines = [
+        f"### {shape}: serving {serving['requests']} concurrent streamed chat requests (max_tokens {serving['max_tokens']}, greedy)",
+        "",
+        "| backend | req/s | output tok/s | × engine | mean output tokens | p50 latency s | p95 latency s | p50 TTFT s | p95 TTFT s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = serving["rows"]
+    for i, r in enumerate(rows):
+        base = rows[i - i % 2]
+        lines.append(
+            f"| {r['name']} | {r['requests_per_second']:.2f} | {r['output_tokens_per_second']:.1f} | "
+            f"{r['output_tokens_per_second'] / base['output_tokens_per_second']:.2f}× | {r['mean_output_tokens']:.1f} | "
+            f"{r['p50_latency']:.2f} | {r['p95_latency']:.2f} | {r['p50_ttft']:.2f} | {r['p95_ttft']:.2f} |"
+        )
+    return lines + [
+        "",
+        "Through `weitiao serve` on 127.0.0.1 with the openai SDK streaming (bench/serve_bench.ts): the engine's warm process "
+        "answers one request at a time; llama.cpp (node-llama-cpp in the server process, the engine's q8_0 GGUF export) decodes "
+        "the requests' sequences together in one context. Adapters: 4 random LoRA adapters (r 8, every linear layer) of the same "
+        "base, requests spread evenly; the engine switches adapters per request, llama.cpp runs one context per adapter over the one "
+        "loaded base. Targets: ≥ 5× output tokens/s at ≤ the engine's p50 latency; ≥ 3× with 4 adapters.",
+        "",
+    ]
 
 
 def _training_table(shape: str, batch: int, steps: int, lr: float, results: list[tuple[str, dict[str, Any]]], peak: dict[str, float]) -> list[str]:

@@ -177,6 +177,8 @@ export class LlamaCppBackend implements Backend {
         if (signal.aborted) break;
         generated++;
         if (this.#model.isEogToken(step.token)) {
+          // Counted in usage like any generated token, so it has its logprob entry too (as vLLM reports it).
+          if (logprobs) pending.push({ end: text.length, entry: this.#logprob(step, request.topLogprobs) });
           finish = 'stop';
           break;
         }
