@@ -10,7 +10,7 @@
  * Exports run one at a time in the process that created them, after `createExport` returns. An export
  * found `running` whose process is gone is marked failed (`recoverExports`).
  */
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import type { Context } from '../context.js';
@@ -151,6 +151,7 @@ export function createExport(ctx: Context, options: CreateExportOptions): Export
 
   const id = newId('export');
   const out = path.resolve(options.outputDir ?? path.join(ctx.home.root, 'exports', id));
+  if (options.outputDir) requireReplaceable(out);
   const stored: StoredOptions = {
     adapter_only: adapterOnly,
     check: options.check ?? true,
@@ -183,6 +184,24 @@ export function cancelExport(ctx: Context, id: string): ExportObject {
   repo.finishExport(ctx, id, 'cancelled');
   runnerFor(ctx).abort(id);
   return retrieveExport(ctx, id);
+}
+
+// The files a GGUF/Ollama export writes: a folder holding only these may be exported over again.
+const GGUF_EXPORT_FILES = new Set(['model.gguf', 'adapter.gguf', 'Modelfile', 'README.md']);
+
+/**
+ * The engine replaces the output folder as a whole, so `-o` must name a new or empty folder, or an earlier
+ * GGUF/Ollama export: never a folder with someone's other files in it.
+ */
+function requireReplaceable(dir: string): void {
+  if (!existsSync(dir)) return;
+  const entries = statSync(dir).isDirectory() ? readdirSync(dir) : null;
+  if (entries && entries.every((name) => GGUF_EXPORT_FILES.has(name))) return;
+  throw new WeitiaoError(
+    'conflict',
+    `${dir} exists and holds other files; the export replaces its folder as a whole: choose a new or empty folder / ${dir} 已存在且含有其他文件，导出会整体替换该目录，请换一个新的或空目录`,
+    { param: 'output_dir' },
+  );
 }
 
 /** Resolves when the export has ended, calling `onUpdate` as its progress changes. */
