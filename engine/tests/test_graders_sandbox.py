@@ -6,6 +6,7 @@ next sample gets a working process and this (the caller's) process is untouched.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -56,7 +57,8 @@ def runner():
 def test_failures_score_zero_with_the_reason_and_grading_goes_on(runner, tmp_path):
     target = tmp_path / "escaped.txt"
     cases = [
-        ("loop", "unresponsive_reward_error", "CPU"),
+        # a loop is stopped by its CPU budget, or by the wall clock first when the machine is busy
+        ("loop", "unresponsive_reward_error", "CPU|longer than 4 s"),
         ("sleep", "unresponsive_reward_error", "longer than 4 s"),
         ("allocate", "python_grader_runtime_error", "MemoryError"),
         ("socket", "python_grader_runtime_error", "not allowed"),
@@ -72,7 +74,7 @@ def test_failures_score_zero_with_the_reason_and_grading_goes_on(runner, tmp_pat
         errors = result["metadata"]["errors"]
         assert result["reward"] == 0.0, what
         assert errors[flag] is True, (what, errors)
-        assert reason in errors["python_grader_runtime_error_details"], (what, errors)
+        assert re.search(reason, errors["python_grader_runtime_error_details"]), (what, errors)
         # after every failure the next sample is graded by a working process
         assert runner.grade("好评", {"label": "好评"})["reward"] == 1.0, what
     assert not target.exists()
