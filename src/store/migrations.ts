@@ -123,4 +123,42 @@ export const MIGRATIONS: readonly string[] = [
     updated_at  INTEGER NOT NULL
   );
   `,
+  // 3: OpenAI-compatible evals (src/evals): definitions, their runs (background tasks), each item's output
+  `
+  CREATE TABLE evals (
+    id                 TEXT PRIMARY KEY,
+    name               TEXT NOT NULL,
+    data_source_config TEXT NOT NULL,            -- JSON, OpenAI's shape
+    testing_criteria   TEXT NOT NULL,            -- JSON array of graders (+ pass_threshold)
+    metadata           TEXT,                     -- JSON or NULL
+    created_at         INTEGER NOT NULL
+  );
+  CREATE TABLE eval_runs (
+    id          TEXT PRIMARY KEY,
+    eval_id     TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    model       TEXT NOT NULL,                   -- the weitiao model that answered, or '' for given samples
+    data_source TEXT NOT NULL,                   -- JSON, OpenAI's shape
+    status      TEXT NOT NULL,                   -- queued | in_progress | completed | failed | canceled
+    progress    TEXT,                            -- JSON {phase, current, total}
+    summary     TEXT,                            -- JSON: result_counts, per_testing_criteria_results, per_model_usage, metrics
+    error       TEXT,                            -- JSON {code, message} or NULL
+    metadata    TEXT,
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER
+  );
+  CREATE INDEX eval_runs_eval ON eval_runs(eval_id, created_at);
+  CREATE TABLE eval_output_items (
+    id                 TEXT PRIMARY KEY,
+    run_id             TEXT NOT NULL,
+    eval_id            TEXT NOT NULL,
+    datasource_item_id INTEGER NOT NULL,
+    datasource_item    TEXT NOT NULL,            -- JSON
+    sample             TEXT NOT NULL,            -- JSON, OpenAI's sample shape
+    results            TEXT NOT NULL,            -- JSON array {name, type, score, passed}
+    status             TEXT NOT NULL,            -- pass | fail
+    created_at         INTEGER NOT NULL
+  );
+  CREATE INDEX eval_output_items_run ON eval_output_items(run_id, datasource_item_id);
+  `,
 ];
