@@ -8,11 +8,12 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import iconv from 'iconv-lite';
 import { openContext, type Context } from '../context.js';
-import { fileContentPath } from '../files/index.js';
+import { createFile, fileContentPath } from '../files/index.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
 import { estimateJob } from '../train/estimate.js';
@@ -204,14 +205,15 @@ describe('console extension routes /v1/weitiao', () => {
     const gbkId = await upload(iconv.encode(text, 'gbk'), 'gbk.csv');
     const r = await post('/v1/weitiao/datasets/preview', { file_id: gbkId, limit: 1, mapping, label_map: '1=好评,0=差评' });
     assert.equal(r.status, 200, r.text);
-    assert.equal(r.json.encoding, 'gb18030');
+    assert.equal(r.json.encoding, 'utf8'); // re-encoded once, at upload (src/data/internal/upload.ts)
     assert.equal(r.json.examples[0].messages[1].content, rows[0].split(/,(.*)/s)[1]);
   });
 
   test('a chat-format JSONL file: previewed as is, its bad lines reported, re-split by prepare', async () => {
     const ok = (q: string, a: string) => JSON.stringify({ messages: [{ role: 'user', content: q }, { role: 'assistant', content: a }] });
     const lines = [ok('很好吃', '好评'), JSON.stringify({ messages: [{ role: 'bot', content: '？' }] }), ok('太难吃了', '差评'), ok('送得很快', '好评'), ok('凉了', '差评')];
-    const chatId = await upload(lines.join('\n') + '\n', 'chat.jsonl');
+    // An API upload refuses a file with bad lines; stored as the CLI stores it, the console previews its issues.
+    const chatId = (await createFile(ctx, { source: Readable.from([Buffer.from(lines.join('\n') + '\n')]), filename: 'chat.jsonl', purpose: 'fine-tune' })).id;
     const r = await post('/v1/weitiao/datasets/preview', { file_id: chatId, limit: 3 });
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.format, 'chat');

@@ -419,6 +419,20 @@ describe('validation streams, runs off the event loop and stops when told', () =
     assert.equal(inThread.errors[0].line, 6);
   });
 
+  test('token counts from a thread go through the parent, in batches, and flag over-long examples at their line', async () => {
+    const batches: number[] = [];
+    const countTokens = async (examples: { messages: { content: string }[] }[]) => {
+      batches.push(examples.length);
+      const counts = examples.map((e) => e.messages.reduce((n, m) => n + [...m.content].length, 0));
+      return { counts, trained_counts: counts.map(() => 1), model_max_length: 20 };
+    };
+    const report = await runValidationTask({ kind: 'chat', file: big, options: {}, count_tokens: true }, { inProcessMaxBytes: 0, countTokens });
+    assert.equal(batches.reduce((a, b) => a + b, 0), report.valid_examples, 'every valid example counted once');
+    const long = report.errors.find((e) => e.code === 'too_many_tokens');
+    assert.ok(long && long.line! >= 1 && long.field === 'messages', JSON.stringify(long));
+    assert.equal(report.max_length, 20);
+  });
+
   test('an abort stops a threaded validation: it rejects with cancelled', async () => {
     const stop = new AbortController();
     const running = runValidationTask({ kind: 'chat', file: big, options: {}, count_tokens: false }, { signal: stop.signal, inProcessMaxBytes: 0 });
