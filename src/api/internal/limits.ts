@@ -253,8 +253,17 @@ export function unfinishedJobs(
 
 // ------------------------------------------------------------------------------------ uploads
 
-/** Bytes uploaded per key per UTC day: refused up front when the declared size does not fit what is left. */
-export function uploadQuota(limits: Pick<Limits, 'upload_bytes_per_day'>, key: KeyOf = keyOf): MiddlewareHandler<ApiEnv> {
+const FORM_FRAMING_BYTES = 1024;
+
+/**
+ * Bytes uploaded per key per UTC day: refused up front when the declared size does not fit what is left,
+ * and, for a body of undeclared length, once stored: then `remove` deletes it again before the 429.
+ */
+export function uploadQuota(
+  limits: Pick<Limits, 'upload_bytes_per_day'>,
+  remove: (fileId: string) => Promise<unknown>,
+  key: KeyOf = keyOf,
+): MiddlewareHandler<ApiEnv> {
   const used = new Map<string, { day: string; bytes: number }>();
   const usage = (k: string) => {
     const day = new Date().toISOString().slice(0, 10);
@@ -274,17 +283,24 @@ export function uploadQuota(limits: Pick<Limits, 'upload_bytes_per_day'>, key: K
     const k = key(c);
     const u = usage(k);
     const declared = Number(c.req.header('content-length') ?? 0) || 0;
-    // The form's framing is a few hundred bytes; the declared length stands for the file's size.
-    if (u.bytes >= max || u.bytes + declared > max + 64 * 1024) {
-      throw new RateLimitedError(
-        `daily upload limit reached: ${u.bytes} of ${max} bytes used today (UTC) by this key, this upload is ${declared} bytes / 今日上传量已达上限`,
+    // The declared length stands for the file's size, less the form's framing (boundaries, part headers).
+    const refuse = (size: number) =>
+      new RateLimitedError(
+        `daily upload limit reached: ${u.bytes} of ${max} bytes used today (UTC) by this key, this upload is ${size} bytes / 今日上传量已达上限`,
         untilMidnight(),
         'file',
       );
-    }
+    const size = Math.max(0, declared - FORM_FRAMING_BYTES);
+    if (u.bytes >= max || u.bytes + size > max) throw refuse(size);
     await next();
     if (c.res.status !== 200) return;
-    const stored = (await c.res.clone().json().catch(() => null)) as { bytes?: unknown } | null;
-    if (typeof stored?.bytes === 'number') usage(k).bytes += stored.bytes;
+    const stored = (await c.res.clone().json().catch(() => null)) as { id?: unknown; bytes?: unknown } | null;
+    if (typeof stored?.bytes !== 'number' || typeof stored.id !== 'string') return;
+    const now = usage(k);
+    if (now.bytes + stored.bytes > max) {
+      await remove(stored.id);
+      throw refuse(stored.bytes);
+    }
+    now.bytes += stored.bytes;
   };
 }
