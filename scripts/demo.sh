@@ -41,6 +41,10 @@ MODEL=$(node bin/weitiao.js jobs list --json --limit 1 | node -e 'let s="";proce
 echo; echo "== 5. evaluate: fine-tuned beside base 评估：微调后对比微调前 =="
 weitiao eval --model "$MODEL" --data "$DEMO/data/validation.jsonl" --output "$DEMO/eval-finetuned.json"
 
+echo; echo "== 5b. was it worth it? base zero-shot / few-shot / fine-tuned 微调值得吗？ =="
+weitiao eval --model "$MODEL" --data "$DEMO/data/validation.jsonl" --baseline few-shot:4 --max-examples 500 --report "$DEMO/eval-baselines.html"
+weitiao eval --model "$MODEL" --forgetting --max-examples 60 --report "$DEMO/eval-forgetting.html"
+
 echo; echo "== 6. use it 使用 =="
 for review in "送餐很快，味道也很好，下次还点" "等了两个小时，饭都凉了，太差了" "包装精致，分量足，好评！" "难吃，而且少送了一份菜"; do
   weitiao chat --model "$MODEL" --temperature 0 --max-tokens 8 --system "你是一位外卖评论好评差评评论专家。" --prompt "$review"
