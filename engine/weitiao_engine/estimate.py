@@ -20,7 +20,8 @@ asked) runs one training forward pass at two sequence lengths while `saved_tenso
 tensor autograd keeps; that gives bytes per token and per token² (attention) per layer, scaled to the
 layers and the largest micro-batch (the recipe packs it: its longest examples' tokens, no padding).
 
-Time per epoch = FLOPs / (this machine's fp32 matmul rate, timed for ≤ 1 s × EFFICIENCY), where FLOPs per
+Time per epoch = FLOPs / (this machine's matmul rate in the run's precision × EFFICIENCY: on a CPU the precision
+probe's figures for the model's own linear shapes, training/precision_probe.py, shared with `train` through its cache), where FLOPs per
 token = 2 × (forward) for the frozen base (its weights need no gradient, only the input's; 3 × with full
 gradient checkpointing, which runs the forward again; selective checkpointing keeps the matmul outputs) + 6 × LoRA's parameters, + 4 × vocab × hidden per
 trained token for the LM head; QLoRA adds a dequantization of every NF4 matrix per pass, timed here as well.
@@ -59,7 +60,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     from .training import activation_checkpointing as ac
     from .training.activation_checkpointing import GRADIENT_CHECKPOINTING_MIN_PARAMETERS
     from .training.data import load_examples
-    from .training.precision import precision_mode
+    from .training import precision_probe
 
     threads = set_threads(request.threads)
     base = Path(request.base_model)
@@ -85,8 +86,13 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     widest = sum(sorted(lengths, reverse=True)[:rows])  # packed (training/batching.pack): the longest examples' tokens
     head_positions = rows * max(trained)
     qlora = request.method == "qlora"
-    # As the recipe: a bf16 checkpoint keeps bf16 frozen weights where compute is fp32; QLoRA's dense rest stays fp32.
-    precision = "fp32" if qlora else precision_mode(request.bf16, checkpoint_dtype(base) == torch.bfloat16)
+    # As the recipe: bf16 on/off, or auto by the probe of this model's linear shapes (cached per machine; its figures
+    # also give the matmul rate below); a bf16 checkpoint keeps bf16 frozen weights where compute is fp32; QLoRA's
+    # dense rest stays fp32.
+    choice = precision_probe.choose(request.bf16, config, checkpoint_dtype(base) == torch.bfloat16)
+    precision = choice["precision"]
+    if qlora and precision == "bf16-weights":
+        precision = "fp32"
     checkpointing = request.gradient_checkpointing
     if checkpointing == "auto":  # as training/activation_checkpointing.use_gradient_checkpointing
         checkpointing = counts["total"] >= GRADIENT_CHECKPOINTING_MIN_PARAMETERS
@@ -130,7 +136,9 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     peak = runtime + max(load, train)
 
     progress("estimate", 3, 4, "timing matmuls / 测量矩阵乘法速度")
-    rate = matmul_rate(config.hidden_size, min(widest, 512))
+    figures = choice.get("figures")
+    # The probe's rate for the products the run will compute (fp32, bf16, or fp32 from upcast bf16 weights); a GPU: timed here.
+    rate = figures["gflops"][precision] * 1e9 if figures else matmul_rate(config.hidden_size, min(widest, 512))
     steps = math.ceil(len(data) / batch)
     padded = padded_tokens(lengths, rows)
     mean_len = sum(lengths) / len(lengths)
@@ -143,7 +151,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     progress("estimate", 4, 4)
     log(
         f"estimate: peak {peak / MB:.0f} MB (runtime {runtime / MB:.0f}, load {load / MB:.0f}, train {train / MB:.0f}),"
-        f" {seconds:.0f} s per epoch at {rate / 1e9:.1f} GFLOP/s × {EFFICIENCY} on {threads} threads"
+        f" {seconds:.0f} s per epoch at {rate / 1e9:.1f} GFLOP/s × {EFFICIENCY} on {threads} threads; {precision_probe.describe(choice)}"
     )
     return {
         "method": request.method,
@@ -173,6 +181,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
         "efficiency": EFFICIENCY,
         "threads": threads,
         "precision": precision,
+        "precision_choice": choice,
         "gradient_checkpointing": checkpointing or "off",
     }
 

@@ -12,8 +12,9 @@ Speed (bench/ measures each against TRL's SFTTrainer): the LM head and cross-ent
 labels exist; batches are padding-free (`pack`: examples end to end, position ids restarting, attention kept
 within each example); LoRA's dropout mask is drawn as geometric gaps (training/lora_dropout.py); the frozen base is
 held in the checkpoint's dtype (bf16 for real checkpoints: half an fp32 copy), and the matmuls run under
-bf16 autocast where bf16 is native (GPU, AMX) or else in fp32 from upcast weights (torch's bf16 GEMM on
-AVX512-BF16 without AMX measured slower than fp32: BENCHMARKS.md); the LoRA weights and optimizer stay
+bf16 autocast where the GPU supports it or, on a CPU, where a probe of the model's own linear shapes found bf16
+faster (training/precision_probe.py: torch's bf16 GEMM on AVX512-BF16 without AMX measured 0.6x fp32 on one
+machine, 4x on another), else in fp32 from upcast weights; the LoRA weights and optimizer stay
 fp32; one torch thread per physical core. Memory: the base is read tensor by tensor (loading.load_causal_lm,
 never a dense copy beside it; QLoRA quantizes each matrix as it arrives), freed activations are reused by
 tcmalloc or handed back to the OS by glibc (allocator.py), and gradient checkpointing is on by default for
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+from transformers import AutoConfig
 
 from .. import allocator, distributed
 from ..chat_format import TokenizedExample
@@ -42,7 +44,8 @@ from ..training.evaluation import after_step, next_epoch_if_done, validate
 from ..training.labels import LabelTask, build_label_task
 from ..training.sft import sft_step
 from ..training.optimization import adamw, schedule
-from ..training.precision import compute_in_fp32, precision_mode
+from ..training import precision_probe
+from ..training.precision import compute_in_fp32
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput
 from ..training.final_model import save_final_model
@@ -58,17 +61,21 @@ class Run(TrainingState):
     packed: bool = False  # training batches are padding-free (batching.pack); else padded (batching.collate)
     checkpointing: str = "off"  # gradient checkpointing: "off", "full" or "selective" (activation_checkpointing.py)
     truncated: tuple[int, int] = (0, 0)  # (training, validation) examples cut to max_seq_length
+    precision_choice: Optional[dict[str, Any]] = None  # how `precision` was chosen: source, reason, the probe's figures
 
 
 def run(request: TrainRequest) -> dict[str, Any]:
     """Trains a LoRA adapter; returns {model_dir, interrupted, early_stopped, steps, total_steps, trained_tokens,
-    final_train_loss, final_valid_loss, last_checkpoint, truncated_examples, precision, gradient_checkpointing, packed}."""
+    final_train_loss, final_valid_loss, last_checkpoint, truncated_examples, precision, precision_choice, gradient_checkpointing, packed}."""
     state = setup(request)
     with stopping_on_signals(state):
         interrupted = train(state)
         model_dir = None if interrupted else save_final(state)
     truncated = {"training": state.truncated[0], "validation": state.truncated[1]}
-    return result(state, model_dir, interrupted, truncated_examples=truncated, gradient_checkpointing=state.checkpointing, packed=state.packed)
+    return result(
+        state, model_dir, interrupted, truncated_examples=truncated, gradient_checkpointing=state.checkpointing, packed=state.packed,
+        precision_choice=state.precision_choice,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- setup
@@ -82,7 +89,13 @@ def setup(request: TrainRequest) -> Run:
     allocator.limit_heap_retention()  # glibc: freed activations go back to the OS instead of staying resident in glibc's heap
     if allocator.missing() and not torch.cuda.is_available():
         log(allocator.MISSING, "warning")
-    precision = precision_mode(hp.bf16, checkpoint_dtype(request.base_model) == torch.bfloat16)
+    # bf16 on/off, or auto: on a CPU measured on this model's linear shapes (cached per machine, precision_probe.py).
+    choice = precision_probe.choose(hp.bf16, AutoConfig.from_pretrained(request.base_model), checkpoint_dtype(request.base_model) == torch.bfloat16)
+    choice = distributed.gather_objects(choice)[0]  # under torchrun every rank trains as rank 0 measured
+    log(precision_probe.describe(choice))
+    if request.threads is None and choice.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+        set_threads(choice["threads"])  # the probe found all logical CPUs faster than one thread per physical core
+    precision = choice["precision"]
     if request.method == "qlora" and precision == "bf16-weights":
         precision = "fp32"  # NF4 replaces the base linears: nothing left to store in bf16
     use_bf16 = precision == "bf16"
@@ -121,7 +134,7 @@ def setup(request: TrainRequest) -> Run:
         request=request, output_dir=output_dir, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
         train_data=train_data, valid_data=valid_data, label_task=label_task, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, pad_id=pad_id, packed=packed, checkpointing=checkpointing, bf16=use_bf16,
-        precision=precision, truncated=truncated,
+        precision=precision, truncated=truncated, precision_choice=choice,
     )  # fmt: skip
     if request.resume:
         checkpoints.restore_adapter(state)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import types
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .precision_probe import cpu_flags
 
 
 def precision_mode(setting: str, bf16_checkpoint: bool = False) -> str:
     """`bf16` on/off/auto -> "bf16" (bf16 weights, bf16 autocast), "bf16-weights" (bf16 weights, fp32 compute) or "fp32".
 
+    (The LoRA recipe's `auto` is decided by measurement instead: precision_probe.choose. The others use this rule.)
     auto: bf16 compute where it is fast (a GPU that supports it, a CPU with AMX). Elsewhere the compute is
     fp32 (torch 2.13's bf16 GEMM on AVX512-BF16 without AMX measured ~0.6x fp32's), and the frozen weights
     stay in the checkpoint's dtype: a bf16 checkpoint (as Qwen/Llama ship) is held in bf16, each matrix
@@ -28,15 +30,6 @@ def precision_mode(setting: str, bf16_checkpoint: bool = False) -> str:
     if "amx_bf16" in flags:
         return "bf16"
     return "bf16-weights" if bf16_checkpoint else "fp32"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (torch's capability string says AVX512, not which extensions)."""
-    try:
-        line = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:  # not Linux: no flags, so fp32
-        return set()
-    return set(line.split(":", 1)[-1].split())
 
 
 def autocast_context(bf16: bool):

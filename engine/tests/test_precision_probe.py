@@ -1,0 +1,119 @@
+"""The precision probe (training/precision_probe.py): its decision on made-up figures, in both directions and
+when bf16 is numerically unsafe, and its per-machine cache (hit, miss on another key, corrupt file ignored).
+Nothing here asserts on a timing: the one real measurement only has to produce well-formed figures."""
+
+import json
+
+import pytest
+from transformers import Qwen2Config
+
+from weitiao_engine.training import precision_probe as pp
+
+
+def figures(fp32: float, bf16: float, weights: float, native: bool = False, safe: bool = True, **extra) -> dict:
+    return {
+        "seconds": {"fp32": fp32, "bf16": bf16, "bf16-weights": weights},
+        "native_bf16": native,
+        "bf16_safe": safe,
+        "bf16_error": 0.003 if safe else float("inf"),
+        "threads": 2,
+        **extra,
+    }
+
+
+def test_bf16_faster_by_the_margin_chooses_bf16():
+    assert pp.decide(figures(1.0, 0.4, 1.4), bf16_checkpoint=True)["precision"] == "bf16"
+    # Native bf16 matmuls: any gain is enough; emulated ones need the margin.
+    assert pp.decide(figures(1.0, 0.95, 1.4, native=True), bf16_checkpoint=False)["precision"] == "bf16"
+    assert pp.decide(figures(1.0, 0.95, 1.4, native=False), bf16_checkpoint=False)["precision"] == "fp32"
+
+
+def test_bf16_slower_chooses_fp32_and_keeps_bf16_weights_only_when_they_do_not_slow():
+    slow_bf16 = pp.decide(figures(1.0, 1.6, 1.02), bf16_checkpoint=True)
+    assert slow_bf16["precision"] == "bf16-weights"  # half the base's memory at fp32 speed
+    assert "bf16 0.62x fp32 (needs ≥ 1.15x)" in slow_bf16["reason"]
+    assert pp.decide(figures(1.0, 1.6, 1.4), bf16_checkpoint=True)["precision"] == "fp32"  # upcasts cost 40%: fp32 weights
+    assert pp.decide(figures(1.0, 1.6, 1.0), bf16_checkpoint=False)["precision"] == "fp32"  # fp32 checkpoint stays fp32
+
+
+def test_unsafe_bf16_chooses_fp32_however_fast():
+    choice = pp.decide(figures(1.0, 0.1, 1.4, native=True, safe=False), bf16_checkpoint=False)
+    assert choice["precision"] == "fp32" and "not numerically safe" in choice["reason"]
+
+
+def test_threads_all_logical_cpus_only_when_clearly_faster():
+    faster = figures(1.0, 2.0, 2.0, threads_all={"threads": 4, "dtype": "fp32", "seconds": 0.8})
+    assert pp.decide(faster, bf16_checkpoint=False)["threads"] == 4
+    same = figures(1.0, 2.0, 2.0, threads_all={"threads": 4, "dtype": "fp32", "seconds": 0.97})
+    assert pp.decide(same, bf16_checkpoint=False)["threads"] == 2
+
+
+class CountingMeasure:
+    """Stands in for the timing (the cache is under test, not the clock); counts how often it was asked."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, shapes):
+        self.calls += 1
+        return {**figures(1.0, 0.5, 1.2), "shapes": [list(s) for s in shapes]}
+
+
+def test_cache_hit_then_miss_on_another_shape_set(tmp_path):
+    measure = CountingMeasure()
+    first = pp.probe([(64, 64), (64, 128)], cache_dir=tmp_path, measure=measure)
+    again = pp.probe([(64, 64), (64, 128)], cache_dir=tmp_path, measure=measure)
+    assert (first["cached"], again["cached"], measure.calls) == (False, True, 1)
+    assert again["seconds"] == first["seconds"]
+    other = pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure)
+    assert other["cached"] is False and measure.calls == 2
+    stored = json.loads((tmp_path / "precision-probe.json").read_text())
+    assert len(stored) == 2 and all(k.startswith(f"v{pp.CACHE_VERSION}|") for k in stored)
+
+
+def test_cache_key_names_machine_torch_threads_and_shapes(monkeypatch):
+    key = pp.cache_key([(64, 64)])
+    assert pp.torch.__version__ in key and f"{pp.torch.get_num_threads()} threads" in key and "64x64" in key
+    threads = pp.torch.get_num_threads()
+    try:
+        pp.torch.set_num_threads(threads + 1)
+        assert pp.cache_key([(64, 64)]) != key
+    finally:
+        pp.torch.set_num_threads(threads)
+    monkeypatch.setattr(pp, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert pp.cache_key([(64, 64)]) != key  # another CPU's flags
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"k": "not an entry"}', ""])
+def test_corrupt_cache_file_is_ignored_and_replaced(tmp_path, content):
+    (tmp_path / "precision-probe.json").write_text(content)
+    measure = CountingMeasure()
+    result = pp.probe([(32, 32)], cache_dir=tmp_path, measure=measure)
+    assert result["cached"] is False and measure.calls == 1
+    assert pp.probe([(32, 32)], cache_dir=tmp_path, measure=measure)["cached"] is True
+
+
+def test_cache_dir_follows_weitiao_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("WEITIAO_HOME", str(tmp_path / "home"))
+    assert pp.default_cache_dir() == tmp_path / "home" / "cache"
+    monkeypatch.delenv("WEITIAO_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert pp.default_cache_dir() == tmp_path / "xdg" / "weitiao"
+
+
+def test_real_probe_on_a_tiny_model_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(pp, "PROBE_TOKENS", 16)
+    monkeypatch.setattr(pp, "PROBE_SECONDS", 0.005)
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=2, vocab_size=256)  # fmt: skip
+    assert pp.linear_shapes(config) == [(64, 32), (64, 64), (64, 128), (128, 64)]  # k/v, q/o, gate/up, down
+    choice = pp.choose("auto", config, bf16_checkpoint=True, cache_dir=tmp_path)
+    f = choice["figures"]
+    assert choice["precision"] in ("bf16", "bf16-weights", "fp32") and choice["source"] == "probe"
+    assert set(pp.VARIANTS) <= set(f["seconds"]) and all(s > 0 for s in f["seconds"].values())
+    assert f["bf16_safe"] and f["bf16_error"] < 0.02 and f["tokens"] == 16
+    assert "probe" in pp.describe(choice) and "GFLOP/s" in pp.describe(choice)
+    # on/off are the job's: taken as set, the (now cached) figures attached for the record.
+    off = pp.choose("off", config, bf16_checkpoint=True, cache_dir=tmp_path)
+    assert off["precision"] == "fp32" and off["figures"]["cached"] is True
+    assert pp.choose("on", config, bf16_checkpoint=False, cache_dir=tmp_path)["precision"] == "bf16"

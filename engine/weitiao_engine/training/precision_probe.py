@@ -1,0 +1,257 @@
+"""`bf16: auto` on a CPU, decided by measurement: the model's own linear shapes timed in fp32, bf16 and
+bf16-stored weights upcast for fp32 compute (and fp16 where the hardware has it, for the record), well under a
+second, once per machine: the figures are cached in `<cache>/precision-probe.json`, keyed by CPU model, a hash of
+its flags, torch version, thread count and the shape set. (CPU flags alone chose wrong: torch's bf16 GEMM on
+AVX512-BF16 without AMX measured 0.6x fp32 on one machine and ~4x on another, issue 17.)
+
+A frozen base's training step is, per linear, y = x·Wᵀ forward and dx = dy·W backward (no weight gradient), so
+the probe times exactly those two products at PROBE_TOKENS rows per shape.
+
+    choice = choose("auto", config, bf16_checkpoint=True)   # {"precision": "bf16", "figures": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+PROBE_TOKENS = 128  # rows per product: a micro-batch's order of tokens, small enough for a sub-second probe
+PROBE_SECONDS = 0.08  # timing budget per variant after one warm-up pass (3-4 variants: well under a second)
+BF16_MARGIN = 1.15  # without native bf16 matmuls, bf16 compute only when the probe shows it this much faster
+WEIGHTS_TOLERANCE = 1.05  # bf16-stored weights (half the base's memory) unless they slow the matmuls more than noise
+THREADS_MARGIN = 1.10  # all logical CPUs instead of one thread per physical core only when clearly faster
+MAX_RELATIVE_ERROR = 2e-2  # bf16 keeps 8 mantissa bits: a product's relative error is ~1e-3, not 1e-2
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX / AVX512-BF16, aarch64 BF16 (FEAT_BF16)
+NATIVE_FP16_FLAGS = ("amx_fp16", "avx512_fp16", "fphp")
+VARIANTS = ("fp32", "bf16", "bf16-weights")
+CACHE_VERSION = 1
+
+
+def choose(setting: str, config, bf16_checkpoint: bool, cache_dir: Optional[Path] = None) -> dict[str, Any]:
+    """The run's precision for `bf16` on/off/auto: {precision, source, figures?, ...} (figures: the probe's, for the log
+    and the result). on/off are taken as they are; auto on a GPU follows torch.cuda.is_bf16_supported(); auto on a CPU
+    probes this model's linear shapes (cached) and `decide`s."""
+    if torch.cuda.is_available():
+        auto = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return {"precision": auto if setting == "auto" else "bf16" if setting == "on" else "fp32", "source": f"bf16: {setting} (cuda)"}
+    figures = probe(linear_shapes(config), cache_dir=cache_dir)  # also for on/off: the estimate's rate, the job's record
+    if setting != "auto":
+        return {"precision": "bf16" if setting == "on" else "fp32", "source": f"bf16: {setting}", "reason": "set by the job", "threads": figures["threads"], "figures": figures}
+    return {**decide(figures, bf16_checkpoint), "figures": figures}
+
+
+def decide(figures: dict[str, Any], bf16_checkpoint: bool) -> dict[str, Any]:
+    """The choice from the probe's figures (pure: tests feed it made-up ones).
+
+    bf16 compute when its products were numerically sane and it is faster: by any amount where the hardware has
+    native bf16 matmuls, by BF16_MARGIN where it does not. Otherwise fp32 compute, with a bf16 checkpoint's weights
+    kept in bf16 (upcast per matmul) unless that is slower than fp32 weights by more than WEIGHTS_TOLERANCE.
+    threads: the thread count that was faster (figures["threads_all"] when measured)."""
+    seconds = figures["seconds"]
+    fp32, bf16 = seconds["fp32"], seconds["bf16"]
+    speedup = fp32 / bf16 if bf16 > 0 else 0.0
+    needed = 1.0 if figures["native_bf16"] else BF16_MARGIN
+    if not figures["bf16_safe"]:
+        precision, why = "fp32", f"bf16 products not numerically safe (relative error {figures['bf16_error']:.2g})"
+    elif speedup >= needed:
+        precision, why = "bf16", f"bf16 {speedup:.2f}x fp32 (needs ≥ {needed:.2f}x)"
+    else:
+        precision, why = "fp32", f"bf16 {speedup:.2f}x fp32 (needs ≥ {needed:.2f}x)"
+    if precision == "fp32" and bf16_checkpoint:
+        weights = seconds.get("bf16-weights", float("inf"))
+        if weights <= fp32 * WEIGHTS_TOLERANCE:
+            precision, why = "bf16-weights", why + f"; bf16-stored weights {fp32 / weights:.2f}x fp32 weights"
+        else:
+            why += f"; bf16-stored weights {fp32 / weights:.2f}x fp32 weights: kept in fp32"
+    threads = figures["threads"]
+    all_threads = figures.get("threads_all")  # {"threads": n, "seconds": s} of the chosen compute dtype
+    if all_threads and all_threads["seconds"] * THREADS_MARGIN <= seconds["bf16" if precision == "bf16" else "fp32"]:
+        threads = all_threads["threads"]
+    return {"precision": precision, "source": "probe", "reason": why, "threads": threads}
+
+
+def linear_shapes(config) -> list[tuple[int, int]]:
+    """Distinct (in, out) shapes of the decoder's Linear layers (the LM head aside: it sees only labelled positions)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    found = {(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    return sorted(found)
+
+
+def probe(shapes: list[tuple[int, int]], cache_dir: Optional[Path] = None, measure=None) -> dict[str, Any]:
+    """The probe's figures for these shapes on this machine: from the cache when its key matches, else measured
+    (`measure(shapes)`, default `measure_shapes`) and stored. A corrupt or foreign cache file is ignored."""
+    path = (cache_dir or default_cache_dir()) / "precision-probe.json"
+    key = cache_key(shapes)
+    entries = read_cache(path)
+    if key in entries:
+        return {**entries[key], "cached": True}
+    figures = (measure or measure_shapes)(shapes)
+    entries[key] = figures
+    write_cache(path, entries)
+    return {**figures, "cached": False}
+
+
+def measure_shapes(shapes: list[tuple[int, int]]) -> dict[str, Any]:
+    """Times forward (x·Wᵀ) and input-gradient (dy·W) products over every shape per variant; seconds per pass,
+    GFLOP/s, the bf16 products' error against fp32, and fp16 where native; all logical CPUs when there are more
+    of them than this process's threads."""
+    flags = cpu_flags()
+    threads = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(PROBE_TOKENS, i, generator=gen) for i, _ in shapes]
+    ws = [torch.randn(o, i, generator=gen) / i**0.5 for i, o in shapes]
+    flops = sum(2 * 2 * PROBE_TOKENS * i * o for i, o in shapes)
+    native_bf16 = any(f in flags for f in NATIVE_BF16_FLAGS)
+    seconds = {v: _time_variant(v, xs, ws) for v in VARIANTS}
+    if any(f in flags for f in NATIVE_FP16_FLAGS):  # for the record: without a loss scaler fp16 training is unsafe
+        seconds["fp16"] = _time_variant("fp16", xs, ws)
+    error = _bf16_error(xs, ws)
+    figures: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "flags": sorted(f for f in flags if f in RELEVANT_FLAGS),
+        "torch": torch.__version__,
+        "threads": threads,
+        "shapes": [list(s) for s in shapes],
+        "tokens": PROBE_TOKENS,
+        "seconds": seconds,
+        "gflops": {v: flops / s / 1e9 for v, s in seconds.items()},
+        "native_bf16": native_bf16,
+        "bf16_error": error,
+        "bf16_safe": error <= MAX_RELATIVE_ERROR,
+    }
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or threads)
+    if logical > threads:  # hyper-threads: try them once with the faster dtype
+        faster = "bf16" if seconds["bf16"] < seconds["fp32"] and figures["bf16_safe"] else "fp32"
+        torch.set_num_threads(logical)
+        try:
+            figures["threads_all"] = {"threads": logical, "dtype": faster, "seconds": _time_variant(faster, xs, ws)}
+        finally:
+            torch.set_num_threads(threads)
+    return figures
+
+
+RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile", "bf16", "asimd", "sve")
+
+
+def _time_variant(variant: str, xs: list[torch.Tensor], ws: list[torch.Tensor]) -> float:
+    """Seconds of one forward + input-gradient pass over the shapes (mean over ≤ PROBE_SECONDS after a warm-up)."""
+    if variant in ("bf16", "bf16-weights", "fp16"):
+        dtype = torch.float16 if variant == "fp16" else torch.bfloat16
+        ws = [w.to(dtype) for w in ws]
+        if variant != "bf16-weights":
+            xs = [x.to(dtype) for x in xs]
+
+    def one_pass():
+        for x, w in zip(xs, ws):
+            # bf16-weights as precision._FrozenUpcastLinear: an upcast for the forward and another for the backward
+            y = x @ (w.float() if variant == "bf16-weights" else w).t()
+            y @ (w.float() if variant == "bf16-weights" else w)
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        one_pass()  # warm-up: thread pool, packed-weight caches
+        n, start = 0, time.perf_counter()
+        while n < 1 or time.perf_counter() - start < PROBE_SECONDS:  # a slow (emulated) dtype: one timed pass
+            one_pass()
+            n += 1
+        return (time.perf_counter() - start) / n
+
+
+def _bf16_error(xs: list[torch.Tensor], ws: list[torch.Tensor]) -> float:
+    """Largest relative (Frobenius) error of a bf16 product against fp32 over the shapes; inf when not finite."""
+    worst = 0.0
+    with torch.no_grad():
+        for x, w in zip(xs, ws):
+            exact = x @ w.t()
+            approx = (x.bfloat16() @ w.bfloat16().t()).float()
+            if not torch.isfinite(approx).all():
+                return float("inf")
+            worst = max(worst, float((approx - exact).norm() / exact.norm().clamp_min(1e-30)))
+    return worst
+
+
+# --------------------------------------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> Path:
+    """$WEITIAO_HOME/cache, else $XDG_CACHE_HOME/weitiao, else ~/.cache/weitiao."""
+    if os.environ.get("WEITIAO_HOME"):
+        return Path(os.environ["WEITIAO_HOME"]) / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "weitiao"
+
+
+def cache_key(shapes: list[tuple[int, int]]) -> str:
+    """What the figures depend on: CPU model and flags, torch version, thread count, shapes and rows per product."""
+    flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:16]
+    shape_text = ",".join(f"{i}x{o}" for i, o in shapes)
+    return f"v{CACHE_VERSION}|{cpu_model()}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads|{PROBE_TOKENS}|{shape_text}"
+
+
+def read_cache(path: Path) -> dict[str, Any]:
+    """The cache's entries, or none when the file is missing, unreadable or not what this module writes."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("seconds"), dict)}
+
+
+def write_cache(path: Path, entries: dict[str, Any]) -> None:
+    """Atomically (another engine process may read it meanwhile); a read-only cache dir only costs a re-probe."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------- machine
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 `flags`, aarch64 `Features`); none elsewhere."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    line = next((line for line in lines if line.startswith(("flags", "Features"))), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(choice: dict[str, Any]) -> str:
+    """One log line: the choice, why, and the probe's figures."""
+    figures = choice.get("figures")
+    if not figures:
+        return f"precision {choice['precision']} ({choice['source']})"
+    rates = ", ".join(f"{v} {g:.1f}" for v, g in figures["gflops"].items())
+    return (
+        f"precision {choice['precision']} ({choice['source']}{', cached probe' if figures.get('cached') else ''}): {choice['reason']};"
+        f" GFLOP/s {rates} on {figures['threads']} threads, {figures['cpu']} [{' '.join(figures['flags'])}]"
+        f" / 按实测选择精度"
+    )
