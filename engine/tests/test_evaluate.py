@@ -14,7 +14,7 @@ from weitiao_engine.generate import chat_completion
 from weitiao_engine.chat_format import answer_ids
 from weitiao_engine.loading import load_model
 from weitiao_engine.scoring import label_scores, score_labels
-from weitiao_engine.protocol import EngineError, EvaluateRequest
+from weitiao_engine.protocol import ChatMessage, EngineError, EvaluateRequest
 
 LABELS = ["好评", "差评"]
 
@@ -63,7 +63,8 @@ def test_evaluate_with_labels(tiny_model, adapter, tuned, waimai_small):
     result = evaluate.run(
         EvaluateRequest(model=tiny_model, adapter=adapter, data_file=waimai_small["validation"], labels=LABELS, batch_size=16, max_examples=n)
     )
-    assert set(result) == {"n", "valid_loss", "label_metrics", "predictions", "examples_per_second"}
+    assert set(result) == {"n", "valid_loss", "label_metrics", "predictions", "examples_per_second", "seconds_per_example", "prompt_tokens", "generation_metrics"}
+    assert result["generation_metrics"] is None and result["prompt_tokens"] > 0
     assert result["n"] == n and len(result["predictions"]) == n and result["examples_per_second"] > 0
 
     examples = read_examples(waimai_small["validation"], n)
@@ -101,6 +102,30 @@ def test_evaluate_by_generation_matches_one_at_a_time(tiny_model, adapter, tuned
         alone = chat_completion(model, tokenizer, messages[:-1], max_tokens=evaluate.MIN_NEW_TOKENS, temperature=0)
         assert p["predicted"] == alone["text"].strip()
         assert p["expected"] == messages[-1]["content"]
+    # The metrics the data choose (Chinese free text: BLEU with the zh tokenizer), from these very predictions.
+    generation = result["generation_metrics"]
+    assert generation["tokenizer"] == "zh" and set(generation["metrics"]) == {"exact_match", "char_f1", "bleu", "chrf", "rouge_l"}
+    exact = [float(p["predicted"] == p["expected"]) for p in result["predictions"]]
+    assert generation["per_example"]["exact_match"] == exact
+    for value in generation["metrics"].values():
+        assert value["ci_low"] <= value["value"] <= value["ci_high"]
+
+
+def test_few_shot_turns_lengthen_every_prompt(tiny_model, waimai_small):
+    n = 8
+    plain = EvaluateRequest(model=tiny_model, data_file=waimai_small["validation"], labels=LABELS, max_examples=n)
+    shots = [{"role": "user", "content": "太好吃了"}, {"role": "assistant", "content": "好评"},
+             {"role": "user", "content": "送得太慢，菜都凉了"}, {"role": "assistant", "content": "差评"}]
+    few = plain.model_copy(update={"prefix_messages": [ChatMessage(**m) for m in shots]})
+    a, b = evaluate.run(plain), evaluate.run(few)
+    from weitiao_engine.loading import load_model as load
+
+    _, tokenizer = load(tiny_model)
+    from weitiao_engine.chat_format import prompt_ids
+
+    added = len(prompt_ids(tokenizer, shots + [{"role": "user", "content": "x"}])) - len(prompt_ids(tokenizer, [{"role": "user", "content": "x"}]))
+    assert b["prompt_tokens"] - a["prompt_tokens"] == pytest.approx(added, abs=1)
+    assert a["seconds_per_example"] > 0 and b["seconds_per_example"] > 0
 
 
 def write(tmp_path: Path, name: str, lines: list[str]) -> str:

@@ -27,10 +27,11 @@ MODULES = {
     "estimate": "weitiao_engine.estimate",
     "export": "weitiao_engine.export",
     "grade": "weitiao_engine.graders",  # graders/run.py
+    "score-answers": "weitiao_engine.eval_metrics",
 }
 # Commands that never need torch say hello without importing it: that import alone takes seconds on a
 # busy CPU, and the graders API answers while a user waits (cosine's embedding model imports it itself).
-TORCH_FREE = {"grade"}
+TORCH_FREE = {"grade", "score-answers"}
 
 
 def main(argv: list[str]) -> int:

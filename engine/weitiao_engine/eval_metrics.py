@@ -28,6 +28,7 @@ import numpy as np
 
 from .graders.similarity import has_cjk, rouge_l, tokenize
 
+METRICS = ("exact_match", "char_f1", "bleu", "chrf", "rouge_l", "json_valid", "json_fields")
 RESAMPLES = 1000  # enough for a stable 95% percentile interval; sacrebleu's default too
 CONFIDENCE = 0.95
 
@@ -204,13 +205,17 @@ def score_systems(
     resamples: int = RESAMPLES,
     seed: int = 0,
     compare_to: Optional[str] = None,
+    metrics: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
     """Every chosen metric (and grader) for every system with its interval; with two or more systems, each
     system other than `compare_to` (default: the last one, e.g. the fine-tune) is tested against it."""
     for name, predicted in systems.items():
         if len(predicted) != len(expected):
             raise ValueError(f"system {name!r} has {len(predicted)} answers for {len(expected)} examples")
-    names = choose_metrics(expected)
+    names = list(metrics) if metrics is not None else choose_metrics(expected)
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; known: {list(METRICS)}")
     cjk = has_cjk(*expected)
     items = list(items) if items is not None else [{"reference_answer": e} for e in expected]
     if graders and runner_factory is None:
@@ -270,6 +275,6 @@ def run(request: Any) -> dict[str, Any]:
         return GraderRunner(grader, judge, None, limits, on_error=lambda m: log(m, "warning"))
 
     try:
-        return score_systems(request.expected, request.systems, graders, request.items, runner, request.resamples, request.seed, request.compare_to)
+        return score_systems(request.expected, request.systems, graders, request.items, runner, request.resamples, request.seed, request.compare_to, request.metrics)
     except ValueError as e:
-        raise EngineError("invalid_request", str(e), "systems") from None
+        raise EngineError("invalid_request", str(e), "metrics" if "metrics" in str(e) else "systems") from None

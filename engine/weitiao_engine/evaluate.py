@@ -4,7 +4,10 @@ Each line is `{"messages": [...]}` whose last message is the assistant's expecte
 every message before it, rendered with the model's chat template and generation prompt.
 - With `labels`: every label is scored teacher-forced (its tokens plus the end-of-turn token) and the
   most likely one is the prediction; accuracy, per-class metrics and the confusion matrix follow.
-- Without: greedy generation (batched, left-padded) and an exact match of the stripped text.
+- Without: greedy generation (left-padded, in token-budget batches) scored by eval_metrics (exact match,
+  character F1, BLEU/chrF/ROUGE-L or JSON validity/fields, each with a bootstrap interval).
+`prefix_messages` (few-shot turns) go before every prompt, after its system messages; `prompt_tokens` is the
+mean prompt length a request then costs, `seconds_per_example` the wall time per request.
 Either way `valid_loss` is the mean per-token loss on the expected answers (plus end-of-turn), the same
 tokens training puts its loss on.
 """
@@ -21,13 +24,16 @@ from pydantic import ValidationError
 
 from . import protocol
 from .chat_format import prompt_ids, without_empty_reasoning
+from .eval_metrics import score_systems
 from .loading import load_model, stop_token_ids
 from .metrics import label_metrics
 from .protocol import ChatExample, EngineError, EvaluateRequest
-from .scoring import answer_token_ids, continuation_scores, label_token_ids
+from .scoring import answer_token_ids, continuation_scores, label_token_ids, token_budget_batches
 
 # Enough for a label or a short sentence; longer expected answers raise the limit to fit them.
 MIN_NEW_TOKENS = 64
+# Padded tokens (prompt + new tokens) per generation pass; the key/value cache grows with it.
+GENERATION_TOKENS_PER_PASS = 4096
 
 
 def run(request: EvaluateRequest) -> dict[str, Any]:
@@ -36,7 +42,8 @@ def run(request: EvaluateRequest) -> dict[str, Any]:
     protocol.log(f"evaluating {len(examples)} examples / 评估 {len(examples)} 条样本")
 
     started = time.perf_counter()
-    prompts = [messages[:-1] for messages in examples]
+    prefix = [m.model_dump() for m in request.prefix_messages]
+    prompts = [with_prefix(messages[:-1], prefix) for messages in examples]
     expected = [messages[-1]["content"] for messages in examples]
     report = _Progress(len(examples))
 
@@ -57,6 +64,11 @@ def run(request: EvaluateRequest) -> dict[str, Any]:
         _, answer_logp, answer_tokens = _score(model, tokenizer, prompts, expected, [], request.batch_size, None)
         metrics = None
     valid_loss = -sum(answer_logp) / answer_tokens if answer_tokens else None
+    generation = None
+    if not request.labels:
+        table = score_systems(expected, {"model": predicted}, seed=request.seed)
+        generation = {"metrics": table["metrics"]["model"], "per_example": table["per_example"]["model"], "tokenizer": table["tokenizer"]}
+    prompt_tokens = sum(len(prompt_ids(tokenizer, p)) for p in prompts) / len(prompts)
 
     elapsed = time.perf_counter() - started
     report(len(examples), force=True)
@@ -66,7 +78,18 @@ def run(request: EvaluateRequest) -> dict[str, Any]:
         "label_metrics": metrics,
         "predictions": [{"index": i, "expected": e, "predicted": p} for i, (e, p) in enumerate(zip(expected, predicted))],
         "examples_per_second": len(examples) / elapsed if elapsed > 0 else 0.0,
+        "seconds_per_example": elapsed / len(examples),
+        "prompt_tokens": prompt_tokens,
+        "generation_metrics": generation,
     }
+
+
+def with_prefix(prompt: list[dict[str, str]], prefix: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The prompt with the few-shot turns after its leading system (or developer) messages."""
+    head = 0
+    while head < len(prompt) and prompt[head]["role"] in ("system", "developer"):
+        head += 1
+    return prompt[:head] + prefix + prompt[head:]
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -168,11 +191,13 @@ def generate_greedy(
         pad_token_id=tokenizer.pad_token_id,
     )
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     out = [""] * len(prompts)
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    done = 0
+    # A pass holds rows of similar length up to a padded-token budget (prompt plus room for the answer), as
+    # label scoring does: a fixed row count would pad every short prompt to the longest one of its pass.
+    lengths = [len(e) + max_new_tokens for e in encoded]
+    for rows in token_budget_batches(lengths, batch_size, GENERATION_TOKENS_PER_PASS):
         width = max(len(encoded[i]) for i in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -187,8 +212,9 @@ def generate_greedy(
                     new = new[:j]
                     break
             out[i] = without_empty_reasoning(tokenizer.decode(new, skip_special_tokens=True)).strip()
+        done += len(rows)
         if report is not None:
-            report(start + len(rows))
+            report(done)
     return out
 
 

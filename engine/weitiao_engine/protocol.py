@@ -164,6 +164,9 @@ class EvaluateRequest(Strict):
     labels: Optional[list[str]] = None  # score these answers directly; None = generate and compare text
     batch_size: int = Field(32, gt=0)
     max_examples: Optional[int] = Field(None, gt=0)
+    # Few-shot turns put before every prompt (after its system messages): the baseline a fine-tune must beat.
+    prefix_messages: list[ChatMessage] = []
+    seed: int = 0  # of the bootstrap intervals of generation metrics
 
 
 class ChatRequest(Strict):
@@ -256,6 +259,22 @@ class GradeRequest(Strict):
     python_limits: PythonGraderLimits = PythonGraderLimits()
 
 
+class ScoreAnswersRequest(Strict):
+    """`score-answers`: generated answers of one or more systems (e.g. base, few-shot, fine-tuned) against the
+    expected ones: chosen metrics and graders with bootstrap intervals, paired tests against `compare_to`."""
+
+    expected: list[str]
+    systems: dict[str, list[str]]  # name -> one answer per expected answer, in order
+    items: Optional[list[dict[str, Any]]] = None  # `{{item.x}}` for graders; default {"reference_answer": expected}
+    graders: list[dict[str, Any]] = []  # graders in OpenAI's shapes, each scored as a metric `grader:<name>`
+    metrics: Optional[list[str]] = None  # these built-in metrics (eval_metrics.METRICS); None = chosen by the data
+    resamples: int = Field(1000, ge=10)
+    seed: int = 0
+    compare_to: Optional[str] = None  # the system the others are tested against; default the last
+    judge: JudgeConfig = JudgeConfig()
+    python_limits: PythonGraderLimits = PythonGraderLimits()
+
+
 REQUESTS: dict[str, type[Strict]] = {
     "create-tiny": CreateTinyRequest,
     "count-tokens": CountTokensRequest,
@@ -266,6 +285,7 @@ REQUESTS: dict[str, type[Strict]] = {
     "estimate": EstimateRequest,
     "export": ExportRequest,
     "grade": GradeRequest,
+    "score-answers": ScoreAnswersRequest,
 }
 
 

@@ -29,6 +29,7 @@ import { RouteTable } from './internal/routes.js';
 import { chatRoutes } from './routes/chat.js';
 import { fileRoutes } from './routes/files.js';
 import { graderRoutes } from './routes/graders.js';
+import { evalRoutes } from './routes/evals.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { exportRoutes } from './routes/exports.js';
@@ -95,6 +96,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   modelRoutes(routes, ctx);
   chatRoutes(routes, ctx);
   graderRoutes(routes, ctx);
+  evalRoutes(routes, ctx);
   extensionRoutes(routes, ctx);
   exportRoutes(routes, ctx);
 

@@ -172,6 +172,10 @@ export const EvaluateRequest = z.object({
   labels: z.array(z.string()).nullable().default(null),
   batch_size: z.number().int().positive().default(32),
   max_examples: z.number().int().positive().nullable().default(null),
+  /** Few-shot turns put before every prompt (after its system messages): the baseline a fine-tune must beat. */
+  prefix_messages: z.array(ChatMessage).default([]),
+  /** Of the bootstrap intervals of generation metrics. */
+  seed: z.number().int().default(0),
 });
 export type EvaluateRequest = z.input<typeof EvaluateRequest>;
 
@@ -280,6 +284,10 @@ export type ServeCall = z.input<typeof ServeCall>;
 
 /** Set on the events of one call to a `serve` process: the call's `id`. */
 const RequestId = z.string().optional();
+
+/** A metric's value and its bootstrap interval; scale 100 for sacrebleu's BLEU and chrF (percentages). */
+export const MetricValue = z.object({ value: z.number(), ci_low: z.number(), ci_high: z.number(), scale: z.number() });
+export type MetricValue = z.infer<typeof MetricValue>;
 
 export const LabelMetrics = z.object({
   n: z.number().int(),
@@ -398,8 +406,43 @@ export const EvaluateResult = z.object({
   label_metrics: LabelMetrics.nullable(),
   predictions: z.array(z.object({ index: z.number().int(), expected: z.string(), predicted: z.string() })),
   examples_per_second: z.number(),
+  /** Wall time per request and mean prompt tokens per request (few-shot turns included): a baseline's cost. */
+  seconds_per_example: z.number(),
+  prompt_tokens: z.number(),
+  /** Generate mode: each metric the data call for, with its bootstrap interval (engine eval_metrics.py). */
+  generation_metrics: z
+    .object({
+      metrics: z.record(z.string(), MetricValue),
+      per_example: z.record(z.string(), z.array(z.number())),
+      tokenizer: z.string(),
+    })
+    .nullable(),
 });
 export type EvaluateResult = z.infer<typeof EvaluateResult>;
+
+/** What `score-answers` returns: per system and metric a value with its interval, and paired tests. */
+export const ScoreAnswersResult = z.object({
+  n: z.number().int(),
+  metrics: z.record(z.string(), z.record(z.string(), MetricValue)),
+  per_example: z.record(z.string(), z.record(z.string(), z.array(z.number()))),
+  comparisons: z.array(
+    z.object({
+      system: z.string(),
+      baseline: z.string(),
+      metric: z.string(),
+      /** system minus baseline, its paired-bootstrap interval, the approximate-randomisation p-value. */
+      delta: z.number(),
+      ci_low: z.number(),
+      ci_high: z.number(),
+      p_value: z.number(),
+    }),
+  ),
+  resamples: z.number().int(),
+  seed: z.number().int(),
+  confidence: z.number(),
+  tokenizer: z.string(),
+});
+export type ScoreAnswersResult = z.infer<typeof ScoreAnswersResult>;
 
 export const ChatResult = z.object({
   text: z.string(),
@@ -529,6 +572,25 @@ export const GradeResult = z.object({
 });
 export type GradeResult = z.infer<typeof GradeResult>;
 
+export const ScoreAnswersRequest = z.object({
+  expected: z.array(z.string()),
+  /** name -> one answer per expected answer, in order (e.g. base, few-shot, fine-tuned). */
+  systems: z.record(z.string(), z.array(z.string())),
+  /** `{{item.x}}` for graders; default {reference_answer: expected}. */
+  items: z.array(z.record(z.string(), z.unknown())).nullable().default(null),
+  /** Graders in OpenAI's shapes, each scored as the metric `grader:<name>`. */
+  graders: z.array(z.record(z.string(), z.unknown())).default([]),
+  /** These built-in metrics (engine eval_metrics.METRICS); null = chosen by the data. */
+  metrics: z.array(z.string()).nullable().default(null),
+  resamples: z.number().int().min(10).default(1000),
+  seed: z.number().int().default(0),
+  /** The system the others are tested against; default the last. */
+  compare_to: z.string().nullable().default(null),
+  judge: JudgeConfig.default(JudgeConfig.parse({})),
+  python_limits: PythonGraderLimits.default(PythonGraderLimits.parse({})),
+});
+export type ScoreAnswersRequest = z.input<typeof ScoreAnswersRequest>;
+
 /** What `serve` returns when it shuts down: how many answers it gave. */
 export const ServeResult = z.object({ served: z.number().int() });
 export type ServeResult = z.infer<typeof ServeResult>;
@@ -543,6 +605,7 @@ export const COMMANDS = {
   estimate: { request: EstimateRequest, result: EstimateResult },
   export: { request: ExportRequest, result: ExportResult },
   grade: { request: GradeRequest, result: GradeResult },
+  'score-answers': { request: ScoreAnswersRequest, result: ScoreAnswersResult },
 } as const;
 export type EngineCommand = keyof typeof COMMANDS;
 

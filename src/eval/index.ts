@@ -15,6 +15,7 @@ import path from 'node:path';
 import type { Context } from '../context.js';
 import { reportError, validateChatFile, writeFileAtomic } from '../data/index.js';
 import { runEngine, type EvaluateResult } from '../engine/index.js';
+import type { ChatMessage } from '../engine/protocol.js';
 import { WeitiaoError } from '../errors.js';
 import { fileContentPath } from '../files/index.js';
 import { resolveModel } from '../models/index.js';
@@ -35,6 +36,10 @@ export interface EvaluateOptions {
   maxExamples?: number | null;
   onProgress?: (progress: { current: number; total: number }) => void;
   signal?: AbortSignal;
+  /** Few-shot turns put before every prompt (after its system messages); see fewShotTurns. */
+  prefixMessages?: ChatMessage[];
+  /** Of the bootstrap intervals (generation metrics). */
+  seed?: number;
 }
 
 /** One model's results on one file. */
@@ -63,6 +68,8 @@ export async function evaluateModel(ctx: Context, options: EvaluateOptions): Pro
       labels,
       batch_size: options.batchSize,
       max_examples: options.maxExamples ?? null,
+      prefix_messages: options.prefixMessages ?? [],
+      seed: options.seed ?? 0,
     },
     {
       signal: options.signal,
@@ -83,14 +90,14 @@ export async function evaluateModel(ctx: Context, options: EvaluateOptions): Pro
 }
 
 /** A path as given, or an uploaded file's stored copy for a `file-…` id. */
-function locateFile(ctx: Context, file: string): string {
+export function locateFile(ctx: Context, file: string): string {
   if (existsSync(file)) return path.resolve(file);
   if (/^file-[0-9a-z]+$/i.test(file)) return fileContentPath(ctx, file);
   throw new WeitiaoError('not_found', `data file not found: ${file} / 找不到数据文件：${file}`, { param: 'file', file });
 }
 
 /** The labels to score: checked explicit ones, the file's label set for `auto`, or null to generate. */
-async function chooseLabels(file: string, labels: string[] | 'auto' | null): Promise<string[] | null> {
+export async function chooseLabels(file: string, labels: string[] | 'auto' | null): Promise<string[] | null> {
   if (labels === null) return null;
   if (Array.isArray(labels)) {
     const distinct = [...new Set(labels)];
@@ -157,7 +164,7 @@ export async function compareModels(ctx: Context, options: CompareOptions): Prom
 }
 
 /** Writes a report (or a comparison) as pretty JSON, atomically: a reader never sees half a file. */
-export async function writeEvalReport(file: string, report: EvalReport | Comparison): Promise<void> {
+export async function writeEvalReport(file: string, report: object): Promise<void> {
   const target = path.resolve(file);
   await mkdir(path.dirname(target), { recursive: true });
   await writeFileAtomic(target, JSON.stringify(report, null, 2) + '\n');

@@ -1,0 +1,93 @@
+/**
+ * /v1/evals: OpenAI's Evals API over weitiao's models and files (src/evals). A run is answered at once
+ * with status `queued` and proceeds in the background; its output items are listed as OpenAI lists them.
+ */
+import { z } from 'zod';
+import type { Context } from '../../context.js';
+import {
+  cancelRun,
+  createEval,
+  createRun,
+  deleteEval,
+  deleteRun,
+  EvalCreateParams,
+  EvalUpdateParams,
+  listEvals,
+  listOutputItems,
+  listRuns,
+  retrieveEval,
+  retrieveOutputItem,
+  retrieveRun,
+  RunCreateParams,
+  updateEval,
+} from '../../evals/index.js';
+import type { ApiEnv } from '../internal/auth.js';
+import type { RouteTable } from '../internal/routes.js';
+
+const Page = {
+  after: z.string().optional(),
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  order: z.enum(['asc', 'desc']).default('asc'),
+};
+const EvalParams = z.object({ eval_id: z.string().min(1) });
+const RunParams = z.object({ eval_id: z.string().min(1), run_id: z.string().min(1) });
+const ItemParams = z.object({ eval_id: z.string().min(1), run_id: z.string().min(1), output_item_id: z.string().min(1) });
+
+export function evalRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
+  const tag = 'Evals';
+  const base = '/v1/evals';
+
+  routes.add(
+    { method: 'post', path: base, operationId: 'create_eval', summary: 'Create an eval: a data-source schema and testing criteria (graders)', tag, body: EvalCreateParams, response: { description: 'The eval' } },
+    (c, { body }) => c.json(createEval(ctx, body)),
+  );
+  routes.add(
+    { method: 'get', path: base, operationId: 'list_evals', summary: 'List evals', tag, query: z.object({ ...Page, order_by: z.enum(['created_at', 'updated_at']).optional() }), response: { description: 'A page of evals' } },
+    (c, { query }) => c.json(listEvals(ctx, query)),
+  );
+  routes.add(
+    { method: 'get', path: `${base}/:eval_id`, operationId: 'retrieve_eval', summary: 'Retrieve an eval', tag, params: EvalParams, response: { description: 'The eval' } },
+    (c, { params }) => c.json(retrieveEval(ctx, params.eval_id)),
+  );
+  routes.add(
+    { method: 'post', path: `${base}/:eval_id`, operationId: 'update_eval', summary: "Rename an eval or change its metadata", tag, params: EvalParams, body: EvalUpdateParams, response: { description: 'The eval' } },
+    (c, { params, body }) => c.json(updateEval(ctx, params.eval_id, body)),
+  );
+  routes.add(
+    { method: 'delete', path: `${base}/:eval_id`, operationId: 'delete_eval', summary: 'Delete an eval, its runs and their output items', tag, params: EvalParams, response: { description: 'Deleted' } },
+    (c, { params }) => c.json(deleteEval(ctx, params.eval_id)),
+  );
+
+  routes.add(
+    { method: 'post', path: `${base}/:eval_id/runs`, operationId: 'create_eval_run', summary: 'Start a run (background task): answer the items with a model, or grade the given samples', tag, params: EvalParams, body: RunCreateParams, response: { description: 'The run, queued' } },
+    (c, { params, body }) => {
+      // score_model criteria with no endpoint of their own ask this server, with the caller's key.
+      const key = c.req.header('authorization')?.match(/^Bearer\s+(\S+)/i)?.[1] ?? null;
+      return c.json(createRun(ctx, params.eval_id, body, { judgeBaseUrl: `${new URL(c.req.url).origin}/v1`, judgeApiKey: key }));
+    },
+  );
+  routes.add(
+    { method: 'get', path: `${base}/:eval_id/runs`, operationId: 'list_eval_runs', summary: "List an eval's runs", tag, params: EvalParams, query: z.object({ ...Page, status: z.enum(['queued', 'in_progress', 'completed', 'canceled', 'failed']).optional() }), response: { description: 'A page of runs' } },
+    (c, { params, query }) => c.json(listRuns(ctx, params.eval_id, query)),
+  );
+  routes.add(
+    { method: 'get', path: `${base}/:eval_id/runs/:run_id`, operationId: 'retrieve_eval_run', summary: 'Retrieve a run (status, counts, progress)', tag, params: RunParams, response: { description: 'The run' } },
+    (c, { params }) => c.json(retrieveRun(ctx, params.eval_id, params.run_id)),
+  );
+  routes.add(
+    { method: 'post', path: `${base}/:eval_id/runs/:run_id`, operationId: 'cancel_eval_run', summary: 'Cancel a queued or running run', tag, params: RunParams, response: { description: 'The run' } },
+    (c, { params }) => c.json(cancelRun(ctx, params.eval_id, params.run_id)),
+  );
+  routes.add(
+    { method: 'delete', path: `${base}/:eval_id/runs/:run_id`, operationId: 'delete_eval_run', summary: 'Delete a run and its output items', tag, params: RunParams, response: { description: 'Deleted' } },
+    (c, { params }) => c.json(deleteRun(ctx, params.eval_id, params.run_id)),
+  );
+  routes.add(
+    { method: 'get', path: `${base}/:eval_id/runs/:run_id/output_items`, operationId: 'list_eval_run_output_items', summary: "A run's output items: each data item, the model's answer and each criterion's result", tag, params: RunParams, query: z.object({ ...Page, status: z.enum(['pass', 'fail']).optional() }), response: { description: 'A page of output items' } },
+    (c, { params, query }) => c.json(listOutputItems(ctx, params.eval_id, params.run_id, query)),
+  );
+  routes.add(
+    { method: 'get', path: `${base}/:eval_id/runs/:run_id/output_items/:output_item_id`, operationId: 'retrieve_eval_run_output_item', summary: 'One output item', tag, params: ItemParams, response: { description: 'The output item' } },
+    (c, { params }) => c.json(retrieveOutputItem(ctx, params.eval_id, params.run_id, params.output_item_id)),
+  );
+}
