@@ -51,9 +51,29 @@ export function loadGguf(file: string): Promise<LlamaModel> {
   return model;
 }
 
-/** Unloads a model loaded by `loadGguf` (its contexts must be disposed first). */
+const holds = new Map<string, number>();
+
+/**
+ * Marks `file` as in use (a serving deployment's model): unloadGguf leaves it loaded until every hold is
+ * released. Returns the release.
+ */
+export function holdGguf(file: string): () => void {
+  const key = path.resolve(file);
+  holds.set(key, (holds.get(key) ?? 0) + 1);
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    const left = (holds.get(key) ?? 1) - 1;
+    if (left > 0) holds.set(key, left);
+    else holds.delete(key);
+  };
+}
+
+/** Unloads a model loaded by `loadGguf` (its contexts must be disposed first); a held model stays loaded. */
 export async function unloadGguf(file: string): Promise<void> {
   const key = path.resolve(file);
+  if (holds.has(key)) return;
   const model = models.get(key);
   models.delete(key);
   if (model) await (await model.catch(() => null))?.dispose();

@@ -124,7 +124,8 @@ describe('chatCompletion', () => {
       [{ model: 'tiny', messages: [{ role: 'bot' as 'user', content: '你好' }] }, 'invalid_request', 'messages[0].role'],
       [{ model: 'tiny', messages: [] }, 'invalid_request', 'messages'],
       [{ model: 'tiny', messages: REVIEW, temperature: 3 }, 'invalid_request', 'temperature'],
-      [{ model: 'tiny', messages: REVIEW, n: 2 as 1 }, 'invalid_request', 'n'],
+      [{ model: 'tiny', messages: REVIEW, n: 0 }, 'invalid_request', 'n'],
+      [{ model: 'tiny', messages: REVIEW, top_logprobs: 2 }, 'invalid_request', 'top_logprobs'],
       [{ model: 'tiny', messages: REVIEW, stop: ['a', 'b', 'c', 'd', 'e'] }, 'invalid_request', 'stop'],
       [{ model: 'tiny-typo', messages: REVIEW }, 'not_found', 'model'],
     ];

@@ -9,7 +9,7 @@
 import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from 'node-llama-cpp';
 import { WeitiaoError } from '../../errors.js';
 import { chatPromptTokens } from '../../llamacpp/chat-template.js';
-import { loadGguf } from '../../llamacpp/index.js';
+import { holdGguf, loadGguf } from '../../llamacpp/index.js';
 import { sumUsage, type Backend, type ChoiceOutput, type GenerationHooks, type GenerationRequest, type GenerationResult, type TokenLogprob } from './backend.js';
 
 export interface LlamaCppOptions {
@@ -52,17 +52,27 @@ export class LlamaCppBackend implements Backend {
   readonly #contexts: LlamaContext[];
   readonly #free: LlamaContextSequence[];
   readonly #waiting: Waiter[] = [];
+  /** Keeps the shared model loaded while this backend uses it (the export check unloads what it loaded). */
+  readonly #unhold: () => void;
   #closed = false;
 
-  private constructor(model: LlamaModel, contexts: LlamaContext[]) {
+  private constructor(model: LlamaModel, contexts: LlamaContext[], release: () => void) {
     this.#model = model;
     this.#contexts = contexts;
+    this.#unhold = release;
     this.#free = contexts.flatMap((c) => Array.from({ length: c.totalSequences }, () => c.getSequence()));
   }
 
   /** Loads the GGUF (shared if already loaded) and creates the replicas' contexts. */
   static async load(options: LlamaCppOptions): Promise<LlamaCppBackend> {
-    const model = await loadGguf(options.gguf);
+    const release = holdGguf(options.gguf);
+    let model: LlamaModel;
+    try {
+      model = await loadGguf(options.gguf);
+    } catch (e) {
+      release();
+      throw e;
+    }
     const contextSize = options.contextSize ?? Math.min(model.trainContextSize, DEFAULT_CONTEXT);
     const contexts: LlamaContext[] = [];
     try {
@@ -79,12 +89,13 @@ export class LlamaCppBackend implements Backend {
       }
     } catch (e) {
       await Promise.all(contexts.map((c) => c.dispose()));
+      release();
       throw new WeitiaoError('invalid_request', `llama.cpp could not create a context for ${options.lora ?? options.gguf}: ${(e as Error).message} / 无法创建 llama.cpp 上下文`, {
         param: options.lora ? 'lora' : 'gguf',
         cause: e,
       });
     }
-    return new LlamaCppBackend(model, contexts);
+    return new LlamaCppBackend(model, contexts, release);
   }
 
   /** Tokens one sequence holds: the prompt and the answer together. */
@@ -138,6 +149,7 @@ export class LlamaCppBackend implements Backend {
     this.#closed = true;
     for (const w of this.#waiting.splice(0)) w.reject(new WeitiaoError('engine_unavailable', 'the deployment was stopped / 部署已停止'));
     await Promise.all(this.#contexts.map((c) => c.dispose()));
+    this.#unhold();
   }
 
   /** One choice on its own sequence: the prompt (reusing what the sequence already holds of it), then tokens until a stop. */
