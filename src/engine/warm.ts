@@ -241,6 +241,8 @@ export class WarmEngine {
   async #stop(proc: Proc): Promise<void> {
     if (this.#proc === proc) this.#proc = undefined;
     if (proc.child.exitCode === null && proc.child.signalCode === null) {
+      // An idle process was unref'd; without this, Node could exit while `close()` still awaits its exit.
+      setRef(proc.child, true);
       send(proc, { id: 'shutdown', command: 'shutdown' });
       proc.child.stdin!.end();
       const kill = setTimeout(() => signalGroup(proc.child, 'SIGKILL'), this.#options.killAfterMs ?? 5000);
