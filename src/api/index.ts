@@ -33,6 +33,8 @@ import { evalRoutes } from './routes/evals.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { exportRoutes } from './routes/exports.js';
+import { projectRoutes } from './routes/projects.js';
+import { objectGuard, projectScope } from './internal/scope.js';
 import { extensionRoutes } from './extensions.js';
 import { closeChatEngine } from '../serve/index.js';
 import { serveStatic } from '@hono/node-server/serve-static';
@@ -72,13 +74,15 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   app.use('/v1/*', retryAfterHeader());
   app.use('/v1/*', requireContentType({ multipart: (method, p) => method === 'POST' && p === '/v1/files' }));
   if (options.auth) app.use('/v1/*', apiKeyAuth({ verify: (key) => verifyKey(ctx, key) }));
+  // The key's project and role (auth off: admin of 'default') for everything below; writes are audited.
+  app.use('/v1/*', projectScope(ctx));
   const limits = limitsFromEnv(process.env, options.limits);
   app.use('/v1/*', requestRate(limits));
   app.on('POST', '/v1/files', uploadQuota(limits, (id) => deleteFile(ctx, id)));
   app.on('POST', '/v1/chat/completions', chatConcurrency(limits));
   app.on('POST', '/v1/fine_tuning/jobs', unfinishedJobs(limits, (id) => jobUnfinished(ctx, id)));
 
-  const routes = new RouteTable(app, { maxJsonBytes: options.maxJsonBytes ?? 16 * 1024 * 1024 });
+  const routes = new RouteTable(app, { maxJsonBytes: options.maxJsonBytes ?? 16 * 1024 * 1024, guard: objectGuard(ctx) });
   routes.add(
     {
       method: 'get',
@@ -99,6 +103,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   evalRoutes(routes, ctx);
   extensionRoutes(routes, ctx);
   exportRoutes(routes, ctx);
+  projectRoutes(routes, ctx);
 
   let document: Record<string, unknown> | undefined;
   routes.add(

@@ -16,10 +16,12 @@ import { registerGraderCommands } from './commands/graders.js';
 import { registerDoctorCommands } from './commands/doctor.js';
 import { registerBackupCommands } from './commands/backup.js';
 import { registerExportCommands } from './commands/export.js';
+import { registerProjectCommands } from './commands/projects.js';
 
 const program = new Command('weitiao')
   .description('微调 weitiao: fine-tune open LLMs on your own data, on your own machines')
   .option('--home <dir>', 'state directory (store, files, models, checkpoints); default $WEITIAO_HOME or ~/.weitiao')
+  .option('--project <id>', 'act as admin of this project (default: default) / 以该项目管理员身份操作')
   .showHelpAfterError()
   .exitOverride();
 
@@ -35,6 +37,7 @@ registerGraderCommands(program);
 registerDoctorCommands(program);
 registerBackupCommands(program);
 registerExportCommands(program);
+registerProjectCommands(program);
 
 try {
   await program.parseAsync(process.argv);

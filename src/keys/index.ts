@@ -13,6 +13,7 @@ import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
 import type { Statement } from 'better-sqlite3';
 import { newId, now, type DB } from '../store/index.js';
+import { activeScope, DEFAULT_PROJECT, parseRole, runInScope, type Role } from '../projects/scope.js';
 
 export const KEY_PREFIX = 'wt-';
 const KEY_RANDOM_LENGTH = 40;
@@ -31,6 +32,9 @@ export interface KeyRecord {
   created_at: number;
   last_used_at: number | null;
   revoked_at: number | null;
+  /** The project the key acts in and its role there (src/projects). */
+  project: string;
+  role: Role;
 }
 
 /** What `createKey` returns: the record plus the key, which is shown this once and never again. */
@@ -41,6 +45,8 @@ export interface CreatedKey {
   key: string;
   prefix: string;
   created_at: number;
+  project: string;
+  role: Role;
 }
 
 interface KeyRow {
@@ -51,6 +57,8 @@ interface KeyRow {
   created_at: number;
   last_used_at: number | null;
   revoked_at: number | null;
+  project: string;
+  role: Role;
 }
 
 const toRecord = (row: KeyRow): KeyRecord => ({
@@ -61,6 +69,8 @@ const toRecord = (row: KeyRow): KeyRecord => ({
   created_at: row.created_at,
   last_used_at: row.last_used_at,
   revoked_at: row.revoked_at,
+  project: row.project,
+  role: row.role,
 });
 
 const hashKey = (key: string): string => createHash('sha256').update(key, 'utf8').digest('hex');
@@ -75,8 +85,13 @@ function statement(db: DB, sql: string): Statement {
   return stmt;
 }
 
-/** Creates a key named `name`; the returned `key` is the only time the secret is visible. */
-export function createKey(ctx: Context, options: { name: string }): CreatedKey {
+/**
+ * Creates a key named `name` in `project` (default: the scope's, else `default`) with `role` (default admin,
+ * what keys were before projects); the returned `key` is the only time the secret is visible.
+ */
+export function createKey(ctx: Context, options: { name: string; project?: string; role?: Role }): CreatedKey {
+  const project = options.project ?? activeScope()?.project ?? DEFAULT_PROJECT;
+  const role = parseRole(options.role ?? 'admin');
   const name = options.name.trim();
   if (!name) throw new WeitiaoError('invalid_request', 'a key needs a non-empty name / 密钥名称不能为空', { param: 'name' });
   if (name.length > 200) throw new WeitiaoError('invalid_request', 'key name is longer than 200 characters / 密钥名称超过 200 个字符', { param: 'name' });
@@ -84,6 +99,8 @@ export function createKey(ctx: Context, options: { name: string }): CreatedKey {
   // randomInt draws uniformly (no modulo bias), from the OS's CSPRNG.
   const key = KEY_PREFIX + Array.from({ length: KEY_RANDOM_LENGTH }, () => ALPHABET[randomInt(ALPHABET.length)]).join('');
   const row: KeyRow = {
+    project,
+    role,
     id: newId('key'),
     name,
     prefix: key.slice(0, DISPLAY_PREFIX_LENGTH),
@@ -92,20 +109,27 @@ export function createKey(ctx: Context, options: { name: string }): CreatedKey {
     last_used_at: null,
     revoked_at: null,
   };
-  ctx.db
-    .prepare(
-      `INSERT INTO api_keys (id, name, prefix, hash, created_at, last_used_at, revoked_at)
-       VALUES (@id, @name, @prefix, @hash, @created_at, @last_used_at, @revoked_at)`,
-    )
-    .run(row);
-  return { id: row.id, object: 'api_key', name: row.name, key, prefix: row.prefix, created_at: row.created_at };
+  // The insert trigger stamps the scope's project: insert inside the key's own project's scope.
+  runInScope({ project, role: 'admin', keyId: null, keyName: null }, () =>
+    ctx.db
+      .prepare(
+        `INSERT INTO api_keys (id, name, prefix, hash, created_at, last_used_at, revoked_at, project, role)
+         VALUES (@id, @name, @prefix, @hash, @created_at, @last_used_at, @revoked_at, @project, @role)`,
+      )
+      .run(row),
+  );
+  return { id: row.id, object: 'api_key', name: row.name, key, prefix: row.prefix, created_at: row.created_at, project, role };
 }
 
-/** Every key, newest first; revoked keys are listed too (with `revoked_at`) unless `activeOnly`. */
-export function listKeys(ctx: Context, options: { activeOnly?: boolean } = {}): KeyRecord[] {
+/**
+ * The keys of the scope's project (every key outside a scope), newest first, or of `project` when given;
+ * revoked keys are listed too (with `revoked_at`) unless `activeOnly`.
+ */
+export function listKeys(ctx: Context, options: { activeOnly?: boolean; project?: string } = {}): KeyRecord[] {
+  const where = ['weitiao_visible(project)', ...(options.activeOnly ? ['revoked_at IS NULL'] : []), ...(options.project ? ['project = ?'] : [])];
   const rows = ctx.db
-    .prepare(`SELECT * FROM api_keys ${options.activeOnly ? 'WHERE revoked_at IS NULL' : ''} ORDER BY created_at DESC, rowid DESC`)
-    .all() as KeyRow[];
+    .prepare(`SELECT * FROM api_keys WHERE ${where.join(' AND ')} ORDER BY created_at DESC, rowid DESC`)
+    .all(...(options.project ? [options.project] : [])) as KeyRow[];
   return rows.map(toRecord);
 }
 
@@ -114,7 +138,7 @@ export function listKeys(ctx: Context, options: { activeOnly?: boolean } = {}): 
  * A prefix that matches several keys is refused rather than guessed.
  */
 export function revokeKey(ctx: Context, idOrPrefix: string): KeyRecord {
-  const rows = ctx.db.prepare('SELECT * FROM api_keys WHERE id = ? OR prefix = ?').all(idOrPrefix, idOrPrefix) as KeyRow[];
+  const rows = ctx.db.prepare('SELECT * FROM api_keys WHERE (id = ? OR prefix = ?) AND weitiao_visible(project)').all(idOrPrefix, idOrPrefix) as KeyRow[];
   if (rows.length === 0) {
     throw new WeitiaoError('not_found', `no API key '${idOrPrefix}' / 找不到 API 密钥 '${idOrPrefix}'`, { param: 'id' });
   }

@@ -81,7 +81,7 @@ describe('api keys', () => {
     const list = listKeys(ctx);
     assert.ok(list.length > 3);
     for (const k of list) {
-      assert.deepEqual(Object.keys(k).sort(), ['created_at', 'id', 'last_used_at', 'name', 'object', 'prefix', 'revoked_at']);
+      assert.deepEqual(Object.keys(k).sort(), ['created_at', 'id', 'last_used_at', 'name', 'object', 'prefix', 'project', 'revoked_at', 'role']);
     }
     const times = list.map((k) => k.created_at);
     assert.deepEqual(times, [...times].sort((x, y) => y - x));

@@ -4,6 +4,7 @@
  */
 import Database from 'better-sqlite3';
 import { MIGRATIONS } from './migrations.js';
+import { PROJECT_TABLES, registerScopeFunctions } from '../projects/scope.js';
 
 export type DB = Database.Database;
 
@@ -13,6 +14,8 @@ export function openDatabase(file: string): DB {
   db.pragma('synchronous = NORMAL');
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 5000');
+  // Before migrating: migration 4's triggers call these (the request's project, src/projects).
+  registerScopeFunctions(db);
   migrate(db);
   return db;
 }
@@ -76,6 +79,8 @@ export function selectPage<Row>(db: DB, q: PageQuery): { rows: Row[]; has_more: 
   const order = q.order ?? 'desc';
   const where = [...(q.where ?? [])];
   const params = [...(q.params ?? [])];
+  // Lists never show another project's rows (src/projects); outside a request or command scope all rows.
+  if (PROJECT_TABLES.has(q.table)) where.push('weitiao_visible(project)');
   if (q.after !== undefined) {
     const cursor = db.prepare(`SELECT ${key} AS k FROM ${q.table} WHERE id = ?`).get(q.after) as { k: number } | undefined;
     if (!cursor) return null;

@@ -161,4 +161,69 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX eval_output_items_run ON eval_output_items(run_id, datasource_item_id);
   `,
+  // 4: projects and roles (src/projects). Every owned row carries its project; rows of a single-user home
+  // fall into 'default', and its keys become admins of 'default'. New rows take the project of the request
+  // scope through weitiao_project() (a function every connection registers, src/store/index.ts); models and
+  // eval runs take their job's / eval's project. Checkpoints, events and output items follow their parent.
+  `
+  CREATE TABLE projects (
+    id          TEXT PRIMARY KEY,              -- a slug: 'default', 'waimai', …
+    description TEXT NOT NULL DEFAULT '',
+    created_at  INTEGER NOT NULL
+  );
+  INSERT INTO projects (id, description, created_at) VALUES ('default', 'the home before projects existed / 默认项目', CAST(strftime('%s','now') AS INTEGER));
+
+  ALTER TABLE files     ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+  ALTER TABLE models    ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+  ALTER TABLE jobs      ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+  ALTER TABLE exports   ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+  ALTER TABLE evals     ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+  ALTER TABLE eval_runs ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+  ALTER TABLE api_keys  ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+  ALTER TABLE api_keys  ADD COLUMN role    TEXT NOT NULL DEFAULT 'admin';   -- admin | member | read-only
+  CREATE INDEX files_project ON files(project);
+  CREATE INDEX jobs_project ON jobs(project, created_at);
+
+  CREATE TRIGGER files_project AFTER INSERT ON files BEGIN
+    UPDATE files SET project = weitiao_project() WHERE id = NEW.id;
+  END;
+  CREATE TRIGGER jobs_project AFTER INSERT ON jobs BEGIN
+    UPDATE jobs SET project = weitiao_project() WHERE id = NEW.id;
+  END;
+  CREATE TRIGGER models_project AFTER INSERT ON models BEGIN
+    UPDATE models SET project = COALESCE((SELECT project FROM jobs WHERE id = NEW.job_id), weitiao_project()) WHERE id = NEW.id;
+  END;
+  CREATE TRIGGER exports_project AFTER INSERT ON exports BEGIN
+    UPDATE exports SET project = weitiao_project() WHERE id = NEW.id;
+  END;
+  CREATE TRIGGER evals_project AFTER INSERT ON evals BEGIN
+    UPDATE evals SET project = weitiao_project() WHERE id = NEW.id;
+  END;
+  CREATE TRIGGER eval_runs_project AFTER INSERT ON eval_runs BEGIN
+    UPDATE eval_runs SET project = COALESCE((SELECT project FROM evals WHERE id = NEW.eval_id), weitiao_project()) WHERE id = NEW.id;
+  END;
+  -- A job's result files are made by the worker, outside any request: they join the job's project when listed on it.
+  CREATE TRIGGER jobs_result_files_project AFTER UPDATE OF result_files ON jobs BEGIN
+    UPDATE files SET project = NEW.project WHERE id IN (SELECT value FROM json_each(NEW.result_files));
+  END;
+  CREATE TRIGGER api_keys_project AFTER INSERT ON api_keys BEGIN
+    UPDATE api_keys SET project = weitiao_project() WHERE id = NEW.id;
+  END;
+
+  -- Every mutating API request: who, what, when, from where, and how it ended.
+  CREATE TABLE audit_log (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at  INTEGER NOT NULL,
+    project     TEXT NOT NULL,
+    key_id      TEXT,                          -- NULL when auth is off (the local user)
+    key_name    TEXT,
+    method      TEXT NOT NULL,
+    route       TEXT NOT NULL,                 -- the route pattern, e.g. /v1/files/:file_id
+    path        TEXT NOT NULL,                 -- the path as requested
+    object_id   TEXT,                          -- the object acted on or created
+    remote_addr TEXT,
+    status      INTEGER NOT NULL
+  );
+  CREATE INDEX audit_log_project ON audit_log(project, seq);
+  `,
 ];

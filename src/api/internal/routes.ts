@@ -56,7 +56,11 @@ export class RouteTable<E extends Env> {
 
   constructor(
     private readonly app: Hono<E>,
-    private readonly options: { maxJsonBytes: number },
+    private readonly options: {
+      maxJsonBytes: number;
+      /** Runs on every route's validated input before its handler (the project object guard, scope.ts). */
+      guard?: (c: HonoContext<E>, input: { params: unknown; body: unknown }) => void;
+    },
   ) {}
 
   /** Registers `spec` on the app with a handler that receives the validated input. */
@@ -69,6 +73,7 @@ export class RouteTable<E extends Env> {
       const params = spec.params ? validate(spec.params, c.req.param(), { en: 'path parameter', zh: '路径参数' }) : undefined;
       const query = spec.query ? validate(spec.query, parseQuery(new URL(c.req.url).searchParams), { en: 'query parameter', zh: '查询参数' }) : undefined;
       const body = spec.body ? validate(spec.body, await readJsonBody(c.req.raw, this.options.maxJsonBytes)) : undefined;
+      this.options.guard?.(c, { params, body });
       return handler(c, { params, query, body } as RouteInput<P, Q, B>);
     });
   }

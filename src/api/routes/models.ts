@@ -36,7 +36,10 @@ export function modelRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
     (c) => {
       const deployments = deploymentsByModel(ctx);
       const list = listModels(ctx);
-      return c.json({ ...list, data: list.data.map((m) => withDeployment(publicModel(m, ctx.home.root), deployments)) });
+      // Shared base models and the caller's project's own (src/projects).
+      const visible = new Set((ctx.db.prepare("SELECT id FROM models WHERE kind = 'base' OR weitiao_visible(project)").all() as { id: string }[]).map((r) => r.id));
+      const data = list.data.filter((m) => visible.has(m.id));
+      return c.json({ ...list, data: data.map((m) => withDeployment(publicModel(m, ctx.home.root), deployments)) });
     },
   );
 

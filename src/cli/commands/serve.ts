@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { startServer } from '../../api/index.js';
 import { openContext } from '../../context.js';
 import { createKey, listKeys, revokeKey } from '../../keys/index.js';
+import { parseRole } from '../../projects/index.js';
 import { formatTime, printJson, table } from '../output.js';
 import { number, withContext } from './shared.js';
 
@@ -34,11 +35,12 @@ export function registerServeCommands(program: Command): void {
   const keys = program.command('keys').description('API keys / API 密钥');
   keys
     .command('create <name>')
-    .description('create an API key; it is shown once')
-    .action(async (name: string, _o, cmd: Command) => {
+    .description('create an API key in --project (default: default); it is shown once')
+    .option('--role <role>', 'admin | member | read-only', 'admin')
+    .action(async (name: string, o, cmd: Command) => {
       await withContext(cmd, (ctx) => {
-        const key = createKey(ctx, { name });
-        process.stderr.write(`created ${key.id} (${key.name}). Store the key now, it is not shown again / 请立即保存，之后不再显示:\n`);
+        const key = createKey(ctx, { name, role: parseRole(o.role) });
+        process.stderr.write(`created ${key.id} (${key.name}, ${key.role} of ${key.project}). Store the key now, it is not shown again / 请立即保存，之后不再显示:\n`);
         console.log(key.key);
       });
     });
@@ -51,8 +53,8 @@ export function registerServeCommands(program: Command): void {
         if (o.json) return printJson(list);
         console.log(
           table(
-            ['id', 'name', 'prefix', 'created', 'last used', 'revoked'],
-            list.map((k) => [k.id, k.name, k.prefix + '…', formatTime(k.created_at), formatTime(k.last_used_at), formatTime(k.revoked_at)]),
+            ['id', 'name', 'project', 'role', 'prefix', 'created', 'last used', 'revoked'],
+            list.map((k) => [k.id, k.name, k.project, k.role, k.prefix + '…', formatTime(k.created_at), formatTime(k.last_used_at), formatTime(k.revoked_at)]),
           ),
         );
       });

@@ -2,12 +2,19 @@
 import type { Command } from 'commander';
 import { openContext, type Context } from '../../context.js';
 import { WeitiaoError } from '../../errors.js';
+import { DEFAULT_PROJECT, requireProject, runInScope } from '../../projects/index.js';
 
-/** Opens the context for the command's `--home`, runs `fn`, and closes the store even when `fn` throws. */
+/**
+ * Opens the context for the command's `--home`, runs `fn` as admin of `--project` (default `default`,
+ * src/projects), and closes the store even when `fn` throws.
+ */
 export async function withContext<T>(command: Command, fn: (ctx: Context) => Promise<T> | T): Promise<T> {
-  const ctx = openContext({ home: command.optsWithGlobals().home });
+  const globals = command.optsWithGlobals();
+  const ctx = openContext({ home: globals.home });
   try {
-    return await fn(ctx);
+    const project = (globals.project as string | undefined) ?? DEFAULT_PROJECT;
+    if (globals.project !== undefined) requireProject(ctx, project);
+    return await runInScope({ project, role: 'admin', keyId: null, keyName: null }, () => fn(ctx));
   } finally {
     ctx.close();
   }
