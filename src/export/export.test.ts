@@ -61,27 +61,26 @@ describe('export with the post-export check (real engine, llama.cpp)', () => {
     });
   }
 
-  test('a GGUF with a broken chat template is caught: the export is marked failed, with both answers', async () => {
+  test('a GGUF with wrong end-of-turn ids is caught: the export is marked failed, with both answers', async () => {
     const done = await exported(createExport(fx.ctx, { model, format: 'gguf', quantize: 'f16', check: false }).id);
     assert.equal(done.status, 'succeeded');
     assert.equal(done.check, null);
-    // Rewrite the metadata with the gguf package: a chat template that never writes the generation prompt,
-    // the classic broken export (the model continues the conversation instead of answering).
+    // Rewrite the metadata with the gguf package: eos and eot become the first tokens of the two answers, the
+    // classic wrong stop token (a tiny model answers the same under a broken template, so the ids are broken).
     const file = path.join(fx.ctx.home.root, done.path!, 'model.gguf');
     const gguf = await loadGguf(file);
-    const template = (gguf.fileInfo.metadata as any).tokenizer.chat_template as string;
+    const [good, bad] = ['好评', '差评'].map((label) => gguf.tokenize(label)[0]);
     await unloadGguf(file);
-    assert.ok(template.includes('add_generation_prompt'));
     const original = file + '.orig';
     renameSync(file, original);
     execFileSync(
       enginePython(),
-      ['-m', 'gguf.scripts.gguf_new_metadata', original, file, '--force', '--chat-template', template.replaceAll('add_generation_prompt', 'false')],
+      ['-m', 'gguf.scripts.gguf_new_metadata', original, file, '--force', '--special-token-by-id', 'eos', String(good), '--special-token-by-id', 'eot', String(bad)],
       { cwd: ENGINE_DIR, stdio: 'pipe' },
     );
     rmSync(original);
     const rechecked = await checkExport(fx.ctx, done.id);
-    assert.equal(rechecked.status, 'failed');
+    assert.equal(rechecked.status, 'failed', JSON.stringify(rechecked.check));
     assert.equal(rechecked.check!.status, 'failed');
     assert.ok(rechecked.check!.agreement! < 0.99, String(rechecked.check!.agreement));
     assert.equal(rechecked.error!.code, 'unprocessable');
