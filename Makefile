@@ -35,8 +35,8 @@ dist/.stamp: node_modules/.stamp $(shell find src -name '*.ts' -not -name '*.tes
 	@touch $@
 
 # The web console (React + Vite), served by `weitiao serve` at /.
-dist/web/index.html: node_modules/.stamp $(shell find src/web -type f -not -name '*.test.ts' 2>/dev/null)
-	npx vite build --config src/web/vite.config.ts --logLevel warn
+dist/web/index.html: node_modules/.stamp $(shell find web -type f -not -name '*.test.ts' 2>/dev/null)
+	npx vite build --config web/vite.config.ts --logLevel warn
 
 # Browser tests drive Debian's Chromium (never a browser a tool downloads); a CJK font renders Chinese.
 browser:
@@ -67,8 +67,8 @@ demo: setup
 
 typecheck: node_modules/.stamp
 	npx tsc -p tsconfig.json --noEmit
-	npx tsc -p src/web/tsconfig.json --noEmit
-	npx tsc -p src/web/tsconfig.node.json --noEmit
+	npx tsc -p web/tsconfig.json --noEmit
+	npx tsc -p web/tsconfig.node.json --noEmit
 
 test-engine: $(VENV)/.stamp
 	cd engine && ../$(VPY) -m pytest -q tests

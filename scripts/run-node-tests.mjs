@@ -1,4 +1,4 @@
-// Runs every `*.test.ts` under src/ with node's own test runner (through tsx, so no build is needed).
+// Runs every `*.test.ts` under src/ and web/ (the console's browser test) with node's own test runner (through tsx, so no build is needed).
 // Node 20's `--test` does not expand globs itself. Pass paths or substrings to run a subset:
 //   node scripts/run-node-tests.mjs data jobs
 import { spawnSync } from 'node:child_process';
@@ -14,7 +14,7 @@ function find(dir) {
 }
 
 const filters = process.argv.slice(2);
-const files = find('src')
+const files = [...find('src'), ...find('web')]
   .sort()
   .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)));
 if (files.length === 0) {

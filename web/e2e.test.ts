@@ -6,7 +6,7 @@
  * pages fit a 390 px phone screen.
  *
  * Screenshots of every page go to test-results/screenshots/ (gitignored); regenerate them with
- *   node scripts/run-node-tests.mjs src/web/e2e
+ *   node scripts/run-node-tests.mjs web/e2e
  * The console is rebuilt into dist/web first (vite), so the test always runs the current source.
  */
 import assert from 'node:assert/strict';
@@ -17,13 +17,13 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { startServer, type RunningServer } from '../api/index.js';
-import { openContext, type Context } from '../context.js';
-import { createFile } from '../files/index.js';
-import { createKey } from '../keys/index.js';
-import { createTinyModel } from '../models/index.js';
+import { startServer, type RunningServer } from '../src/api/index.js';
+import { openContext, type Context } from '../src/context.js';
+import { createFile } from '../src/files/index.js';
+import { createKey } from '../src/keys/index.js';
+import { createTinyModel } from '../src/models/index.js';
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const WAIMAI = path.resolve(REPO, '..', 'shared', 'data', 'waimai_10k.csv');
 const SHOTS = path.join(REPO, 'test-results', 'screenshots');
 const CHROMIUM = '/usr/bin/chromium';
@@ -61,7 +61,7 @@ before(async () => {
   const t0 = Date.now();
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium`);
   assert.ok(existsSync(WAIMAI), `${WAIMAI} is missing`);
-  const build = spawnSync(process.execPath, [path.join(REPO, 'node_modules', 'vite', 'bin', 'vite.js'), 'build', '--config', 'src/web/vite.config.ts', '--logLevel', 'warn'], {
+  const build = spawnSync(process.execPath, [path.join(REPO, 'node_modules', 'vite', 'bin', 'vite.js'), 'build', '--config', 'web/vite.config.ts', '--logLevel', 'warn'], {
     cwd: REPO,
     encoding: 'utf8',
   });

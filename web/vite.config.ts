@@ -1,6 +1,6 @@
 // Builds the web console into dist/web; `weitiao serve` serves that folder at `/`.
-//   npx vite build --config src/web/vite.config.ts
-// During development `npx vite --config src/web/vite.config.ts` proxies /v1 to a running server
+//   npx vite build --config web/vite.config.ts
+// During development `npx vite --config web/vite.config.ts` proxies /v1 to a running server
 // (WEITIAO_API, default http://127.0.0.1:8000).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +15,7 @@ export default defineConfig({
   base: './',
   plugins: [react()],
   build: {
-    outDir: path.resolve(here, '../../dist/web'),
+    outDir: path.resolve(here, '../dist/web'),
     emptyOutDir: true,
     sourcemap: false,
   },
