@@ -87,6 +87,8 @@ export const PrepareBody = z.strictObject({
   /** Share of examples for the validation file; 0 writes a training file only. */
   validation: z.number().min(0).lt(1).default(0.2),
   seed: z.number().int().default(42),
+  /** `skip`: bad rows are left out and listed in `report.skipped` (file:line, reason); `error` stores nothing. */
+  on_invalid: z.enum(['error', 'skip']).default('error'),
   /** The name stem of the created files (`<stem>-train.jsonl`); defaults to the source file's. */
   name: z
     .string()
@@ -545,6 +547,7 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
         ...prepareOptions(body, filePath, dir),
         validation: body.validation,
         seed: body.seed,
+        on_invalid: body.on_invalid,
         train_file: `${stem}-train.jsonl`,
         validation_file: `${stem}-validation.jsonl`,
       },
@@ -561,6 +564,8 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
       seed: result.seed,
       validation_fraction: result.validation_fraction,
       report: publicReport(result, file.filename, [filePath, dir]),
+      skipped_rows: result.skipped_rows,
+      skipped: result.skipped.map((i) => publicIssue(i, file.filename, [filePath, dir])),
     };
     if (!result.written || !result.train) return { ...base, training_file: null, validation_file: null, stats: null };
     const stats = await datasetStats(result.train.file, {}, tokenDeps(model_dir));

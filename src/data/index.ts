@@ -94,6 +94,12 @@ export const PrepareOptions = z.object({
   stratify: z.union([z.literal('auto'), z.boolean()]).default('auto'),
   /** Same prompt, different answer: a warning by default (real data has a few), or an error. */
   conflicts: z.enum(['warning', 'error']).default('warning'),
+  /**
+   * `error`: any bad row stops the whole file (nothing is written). `skip`: bad rows are left out and
+   * listed in `skipped` with their line and reason; whole-file problems (a bad header, no valid row left)
+   * still stop it.
+   */
+  on_invalid: z.enum(['error', 'skip']).default('error'),
   /** A base model directory: examples longer than its max length (real tokenizer) are errors. */
   model_dir: z.string().optional(),
   /** Overrides the model's max length for the too_many_tokens check. */
@@ -141,6 +147,9 @@ export const PrepareResult = z.object({
   rows: z.number().int(),
   /** Examples produced (rows without errors). */
   examples: z.number().int(),
+  /** With `on_invalid: 'skip'`: the rows left out, how many, and every reason (file:line, field, code). */
+  skipped_rows: z.number().int(),
+  skipped: z.array(Issue),
   label_set: z.array(z.string()).nullable(),
   stratified: z.boolean(),
   seed: z.number().int(),
@@ -573,8 +582,10 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
   const issues = new IssueList(file);
   const duplicates = new DuplicateFinder(options.conflicts);
   /** The object written per example: the mapped example, or a chat line as it was (keeping e.g. `name`). */
-  const items: (Located & { output: unknown })[] = [];
+  let items: (Located & { output: unknown })[] = [];
   let rows = 0;
+  /** Problems on this line are the file's, not a row's: `skip` cannot leave them out. */
+  let headerLine: number | null = null;
   let mode: 'chat' | 'columns' = 'columns';
 
   const accept = (line: number, example: ChatExample, output: unknown) => {
@@ -629,6 +640,7 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
   } else {
     const table = await readTable(file, source);
     if (table.header) {
+      headerLine = table.header.line;
       table.header.problems.forEach((p) => issues.add(table.header!.line, p));
       const mapper = makeMapper(options, table.header.columns, `the header of ${file}`);
       if (table.header.problems.length === 0) {
@@ -652,10 +664,29 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
   const counter = tokenCounter(options, deps);
   if (counter && items.length) await checkLengths(items, counter, options.max_length, issues);
 
+  let { errors, warnings } = issues.sorted();
+  let skipped: Issue[] = [];
+  let skippedRows = 0;
+  if (options.on_invalid === 'skip') {
+    const fatal = errors.filter((e) => e.line === null || e.line === headerLine);
+    if (fatal.length === 0 && errors.length) {
+      const badLines = new Set(errors.map((e) => e.line));
+      skipped = errors;
+      skippedRows = badLines.size;
+      errors = [];
+      // A row is one example: any error on its line leaves the whole row out (a conflicting duplicate too).
+      items = items.filter((i) => !badLines.has(i.line));
+      if (items.length === 0) {
+        errors = [
+          { file, line: null, field: null, code: 'empty_file', severity: 'error',
+            message: `no valid rows left after skipping ${skippedRows} / 跳过 ${skippedRows} 行后没有有效数据` }, // prettier-ignore
+        ];
+      }
+    }
+  }
   const answers = items.map((i) => answerOf(i.example));
   const labelSet = detectLabelSet(answers);
   const stratified = options.stratify === 'auto' ? labelSet !== null : options.stratify;
-  const { errors, warnings } = issues.sorted();
   const result: PrepareResult = {
     input: file,
     format: source.format,
@@ -663,6 +694,8 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
     mode,
     rows,
     examples: items.length,
+    skipped_rows: skippedRows,
+    skipped,
     label_set: labelSet,
     stratified,
     seed: options.seed,

@@ -34,6 +34,7 @@ export function registerDataCommands(program: Command): void {
     .option('--encoding <encoding>', 'auto | utf8 | gb18030 | gbk', 'auto')
     .option('--no-stratify', 'do not stratify the split by answer')
     .option('--conflicts <severity>', 'same prompt, different answers: warning | error', 'warning')
+    .option('--on-invalid <mode>', 'bad rows: error (write nothing) | skip (leave them out, listed in the report)', 'error')
     .option('--model <model>', 'check lengths with this base model\'s tokenizer')
     .option('--json', 'print the report as JSON')
     .action(async (input: string, o, cmd: Command) => {
@@ -52,12 +53,16 @@ export function registerDataCommands(program: Command): void {
           encoding: o.encoding,
           stratify: o.stratify ? 'auto' : false,
           conflicts: o.conflicts,
+          on_invalid: o.onInvalid,
           model_dir: o.model ? resolveModel(ctx, o.model).basePath : undefined,
         });
         if (o.json) printJson(result);
         else {
           printIssues(result.errors, result.warnings);
+          for (const issue of result.skipped.slice(0, MAX_PRINTED_ISSUES)) process.stderr.write(`skipped 已跳过: ${formatIssue(issue)}\n`);
+          if (result.skipped.length > MAX_PRINTED_ISSUES) process.stderr.write(`… and ${result.skipped.length - MAX_PRINTED_ISSUES} more (use --json for all) / 其余请用 --json 查看\n`);
           console.log(`read ${result.rows} rows (${result.format}, ${result.encoding}) → ${result.examples} examples 条样本`);
+          if (result.skipped_rows) console.log(`skipped ${result.skipped_rows} invalid row(s) / 跳过 ${result.skipped_rows} 行无效数据`);
           if (result.label_set) console.log(`answers form a label set 标签集: ${result.label_set.join(', ')}${result.stratified ? ' (stratified split 分层划分)' : ''}`);
           for (const part of [result.train, result.validation]) {
             if (!part) continue;
