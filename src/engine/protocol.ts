@@ -108,7 +108,7 @@ export const TrainHyperparameters = z.object({
   /** Stop after this many validations without improvement (null: never). */
   early_stopping_patience: z.number().int().positive().nullable().default(null),
   early_stopping_min_delta: z.number().min(0).default(0),
-  /** `auto`: bf16 compute on GPUs and AMX CPUs, fp32 elsewhere (see the recipe's precision_mode). */
+  /** `auto`: bf16 compute on GPUs that support it; on a CPU (LoRA/QLoRA) where a probe of the model's linear shapes finds it faster (PrecisionChoice). */
   bf16: z.enum(['auto', 'on', 'off']).default('auto'),
   /** Batches of similar length (less padding); the order still depends only on the seed and epoch. */
   group_by_length: z.boolean().default(false),
@@ -380,6 +380,34 @@ export type CheckpointEvent = z.infer<typeof Checkpoint>;
 
 // ------------------------------------------------------------------------------------------------ results
 
+/** How `precision` was chosen (engine training/precision_probe.py): on a CPU, the probe of the model's own linear
+ * shapes (seconds per forward + input-gradient pass over them, GFLOP/s per variant), cached per machine. */
+export const PrecisionChoice = z.object({
+  precision: z.enum(['bf16', 'bf16-weights', 'fp32']),
+  /** `probe` (auto, measured), `bf16: on|off` (the job's), or on a GPU `bf16: … (cuda)`. */
+  source: z.string(),
+  reason: z.string().optional(),
+  threads: z.number().int().optional(),
+  figures: z
+    .object({
+      cpu: z.string(),
+      flags: z.array(z.string()),
+      torch: z.string(),
+      threads: z.number().int(),
+      tokens: z.number().int(),
+      shapes: z.array(z.array(z.number().int())),
+      seconds: z.record(z.string(), z.number()),
+      gflops: z.record(z.string(), z.number()),
+      native_bf16: z.boolean(),
+      /** Relative error of bf16 products against fp32; null when they were not finite. */
+      bf16_error: z.number().nullable(),
+      bf16_safe: z.boolean(),
+      cached: z.boolean().optional(),
+    })
+    .optional(),
+});
+export type PrecisionChoice = z.infer<typeof PrecisionChoice>;
+
 export const TrainResult = z.object({
   model_dir: z.string().nullable(),
   interrupted: z.boolean(),
@@ -393,6 +421,7 @@ export const TrainResult = z.object({
   /** Examples cut to `max_seq_length`. */
   truncated_examples: z.object({ training: z.number().int(), validation: z.number().int() }).optional(),
   precision: z.enum(['bf16', 'bf16-weights', 'fp32']).optional(),
+  precision_choice: PrecisionChoice.optional(),
   /** What gradient checkpointing became: selective keeps the matmul outputs, full only each layer's input. */
   gradient_checkpointing: z.enum(['off', 'full', 'selective']).optional(),
   /** Padding-free (packed) training batches; false when the model cannot keep packed sequences apart. */
@@ -493,12 +522,14 @@ export const EstimateResult = z.object({
   base_parameters: z.number().int(),
   trainable_parameters: z.number().int(),
   flops_per_epoch: z.number(),
-  /** This machine's fp32 matmul rate, timed for under a second. */
+  /** This machine's matmul rate in the run's precision: the precision probe's figure on a CPU (under a second, cached). */
   matmul_flops_per_second: z.number(),
   /** The share of that rate whole training steps achieve. */
   efficiency: z.number(),
   threads: z.number().int(),
   /** As `train` will resolve it: off, full, or selective (when the kept matmul outputs fit in the base's bytes). */
+  precision: z.enum(['bf16', 'bf16-weights', 'fp32']).optional(),
+  precision_choice: PrecisionChoice.optional(),
   gradient_checkpointing: z.enum(['off', 'full', 'selective']).optional(),
 });
 export type EstimateResult = z.infer<typeof EstimateResult>;
