@@ -15,7 +15,7 @@ def figures(fp32: float, bf16: float, weights: float, native: bool = False, safe
         "seconds": {"fp32": fp32, "bf16": bf16, "bf16-weights": weights},
         "native_bf16": native,
         "bf16_safe": safe,
-        "bf16_error": 0.003 if safe else float("inf"),
+        "bf16_error": 0.003 if safe else None,  # None: products not finite
         "threads": 2,
         **extra,
     }
@@ -38,7 +38,9 @@ def test_bf16_slower_chooses_fp32_and_keeps_bf16_weights_only_when_they_do_not_s
 
 def test_unsafe_bf16_chooses_fp32_however_fast():
     choice = pp.decide(figures(1.0, 0.1, 1.4, native=True, safe=False), bf16_checkpoint=False)
-    assert choice["precision"] == "fp32" and "not numerically safe" in choice["reason"]
+    assert choice["precision"] == "fp32" and "not numerically safe (relative error not finite)" in choice["reason"]
+    large = {**figures(1.0, 0.1, 1.4, native=True, safe=False), "bf16_error": 0.3}
+    assert pp.decide(large, bf16_checkpoint=False)["precision"] == "fp32"
 
 
 def test_threads_all_logical_cpus_only_when_clearly_faster():
@@ -94,6 +96,7 @@ def test_corrupt_cache_file_is_ignored_and_replaced(tmp_path, content):
 
 
 def test_cache_dir_follows_weitiao_home(monkeypatch, tmp_path):
+    monkeypatch.delenv("WEITIAO_CACHE_DIR", raising=False)
     monkeypatch.setenv("WEITIAO_HOME", str(tmp_path / "home"))
     assert pp.default_cache_dir() == tmp_path / "home" / "cache"
     monkeypatch.delenv("WEITIAO_HOME")

@@ -2,7 +2,7 @@
 // with reach the engine (its checkpoint's state.json holds the request it ran), early stopping ends a
 // real job, and a dry run checks and estimates exactly what a job would, storing nothing.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WeitiaoError } from '../errors.js';
@@ -95,7 +95,13 @@ describe('training controls', () => {
     const events = listJobEvents(fx.ctx, job.id, { limit: 1000, order: 'asc' }).data;
     const started = events.find((e) => /Fine-tuning started/.test(e.message))!;
     assert.match(started.message, /gradient accumulation 2, .*early stopping patience 1, min delta 100/);
-    assert.deepEqual((started.data as { controls: unknown }).controls, done.weitiao.controls);
+    const { precision_choice: choice, ...controls } = done.weitiao.controls;
+    assert.deepEqual((started.data as { controls: unknown }).controls, controls);
+    // How `bf16: auto` was decided on this machine: the precision probe's figures, in the controls and the log.
+    assert.equal(choice?.source, 'probe');
+    assert.ok(choice?.figures && choice.figures.gflops.fp32 > 0 && choice.figures.gflops.bf16 > 0, JSON.stringify(choice));
+    assert.ok(events.some((e) => e.message.startsWith(`precision ${choice.precision} (probe`)), 'the choice is in the job log');
+    assert.ok(readdirSync(fx.ctx.home.cache).includes('precision-probe.json'), 'cached in the home');
     assert.ok(events.some((e) => /early stopping at step 2/.test(e.message)), 'the engine’s own log line is a job event');
     const stopped = events.find((e) => /Stopped early at step 2/.test(e.message));
     assert.deepEqual(stopped?.data, { early_stopped: true, steps: 2, total_steps: 6 });

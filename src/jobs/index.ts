@@ -16,8 +16,9 @@ import { z } from 'zod';
 import type { Context } from '../context.js';
 import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { Issue } from '../data/index.js';
-import { LabelMetrics } from '../engine/protocol.js';
+import { LabelMetrics, PrecisionChoice } from '../engine/protocol.js';
 import { retrieveFile } from '../files/index.js';
+import { parseGrader } from '../graders/index.js';
 import { resolveModel } from '../models/index.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
 import { estimateJob, JobEstimate } from '../train/estimate.js';
@@ -68,6 +69,19 @@ export const DpoHyperparameters = SupervisedHyperparameters.extend({
   beta: auto(z.number().positive().max(10)).optional(),
 });
 export type DpoHyperparameters = z.infer<typeof DpoHyperparameters>;
+
+/** OpenAI's reinforcement hyperparameters; each may be `auto`. `compute_multiplier` scales the answers sampled per
+ * prompt (REINFORCEMENT_GROUP × it, at least 2); `reasoning_effort` is recorded (the recipe does not reason). */
+export const ReinforcementHyperparameters = SupervisedHyperparameters.extend({
+  compute_multiplier: auto(z.number().positive().max(16)).optional(),
+  eval_interval: auto(z.number().int().min(1)).optional(),
+  eval_samples: auto(z.number().int().min(1)).optional(),
+  reasoning_effort: z.enum(['default', 'low', 'medium', 'high']).optional(),
+});
+export type ReinforcementHyperparameters = z.infer<typeof ReinforcementHyperparameters>;
+
+/** Answers per prompt at compute_multiplier 1 (GRPO's group). */
+export const REINFORCEMENT_GROUP = 4;
 
 /** DPO's `beta` when `auto`: the DPO paper's and OpenAI's default. */
 export const DEFAULT_DPO_BETA = 0.1;
@@ -128,6 +142,15 @@ export const CreateJobParams = z.strictObject({
       type: z.enum(['supervised', 'dpo', 'reinforcement']),
       supervised: z.object({ hyperparameters: SupervisedHyperparameters.optional() }).optional(),
       dpo: z.object({ hyperparameters: DpoHyperparameters.optional() }).optional(),
+      reinforcement: z
+        .object({
+          /** OpenAI's grader JSON (src/graders/schema.ts); checked field by field at creation. */
+          grader: z.record(z.string(), z.unknown()),
+          hyperparameters: ReinforcementHyperparameters.optional(),
+          /** JSON answers (`{{sample.output_json.x}}`): OpenAI's response_format with a json_schema. */
+          response_format: z.record(z.string(), z.unknown()).nullable().optional(),
+        })
+        .optional(),
     })
     .optional(),
   /** Deprecated by OpenAI in favour of `method`, still accepted. */
@@ -189,6 +212,19 @@ export const FineTuningJob = z.object({
       type: z.literal('dpo'),
       dpo: z.object({ hyperparameters: ResolvedOrAuto.extend({ beta: z.union([z.literal('auto'), z.number()]) }) }),
     }),
+    z.object({
+      type: z.literal('reinforcement'),
+      reinforcement: z.object({
+        grader: z.record(z.string(), z.unknown()),
+        response_format: z.record(z.string(), z.unknown()).nullable(),
+        hyperparameters: ResolvedOrAuto.extend({
+          compute_multiplier: z.union([z.literal('auto'), z.number()]),
+          eval_interval: z.union([z.literal('auto'), z.number()]),
+          eval_samples: z.union([z.literal('auto'), z.number()]),
+          reasoning_effort: z.string(),
+        }),
+      }),
+    }),
   ]),
   trained_tokens: z.number().int().nullable(),
   error: z.object({ code: z.string(), message: z.string(), param: z.string().nullable() }).nullable(),
@@ -200,7 +236,7 @@ export const FineTuningJob = z.object({
   integrations: z.array(z.unknown()),
   weitiao: z.object({
     /** The engine recipe: `lora`, `full` or `dpo`. */
-    method: z.enum(['lora', 'qlora', 'full', 'dpo']),
+    method: z.enum(['lora', 'qlora', 'full', 'dpo', 'reinforcement']),
     /** Full fine-tuning's freezing settings (empty for the other methods). */
     full: z.record(z.string(), z.unknown()),
     /** Live progress while running (and where a paused job stopped). */
@@ -222,8 +258,9 @@ export const FineTuningJob = z.object({
       })
       .nullable(),
     lora: z.record(z.string(), z.unknown()),
-    /** The training controls the engine is given, its defaults filled in for what the job left out. */
-    controls: ResolvedTrainingControls,
+    /** The training controls the engine is given, its defaults filled in for what the job left out; once trained,
+     * `precision_choice`: what `bf16` became on this machine and why (the precision probe's figures). */
+    controls: ResolvedTrainingControls.extend({ precision_choice: PrecisionChoice.optional() }),
     eval_every_steps: z.number().int(),
     save_every_steps: z.number().int(),
     max_steps: z.number().int().nullable(),
@@ -306,7 +343,7 @@ export const ListOf = <T extends z.ZodType>(item: T) =>
 
 /** Creates a job in `validating_files`; `not_found` (param model/training_file/validation_file) for unknown names. */
 export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob {
-  const { p, model, settings, requested, isDpo, dpoHp } = checkCreate(ctx, params);
+  const { p, model, settings, requested, isDpo, dpoHp, rlHp } = checkCreate(ctx, params);
   if (p.weitiao?.dry_run) {
     throw new WeitiaoError('invalid_request', 'weitiao.dry_run creates nothing: call planJob / 试运行不会创建任务', { param: 'weitiao.dry_run' });
   }
@@ -330,7 +367,11 @@ export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob 
     validation_file: p.validation_file ?? null,
     status: 'validating_files',
     method: JSON.stringify(
-      isDpo ? { type: 'dpo', dpo: { hyperparameters: { ...hyper, beta: dpoHp?.beta ?? 'auto' } } } : { type: 'supervised', supervised: { hyperparameters: hyper } },
+      rlHp
+        ? reinforcementWire(settings, { n_epochs: hyper.n_epochs ?? 'auto', batch_size: hyper.batch_size ?? 'auto', learning_rate_multiplier: hyper.learning_rate_multiplier ?? 'auto', ...rlHp })
+        : isDpo
+          ? { type: 'dpo', dpo: { hyperparameters: { ...hyper, beta: dpoHp?.beta ?? 'auto' } } }
+          : { type: 'supervised', supervised: { hyperparameters: hyper } },
     ),
     extension: JSON.stringify(extension),
     suffix: p.suffix ?? null,
@@ -354,11 +395,8 @@ export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob 
 function checkCreate(ctx: Context, params: CreateJobParams) {
   const p = parseParams(CreateJobParams, params);
 
-  if (p.method?.type === 'reinforcement') {
-    throw new WeitiaoError('invalid_request', `method 'reinforcement' is not supported yet; use 'supervised' or 'dpo' / 暂不支持该训练方法`, {
-      param: 'method.type',
-    });
-  }
+  const isRl = p.method?.type === 'reinforcement';
+  if (isRl) checkReinforcement(p);
   const isDpo = p.method?.type === 'dpo';
   if (isDpo && p.weitiao?.method === 'full') {
     throw new WeitiaoError('invalid_request', "DPO trains a LoRA adapter; weitiao.method 'full' applies to supervised jobs / DPO 只支持 LoRA", {
@@ -369,7 +407,7 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
   if (isDpo && nproc > 1) {
     throw new WeitiaoError('invalid_request', 'DPO trains in one process; leave weitiao.nproc at 1 / DPO 只支持单进程训练', { param: 'weitiao.nproc' });
   }
-  const explicitBatch = (p.method?.dpo?.hyperparameters ?? p.method?.supervised?.hyperparameters ?? p.hyperparameters)?.batch_size;
+  const explicitBatch = (p.method?.dpo?.hyperparameters ?? p.method?.reinforcement?.hyperparameters ?? p.method?.supervised?.hyperparameters ?? p.hyperparameters)?.batch_size;
   if (nproc > 1 && typeof explicitBatch === 'number' && explicitBatch % nproc !== 0) {
     throw new WeitiaoError(
       'invalid_request',
@@ -384,7 +422,9 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
     throw new WeitiaoError('invalid_request', 'integrations are not supported / 不支持 integrations', { param: 'integrations' });
   }
   const dpoHp = isDpo ? (p.method?.dpo?.hyperparameters ?? {}) : null;
-  const fromMethod = dpoHp ? { n_epochs: dpoHp.n_epochs, batch_size: dpoHp.batch_size, learning_rate_multiplier: dpoHp.learning_rate_multiplier } : p.method?.supervised?.hyperparameters;
+  const rlGiven = isRl ? (p.method?.reinforcement?.hyperparameters ?? {}) : null;
+  const ownHp = dpoHp ?? rlGiven;
+  const fromMethod = ownHp ? { n_epochs: ownHp.n_epochs, batch_size: ownHp.batch_size, learning_rate_multiplier: ownHp.learning_rate_multiplier } : p.method?.supervised?.hyperparameters;
   if (fromMethod && p.hyperparameters) {
     throw new WeitiaoError(
       'invalid_request',
@@ -396,6 +436,15 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
   const { dry_run: _dryRun, ...given } = p.weitiao ?? { label_set: 'auto' as const };
   const settings: JobSettings = given;
   if (isDpo) settings.dpo = { beta: dpoHp?.beta === undefined || dpoHp.beta === 'auto' ? DEFAULT_DPO_BETA : dpoHp.beta };
+  const rlHp = rlGiven
+    ? {
+        compute_multiplier: rlGiven.compute_multiplier ?? ('auto' as const),
+        eval_interval: rlGiven.eval_interval ?? ('auto' as const),
+        eval_samples: rlGiven.eval_samples ?? ('auto' as const),
+        reasoning_effort: rlGiven.reasoning_effort ?? 'default',
+      }
+    : null;
+  if (rlHp) settings.reinforcement = { grader: p.method!.reinforcement!.grader, response_format: p.method!.reinforcement!.response_format ?? null, ...rlHp };
   const requested = {
     n_epochs: openaiHp.n_epochs ?? 'auto',
     batch_size: openaiHp.batch_size ?? 'auto',
@@ -428,7 +477,7 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
   requireTrainingFile(ctx, p.training_file, 'training_file');
   if (p.validation_file) requireTrainingFile(ctx, p.validation_file, 'validation_file');
 
-  return { p, model, settings, requested: hpCheck.data, isDpo, dpoHp };
+  return { p, model, settings, requested: hpCheck.data, isDpo, dpoHp, rlHp };
 }
 
 /**
@@ -436,8 +485,8 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
  * would, and the estimate; nothing is stored. Bad files are `invalid_file` naming `file:line` and field.
  */
 export async function planJob(ctx: Context, params: CreateJobParams, options: { signal?: AbortSignal } = {}): Promise<JobPlan> {
-  const { p, model, settings, requested, isDpo } = checkCreate(ctx, params);
-  const method: Method = isDpo ? 'dpo' : (settings.method ?? 'lora');
+  const { p, model, settings, requested, isDpo, rlHp } = checkCreate(ctx, params);
+  const method: Method = rlHp ? 'reinforcement' : isDpo ? 'dpo' : (settings.method ?? 'lora');
   const checked: CheckedFile[] = [];
   for (const param of ['training_file', 'validation_file'] as const) {
     const fileId = p[param];
@@ -480,7 +529,11 @@ export async function planJob(ctx: Context, params: CreateJobParams, options: { 
     model: model.id,
     training_file: p.training_file,
     validation_file: p.validation_file ?? null,
-    method: isDpo ? { type: 'dpo', dpo: { hyperparameters: { ...hyper, beta } } } : { type: 'supervised', supervised: { hyperparameters: hyper } },
+    method: rlHp
+      ? reinforcementWire(settings, { ...hyper, ...rlHp, ...resolveReinforcement(settings.reinforcement!, resolved.estimated_total_steps, valid?.valid_examples ?? null), reasoning_effort: rlHp.reasoning_effort })
+      : isDpo
+        ? { type: 'dpo', dpo: { hyperparameters: { ...hyper, beta } } }
+        : { type: 'supervised', supervised: { hyperparameters: hyper } },
     seed: p.seed ?? null,
     weitiao: {
       method,
@@ -762,7 +815,10 @@ export function jobToWire(row: JobRow): FineTuningJob {
           }
         : null,
       lora: { ...ext.settings.lora },
-      controls: resolveTrainingControls(pickTrainingControls(ext.settings)),
+      controls: {
+        ...resolveTrainingControls(pickTrainingControls(ext.settings)),
+        ...(ext.precision_choice ? { precision_choice: ext.precision_choice } : {}),
+      },
       eval_every_steps: ext.settings.eval_every_steps ?? 0,
       save_every_steps: ext.settings.save_every_steps ?? 0,
       max_steps: ext.settings.max_steps ?? null,
@@ -782,15 +838,20 @@ function publicJobError(error: NonNullable<FineTuningJob['error']>): FineTuningJ
   return { ...error, message: hideServerPaths(error.message) };
 }
 
-/** The engine recipe of a job: `dpo` for OpenAI's DPO method, else weitiao's supervised choice (default `lora`). */
-export function jobMethod(row: Pick<JobRow, 'method' | 'extension'>): 'lora' | 'qlora' | 'full' | 'dpo' {
-  if ((JSON.parse(row.method) as { type: string }).type === 'dpo') return 'dpo';
+/** The engine recipe of a job: `dpo`/`reinforcement` for OpenAI's methods of those names, else weitiao's supervised choice (default `lora`). */
+export function jobMethod(row: Pick<JobRow, 'method' | 'extension'>): Method {
+  const type = (JSON.parse(row.method) as { type: string }).type;
+  if (type === 'dpo' || type === 'reinforcement') return type;
   return parseExtension(row).settings.method ?? 'lora';
 }
 
 /** OpenAI's deprecated top-level `hyperparameters`: the method's, without DPO's `beta`. */
 function openaiHyperparameters(method: FineTuningJob['method']): FineTuningJob['hyperparameters'] {
   if (method.type === 'supervised') return method.supervised.hyperparameters;
+  if (method.type === 'reinforcement') {
+    const { n_epochs, batch_size, learning_rate_multiplier } = method.reinforcement.hyperparameters;
+    return { n_epochs, batch_size, learning_rate_multiplier };
+  }
   const { beta: _beta, ...rest } = method.dpo.hyperparameters;
   return rest;
 }
@@ -845,4 +906,54 @@ function parseParams<S extends z.ZodType>(schema: S, input: unknown): z.infer<S>
     throw new WeitiaoError('invalid_request', z.prettifyError(parsed.error), { param: issue?.path.map(String).join('.') || undefined });
   }
   return parsed.data;
+}
+
+// ------------------------------------------------------------------------------------------ reinforcement
+
+/** The create request's reinforcement checks: a grader in OpenAI's shapes (400 naming the field, e.g.
+ * `method.reinforcement.grader.operation`), no settings of the other methods. */
+function checkReinforcement(p: z.output<typeof CreateJobParams>): void {
+  const rl = p.method?.reinforcement;
+  if (!rl) {
+    throw new WeitiaoError('invalid_request', 'method.reinforcement.grader is required for method reinforcement / 强化微调需要评分器', {
+      param: 'method.reinforcement.grader',
+    });
+  }
+  parseGrader(rl.grader, 'method.reinforcement.grader');
+  if (p.method?.supervised || p.method?.dpo || p.hyperparameters) {
+    const param = p.method?.supervised ? 'method.supervised' : p.method?.dpo ? 'method.dpo' : 'hyperparameters';
+    throw new WeitiaoError('invalid_request', `${param} is given but method.type is 'reinforcement' / method.type 与参数不符`, { param });
+  }
+  if (p.weitiao?.method === 'qlora') {
+    throw new WeitiaoError('invalid_request', "reinforcement trains a LoRA adapter or every weight ('full'), not qlora / 强化微调不支持 QLoRA", {
+      param: 'weitiao.method',
+    });
+  }
+  if ((p.weitiao?.nproc ?? 1) > 1) {
+    throw new WeitiaoError('invalid_request', 'reinforcement trains in one process; leave weitiao.nproc at 1 / 强化微调只支持单进程训练', { param: 'weitiao.nproc' });
+  }
+}
+
+/** OpenAI's `method` object of a reinforcement job: its grader and hyperparameters (`auto` or resolved). */
+export function reinforcementWire(
+  settings: JobSettings,
+  hyperparameters: Extract<FineTuningJob['method'], { type: 'reinforcement' }>['reinforcement']['hyperparameters'],
+): Extract<FineTuningJob['method'], { type: 'reinforcement' }> {
+  const rl = settings.reinforcement!;
+  return { type: 'reinforcement', reinforcement: { grader: rl.grader, response_format: rl.response_format, hyperparameters } };
+}
+
+/** `auto` resolved: answers per prompt, validation every N steps (about ten evaluations a run), validation prompts (≤ 64). */
+export function resolveReinforcement(
+  rl: NonNullable<JobSettings['reinforcement']>,
+  totalSteps: number,
+  nValidation: number | null,
+): { compute_multiplier: number; samples_per_prompt: number; eval_interval: number; eval_samples: number } {
+  const multiplier = rl.compute_multiplier === 'auto' ? 1 : rl.compute_multiplier;
+  return {
+    compute_multiplier: multiplier,
+    samples_per_prompt: Math.max(2, Math.round(REINFORCEMENT_GROUP * multiplier)),
+    eval_interval: rl.eval_interval === 'auto' ? Math.max(1, Math.ceil(totalSteps / 10)) : rl.eval_interval,
+    eval_samples: rl.eval_samples === 'auto' ? Math.min(64, nValidation ?? 64) : rl.eval_samples,
+  };
 }

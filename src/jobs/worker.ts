@@ -511,6 +511,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     let failure: WeitiaoError | null = null;
     try {
       result = await runEngine('train', request, {
+        env: { WEITIAO_CACHE_DIR: this.ctx.home.cache }, // the precision probe's per-machine figures (engine precision_probe.py)
         onSpawn: (child) => {
           run.pid = child.pid ?? null;
           this.ctx.db.prepare('UPDATE jobs SET worker_pid = ? WHERE id = ?').run(run.pid, id);
@@ -710,6 +711,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const row = getJobRow(this.ctx.db, id)!;
     const ext = parseExtension(row);
     const modelDir = path.resolve(state.outputDir, result.model_dir!);
+    if (result.precision_choice) patchExtension(this.ctx.db, id, { precision_choice: result.precision_choice }); // shown in weitiao.controls
     const metricsFile = await this.writeMetricsCsv(id, state.outputDir);
     const resultFile = await createFile(this.ctx, { source: metricsFile, filename: 'step_metrics.csv', purpose: 'fine-tune-results' });
     registerModel(this.ctx, {

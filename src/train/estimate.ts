@@ -97,7 +97,8 @@ export async function estimateJob(ctx: Context, params: EstimateParams, options:
   const key = [JSON.stringify(request), ...[file, path.join(model.basePath, 'config.json')].map((f) => statSync(f, { throwIfNoEntry: false })?.mtimeMs ?? 0)].join('\0');
   let result = estimateCache.get(key);
   if (!result) {
-    result = await runEngine('estimate', request, { signal: options.signal });
+    // The precision probe's figures are cached in the home, shared with `train` (engine training/precision_probe.py).
+    result = await runEngine('estimate', request, { signal: options.signal, env: { WEITIAO_CACHE_DIR: ctx.home.cache } });
     if (estimateCache.size >= ESTIMATE_CACHE_SIZE) estimateCache.delete(estimateCache.keys().next().value!);
     estimateCache.set(key, result);
   }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -43,7 +44,8 @@ def choose(setting: str, config, bf16_checkpoint: bool, cache_dir: Optional[Path
         return {"precision": auto if setting == "auto" else "bf16" if setting == "on" else "fp32", "source": f"bf16: {setting} (cuda)"}
     figures = probe(linear_shapes(config), cache_dir=cache_dir)  # also for on/off: the estimate's rate, the job's record
     if setting != "auto":
-        return {"precision": "bf16" if setting == "on" else "fp32", "source": f"bf16: {setting}", "reason": "set by the job", "threads": figures["threads"], "figures": figures}
+        fixed = "bf16" if setting == "on" else "fp32"
+        return {"precision": fixed, "source": f"bf16: {setting}", "reason": "set by the job", "threads": figures["threads"], "figures": figures}
     return {**decide(figures, bf16_checkpoint), "figures": figures}
 
 
@@ -59,7 +61,8 @@ def decide(figures: dict[str, Any], bf16_checkpoint: bool) -> dict[str, Any]:
     speedup = fp32 / bf16 if bf16 > 0 else 0.0
     needed = 1.0 if figures["native_bf16"] else BF16_MARGIN
     if not figures["bf16_safe"]:
-        precision, why = "fp32", f"bf16 products not numerically safe (relative error {figures['bf16_error']:.2g})"
+        error = figures["bf16_error"]
+        precision, why = "fp32", f"bf16 products not numerically safe (relative error {'not finite' if error is None else f'{error:.2g}'})"
     elif speedup >= needed:
         precision, why = "bf16", f"bf16 {speedup:.2f}x fp32 (needs ≥ {needed:.2f}x)"
     else:
@@ -116,7 +119,7 @@ def measure_shapes(shapes: list[tuple[int, int]]) -> dict[str, Any]:
     seconds = {v: _time_variant(v, xs, ws) for v in VARIANTS}
     if any(f in flags for f in NATIVE_FP16_FLAGS):  # for the record: without a loss scaler fp16 training is unsafe
         seconds["fp16"] = _time_variant("fp16", xs, ws)
-    error = _bf16_error(xs, ws)
+    error = _bf16_error(xs, ws)  # inf (not finite products) becomes null: JSON has no Infinity
     figures: dict[str, Any] = {
         "cpu": cpu_model(),
         "flags": sorted(f for f in flags if f in RELEVANT_FLAGS),
@@ -127,7 +130,7 @@ def measure_shapes(shapes: list[tuple[int, int]]) -> dict[str, Any]:
         "seconds": seconds,
         "gflops": {v: flops / s / 1e9 for v, s in seconds.items()},
         "native_bf16": native_bf16,
-        "bf16_error": error,
+        "bf16_error": error if math.isfinite(error) else None,
         "bf16_safe": error <= MAX_RELATIVE_ERROR,
     }
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or threads)
@@ -185,7 +188,10 @@ def _bf16_error(xs: list[torch.Tensor], ws: list[torch.Tensor]) -> float:
 
 
 def default_cache_dir() -> Path:
-    """$WEITIAO_HOME/cache, else $XDG_CACHE_HOME/weitiao, else ~/.cache/weitiao."""
+    """$WEITIAO_CACHE_DIR (the control plane passes its home's cache/), else $WEITIAO_HOME/cache, else
+    $XDG_CACHE_HOME/weitiao, else ~/.cache/weitiao."""
+    if os.environ.get("WEITIAO_CACHE_DIR"):
+        return Path(os.environ["WEITIAO_CACHE_DIR"])
     if os.environ.get("WEITIAO_HOME"):
         return Path(os.environ["WEITIAO_HOME"]) / "cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "weitiao"

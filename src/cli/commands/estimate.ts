@@ -38,6 +38,12 @@ export function printEstimate(e: JobEstimate): void {
       `${e.gradient_checkpointing ? ` gradient checkpointing ${e.gradient_checkpointing};` : ''}` +
       ` ${(e.flops_per_epoch / 1e12).toFixed(2)} TFLOP per epoch at ${(e.matmul_flops_per_second / 1e9).toFixed(1)} GFLOP/s × ${e.efficiency} (${e.threads} threads)`,
   );
+  const choice = e.precision_choice;
+  if (choice) {
+    // How `bf16` was resolved here and the probe's figures that also set the GFLOP/s above. 精度选择与实测
+    const rates = choice.figures ? `; GFLOP/s ${Object.entries(choice.figures.gflops).map(([v, g]) => `${v} ${g.toFixed(1)}`).join(', ')}` : '';
+    console.log(`precision 精度 ${choice.precision} (${choice.source}${choice.reason ? `: ${choice.reason}` : ''})${rates}`);
+  }
   if (e.n_truncated) console.log(`${e.n_truncated} examples will be truncated to max_seq_length / ${e.n_truncated} 条样本将被截断`);
 }
 

@@ -3,7 +3,7 @@
  * checkpoints, the extension JSON). Not for use outside src/jobs.
  */
 import path from 'node:path';
-import type { LabelMetrics } from '../../engine/protocol.js';
+import type { LabelMetrics, PrecisionChoice } from '../../engine/protocol.js';
 import { hideServerPaths } from '../../errors.js';
 import type { DB } from '../../store/index.js';
 import { newId, now } from '../../store/index.js';
@@ -42,7 +42,18 @@ export interface JobRow {
  * weitiao's own settings for a job, as the user gave them (the `weitiao` object of the create request,
  * its schema in ../index.ts), plus DPO's beta resolved from `auto` at creation.
  */
-export type JobSettings = Omit<z.output<typeof WeitiaoJobSettings>, 'dry_run'> & { dpo?: { beta: number } };
+export type JobSettings = Omit<z.output<typeof WeitiaoJobSettings>, 'dry_run'> & { dpo?: { beta: number }; reinforcement?: ReinforcementSettings };
+
+/** A reinforcement job's grader and OpenAI hyperparameters beyond the supervised ones, as asked (`auto` kept). */
+export interface ReinforcementSettings {
+  grader: Record<string, unknown>;
+  response_format: Record<string, unknown> | null;
+  compute_multiplier: number | 'auto';
+  eval_interval: number | 'auto';
+  eval_samples: number | 'auto';
+  /** Accepted and recorded: the recipe samples plain answers. */
+  reasoning_effort: string;
+}
 
 export interface JobProgress {
   step: number;
@@ -68,6 +79,8 @@ export interface JobExtension {
   last_eval: { step: number; valid_loss?: number; accuracy?: number } | null;
   /** Runs lost in a row (engine crash, worker gone) since the last checkpoint was saved; absent = 0. */
   crash_streak?: number;
+  /** How the engine chose its precision (the probe's figures on a CPU), from the train result. */
+  precision_choice?: PrecisionChoice;
 }
 
 export interface JobError {
