@@ -18,7 +18,8 @@ export interface GeneralItem {
   language: 'zh' | 'en';
 }
 
-export const GENERAL_SET_FILE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'general.jsonl');
+// Found from the repo root, so the compiled CLI (dist/eval/general/, where tsc copies no .jsonl) reads the same file.
+export const GENERAL_SET_FILE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'src', 'eval', 'general', 'general.jsonl');
 
 /** mulberry32: a small seeded generator, so the set never depends on Math.random. */
 export function seededRandom(seed: number): () => number {
