@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createApp } from '../api/index.js';
 import { formatBaselines, formatForgetting, parseBaseline } from '../cli/commands/eval.js';
 import { createJob, retrieveJob, Worker } from '../jobs/index.js';
 import { setUpFixture, type Fixture } from '../jobs/internal/test-fixtures.js';
@@ -134,6 +135,23 @@ describe('baselines and forgetting on a fine-tuned tiny model', () => {
     assert.match(html, /<svg[^>]+aria-label="metrics with 95% intervals"/);
     assert.match(html, /confusion matrix/);
     assert.doesNotMatch(html, /<script|(?:href|src)=["']?https?:/, 'offline: no scripts, nothing fetched');
+  });
+
+  test('the same comparison over HTTP names files by id, never by server path', async () => {
+    const app = createApp(fx.ctx, { auth: false });
+    const post = (body: unknown) => app.request('/v1/weitiao/evaluations/baselines', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const res = await post({ model, file_id: fx.validation, shots: 2, max_examples: 6 });
+    assert.equal(res.status, 200);
+    const c = (await res.json()) as { object: string; file: string; rows: { system: string }[]; n: number; training_file: unknown };
+    assert.equal(c.object, 'weitiao.baseline_comparison');
+    assert.deepEqual([c.file, c.n, c.training_file], [fx.validation, 6, null]);
+    assert.deepEqual(c.rows.map((r) => r.system), ['zero-shot', 'few-shot', 'fine-tuned']);
+    assert.ok(!JSON.stringify(c).includes(fx.tmp), 'no server path in the answer');
+    const bad = await post({ model, file_id: fx.validation, shots: 0 });
+    assert.equal(bad.status, 400);
+    assert.equal(((await bad.json()) as { error: { param: string } }).error.param, 'shots');
+    const base = await post({ model: fx.model, file_id: fx.validation });
+    assert.equal(base.status, 400, 'a base model has no fine-tune to compare');
   });
 
   test('the forgetting check scores the base and the fine-tune on a spread of the general set', async () => {

@@ -21,6 +21,9 @@ import {
   RunCreateParams,
   updateEval,
 } from '../../evals/index.js';
+import { compareWithBaselines, DEFAULT_SHOTS } from '../../eval/baseline.js';
+import { checkForgetting } from '../../eval/forgetting.js';
+import { fileContentPath } from '../../files/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
 
@@ -32,6 +35,27 @@ const Page = {
 const EvalParams = z.object({ eval_id: z.string().min(1) });
 const RunParams = z.object({ eval_id: z.string().min(1), run_id: z.string().min(1) });
 const ItemParams = z.object({ eval_id: z.string().min(1), run_id: z.string().min(1), output_item_id: z.string().min(1) });
+
+const FileId = z.string().regex(/^file-[0-9a-z]+$/i, 'an uploaded file id (file-…)');
+
+/** `weitiao eval --baseline few-shot[:k]` over HTTP: files by id, never server paths. */
+export const BaselineBody = z.object({
+  model: z.string().min(1),
+  file_id: FileId,
+  /** Where the shots come from; default the training file of the model's job. */
+  training_file_id: FileId.optional(),
+  shots: z.number().int().min(1).max(64).default(DEFAULT_SHOTS),
+  seed: z.number().int().default(0),
+  max_examples: z.number().int().positive().max(100_000).optional(),
+});
+
+export const ForgettingBody = z.object({
+  model: z.string().min(1),
+  /** Default: the model's base. */
+  compare_with: z.string().min(1).optional(),
+  max_examples: z.number().int().positive().max(300).optional(),
+  seed: z.number().int().default(0),
+});
 
 export function evalRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   const tag = 'Evals';
@@ -89,5 +113,29 @@ export function evalRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   routes.add(
     { method: 'get', path: `${base}/:eval_id/runs/:run_id/output_items/:output_item_id`, operationId: 'retrieve_eval_run_output_item', summary: 'One output item', tag, params: ItemParams, response: { description: 'The output item' } },
     (c, { params }) => c.json(retrieveOutputItem(ctx, params.eval_id, params.run_id, params.output_item_id)),
+  );
+
+  // weitiao's own: the "was it worth it?" comparison and the forgetting check (synchronous; the client going
+  // away stops the engine).
+  routes.add(
+    { method: 'post', path: '/v1/weitiao/evaluations/baselines', operationId: 'weitiao_compare_baselines', summary: 'Base zero-shot, base few-shot and the fine-tune on one file, with cost and paired tests', tag, body: BaselineBody, response: { description: '`weitiao.baseline_comparison`' } },
+    async (c, { body }) => {
+      const file = fileContentPath(ctx, body.file_id);
+      const result = await compareWithBaselines(ctx, {
+        model: body.model,
+        file,
+        trainingFile: body.training_file_id,
+        shots: body.shots,
+        seed: body.seed,
+        maxExamples: body.max_examples ?? null,
+        signal: c.req.raw.signal,
+      });
+      // Server paths stay on the server: the files by the ids the client knows.
+      return c.json({ ...result, file: body.file_id, training_file: body.training_file_id ?? null });
+    },
+  );
+  routes.add(
+    { method: 'post', path: '/v1/weitiao/evaluations/forgetting', operationId: 'weitiao_forgetting_check', summary: 'The model and its base on the general-ability set: the delta overall and per category', tag, body: ForgettingBody, response: { description: '`weitiao.forgetting_check`' } },
+    async (c, { body }) => c.json(await checkForgetting(ctx, { model: body.model, compareWith: body.compare_with, maxExamples: body.max_examples ?? null, seed: body.seed, signal: c.req.raw.signal })),
   );
 }
