@@ -72,8 +72,10 @@ export class RouteTable<E extends Env> {
     this.app.on(spec.method.toUpperCase(), spec.path, async (c) => {
       const params = spec.params ? validate(spec.params, c.req.param(), { en: 'path parameter', zh: '路径参数' }) : undefined;
       const query = spec.query ? validate(spec.query, parseQuery(new URL(c.req.url).searchParams), { en: 'query parameter', zh: '查询参数' }) : undefined;
+      // Objects named in the path and query first: another project's is 404 before any complaint about the body.
+      this.options.guard?.(c, { params, body: query });
       const body = spec.body ? validate(spec.body, await readJsonBody(c.req.raw, this.options.maxJsonBytes)) : undefined;
-      this.options.guard?.(c, { params, body });
+      this.options.guard?.(c, { params: undefined, body });
       return handler(c, { params, query, body } as RouteInput<P, Q, B>);
     });
   }

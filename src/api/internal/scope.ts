@@ -90,6 +90,7 @@ const PARAM_TABLES: Record<string, { table: string; noun: string }> = {
   training_file: { table: 'files', noun: 'file' },
   validation_file: { table: 'files', noun: 'file' },
   check_data: { table: 'files', noun: 'file' },
+  training_file_id: { table: 'files', noun: 'file' },
   fine_tuning_job_id: { table: 'jobs', noun: 'fine-tuning job' },
   export_id: { table: 'exports', noun: 'export' },
   eval_id: { table: 'evals', noun: 'eval' },
@@ -101,6 +102,9 @@ const ID_PREFIXES: [RegExp, string][] = [
   [/^file-[0-9a-z]+$/, 'file_id'],
   [/^ftjob-[0-9a-z]+$/, 'fine_tuning_job_id'],
   [/^export-[0-9a-z]+$/, 'export_id'],
+  [/^eval_[0-9a-z]+$/, 'eval_id'],
+  [/^evalrun_[0-9a-z]+$/, 'run_id'],
+  [/^key-[0-9a-z]+$/, 'key_id'],
 ];
 
 const notFound = (noun: string, id: string, param: string) =>
@@ -136,7 +140,7 @@ function walk(ctx: Context, scope: Scope, value: unknown, depth: number): void {
     if (typeof v === 'string') {
       if (key in PARAM_TABLES) check(ctx, scope, key, v, false);
       else for (const [re, param] of ID_PREFIXES) if (re.test(v)) check(ctx, scope, param, v, false);
-      if (key === 'model' && depth > 0) check(ctx, scope, 'model', v, false);
+      if ((key === 'model' && depth > 0) || key === 'compare_with') check(ctx, scope, 'model', v, false);
     } else walk(ctx, scope, v, depth + 1);
   }
 }
