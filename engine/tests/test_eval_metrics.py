@@ -63,6 +63,11 @@ def test_json_metrics_and_choice_by_data():
     assert table["metrics"]["m"]["json_valid"]["value"] == 0.5
     assert table["metrics"]["m"]["json_fields"]["value"] == 0.25
     assert table["per_example"]["m"]["json_fields"] == [0.5, 0.0]
+    # Asked-for metrics replace the data's choice (label data: exact match is the accuracy); unknown ones are refused.
+    only = em.score_systems(["好评", "差评"], {"m": ["好评", "好评"]}, metrics=["exact_match"], resamples=20)
+    assert list(only["metrics"]["m"]) == ["exact_match"] and only["metrics"]["m"]["exact_match"]["value"] == 0.5
+    with pytest.raises(ValueError, match="unknown metrics"):
+        em.score_systems(["a"], {"m": ["a"]}, metrics=["accuracy"])
 
 
 def test_bootstrap_interval_contains_estimate_and_is_seeded():
