@@ -17,6 +17,7 @@ import { registerDoctorCommands } from './commands/doctor.js';
 import { registerBackupCommands } from './commands/backup.js';
 import { registerExportCommands } from './commands/export.js';
 import { registerProjectCommands } from './commands/projects.js';
+import { registerTeacherCommands } from './commands/teacher.js';
 
 const program = new Command('weitiao')
   .description('微调 weitiao: fine-tune open LLMs on your own data, on your own machines')
@@ -26,6 +27,8 @@ const program = new Command('weitiao')
   .exitOverride();
 
 registerDataCommands(program);
+// label / synthesize / pairs join the `data` group (src/cli/commands/teacher.ts)
+registerTeacherCommands(program.commands.find((c) => c.name() === 'data')!);
 registerModelCommands(program);
 registerTrainCommands(program);
 registerJobCommands(program);
