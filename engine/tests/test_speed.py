@@ -100,6 +100,18 @@ def test_packing_is_checked_on_the_model(tiny_model, batch) -> None:
     assert model.training, "the check leaves the model in training mode"
 
 
+def test_packing_check_runs_on_a_bf16_base_with_fp32_trainables(tiny_model, batch) -> None:
+    """A base held in bf16 beside fp32 trainables (LoRA, modules_to_save) is checked under autocast, as it trains:
+    without it the check's matmuls mixed dtypes and every such run fell back to padded batches."""
+    examples, _ = batch
+    model = lora_model(tiny_model)
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16, torch.float32}
+    assert packing_supported(model, examples[0].input_ids) is True
+
+
 # ------------------------------------------------------------------------------------------ LoRA dropout
 
 

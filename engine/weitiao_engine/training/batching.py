@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from contextlib import nullcontext
+
 import torch
 
 from ..chat_format import IGNORE_INDEX, TokenizedExample
@@ -124,9 +126,15 @@ def packing_supported(model, sample: list[int]) -> bool:
         return False
     other = list(reversed(first))  # same length, other tokens
 
+    # A base held in bf16 beside fp32 trainables (embeddings in modules_to_save, LoRA) computes under autocast
+    # in training; without it here the check's matmuls would mix dtypes and fail.
+    mixed = len({p.dtype for p in causal_lm.parameters() if p.is_floating_point()}) > 1
+    device = next(causal_lm.parameters()).device.type
+
     def states(*sequences: list[int]) -> torch.Tensor:
         ids, _, _, positions = pack([TokenizedExample(s, s) for s in sequences], 0)
-        return causal_lm.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0].float()
+        with torch.autocast(device, dtype=torch.bfloat16) if mixed else nullcontext():
+            return causal_lm.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[0].float()
 
     was_training = model.training
     model.eval()
