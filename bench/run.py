@@ -11,7 +11,8 @@ optimizer defaults equal the engine's). Shapes: a tiny Qwen2 (2 layers, 128 wide
 Qwen2.5-0.5B's shape (bench/configs/qwen2.5-0.5b.json) with random weights stored in bf16 like the real
 checkpoint. Every run is its own subprocess (bench/worker.py), baseline then engine; then one ablation row
 per technique the engine's default run used (each turned off alone), TRL on the engine's allocator for
-reference, then label scoring against a per-example generate loop. Writes BENCHMARKS.md (generated: do not edit by hand) after every row.
+reference, the best fixed precision (`bf16` on and off, whichever is faster: a wrong `auto` shows at once), then
+label scoring against a per-example generate loop. Writes BENCHMARKS.md (generated: do not edit by hand) after every row.
 """
 
 from __future__ import annotations
@@ -198,12 +199,12 @@ def labelled_tokens(model_dir: str, train: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="qwen2.5-0.5b,tiny")
-    parser.add_argument("--rows", default="", help="comma-separated rows to run: baseline, weitiao, ablations, scoring, serving (default: all)")
+    parser.add_argument("--rows", default="", help="comma-separated rows to run: baseline, weitiao, ablations, precision, scoring, serving (default: all)")
     parser.add_argument("--serving-requests", type=int, default=16, help="serving row: concurrent streamed requests")
     parser.add_argument("--serving-max-tokens", type=int, default=64, help="serving row: max_tokens of every request")
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     args = parser.parse_args()
-    wanted = set(filter(None, args.rows.split(","))) or {"baseline", "weitiao", "ablations", "scoring", "serving"}
+    wanted = set(filter(None, args.rows.split(","))) or {"baseline", "weitiao", "ablations", "precision", "scoring", "serving"}
     if not WAIMAI.exists():
         raise SystemExit(f"{WAIMAI} not found: the benchmark trains on the waimai reviews / 找不到数据文件")
 
@@ -229,7 +230,7 @@ def main() -> None:
         per_token, per_label = model_flops(model)
         labels_per_example = labelled_tokens(model, train) / (batch * steps)
         results: list[tuple[str, dict[str, Any]]] = []
-        section = {"shape": shape, "batch": batch, "steps": steps, "lr": lr, "results": results, "scoring": None, "serving": None}
+        section = {"shape": shape, "batch": batch, "steps": steps, "lr": lr, "results": results, "scoring": None, "serving": None, "best_fixed": None}
         sections.append(section)
 
         def run(name: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -245,13 +246,19 @@ def main() -> None:
 
         if "baseline" in wanted:  # TRL as its users run it: on glibc's malloc
             run("TRL SFTTrainer (baseline)", {"system": "trl", "malloc": "system"})
-        default = run("weitiao", {"system": "weitiao"}) if wanted & {"weitiao", "ablations", "scoring"} else None
+        default = run("weitiao", {"system": "weitiao"}) if wanted & {"weitiao", "ablations", "precision", "scoring"} else None
         if default is not None and "ablations" in wanted and shape != "tiny":  # the shape that matters; each 0.5B run takes minutes
             for name, extra in ablations(default["settings"]):
                 run(name, {"system": "weitiao", **extra})
             if "baseline" in wanted and default["settings"].get("allocator") == "tcmalloc":
                 # Not the baseline: what the allocator alone does for TRL, so the engine's own share is plain to see.
                 run("TRL SFTTrainer + tcmalloc (for reference)", {"system": "trl"})
+        if default is not None and "precision" in wanted:
+            section["best_fixed"] = best_fixed_precision(default, results, run)
+            name, best = section["best_fixed"]
+            print(f"[{shape}] best fixed precision: {name}; auto ({default['settings']['precision']}) at "
+                  f"{default['examples_per_second'] / best['examples_per_second']:.2f}x its speed", flush=True)  # fmt: skip
+            write_report(Path(args.out), peak, sections)
         if default is not None and "scoring" in wanted:
             spec = {"system": "score", "name": f"{shape}-score", "model": model, "adapter": default["adapter"], "valid": valid, "seed": SEED, "n": n_scored}
             section["scoring"] = worker(spec, work)
@@ -270,6 +277,25 @@ def main() -> None:
     print(f"matmul peak after the runs: fp32 {after['fp32']:.1f}, bf16 {after['bf16']:.1f} GFLOP/s; wrote {args.out}")
 
 
+def best_fixed_precision(default: dict[str, Any], results: list[tuple[str, dict[str, Any]]], run) -> tuple[str, dict[str, Any]]:
+    """The faster of `bf16: on` and `bf16: off` as (row name, result): a run already made with that precision is reused
+    (the default when `auto` chose it, the bf16 ablation), else one run each. `off` keeps fp32 weights (no bf16-weights)."""
+    runs = {}
+    for setting, precision in (("on", "bf16"), ("off", "fp32")):
+        same = [(n, r) for n, r in results if n.startswith("weitiao") and r["settings"].get("precision") == precision]
+        runs[setting] = same[0] if same else (f"weitiao, bf16: {setting} (fixed)", run(f"weitiao, bf16: {setting} (fixed)", {"system": "weitiao", "options": {"bf16": setting}}))
+    return max(runs.values(), key=lambda nr: nr[1]["examples_per_second"])
+
+
+def machine_line() -> str:
+    """The CPU model and the flags that decide bf16 speed, as the engine's precision probe reads them."""
+    sys.path.insert(0, str(ROOT / "engine"))
+    from weitiao_engine.training import precision_probe
+
+    flags = sorted(f for f in precision_probe.cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "bf16"))
+    return f"CPU {precision_probe.cpu_model()}, flags {' '.join(flags) or '(none of avx2/avx512f/avx512_bf16/amx_bf16)'}"
+
+
 def write_report(path: Path, peak: dict[str, float], sections: list[dict[str, Any]]) -> None:
     import torch
 
@@ -278,7 +304,7 @@ def write_report(path: Path, peak: dict[str, float], sections: list[dict[str, An
         "",
         "Generated by `make bench` (bench/run.py); do not edit by hand. / 由 `make bench` 生成，请勿手改。",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Machine: {machine_line()}; {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}; matmul peak (best over square 1024–3072 and the models' "
         f"own linear shapes, best of 5, measured before and after the runs): fp32 {peak['fp32']:.1f} GFLOP/s, bf16 "
         f"{peak['bf16']:.1f} GFLOP/s. Other work may share the machine: compare ratios.",
@@ -302,7 +328,7 @@ def write_report(path: Path, peak: dict[str, float], sections: list[dict[str, An
     for section in sections:
         shape, batch, steps, lr, results = section["shape"], section["batch"], section["steps"], section["lr"], section["results"]
         if results:
-            lines += _training_table(shape, batch, steps, lr, results, peak)
+            lines += _training_table(shape, batch, steps, lr, results, peak, section.get("best_fixed"))
         s = section["scoring"]
         if s:
             lines += [
@@ -351,7 +377,8 @@ def _serving_table(shape: str, serving: dict[str, Any]) -> list[str]:
     ]
 
 
-def _training_table(shape: str, batch: int, steps: int, lr: float, results: list[tuple[str, dict[str, Any]]], peak: dict[str, float]) -> list[str]:
+def _training_table(shape: str, batch: int, steps: int, lr: float, results: list[tuple[str, dict[str, Any]]], peak: dict[str, float],
+                    best_fixed: tuple[str, dict[str, Any]] | None = None) -> list[str]:
     names = [n for n, _ in results]
     base = results[0][1] if names[0].startswith("TRL") else None
     lines = [
@@ -360,7 +387,8 @@ def _training_table(shape: str, batch: int, steps: int, lr: float, results: list
         "| system | examples/s | × baseline | real tokens/s | peak RSS MiB | × baseline | epoch s (extrapolated) | valid loss | Δ loss | MFU fp32 peak | MFU bf16 peak |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, r in results:
+    rows = list(results) + ([(f"best fixed precision = {best_fixed[0]}", best_fixed[1])] if best_fixed else [])
+    for name, r in rows:
         rel = (lambda key: f"{r[key] / base[key]:.2f}") if base else (lambda key: "")
         delta = f"{100 * (r['valid_loss'] / base['valid_loss'] - 1):+.2f}%" if base else ""
         lines.append(
@@ -380,6 +408,16 @@ def _training_table(shape: str, batch: int, steps: int, lr: float, results: list
                          f"{engine['peak_rss'] / r['peak_rss']:.2f}× peak memory, valid loss {r['valid_loss']:.4f}")  # fmt: skip
     if engine:
         lines += ["", f"Engine settings (its defaults on this machine): `{json.dumps(engine['settings'])}`."]
+        choice = engine.get("precision_choice") or {}
+        figures = choice.get("figures")
+        if figures:
+            rates = ", ".join(f"{v} {g:.1f}" for v, g in figures["gflops"].items())
+            lines += ["", f"Chosen precision (`bf16: auto`): **{choice['precision']}** — {choice.get('reason', choice['source'])}. Probe "
+                      f"(the model's {len(figures['shapes'])} linear shapes × {figures['tokens']} tokens, forward + input gradient"
+                      f"{', cached' if figures.get('cached') else ''}): GFLOP/s {rates} on {figures['threads']} threads."]  # fmt: skip
+    if engine and best_fixed:
+        ratio = engine["examples_per_second"] / best_fixed[1]["examples_per_second"]
+        lines += ["", f"`auto` runs at {ratio:.2f}× the best fixed precision ({best_fixed[0]}){'' if ratio >= 0.95 else ' — more than 5% slower: `auto` chose wrong here'}."]
     if base:
         lines += ["", f"Baseline settings (TRL defaults; pinned to the engine's: {', '.join(base.get('pinned', []))}): `{json.dumps(base['settings'])}`."]
     return lines + [""]

@@ -175,7 +175,8 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     settings = {**options, "precision": result["precision"], "group_by_length": hp.group_by_length, "packed": result["packed"],
                 "gradient_checkpointing": result["gradient_checkpointing"], "lora_dropout": lora_setup.FAST_LORA_DROPOUT,
                 "allocator": allocator.in_use()}  # fmt: skip
-    return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": result["model_dir"], "settings": settings}
+    return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": result["model_dir"], "settings": settings,
+            "precision_choice": result.get("precision_choice")}  # how `bf16` was resolved: the probe's figures
 
 
 def validation_loss(model_dir: str, adapter: str, valid: str) -> float:
