@@ -11,6 +11,7 @@ import { startServer, type RunningServer } from '../api/index.js';
 import { openContext, type Context } from '../context.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
+import { recoverRuns } from './index.js';
 import { renderTemplate } from './internal/runner.js';
 
 const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
@@ -161,6 +162,19 @@ describe('Evals API with the openai SDK', () => {
     );
     const deleted = await client.evals.delete(ev.id);
     assert.equal(deleted.deleted, true);
+  });
+
+  test('a run a dead process left in progress is failed when a server starts', async () => {
+    const ev = await client.evals.create({ data_source_config: { type: 'custom', item_schema: {} }, testing_criteria: [criteria[0]] });
+    const stuck = 'evalrun_stuck';
+    ctx.db
+      .prepare("INSERT INTO eval_runs (id, eval_id, name, model, data_source, status, created_at) VALUES (?, ?, 'r', 'tiny', '{}', 'in_progress', 0)")
+      .run(stuck, ev.id);
+    assert.equal(recoverRuns(ctx), 1);
+    const run = await client.evals.runs.retrieve(stuck, { eval_id: ev.id });
+    assert.equal(run.status, 'failed');
+    assert.equal(run.error.code, 'interrupted');
+    assert.equal(recoverRuns(ctx), 0);
   });
 
   test('templates fill nested item fields and refuse missing ones', () => {

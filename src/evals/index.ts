@@ -19,7 +19,7 @@ import { WeitiaoError } from '../errors.js';
 import { parseGrader } from '../graders/index.js';
 import { resolveModel } from '../models/index.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
-import { startRun, cancelRunTask } from './internal/runner.js';
+import { cancelRunTask, runningHere, startRun } from './internal/runner.js';
 import * as repo from './internal/repository.js';
 
 export { startRun };
@@ -224,6 +224,19 @@ export function retrieveOutputItem(ctx: Context, evalId: string, runId: string, 
   const item = repo.getOutputItem(ctx, itemId);
   if (!item || item.run_id !== runId) throw new WeitiaoError('not_found', `no output item '${itemId}' / 找不到输出项`, { param: 'output_item_id' });
   return item;
+}
+
+/**
+ * Runs left queued or in progress by a process that is gone (runs live in the process that created them):
+ * marked failed, so a client polling one is not left waiting forever. Called when a server starts.
+ */
+export function recoverRuns(ctx: Context): number {
+  let n = 0;
+  for (const row of ctx.db.prepare("SELECT id FROM eval_runs WHERE status IN ('queued', 'in_progress')").all() as { id: string }[]) {
+    if (runningHere(row.id)) continue;
+    if (repo.finishRun(ctx, row.id, { status: 'failed', error: { code: 'interrupted', message: 'the server stopped during the run; start a new one / 服务在运行期间停止，请重新发起' } })) n++;
+  }
+  return n;
 }
 
 /** Polls until the run has ended (tests, the CLI). */

@@ -15,6 +15,7 @@ import {
   listEvals,
   listOutputItems,
   listRuns,
+  recoverRuns,
   retrieveEval,
   retrieveOutputItem,
   retrieveRun,
@@ -60,6 +61,8 @@ export const ForgettingBody = z.object({
 export function evalRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   const tag = 'Evals';
   const base = '/v1/evals';
+  // A server that starts finds the runs a dead process left unfinished.
+  recoverRuns(ctx);
 
   routes.add(
     { method: 'post', path: base, operationId: 'create_eval', summary: 'Create an eval: a data-source schema and testing criteria (graders)', tag, body: EvalCreateParams, response: { description: 'The eval' } },

@@ -22,6 +22,11 @@ export interface RunOptions {
   judgeApiKey?: string | null;
 }
 
+/** Whether this process holds the run (queued or executing). */
+export function runningHere(runId: string): boolean {
+  return controllers.has(runId);
+}
+
 export function cancelRunTask(runId: string): void {
   controllers.get(runId)?.abort();
 }
