@@ -134,9 +134,11 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def tokenize_examples(
-    tokenizer, examples: Sequence[Sequence[Any]], max_seq_length: Optional[int] = None
+    tokenizer, examples: Sequence[Sequence[Any]], max_seq_length: Optional[int] = None, keep_answer: bool = False
 ) -> tuple[list[TokenizedExample], int]:
-    """Tokenizes many examples (each a list of messages) in one batch; returns (examples, how many were truncated)."""
+    """Tokenizes many examples (each a list of messages) in one batch; returns (examples, how many were truncated).
+    Longer than max_seq_length: the end is cut, or with keep_answer the earliest prompt tokens after the system
+    message (see _cut_prompt), so the last answer, the only part most examples train on, stays whole."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise EngineError("invalid_request", "the model's tokenizer has no chat template / 模型的分词器没有聊天模板", "base_model")
     eot, next_turn = _turn_ends(tokenizer)
@@ -146,8 +148,12 @@ def tokenize_examples(
     # All texts of all examples go through the fast tokenizer in one call.
     texts: list[str] = []
     plans: list[tuple[int, list[tuple[int, int, int, Any]]]] = []  # (full text, [(prompt text, turn text, i, message)])
-    for messages in examples:
+    system_texts: dict[int, int] = {}  # example -> text of its leading system message alone (what keep_answer keeps)
+    for number, messages in enumerate(examples):
         messages = list(messages)
+        if keep_answer and messages and _get(messages[0], "role") == "system":
+            system_texts[number] = len(texts)
+            texts.append(render(tokenizer, messages[:1]))
         full = len(texts)
         texts.append(render(tokenizer, messages))
         turns = []
@@ -195,10 +201,25 @@ def tokenize_examples(
                     labels[end] = input_ids[end]
         example = TokenizedExample(input_ids, labels)
         if max_seq_length is not None and len(input_ids) > max_seq_length:
+            if keep_answer:
+                head = ids[system_texts[number]] if number in system_texts else []
+                kept = len(head) if input_ids[: len(head)] == head else 0
+                if not kept and tokenizer.bos_token_id is not None and input_ids[:1] == [tokenizer.bos_token_id]:
+                    kept = 1
+                answer_start = len(ids[turns[-1][0]]) if turns else len(input_ids)
+                input_ids, labels = _cut_prompt(input_ids, labels, max_seq_length, kept, answer_start)
             example = TokenizedExample(input_ids[:max_seq_length], labels[:max_seq_length], truncated=True)
             n_truncated += 1
         out.append(example)
     return out, n_truncated
+
+
+def _cut_prompt(input_ids: list[int], labels: list[int], max_len: int, keep: int, answer_start: int) -> tuple[list[int], list[int]]:
+    """Drops the earliest tokens of [keep, answer_start) (after the system message, before the last answer's turn)
+    until the example fits in max_len; if the answer alone is still too long, the caller cuts its end."""
+    excess = len(input_ids) - max_len
+    drop = max(0, min(excess, answer_start - keep))
+    return input_ids[:keep] + input_ids[keep + drop :], labels[:keep] + labels[keep + drop :]
 
 
 def _past_turn_end(tokenizer, full: list[int], last: list[int], start: int, eot: set[int], message: Any) -> Optional[int]:

@@ -104,7 +104,10 @@ class TrainHyperparameters(Strict):
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     seed: int = 42
-    max_seq_length: int = Field(1024, gt=0)  # longer examples keep their start; the count is in the result
+    max_seq_length: int = Field(1024, gt=0)  # see long_examples for what happens to longer examples
+    # Examples longer than max_seq_length: truncate = cut the earliest non-system prompt tokens so the answer
+    # stays whole (the answer's end only if it alone is too long); skip = leave them out; error = fail.
+    long_examples: Literal["truncate", "skip", "error"] = "truncate"
     # Training controls (issue 4). batch_size stays the examples per optimizer step; accumulation splits
     # it into this many micro-batches, so memory falls and the update is the same.
     gradient_accumulation_steps: int = Field(1, gt=0)

@@ -100,10 +100,16 @@ export const PrepareOptions = z.object({
    * still stop it.
    */
   on_invalid: z.enum(['error', 'skip']).default('error'),
-  /** A base model directory: examples longer than its max length (real tokenizer) are errors. */
+  /** A base model directory: examples longer than its max length (real tokenizer) are handled by `long_examples`. */
   model_dir: z.string().optional(),
   /** Overrides the model's max length for the too_many_tokens check. */
   max_length: z.number().int().positive().optional(),
+  /**
+   * Examples longer than the max length, as a job's `long_examples`: `truncate` keeps them with a warning
+   * (training cuts the earliest prompt tokens and keeps the answer), `skip` leaves them out (listed in
+   * `skipped`), `error` stops the file.
+   */
+  long_examples: z.enum(['truncate', 'skip', 'error']).default('truncate'),
   /** Output file names or paths, relative to output_dir. */
   train_file: z.string().min(1).default('train.jsonl'),
   validation_file: z.string().min(1).default('validation.jsonl'),
@@ -416,8 +422,8 @@ async function countTokens(counter: TokenCounter, examples: ChatExample[], signa
 }
 
 /**
- * Adds `too_many_tokens` errors. An over-long example is an error, not a warning: truncation cuts the
- * end, which is the assistant answer, the only part the loss is computed on.
+ * Adds `too_many_tokens` issues: errors (`error`, and `skip`, whose rows the caller leaves out), or with
+ * `truncate` warnings, since training then cuts the earliest prompt tokens and keeps the answer whole.
  */
 async function checkLengths(
   items: Located[],
@@ -425,14 +431,19 @@ async function checkLengths(
   maxLength: number | undefined,
   issues: IssueList,
   signal?: AbortSignal,
+  long: 'truncate' | 'skip' | 'error' = 'error',
 ): Promise<{ counts: number[]; max_length: number }> {
   const { counts, model_max_length } = await countTokens(counter, items.map((i) => i.example), signal);
   const max = maxLength ?? model_max_length;
   counts.forEach((n, i) => {
     if (n > max) {
+      const what = `example has ${n} tokens, more than the maximum length ${max}`;
+      const zh = `样本有 ${n} 个 token，超过最大长度 ${max}`;
       issues.add(
         items[i].line,
-        problem('too_many_tokens', 'messages', `example has ${n} tokens, more than the maximum length ${max} / 样本有 ${n} 个 token，超过最大长度 ${max}`),
+        long === 'truncate'
+          ? problem('too_many_tokens', 'messages', `${what}; training will cut the earliest prompt tokens and keep the answer / ${zh}，训练时将截去最早的提示、保留回答`, 'warning')
+          : problem('too_many_tokens', 'messages', `${what} / ${zh}`),
       );
     }
   });
@@ -662,18 +673,20 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
   }
 
   const counter = tokenCounter(options, deps);
-  if (counter && items.length) await checkLengths(items, counter, options.max_length, issues);
+  if (counter && items.length) await checkLengths(items, counter, options.max_length, issues, undefined, options.long_examples);
 
   let { errors, warnings } = issues.sorted();
   let skipped: Issue[] = [];
   let skippedRows = 0;
-  if (options.on_invalid === 'skip') {
-    const fatal = errors.filter((e) => e.line === null || e.line === headerLine);
-    if (fatal.length === 0 && errors.length) {
-      const badLines = new Set(errors.map((e) => e.line));
-      skipped = errors;
-      skippedRows = badLines.size;
-      errors = [];
+  const tooLong = (e: Issue) => e.code === 'too_many_tokens';
+  const skippable = (e: Issue) =>
+    tooLong(e) ? options.long_examples === 'skip' || (options.on_invalid === 'skip' && options.long_examples !== 'error') : options.on_invalid === 'skip' && e.line !== null && e.line !== headerLine;
+  if (errors.some(skippable)) {
+    skipped = errors.filter(skippable);
+    errors = errors.filter((e) => !skippable(e));
+    const badLines = new Set(skipped.map((e) => e.line));
+    skippedRows = badLines.size;
+    if (errors.length === 0) {
       // A row is one example: any error on its line leaves the whole row out (a conflicting duplicate too).
       items = items.filter((i) => !badLines.has(i.line));
       if (items.length === 0) {

@@ -138,9 +138,21 @@ describe('validateChatFile', () => {
   test('prepareDataset runs the same token check on what it produces, at the source line', async () => {
     const csv = path.join(tmp, 'long.csv');
     writeFileSync(csv, `label,review\n1,好吃\n0,"${LONG}"\n`);
-    const result = await prepareDataset({ input: csv, output_dir: path.join(tmp, 'long-out'), user: '{review}', assistant: '{label}' }, { countTokens: fakeCounter(40, []) });
+    const options = { input: csv, output_dir: path.join(tmp, 'long-out'), user: '{review}', assistant: '{label}' };
+    const result = await prepareDataset({ ...options, long_examples: 'error' }, { countTokens: fakeCounter(40, []) });
     assert.deepEqual(located(result.errors), [[3, 'messages', 'too_many_tokens', 'error']]);
     assert.equal(result.written, false);
+    // The default, truncate: written, with a warning naming the line (training keeps the answer whole).
+    const truncated = await prepareDataset(options, { countTokens: fakeCounter(40, []) });
+    assert.equal(truncated.written, true);
+    assert.equal(truncated.examples, 2);
+    assert.deepEqual(located(truncated.warnings.filter((w) => w.code === 'too_many_tokens')), [[3, 'messages', 'too_many_tokens', 'warning']]);
+    // skip: left out and listed, whatever on_invalid says.
+    const skipped = await prepareDataset({ ...options, long_examples: 'skip' }, { countTokens: fakeCounter(40, []) });
+    assert.equal(skipped.written, true);
+    assert.equal(skipped.examples, 1);
+    assert.equal(skipped.skipped_rows, 1);
+    assert.deepEqual(located(skipped.skipped), [[3, 'messages', 'too_many_tokens', 'error']]);
   });
 
   test('an empty file is one error; a missing file is not_found', async () => {

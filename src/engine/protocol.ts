@@ -101,6 +101,8 @@ export const TrainHyperparameters = z.object({
   lr_scheduler: z.enum(['linear', 'cosine', 'constant']).default('linear'),
   seed: z.number().int().default(42),
   max_seq_length: z.number().int().positive().default(1024),
+  /** Examples longer than `max_seq_length`: `truncate` cuts the earliest non-system prompt tokens so the answer stays whole; `skip` leaves them out; `error` fails. */
+  long_examples: z.enum(['truncate', 'skip', 'error']).default('truncate'),
   /** `batch_size` stays the examples per optimizer step; accumulation splits it into this many micro-batches. */
   gradient_accumulation_steps: z.number().int().positive().default(1),
   /** Recompute activations in backward: less memory, about a third more compute. `auto`: on for bases of 100M+ parameters. */

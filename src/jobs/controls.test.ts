@@ -38,6 +38,7 @@ describe('training controls', () => {
       early_stopping_min_delta: 0,
       bf16: 'off',
       group_by_length: false,
+      long_examples: 'truncate', // over-long examples: cut the prompt, keep the answer (issue 18)
       nproc: 2,
     });
     const base = { model: fx.model, training_file: fx.train };

@@ -191,6 +191,7 @@ const CONTROL_FIELDS = {
   early_stopping_min_delta: true,
   bf16: true,
   group_by_length: true,
+  long_examples: true,
 } as const;
 
 /** The engine's own controls with their defaults (src/engine/protocol.ts), plus `nproc` from the request. */

@@ -85,17 +85,40 @@ def load_tokenizer(base: str) -> tuple[Any, int]:
 def tokenize_sft(
     tokenizer, request: TrainRequest, train_examples: list, valid_examples: list
 ) -> tuple[list[TokenizedExample], list[TokenizedExample], tuple[int, int]]:
-    """(training data, validation data, (truncated training, truncated validation)): truncation is logged, and
-    a training file with no assistant tokens to train on is an error."""
-    max_len = request.hyperparameters.max_seq_length
-    train_data, n_truncated = tokenize_examples(tokenizer, train_examples, max_len)
-    valid_data, n_valid_truncated = tokenize_examples(tokenizer, valid_examples, max_len)
-    if n_truncated or n_valid_truncated:
+    """(training data, validation data, (long training, long validation)): what happens to examples longer than
+    max_seq_length follows hyperparameters.long_examples and is logged; a training file with no assistant tokens
+    to train on is an error."""
+    max_len, policy = request.hyperparameters.max_seq_length, request.hyperparameters.long_examples
+    # skip/error look at the full lengths; truncate keeps the answer whole where the prompt can give way.
+    limit = max_len if policy == "truncate" else None
+    train_data, _ = tokenize_examples(tokenizer, train_examples, limit, keep_answer=True)
+    valid_data, _ = tokenize_examples(tokenizer, valid_examples, limit, keep_answer=True)
+    long_train = [i for i, e in enumerate(train_data) if e.truncated or len(e.input_ids) > max_len]
+    long_valid = [i for i, e in enumerate(valid_data) if e.truncated or len(e.input_ids) > max_len]
+    n_truncated, n_valid_truncated = len(long_train), len(long_valid)
+    if long_train or long_valid:
+        # 1-based example numbers (the files' non-blank lines); the control plane's warning names the exact lines.
+        where = f"training examples {[i + 1 for i in long_train][:20]}, validation examples {[i + 1 for i in long_valid][:20]}"
+        if policy == "error":
+            raise EngineError(
+                "invalid_file",
+                f"{n_truncated} training and {n_valid_truncated} validation examples are longer than max_seq_length={max_len} "
+                f"({where}) / 有样本超过最大长度",
+                "training_file" if long_train else "validation_file",
+            )
+        if policy == "skip":
+            skip_train, skip_valid = set(long_train), set(long_valid)
+            train_data = [e for i, e in enumerate(train_data) if i not in skip_train]
+            valid_data = [e for i, e in enumerate(valid_data) if i not in skip_valid]
+        done = "were truncated keeping the answer" if policy == "truncate" else "were skipped"
         log(
             f"{n_truncated} training and {n_valid_truncated} validation examples are longer than max_seq_length="
-            f"{max_len} and were truncated / {n_truncated} 条训练样本和 {n_valid_truncated} 条验证样本被截断",
+            f"{max_len} and {done} ({where}) / {n_truncated} 条训练样本和 {n_valid_truncated} 条验证样本超长，"
+            f"{'已截断（保留回答）' if policy == 'truncate' else '已跳过'}",
             "warning",
         )
+    if not train_data:
+        raise EngineError("invalid_file", f"{request.training_file}: every example is longer than max_seq_length={max_len} / 所有样本都超长", "training_file")
     if not any(e.n_trained for e in train_data):
         raise EngineError(
             "invalid_file", f"{request.training_file}: no assistant tokens to train on / 没有可训练的助手回复", "training_file"

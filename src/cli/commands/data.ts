@@ -36,10 +36,12 @@ export function registerDataCommands(program: Command): void {
     .option('--conflicts <severity>', 'same prompt, different answers: warning | error', 'warning')
     .option('--on-invalid <mode>', 'bad rows: error (write nothing) | skip (leave them out, listed in the report)', 'error')
     .option('--model <model>', 'check lengths with this base model\'s tokenizer')
+    .option('--long-examples <mode>', 'examples longer than the model\'s max length: truncate (warn; training keeps the answer) | skip | error', 'truncate')
     .option('--json', 'print the report as JSON')
     .action(async (input: string, o, cmd: Command) => {
       await withContext(cmd, async (ctx) => {
         const result = await prepareDataset({
+          long_examples: o.longExamples,
           input,
           output_dir: o.output,
           system: o.system,

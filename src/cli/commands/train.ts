@@ -53,6 +53,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--early-stopping-min-delta <x>', 'the smallest fall of the validation loss that counts as improvement', number('early_stopping_min_delta'))
     .option('--bf16 <mode>', 'bf16 autocast: auto (where the CPU/GPU supports it) | on | off')
     .option('--group-by-length', 'batches of similar length (less padding)')
+    .option('--long-examples <mode>', 'examples longer than max_seq_length: truncate (keep the answer, cut the earliest prompt tokens) | skip | error')
     .option('--nproc <n>', 'training processes: above 1 the engine runs under torchrun (DDP; FSDP for full)', number('nproc', 'int'))
     .option('--dry-run', 'validate the files, resolve auto and print the memory and time estimate; create nothing')
     .option('--resume <job>', 'continue a paused or interrupted job from its last checkpoint')
@@ -112,6 +113,7 @@ export function registerTrainCommands(program: Command): void {
               ...(o.earlyStoppingMinDelta !== undefined && { early_stopping_min_delta: o.earlyStoppingMinDelta }),
               ...(o.bf16 !== undefined && { bf16: o.bf16 }),
               ...(o.groupByLength && { group_by_length: true }),
+              ...(o.longExamples !== undefined && { long_examples: o.longExamples }),
               ...(o.nproc !== undefined && { nproc: o.nproc }),
               label_set: o.labelMetrics ? 'auto' : null,
             },

@@ -33,7 +33,7 @@ export function jobFile(ctx: Context, param: JobFileParam, fileId: string): { fi
 export async function validateJobFile(
   file: { file: FileObject; path: string },
   param: JobFileParam,
-  options: { method: Method; modelDir: string; settings: Pick<JobSettings, 'max_seq_length'>; signal?: AbortSignal },
+  options: { method: Method; modelDir: string; settings: Pick<JobSettings, 'max_seq_length' | 'long_examples'>; signal?: AbortSignal },
 ): Promise<CheckedFile> {
   // Off the event loop (a worker thread for all but small files) and stopped by `signal` (a cancel).
   const report =
@@ -48,7 +48,31 @@ export async function validateJobFile(
           },
           { signal: options.signal, countTokens: engineTokenCounter(options.modelDir) },
         );
-  return { param, ...file, report };
+  return { param, ...file, report: options.method === 'dpo' ? report : allowLongExamples(report, options.settings.long_examples ?? 'truncate') };
+}
+
+/**
+ * A job never fails for over-long examples unless it asks to (`long_examples: 'error'`): with `truncate`
+ * (the default; the engine cuts the earliest prompt tokens and keeps the answer) or `skip` (the engine
+ * leaves them out) their `too_many_tokens` errors become warnings, which the worker shows as events
+ * naming each line.
+ */
+export function allowLongExamples(report: ValidationReport, policy: 'truncate' | 'skip' | 'error'): ValidationReport {
+  const long = report.errors.filter((e) => e.code === 'too_many_tokens');
+  if (policy === 'error' || long.length === 0) return report;
+  const done = policy === 'truncate' ? 'truncated, keeping the answer / 将截断提示、保留回答' : 'skipped / 将跳过';
+  const warnings = long.map((e) => ({ ...e, severity: 'warning' as const, message: `${e.message} — ${done}` }));
+  const errors = report.errors.filter((e) => e.code !== 'too_many_tokens');
+  // Only listed errors move (a report lists MAX_REPORTED_ISSUES per severity); a job fails on listed errors.
+  const moved = long.length;
+  return {
+    ...report,
+    errors,
+    warnings: [...report.warnings, ...warnings].sort((a, b) => (a.line ?? 0) - (b.line ?? 0)),
+    ...(report.error_count !== undefined ? { error_count: report.error_count - moved } : {}),
+    ...(report.warning_count !== undefined ? { warning_count: report.warning_count + moved } : {}),
+    valid_examples: policy === 'skip' ? report.valid_examples - moved : report.valid_examples,
+  };
 }
 
 /** The job's error for a file with errors (the first one located, the count of the rest), or null. */
