@@ -25,6 +25,7 @@ import { ENCODINGS, resolveEncoding } from './internal/encoding.js';
 import { mulberry32, permutation } from './internal/random.js';
 import { assertReadable, openSource, readJsonLines, readTable } from './internal/source.js';
 import { histogram, summarize } from './internal/summary.js';
+import { detectShape, shapeToChat, type RecordShape } from './internal/shapes.js';
 import { parseTemplate, renderTemplate, type Template } from './internal/template.js';
 import { writeFilesAtomic } from './internal/atomic.js';
 import { IssueList, MAX_REPORTED_ISSUES, validationCancelled } from './internal/issues.js';
@@ -147,8 +148,8 @@ export const PrepareResult = z.object({
   input: z.string(),
   format: DataFormat,
   encoding: z.string(),
-  /** `chat` for chat-format JSONL; `columns` when templates mapped records. */
-  mode: z.enum(['chat', 'columns']),
+  /** `chat` for chat-format JSONL; `columns` when templates mapped records; `alpaca`/`sharegpt` for those record shapes, mapped to chat messages. */
+  mode: z.enum(['chat', 'columns', 'alpaca', 'sharegpt']),
   /** Source records read (header excluded). */
   rows: z.number().int(),
   /** Examples produced (rows without errors). */
@@ -597,7 +598,7 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
   let rows = 0;
   /** Problems on this line are the file's, not a row's: `skip` cannot leave them out. */
   let headerLine: number | null = null;
-  let mode: 'chat' | 'columns' = 'columns';
+  let mode: PrepareResult['mode'] = 'columns';
 
   const accept = (line: number, example: ChatExample, output: unknown) => {
     const dup = duplicates.check(example, line);
@@ -609,6 +610,7 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
     const hasTemplates = options.user !== undefined || options.assistant !== undefined || options.system !== undefined;
     let decided = false;
     let mapper: Mapper | null = null;
+    let shape: RecordShape | null = null;
     for await (const row of readJsonLines(file, source.encoding)) {
       rows++;
       if (row.problem) {
@@ -618,7 +620,13 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
       const value = row.value;
       if (!decided && isObject(value)) {
         decided = true;
-        mode = Object.hasOwn(value, 'messages') && !hasTemplates ? 'chat' : 'columns';
+        shape = hasTemplates ? null : detectShape(value);
+        mode = shape ?? (Object.hasOwn(value, 'messages') && !hasTemplates ? 'chat' : 'columns');
+        if (shape && options.label_map !== undefined) {
+          throw new WeitiaoError('invalid_request', `a label map applies to CSV/TSV and plain-record JSONL, not ${shape} records / ${shape} 格式不使用标签映射`, {
+            param: 'label_map',
+          });
+        }
         if (Object.hasOwn(value, 'messages') && hasTemplates) {
           throw new WeitiaoError(
             'invalid_request',
@@ -628,7 +636,17 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
         }
         if (mode === 'columns') mapper = makeMapper(options, Object.keys(value), `${file} (keys of the record on line ${row.line})`);
       }
-      if (mapper) {
+      if (shape) {
+        // Alpaca/ShareGPT: mapped to messages, then the checks every chat example gets.
+        const mapped = shapeToChat(shape, value);
+        if ('problems' in mapped) {
+          mapped.problems.forEach((p) => issues.add(row.line, p));
+          continue;
+        }
+        const { example, problems } = checkExample(mapped.value);
+        problems.forEach((p) => issues.add(row.line, p));
+        if (example) accept(row.line, example, example);
+      } else if (mapper) {
         if (!isObject(value)) {
           issues.add(row.line, problem('data_type', null, 'record is not a JSON object / 记录不是 JSON 对象'));
           continue;
