@@ -193,26 +193,37 @@ export class TeacherRun {
     };
     let next = 0;
     let failure: { error: unknown } | null = null;
+    // Units finish out of order; lines are committed in input order (answers are journaled at once, so
+    // a unit waiting here for an earlier one costs no request if the run dies).
+    const finished = new Map<number, UnitOutcome>();
+    let committed = 0;
+    const flush = () => {
+      while (finished.has(committed)) {
+        let result = finished.get(committed)!;
+        finished.delete(committed);
+        if (result.outcome === 'written' && options.accept) {
+          const reason = options.accept(result.line);
+          if (reason) result = { outcome: 'rejected', reason };
+        }
+        this.commit(pending[committed].key, result);
+        committed++;
+        progress.done++;
+        if (result.outcome === 'written') progress.written++;
+        else progress.rejected++;
+        options.onProgress?.({ ...progress });
+      }
+    };
     const worker = async () => {
       while (next < pending.length && !options.signal?.aborted && !failure) {
-        const unit = pending[next++];
-        let result: UnitOutcome;
+        const at = next++;
         try {
-          result = await work(unit, askFor(unit));
+          finished.set(at, await work(pending[at], askFor(pending[at])));
         } catch (error) {
           // The other workers stop taking units; their answers in flight are still journaled.
           failure ??= { error };
           return;
         }
-        if (result.outcome === 'written' && options.accept) {
-          const reason = options.accept(result.line);
-          if (reason) result = { outcome: 'rejected', reason };
-        }
-        this.commit(unit.key, result);
-        progress.done++;
-        if (result.outcome === 'written') progress.written++;
-        else progress.rejected++;
-        options.onProgress?.({ ...progress });
+        flush();
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency, pending.length)) }, worker));
