@@ -87,6 +87,40 @@ class DpoConfig(Strict):
     reference: Literal["base"] = "base"  # the reference model: the base, i.e. the policy with its adapter disabled
 
 
+class JudgeConfig(Strict):
+    """Where score_model graders' judges are served (a grader's own `weitiao.base_url` wins)."""
+
+    base_url: Optional[str] = None  # an OpenAI-compatible /v1, e.g. weitiao serve's own
+    api_key: Optional[str] = None
+    timeout_seconds: float = Field(120, gt=0)
+
+
+class PythonGraderLimits(Strict):
+    """Per sample, for `python` graders (graders/python_sandbox.py)."""
+
+    cpu_seconds: float = Field(10, gt=0)
+    wall_seconds: float = Field(20, gt=0)
+    memory_mb: int = Field(1024, ge=64)
+
+
+class ReinforcementConfig(Strict):
+    """Reinforcement fine-tuning (recipes/grpo.py): sampled answers rewarded by the job's grader."""
+
+    # lora: an adapter (`lora`), the reference is the base with it disabled; full: every weight, the reference a frozen copy
+    policy: Literal["lora", "full"] = "lora"
+    grader: Optional[dict[str, Any]] = None  # OpenAI's grader JSON, validated by graders/schema.py; required by `reinforcement`
+    samples_per_prompt: int = Field(4, ge=2)  # GRPO's group (OpenAI's compute_multiplier): advantages are relative within it
+    max_new_tokens: int = Field(64, gt=0)  # longest sampled answer
+    temperature: float = Field(1.0, gt=0, le=2)  # sampling temperature of the training answers (validation is greedy)
+    kl_beta: float = Field(0.0, ge=0)  # weight of the KL to the reference (the base); 0 = no reference pass at all
+    clip_epsilon: float = Field(0.2, gt=0, lt=1)  # PPO/GRPO ratio clip
+    eval_samples: Optional[int] = Field(None, gt=0)  # validation prompts per evaluation; None = the whole validation file
+    response_format: Optional[dict[str, Any]] = None  # OpenAI's response_format: JSON answers, read by graders as output_json
+    grading_threads: int = Field(8, gt=0)  # samples graded at once (a slow judge or python grader does not serialise the batch)
+    judge: JudgeConfig = JudgeConfig()
+    python_limits: PythonGraderLimits = PythonGraderLimits()
+
+
 class PreferenceExample(Strict):
     """One line of OpenAI's preference format: a conversation, a preferred and a non-preferred answer."""
 
@@ -125,10 +159,11 @@ class TrainRequest(Strict):
     output_dir: str  # checkpoints: <output_dir>/checkpoints/step-N; result: <output_dir>/model
     training_file: str
     validation_file: Optional[str] = None
-    method: Literal["lora", "qlora", "full", "dpo"] = "lora"  # qlora: lora on a base whose linears are 4-bit NF4 (quantize.py)
+    method: Literal["lora", "qlora", "full", "dpo", "reinforcement"] = "lora"  # qlora: lora on a base whose linears are 4-bit NF4 (quantize.py)
     lora: LoraConfig = LoraConfig()  # also the policy adapter of `dpo`
     full: FullConfig = FullConfig()
     dpo: DpoConfig = DpoConfig()
+    reinforcement: ReinforcementConfig = ReinforcementConfig()  # method `reinforcement`: grader, sampling, policy
     # Continued fine-tuning: a LoRA adapter trained on base_model, merged into it before this run trains.
     base_adapter: Optional[str] = None
     hyperparameters: TrainHyperparameters
@@ -233,22 +268,6 @@ class GradeSample(Strict):
 
     model_sample: str
     item: dict[str, Any] = {}  # `{{item.x}}`: the data line's fields
-
-
-class JudgeConfig(Strict):
-    """Where score_model graders' judges are served (a grader's own `weitiao.base_url` wins)."""
-
-    base_url: Optional[str] = None  # an OpenAI-compatible /v1, e.g. weitiao serve's own
-    api_key: Optional[str] = None
-    timeout_seconds: float = Field(120, gt=0)
-
-
-class PythonGraderLimits(Strict):
-    """Per sample, for `python` graders (graders/python_sandbox.py)."""
-
-    cpu_seconds: float = Field(10, gt=0)
-    wall_seconds: float = Field(20, gt=0)
-    memory_mb: int = Field(1024, ge=64)
 
 
 class GradeRequest(Strict):

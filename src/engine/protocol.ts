@@ -83,6 +83,45 @@ export const DpoConfig = z.object({
   reference: z.literal('base').default('base'),
 });
 
+/** Where score_model graders' judges are served (a grader's own `weitiao.base_url` wins). */
+export const JudgeConfig = z.object({
+  /** An OpenAI-compatible `/v1`, e.g. `weitiao serve`'s own. */
+  base_url: z.string().nullable().default(null),
+  api_key: z.string().nullable().default(null),
+  timeout_seconds: z.number().positive().default(120),
+});
+
+/** Per sample, for `python` graders (engine/weitiao_engine/graders/python_sandbox.py). */
+export const PythonGraderLimits = z.object({
+  cpu_seconds: z.number().positive().default(10),
+  wall_seconds: z.number().positive().default(20),
+  memory_mb: z.number().int().min(64).default(1024),
+});
+
+/** Reinforcement fine-tuning (engine recipes/grpo.py): sampled answers rewarded by the job's grader. */
+export const ReinforcementConfig = z.object({
+  /** `lora`: an adapter, the reference is the base with it disabled; `full`: every weight, the reference a frozen copy. */
+  policy: z.enum(['lora', 'full']).default('lora'),
+  /** OpenAI's grader JSON (src/graders/schema.ts, the engine's graders/schema.py); required by `reinforcement`. */
+  grader: z.record(z.string(), z.unknown()).nullable().default(null),
+  /** GRPO's group, OpenAI's `compute_multiplier`: advantages are relative within it. */
+  samples_per_prompt: z.number().int().min(2).default(4),
+  max_new_tokens: z.number().int().positive().default(64),
+  /** Of the training answers; validation answers are greedy. */
+  temperature: z.number().positive().max(2).default(1),
+  /** Weight of the KL to the reference; 0 = no reference pass. */
+  kl_beta: z.number().min(0).default(0),
+  clip_epsilon: z.number().positive().lt(1).default(0.2),
+  /** Validation prompts per evaluation; null = the whole validation file. */
+  eval_samples: z.number().int().positive().nullable().default(null),
+  /** OpenAI's response_format: JSON answers, read by graders as `{{sample.output_json.x}}`. */
+  response_format: z.record(z.string(), z.unknown()).nullable().default(null),
+  /** Samples graded at once, so a slow judge or python grader does not serialise the batch. */
+  grading_threads: z.number().int().positive().default(8),
+  judge: JudgeConfig.default(JudgeConfig.parse({})),
+  python_limits: PythonGraderLimits.default(PythonGraderLimits.parse({})),
+});
+
 /** One line of OpenAI's preference fine-tuning format. */
 export const PreferenceExample = z.object({
   input: ChatExample,
@@ -123,11 +162,12 @@ export const TrainRequest = z.object({
   training_file: z.string(),
   validation_file: z.string().nullable().default(null),
   /** `qlora`: LoRA on a base whose linear layers are held in 4-bit NF4 (engine/weitiao_engine/quantize.py). */
-  method: z.enum(['lora', 'qlora', 'full', 'dpo']).default('lora'),
+  method: z.enum(['lora', 'qlora', 'full', 'dpo', 'reinforcement']).default('lora'),
   /** LoRA settings; also the policy adapter of `dpo`. */
   lora: LoraConfig.default(LoraConfig.parse({})),
   full: FullConfig.default(FullConfig.parse({})),
   dpo: DpoConfig.default(DpoConfig.parse({})),
+  reinforcement: ReinforcementConfig.default(ReinforcementConfig.parse({})),
   /** Continued fine-tuning: a LoRA adapter trained on `base_model`, merged into it (`<output_dir>/base`) before training. */
   base_adapter: z.string().nullable().default(null),
   hyperparameters: TrainHyperparameters,
@@ -230,21 +270,6 @@ export const GradeSample = z.object({
   item: z.record(z.string(), z.unknown()).default({}),
 });
 
-/** Where score_model graders' judges are served (a grader's own `weitiao.base_url` wins). */
-export const JudgeConfig = z.object({
-  /** An OpenAI-compatible `/v1`, e.g. `weitiao serve`'s own. */
-  base_url: z.string().nullable().default(null),
-  api_key: z.string().nullable().default(null),
-  timeout_seconds: z.number().positive().default(120),
-});
-
-/** Per sample, for `python` graders (engine/weitiao_engine/graders/python_sandbox.py). */
-export const PythonGraderLimits = z.object({
-  cpu_seconds: z.number().positive().default(10),
-  wall_seconds: z.number().positive().default(20),
-  memory_mb: z.number().int().min(64).default(1024),
-});
-
 /** `grade`: validate a grader; with samples, grade each (one OpenAI graders/run result per sample). */
 export const GradeRequest = z.object({
   /** Validated by the engine's graders/schema.py (and src/graders/schema.ts before it), which name the field at fault. */
@@ -344,6 +369,16 @@ const Metrics = z.object({
   /** DPO: the share of pairs whose preferred answer gets the higher implicit reward, and the mean reward margin. */
   'rewards/accuracy': z.number().optional(),
   'rewards/margin': z.number().optional(),
+  /** Reinforcement: mean grader reward of the step's sampled answers, per grader (a multi grader's sub-graders), answer
+   * length in tokens, KL to the reference, grader failures (scored 0); `valid_*` at evaluation steps (greedy answers). */
+  train_mean_reward: z.number().optional(),
+  train_reward_per_grader: z.record(z.string(), z.number()).optional(),
+  train_mean_answer_tokens: z.number().optional(),
+  kl: z.number().optional(),
+  grader_errors: z.number().int().optional(),
+  valid_mean_reward: z.number().optional(),
+  valid_reward_per_grader: z.record(z.string(), z.number()).optional(),
+  valid_mean_answer_tokens: z.number().optional(),
 });
 const Eval = z.object({
   type: z.literal('eval'),

@@ -6,6 +6,7 @@ the pieces they share are plain functions in training/, and no recipe imports an
     lora, qlora -> lora_finetune.run      (a LoRA adapter on a frozen base)
     full        -> full_finetune.run      (every weight, saved as a complete Hugging Face model)
     dpo         -> dpo.run                (preference pairs; a LoRA policy against the base as reference)
+    reinforcement -> grpo.run             (answers sampled and rewarded by the job's grader; GRPO)
 
 Continued fine-tuning (`base_adapter` set) is handled here once for every method: the adapter is merged
 into its base (PEFT's merge_and_unload) and saved as `<output_dir>/base`, a plain model the recipe then
@@ -30,6 +31,7 @@ RECIPES = {
     "qlora": "weitiao_engine.recipes.lora_finetune",
     "full": "weitiao_engine.recipes.full_finetune",
     "dpo": "weitiao_engine.recipes.dpo",
+    "reinforcement": "weitiao_engine.recipes.grpo",
 }
 
 

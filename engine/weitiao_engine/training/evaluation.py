@@ -16,7 +16,7 @@ from .labels import LabelTask, classify
 from .loss import token_loss
 from .precision import autocast
 from .state import TrainingState
-from .step_metrics import emit_metrics
+from .step_metrics import emit_metrics, flush_metrics
 
 
 def due(step: int, every: int) -> bool:
@@ -63,6 +63,7 @@ def after_step(
     last = state.step == state.total_steps
     if has_validation and (epoch_end or last or due(state.step, request.eval_every_steps)):
         validate(epoch_end or last)
+    flush_metrics(state)  # one event: the step's training figures and the validation just run
     stopping = patience_ran_out(state, last)
     if epoch_end or last or stopping or due(state.step, request.save_every_steps):
         save_checkpoint(state)

@@ -45,6 +45,9 @@ class TrainingState:
     last_checkpoint: Optional[str] = None
     last_checkpoint_step: int = -1
     stop_requested: bool = False
+    # The step's `metrics` fields until after_step has validated: one event per step carries training and validation
+    # figures together (OpenAI-style plotting reads `train_loss` from every metrics event).
+    pending_metrics: Optional[dict[str, Any]] = None
     started: float = field(default_factory=time.monotonic)
 
     @property

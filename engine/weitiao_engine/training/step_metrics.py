@@ -1,5 +1,6 @@
-"""`metrics` events: after each optimizer step (the counters it advances, the loss, this process's throughput and
-ETA) and after each validation."""
+"""`metrics` events, one per optimizer step: the counters it advances, the loss, this process's throughput and ETA,
+and, when the step is followed by a validation, its figures in the same event. finish_step holds the step's
+fields, a validation adds to them (emit_metrics), and flush_metrics (evaluation.after_step) writes the event."""
 
 from __future__ import annotations
 
@@ -28,15 +29,15 @@ class Throughput:
 
 
 def finish_step(state: TrainingState, meter: Throughput, started: float, train_loss: float, batch_tokens: int, n_examples: int, **fields: Any) -> None:
-    """Advances the counters by one optimizer step (`started`: its time.monotonic()) and emits its `metrics`
-    event; `fields` are the recipe's own (learning_rate, grad_norm, accuracies, rewards…)."""
+    """Advances the counters by one optimizer step (`started`: its time.monotonic()) and holds its `metrics`
+    fields for flush_metrics; `fields` are the recipe's own (learning_rate, grad_norm, accuracies, rewards…)."""
+    flush_metrics(state)  # a recipe that did not call after_step after the previous step still gets its event
     state.step += 1
     state.batches_done += 1
     state.train_loss = train_loss
     state.trained_tokens += batch_tokens
     meter.add(started, batch_tokens, n_examples)
-    emit_metrics(
-        state,
+    state.pending_metrics = dict(
         train_loss=state.train_loss,
         **fields,
         tokens_per_second=meter.tokens / meter.seconds,
@@ -47,5 +48,15 @@ def finish_step(state: TrainingState, meter: Throughput, started: float, train_l
 
 
 def emit_metrics(state: TrainingState, **fields: Any) -> None:
-    """A `metrics` event at the run's current step (training or validation figures in `fields`)."""
+    """Figures for the run's current step (e.g. validation): added to the step's held event, else a `metrics` event of their own."""
+    if state.pending_metrics is not None:
+        state.pending_metrics.update(fields)
+        return
     emit("metrics", step=state.step, total_steps=state.total_steps, epoch=state.epoch, **fields, elapsed_seconds=state.elapsed)
+
+
+def flush_metrics(state: TrainingState) -> None:
+    """Emits the step's held `metrics` event (training and any validation figures together)."""
+    fields, state.pending_metrics = state.pending_metrics, None
+    if fields is not None:
+        emit("metrics", step=state.step, total_steps=state.total_steps, epoch=state.epoch, **fields, elapsed_seconds=state.elapsed)
