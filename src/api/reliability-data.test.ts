@@ -362,8 +362,8 @@ describe('limits answer 429 in OpenAI shape with retry-after', () => {
     await Promise.all([first.text(), other.text()]);
   });
 
-  test('unfinished jobs per key: past the limit 429 and no job is created; a cancel frees a place', async () => {
-    const a = limited({ queued_jobs_per_key: 1 });
+  test('unfinished jobs per project: past the limit 429 and no job is created; a cancel frees a place', async () => {
+    const a = limited({ queued_jobs_per_project: 1 });
     const file = (await upload(CHAT_TEXT, 'jobs.jsonl', 'fine-tune', false, a)).json.id;
     const create = () => call(a, 'POST', '/v1/fine_tuning/jobs', { json: { model: 'tiny-fake', training_file: file } });
     const job = await create();

@@ -4,7 +4,7 @@
  * - requests per key: a token bucket (`requests_per_second`, `request_burst`);
  * - chat completions: at most `chat_concurrent_per_key` per key and `chat_concurrent` in all at once, with
  *   `chat_queue` more waiting in line; past that a request is refused at once (never queued without bound);
- * - unfinished fine-tuning jobs per key (`queued_jobs_per_key`);
+ * - unfinished fine-tuning jobs per project (`queued_jobs_per_project`);
  * - uploaded bytes per key per UTC day (`upload_bytes_per_day`).
  * Each is configured by an environment variable (`limitsFromEnv`; 0 turns a limit off) or `AppOptions.limits`.
  * Counts live in this process's memory: a restart starts them afresh. Who is counted is `keyOf`, one
@@ -24,7 +24,7 @@ export interface Limits {
   /** Chat requests that may wait for a free slot (all keys together). */
   chat_queue: number;
   /** Unfinished (validating, queued, running, paused) fine-tuning jobs a key may have. */
-  queued_jobs_per_key: number;
+  queued_jobs_per_project: number;
   upload_bytes_per_day: number;
 }
 
@@ -35,7 +35,7 @@ export const DEFAULT_LIMITS: Limits = {
   chat_concurrent_per_key: 4, // the CPU engine answers one at a time anyway: more only waits
   chat_concurrent: 8,
   chat_queue: 32,
-  queued_jobs_per_key: 50, // one worker runs jobs one after another: 50 is days of work
+  queued_jobs_per_project: 50, // one worker runs jobs one after another: 50 is days of work
   upload_bytes_per_day: 20 * 1024 ** 3,
 };
 
@@ -46,7 +46,7 @@ export const LIMIT_ENV: Record<keyof Limits, string> = {
   chat_concurrent_per_key: 'WEITIAO_CHAT_CONCURRENCY_PER_KEY',
   chat_concurrent: 'WEITIAO_CHAT_CONCURRENCY',
   chat_queue: 'WEITIAO_CHAT_QUEUE',
-  queued_jobs_per_key: 'WEITIAO_MAX_UNFINISHED_JOBS_PER_KEY',
+  queued_jobs_per_project: 'WEITIAO_MAX_UNFINISHED_JOBS_PER_PROJECT',
   upload_bytes_per_day: 'WEITIAO_UPLOAD_BYTES_PER_DAY',
 };
 
@@ -68,6 +68,8 @@ export function limitsFromEnv(env: NodeJS.ProcessEnv = process.env, overrides: P
 /** Who a limit counts: the API key's id, or `local` without auth. Projects will replace this one function. */
 export type KeyOf = (c: HonoContext<ApiEnv>) => string;
 export const keyOf: KeyOf = (c) => c.get('apiKey')?.id ?? 'local';
+/** The project of the request's key (the local user's is `default`): what the queued-jobs limit counts. */
+export const projectOf: KeyOf = (c) => c.get('apiKey')?.project ?? 'default';
 
 /** A 429 that carries how long to wait; `retryAfterHeader` puts it on the response. */
 export class RateLimitedError extends WeitiaoError {
@@ -224,20 +226,20 @@ export function chatConcurrency(
  * created are remembered from the answers (dry runs create nothing and are not counted).
  */
 export function unfinishedJobs(
-  limits: Pick<Limits, 'queued_jobs_per_key'>,
+  limits: Pick<Limits, 'queued_jobs_per_project'>,
   isUnfinished: (jobId: string) => boolean,
-  key: KeyOf = keyOf,
+  key: KeyOf = projectOf,
 ): MiddlewareHandler<ApiEnv> {
   const owned = new Map<string, Set<string>>();
   return async (c, next) => {
-    const max = limits.queued_jobs_per_key;
+    const max = limits.queued_jobs_per_project;
     if (max <= 0) return next();
     const k = key(c);
     const ids = owned.get(k) ?? new Set<string>();
     for (const id of ids) if (!isUnfinished(id)) ids.delete(id);
     if (ids.size >= max) {
       throw new RateLimitedError(
-        `this key already has ${ids.size} unfinished fine-tuning jobs (the limit is ${max}); wait for one to finish or cancel one / 未完成的微调任务已达上限 ${max}`,
+        `this project already has ${ids.size} unfinished fine-tuning jobs (the limit is ${max}); wait for one to finish or cancel one / 未完成的微调任务已达上限 ${max}`,
         60,
       );
     }
