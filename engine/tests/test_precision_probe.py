@@ -43,6 +43,14 @@ def test_unsafe_bf16_chooses_fp32_however_fast():
     assert pp.decide(large, bf16_checkpoint=False)["precision"] == "fp32"
 
 
+def test_the_whole_layer_step_decides_over_the_bare_matmuls():
+    # Matmuls 2.2x faster in bf16, the layer's step (casts, bf16 elementwise ops) 3x slower: fp32.
+    small_model = figures(1.0, 0.45, 1.1, native=True, layer_seconds={"fp32": 0.01, "bf16": 0.03, "bf16-weights": 0.012})
+    assert pp.decide(small_model, bf16_checkpoint=False)["precision"] == "fp32"
+    large_model = figures(1.0, 0.45, 1.1, native=True, layer_seconds={"fp32": 0.2, "bf16": 0.1, "bf16-weights": 0.25})
+    assert pp.decide(large_model, bf16_checkpoint=True)["precision"] == "bf16"
+
+
 def test_threads_all_logical_cpus_only_when_clearly_faster():
     faster = figures(1.0, 2.0, 2.0, threads_all={"threads": 4, "dtype": "fp32", "seconds": 0.8})
     assert pp.decide(faster, bf16_checkpoint=False)["threads"] == 4
@@ -115,6 +123,7 @@ def test_real_probe_on_a_tiny_model_config(tmp_path, monkeypatch):
     assert choice["precision"] in ("bf16", "bf16-weights", "fp32") and choice["source"] == "probe"
     assert set(pp.VARIANTS) <= set(f["seconds"]) and all(s > 0 for s in f["seconds"].values())
     assert f["bf16_safe"] and f["bf16_error"] < 0.02 and f["tokens"] == 16
+    assert set(f["layer_seconds"]) == set(pp.VARIANTS) and all(s > 0 for s in f["layer_seconds"].values())
     assert "probe" in pp.describe(choice) and "GFLOP/s" in pp.describe(choice)
     # on/off are the job's: taken as set, the (now cached) figures attached for the record.
     off = pp.choose("off", config, bf16_checkpoint=True, cache_dir=tmp_path)

@@ -5,7 +5,9 @@ its flags, torch version, thread count and the shape set. (CPU flags alone chose
 AVX512-BF16 without AMX measured 0.6x fp32 on one machine and ~4x on another, issue 17.)
 
 A frozen base's training step is, per linear, y = x·Wᵀ forward and dx = dy·W backward (no weight gradient), so
-the probe times exactly those two products at PROBE_TOKENS rows per shape.
+the probe times exactly those two products at PROBE_TOKENS rows per shape (the estimate's matmul rate); and since
+bf16 autocast changes every op of the step, not only the matmuls, the decision is taken on one decoder layer of
+the model (random weights) run forward and backward in each variant.
 
     choice = choose("auto", config, bf16_checkpoint=True)   # {"precision": "bf16", "figures": {...}, ...}
 """
@@ -24,7 +26,7 @@ from typing import Any, Optional
 import torch
 
 PROBE_TOKENS = 128  # rows per product: a micro-batch's order of tokens, small enough for a sub-second probe
-PROBE_SECONDS = 0.08  # timing budget per variant after one warm-up pass each (3-4 variants: well under a second)
+PROBE_SECONDS = 0.05  # timing budget per variant after a warm-up call each (linear products, then one layer: about a second)
 BF16_MARGIN = 1.15  # without native bf16 matmuls, bf16 compute only when the probe shows it this much faster
 WEIGHTS_TOLERANCE = 1.05  # bf16-stored weights (half the base's memory) unless they slow the matmuls more than noise
 THREADS_MARGIN = 1.10  # all logical CPUs instead of one thread per physical core only when clearly faster
@@ -32,17 +34,17 @@ MAX_RELATIVE_ERROR = 2e-2  # bf16 keeps 8 mantissa bits: a product's relative er
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX / AVX512-BF16, aarch64 BF16 (FEAT_BF16)
 NATIVE_FP16_FLAGS = ("amx_fp16", "avx512_fp16", "fphp")
 VARIANTS = ("fp32", "bf16", "bf16-weights")
-CACHE_VERSION = 2  # 2: interleaved rounds, fastest pass
+CACHE_VERSION = 3  # 2: interleaved rounds, fastest pass; 3: one layer's step timed too
 
 
 def choose(setting: str, config, bf16_checkpoint: bool, cache_dir: Optional[Path] = None) -> dict[str, Any]:
     """The run's precision for `bf16` on/off/auto: {precision, source, figures?, ...} (figures: the probe's, for the log
     and the result). on/off are taken as they are; auto on a GPU follows torch.cuda.is_bf16_supported(); auto on a CPU
-    probes this model's linear shapes (cached) and `decide`s."""
+    probes this model's linear shapes and one of its layers (cached) and `decide`s."""
     if torch.cuda.is_available():
         auto = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return {"precision": auto if setting == "auto" else "bf16" if setting == "on" else "fp32", "source": f"bf16: {setting} (cuda)"}
-    figures = probe(linear_shapes(config), cache_dir=cache_dir)  # also for on/off: the estimate's rate, the job's record
+    figures = probe(linear_shapes(config), cache_dir=cache_dir, config=config)  # also for on/off: the estimate's rate, the job's record
     if setting != "auto":
         fixed = "bf16" if setting == "on" else "fp32"
         return {"precision": fixed, "source": f"bf16: {setting}", "reason": "set by the job", "threads": figures["threads"], "figures": figures}
@@ -56,7 +58,8 @@ def decide(figures: dict[str, Any], bf16_checkpoint: bool) -> dict[str, Any]:
     native bf16 matmuls, by BF16_MARGIN where it does not. Otherwise fp32 compute, with a bf16 checkpoint's weights
     kept in bf16 (upcast per matmul) unless that is slower than fp32 weights by more than WEIGHTS_TOLERANCE.
     threads: the thread count that was faster (figures["threads_all"] when measured)."""
-    seconds = figures["seconds"]
+    # The whole layer's step where measured (casts, norms, activations included), else the linear shapes' products.
+    seconds = figures.get("layer_seconds") or figures["seconds"]
     fp32, bf16 = seconds["fp32"], seconds["bf16"]
     speedup = fp32 / bf16 if bf16 > 0 else 0.0
     needed = 1.0 if figures["native_bf16"] else BF16_MARGIN
@@ -75,7 +78,7 @@ def decide(figures: dict[str, Any], bf16_checkpoint: bool) -> dict[str, Any]:
             why += f"; bf16-stored weights {fp32 / weights:.2f}x fp32 weights: kept in fp32"
     threads = figures["threads"]
     all_threads = figures.get("threads_all")  # {"threads": n, "seconds": s} of the chosen compute dtype
-    if all_threads and all_threads["seconds"] * THREADS_MARGIN <= seconds["bf16" if precision == "bf16" else "fp32"]:
+    if all_threads and all_threads["seconds"] * THREADS_MARGIN <= figures["seconds"]["bf16" if precision == "bf16" else "fp32"]:
         threads = all_threads["threads"]
     return {"precision": precision, "source": "probe", "reason": why, "threads": threads}
 
@@ -91,15 +94,19 @@ def linear_shapes(config) -> list[tuple[int, int]]:
     return sorted(found)
 
 
-def probe(shapes: list[tuple[int, int]], cache_dir: Optional[Path] = None, measure=None) -> dict[str, Any]:
+def probe(shapes: list[tuple[int, int]], cache_dir: Optional[Path] = None, measure=None, config=None) -> dict[str, Any]:
     """The probe's figures for these shapes on this machine: from the cache when its key matches, else measured
-    (`measure(shapes)`, default `measure_shapes`) and stored. A corrupt or foreign cache file is ignored."""
+    (`measure(shapes)`, default `measure_shapes`, plus with a model config its one-layer step, `layer_seconds`) and
+    stored. A corrupt or foreign cache file is ignored."""
     path = (cache_dir or default_cache_dir()) / "precision-probe.json"
-    key = cache_key(shapes)
+    layer = None if config is None else f"{config.model_type} {config.hidden_size}/{config.intermediate_size}/{config.num_attention_heads}/{getattr(config, 'num_key_value_heads', None)}"
+    key = cache_key(shapes) + ("" if layer is None else f"|layer {layer}")
     entries = read_cache(path)
     if key in entries:
         return {**entries[key], "cached": True}
     figures = (measure or measure_shapes)(shapes)
+    if measure is None and config is not None:
+        figures["layer_seconds"] = measure_layer(config)
     entries[key] = figures
     write_cache(path, entries)
     return {**figures, "cached": False}
@@ -147,24 +154,59 @@ RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "
 
 
 def _time_variants(variants: list[str], xs: list[torch.Tensor], ws: list[torch.Tensor]) -> dict[str, float]:
-    """Seconds of one forward + input-gradient pass over the shapes, per variant: rounds that run each variant once
-    in turn (after a warm-up pass each) for ≈ PROBE_SECONDS per variant, the fastest pass kept. Interleaved and the
-    minimum: on a shared machine, another process's burst slows one pass, not one variant's whole measurement."""
-    passes = {v: _one_pass(v, xs, ws) for v in variants}
-    best = {v: float("inf") for v in variants}
-    with torch.no_grad():
-        for v in variants:
-            passes[v]()  # warm-up: thread pool, packed-weight caches
-        start, rounds = time.perf_counter(), 0
-        while rounds < 2 or time.perf_counter() - start < PROBE_SECONDS * len(variants):
-            for v in variants:
-                t = time.perf_counter()
-                passes[v]()
-                best[v] = min(best[v], time.perf_counter() - t)
-            rounds += 1
-            if rounds >= 2 and time.perf_counter() - start > PROBE_SECONDS * len(variants) * 3:
-                break  # a slow (emulated) dtype: two rounds are enough
+    """Seconds of one forward + input-gradient pass over the linear shapes, per variant (`_time_passes`)."""
+    return _time_passes({v: _one_pass(v, xs, ws) for v in variants})
+
+
+def _time_passes(passes: dict[str, Any]) -> dict[str, float]:
+    """Seconds of one call of each function: rounds that call each once in turn (after a warm-up call each) for
+    ≈ PROBE_SECONDS per function, the fastest call kept. Interleaved and the minimum: on a shared machine, another
+    process's burst slows one call, not one variant's whole measurement."""
+    best = {v: float("inf") for v in passes}
+    for fn in passes.values():
+        fn()  # warm-up: thread pool, packed-weight caches
+    start, rounds = time.perf_counter(), 0
+    while rounds < 2 or time.perf_counter() - start < PROBE_SECONDS * len(passes):
+        for v, fn in passes.items():
+            t = time.perf_counter()
+            fn()
+            best[v] = min(best[v], time.perf_counter() - t)
+        rounds += 1
+        if rounds >= 2 and time.perf_counter() - start > PROBE_SECONDS * len(passes) * 3:
+            break  # a slow (emulated) dtype: two rounds are enough
     return best
+
+
+def measure_layer(config) -> dict[str, float]:
+    """Seconds of one decoder layer's forward + backward to its input (frozen weights, as under LoRA) at PROBE_TOKENS,
+    per variant: fp32; bf16 weights under bf16 autocast; bf16 weights upcast per matmul (precision.compute_in_fp32).
+    The whole layer, not only its matmuls: autocast's casts and the bf16 norms/activations decide small models
+    (a 128-wide model's matmuls ran 2.2x faster in bf16 while its training step ran 0.27x, issue 17)."""
+    from transformers import AutoModelForCausalLM
+
+    from .precision import autocast_context, compute_in_fp32
+
+    fields = {**config.to_dict(), "num_hidden_layers": 1, "vocab_size": 256, "tie_word_embeddings": False}
+    if isinstance(fields.get("layer_types"), list):  # per-layer attention kinds: keep the first
+        fields["layer_types"] = fields["layer_types"][:1]
+    small = config.__class__.from_dict(fields)
+    ids = torch.randint(0, 256, (1, PROBE_TOKENS), generator=torch.Generator().manual_seed(0))
+    passes = {}
+    for variant in VARIANTS:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(small, dtype=torch.float32 if variant == "fp32" else torch.bfloat16)
+        model.requires_grad_(False)
+        model.get_input_embeddings().weight.requires_grad_(True)  # gradients flow back through the layer, as to LoRA's
+        if variant == "bf16-weights":
+            compute_in_fp32(model)
+
+        def one(decoder=model.get_decoder(), bf16=variant == "bf16"):
+            with autocast_context(bf16):
+                out = decoder(input_ids=ids, use_cache=False).last_hidden_state
+            out.float().sum().backward()
+
+        passes[variant] = one
+    return _time_passes(passes)
 
 
 def _one_pass(variant: str, xs: list[torch.Tensor], ws: list[torch.Tensor]):
@@ -176,6 +218,7 @@ def _one_pass(variant: str, xs: list[torch.Tensor], ws: list[torch.Tensor]):
             xs = [x.to(dtype) for x in xs]
     upcast = variant == "bf16-weights"  # as precision._FrozenUpcastLinear: an upcast for the forward, another for the backward
 
+    @torch.no_grad()
     def one_pass():
         for x, w in zip(xs, ws):
             y = x @ (w.float() if upcast else w).t()
@@ -269,6 +312,8 @@ def describe(choice: dict[str, Any]) -> str:
     if not figures:
         return f"precision {choice['precision']} ({choice['source']})"
     rates = ", ".join(f"{v} {g:.1f}" for v, g in figures["gflops"].items())
+    if figures.get("layer_seconds"):
+        rates += "; one layer's step ms " + ", ".join(f"{v} {1000 * t:.1f}" for v, t in figures["layer_seconds"].items())
     return (
         f"precision {choice['precision']} ({choice['source']}{', cached probe' if figures.get('cached') else ''}): {choice['reason']};"
         f" GFLOP/s {rates} on {figures['threads']} threads, {figures['cpu']} [{' '.join(figures['flags'])}]"
