@@ -23,8 +23,8 @@ import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { createFile, fileContentPath } from '../files/index.js';
 import { registerModel, resolveModel } from '../models/index.js';
 import { newId, now } from '../store/index.js';
-import { buildTrainRequest, describeTrainingControls, pickTrainingControls, resolveTrainingControls } from '../train/index.js';
-import { jobMethod, jobToWire, type FineTuningJob, type FineTuningJobEvent } from './index.js';
+import { buildTrainRequest, describeTrainingControls, pickTrainingControls, resolveTrainingControls, type Method } from '../train/index.js';
+import { jobMethod, jobToWire, reinforcementWire, resolveReinforcement, REINFORCEMENT_GROUP, type FineTuningJob, type FineTuningJobEvent } from './index.js';
 import { isGroupAlive, signalGroup, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
 import {
   addEvent,
@@ -81,7 +81,7 @@ type StopReason = 'cancel' | 'pause' | 'shutdown';
 
 /** What a run's models are: registered with every checkpoint and the result, read back by resolveModel. */
 interface Weights {
-  method: 'lora' | 'qlora' | 'full' | 'dpo';
+  method: Method;
   /** `full`: each saved directory is a complete model; `lora`: an adapter. */
   format: 'full' | 'lora';
   /** Continued fine-tuning of an adapter: the merged base the new adapter (or weights) were trained from. */
@@ -355,10 +355,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
       batch_size: resolved.batch_size,
       learning_rate_multiplier: resolved.learning_rate_multiplier,
     };
+    const rl = ext.settings.reinforcement;
     const wireMethod =
-      method === 'dpo'
-        ? { type: 'dpo', dpo: { hyperparameters: { ...hyperparameters, beta: ext.settings.dpo?.beta ?? 0.1 } } }
-        : { type: 'supervised', supervised: { hyperparameters } };
+      method === 'reinforcement' && rl
+        ? reinforcementWire(ext.settings, {
+            ...hyperparameters,
+            ...resolveReinforcement(rl, resolved.estimated_total_steps, valid?.valid_examples ?? null),
+            reasoning_effort: rl.reasoning_effort,
+          })
+        : method === 'dpo'
+          ? { type: 'dpo', dpo: { hyperparameters: { ...hyperparameters, beta: ext.settings.dpo?.beta ?? 0.1 } } }
+          : { type: 'supervised', supervised: { hyperparameters } };
     patchExtension(
       this.ctx.db,
       id,
@@ -444,10 +451,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const method = jobMethod(row);
     const outputDir = path.join(this.ctx.home.jobs, id);
     // Continued fine-tuning of an adapter: the engine merges it into <outputDir>/base, which the new weights build on.
+    const fullWeights = method === 'full' || (method === 'reinforcement' && ext.settings.method === 'full');
     const weights: Weights = {
       method,
-      format: method === 'full' ? 'full' : 'lora',
-      ...(model.adapterPath && method !== 'full' ? { base_path: path.join(outputDir, 'base') } : {}),
+      format: fullWeights ? 'full' : 'lora',
+      ...(model.adapterPath && !fullWeights ? { base_path: path.join(outputDir, 'base') } : {}),
     };
     await mkdir(outputDir, { recursive: true });
     const discarded = await discardUnrecordedCheckpoints(this.ctx, id, outputDir);
@@ -469,9 +477,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
       method,
       ...(method === 'full' ? { full: ext.settings.full ?? {} } : {}),
       ...(method === 'dpo' ? { dpo: { beta: ext.settings.dpo?.beta ?? 0.1 } } : {}),
+      ...(method === 'reinforcement' ? { reinforcement: reinforcementRequest(row, fullWeights) } : {}),
       baseAdapter: model.adapterPath,
       labelSet: ext.label_set,
-      evalEverySteps: ext.settings.eval_every_steps,
+      evalEverySteps: method === 'reinforcement' ? reinforcementRequest(row, fullWeights).eval_every_steps : ext.settings.eval_every_steps,
       saveEverySteps: ext.settings.save_every_steps,
       maxSteps: ext.settings.max_steps ?? null,
       ...(ext.settings.max_seq_length ? { maxSeqLength: ext.settings.max_seq_length } : {}),
@@ -885,7 +894,31 @@ function metricsMessage(e: Extract<EngineEvent, { type: 'metrics' }>): string {
   if (e.valid_loss !== undefined) parts.push(`validation loss=${fmt(e.valid_loss)}`);
   if (e.train_mean_token_accuracy !== undefined) parts.push(`token accuracy=${fmt(e.train_mean_token_accuracy)}`);
   if (e['rewards/accuracy'] !== undefined) parts.push(`reward accuracy=${fmt(e['rewards/accuracy'])}, margin=${fmt(e['rewards/margin'])}`);
+  if (e.train_mean_reward !== undefined) parts.push(`mean reward=${fmt(e.train_mean_reward)}, answer tokens=${fmt(e.train_mean_answer_tokens, 1)}, KL=${fmt(e.kl)}`);
+  if (e.valid_mean_reward !== undefined) parts.push(`validation reward=${fmt(e.valid_mean_reward)}`);
   return `Step ${e.step}/${e.total_steps}: ${parts.join(', ')}`;
+}
+
+/** The engine's reinforcement settings of a job: its grader and the hyperparameters its method object resolved. */
+function reinforcementRequest(row: JobRow, full: boolean) {
+  const method = JSON.parse(row.method) as Extract<FineTuningJob['method'], { type: 'reinforcement' }>;
+  const hp = method.reinforcement.hyperparameters;
+  const multiplier = typeof hp.compute_multiplier === 'number' ? hp.compute_multiplier : 1;
+  const base = process.env.WEITIAO_JUDGE_BASE_URL;
+  return {
+    policy: full ? ('full' as const) : ('lora' as const),
+    grader: method.reinforcement.grader,
+    response_format: method.reinforcement.response_format,
+    samples_per_prompt: Math.max(2, Math.round(REINFORCEMENT_GROUP * multiplier)),
+    ...(typeof hp.eval_samples === 'number' ? { eval_samples: hp.eval_samples } : {}),
+    ...(base ? { judge: { base_url: base, api_key: process.env.WEITIAO_JUDGE_API_KEY ?? null } } : {}),
+    // Per sample, for python graders (engine defaults: 10 s CPU, 20 s wall clock, 1024 MB).
+    python_limits: {
+      ...(process.env.WEITIAO_GRADER_CPU_SECONDS ? { cpu_seconds: Number(process.env.WEITIAO_GRADER_CPU_SECONDS) } : {}),
+      ...(process.env.WEITIAO_GRADER_WALL_SECONDS ? { wall_seconds: Number(process.env.WEITIAO_GRADER_WALL_SECONDS) } : {}),
+    },
+    eval_every_steps: typeof hp.eval_interval === 'number' ? hp.eval_interval : 0,
+  };
 }
 
 function fmt(v: number | undefined, digits = 4): string {

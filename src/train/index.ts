@@ -20,9 +20,9 @@
  */
 import { z } from 'zod';
 import { WeitiaoError } from '../errors.js';
-import { TrainHyperparameters, TrainRequest, type TrainRequest as TrainRequestInput } from '../engine/protocol.js';
+import { ReinforcementConfig, TrainHyperparameters, TrainRequest, type TrainRequest as TrainRequestInput } from '../engine/protocol.js';
 
-export type Method = 'lora' | 'qlora' | 'full' | 'dpo';
+export type Method = 'lora' | 'qlora' | 'full' | 'dpo' | 'reinforcement';
 
 /** Each method's base learning rate (multiplier 1). */
 export const BASE_LEARNING_RATE: Record<Method, number> = {
@@ -34,6 +34,8 @@ export const BASE_LEARNING_RATE: Record<Method, number> = {
   full: 2e-5,
   // DPO with a LoRA policy: a quarter of LoRA SFT's rate; the policy starts at the reference and only a small move is wanted.
   dpo: 5e-5,
+  // Reinforcement (GRPO) with a LoRA policy: as DPO, the policy should move in small steps from the base it samples with.
+  reinforcement: 5e-5,
 };
 
 export const EPOCH_RULE = { default: 3, minTrainedExamples: 100, maxTrainedExamples: 25000, min: 1, max: 25 } as const;
@@ -171,6 +173,8 @@ export interface BuildTrainRequestInput {
   method?: Method;
   full?: { freeze_embeddings?: boolean; freeze_layers?: number };
   dpo?: { beta?: number };
+  /** Reinforcement: the grader and sampling settings (src/engine/protocol.ts ReinforcementConfig). */
+  reinforcement?: z.input<typeof ReinforcementConfig>;
   /** Continued fine-tuning: the adapter of a fine-tuned base, merged into `basePath` before training. */
   baseAdapter?: string | null;
   labelSet?: string[] | null;
@@ -264,6 +268,7 @@ export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestIn
     lora: input.lora ?? {},
     ...(input.full ? { full: input.full } : {}),
     ...(input.dpo ? { dpo: input.dpo } : {}),
+    ...(input.reinforcement ? { reinforcement: input.reinforcement } : {}),
     base_adapter: input.baseAdapter ?? null,
     hyperparameters: {
       n_epochs: hp.n_epochs,

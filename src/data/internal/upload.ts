@@ -16,6 +16,7 @@ import { isObjectValue, problem } from './check.js';
 import { decodeFile, detectEncoding, type Encoding } from './encoding.js';
 import { IssueList, MAX_REPORTED_ISSUES, validationCancelled } from './issues.js';
 import { validatePreferenceFile } from './preference.js';
+import { validateReinforcementFile } from '../reinforcement.js';
 import { guessFormat, readJsonLines, readTable, type DataFormat } from './source.js';
 
 export interface UploadCheck {
@@ -26,7 +27,7 @@ export interface UploadCheck {
   bytes: number;
   format: DataFormat;
   /** What the lines are: chat examples, preference pairs, plain records (for prepare), or a table. */
-  kind: 'chat' | 'preference' | 'records' | 'table';
+  kind: 'chat' | 'preference' | 'reinforcement' | 'records' | 'table';
   /** Present when checked; issues name the upload's own filename, never a server path. */
   report: ValidationReport | null;
 }
@@ -49,6 +50,7 @@ export async function normalizeUpload(file: string, options: { filename: string;
   if (options.check) {
     if (kind === 'chat') report = await validateChatFile(file, { encoding: 'utf8' }, { signal });
     else if (kind === 'preference') report = await validatePreferenceFile(file, { encoding: 'utf8' }, { signal });
+    else if (kind === 'reinforcement') report = await validateReinforcementFile(file, {}); // the grader's fields: at job creation
     else report = await checkRecords(file, format, kind, signal);
     for (const issue of [...report.errors, ...report.warnings]) {
       issue.file = filename;
@@ -89,11 +91,15 @@ function withExtension(file: string, filename: string): string {
   return ['.csv', '.tsv', '.tab', '.jsonl', '.ndjson', '.json'].includes(ext) ? filename : file;
 }
 
-/** The first JSON object line decides: `messages` → chat, `input`/`preferred_output` → preference, else records. */
+/** The first JSON object line decides: `messages` → chat (reinforcement when the last message is the user's), `input`/`preferred_output` → preference, else records. */
 async function jsonlKind(file: string): Promise<UploadCheck['kind']> {
   for await (const row of readJsonLines(file, 'utf8')) {
     if (!isObjectValue(row.value)) continue;
-    if (Object.hasOwn(row.value, 'messages')) return 'chat';
+    if (Object.hasOwn(row.value, 'messages')) {
+      // Reinforcement prompts end with the user's message (the model answers it); chat examples with the answer.
+      const messages = row.value.messages;
+      return Array.isArray(messages) && (messages.at(-1) as { role?: unknown } | undefined)?.role === 'user' ? 'reinforcement' : 'chat';
+    }
     if (Object.hasOwn(row.value, 'preferred_output') || Object.hasOwn(row.value, 'input')) return 'preference';
     return 'records';
   }

@@ -6,6 +6,7 @@
  */
 import type { Context } from '../../context.js';
 import { engineTokenCounter, runValidationTask, type Issue, type ValidationReport } from '../../data/index.js';
+import { validateReinforcementFile } from '../../data/reinforcement.js';
 import { WeitiaoError, type ErrorCode } from '../../errors.js';
 import { fileContentPath, retrieveFile, type FileObject } from '../../files/index.js';
 import { resolveHyperparameters, type Method, type RequestedHyperparameters, type ResolvedHyperparameters } from '../../train/index.js';
@@ -33,8 +34,12 @@ export function jobFile(ctx: Context, param: JobFileParam, fileId: string): { fi
 export async function validateJobFile(
   file: { file: FileObject; path: string },
   param: JobFileParam,
-  options: { method: Method; modelDir: string; settings: Pick<JobSettings, 'max_seq_length' | 'long_examples'>; signal?: AbortSignal },
+  options: { method: Method; modelDir: string; settings: Pick<JobSettings, 'max_seq_length' | 'long_examples' | 'reinforcement'>; signal?: AbortSignal },
 ): Promise<CheckedFile> {
+  if (options.method === 'reinforcement') {
+    // Prompts and the fields the grader reads (data/reinforcement.ts: streamed, file:line: field).
+    return { param, ...file, report: await validateReinforcementFile(file.path, options.settings.reinforcement?.grader ?? {}) };
+  }
   // Off the event loop (a worker thread for all but small files) and stopped by `signal` (a cancel).
   const report =
     options.method === 'dpo'
@@ -105,7 +110,7 @@ export function resolveJob(input: { method: Method; settings: JobSettings; reque
     resolved.batch_size = Math.ceil(resolved.batch_size / nproc) * nproc;
     resolved.estimated_total_steps = Math.ceil(train.valid_examples / resolved.batch_size) * resolved.n_epochs;
   }
-  const labelSet = method === 'dpo' ? null : settings.label_set === 'auto' ? train.label_set : settings.label_set;
+  const labelSet = method === 'dpo' || method === 'reinforcement' ? null : settings.label_set === 'auto' ? train.label_set : settings.label_set;
   return { resolved, labelSet };
 }
 
