@@ -126,7 +126,8 @@ describe('createJob', () => {
     const bad: Array<[Record<string, unknown>, string]> = [
       [{ model: 'tiny-base' }, 'training_file'],
       [{ model: 'tiny-base', training_file: trainId, suffix: 'a:b' }, 'suffix'],
-      [{ model: 'tiny-base', training_file: trainId, method: { type: 'reinforcement' } }, 'method.type'],
+      [{ model: 'tiny-base', training_file: trainId, method: { type: 'reinforcement' } }, 'method.reinforcement.grader'],
+      [{ model: 'tiny-base', training_file: trainId, method: { type: 'reinforcement', reinforcement: { grader: { type: 'string_check', name: 'x', input: '{{sample.output_text}}', reference: 'a', operation: 'is' } } } }, 'method.reinforcement.grader.operation'],
       [{ model: 'tiny-base', training_file: trainId, method: { type: 'dpo' }, weitiao: { method: 'full' } }, 'weitiao.method'],
       [{ model: 'tiny-base', training_file: trainId, method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 0 } } } }, 'method.supervised.hyperparameters.n_epochs'],
       [{ model: 'tiny-base', training_file: trainId, hyperparameters: { n_epochs: 2 }, method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 3 } } } }, 'hyperparameters'],

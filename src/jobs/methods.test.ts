@@ -170,14 +170,14 @@ describe('training methods through jobs', () => {
     assert.match(done.error!.message, /^bad-pairs\.jsonl:2: non_preferred_output: missing 'non_preferred_output'/);
   });
 
-  test('DPO and full fine-tuning do not mix, and reinforcement is refused', () => {
+  test('DPO and full fine-tuning do not mix, and reinforcement needs a grader', () => {
     assert.throws(
       () => createJob(fx.ctx, { model: fx.model, training_file: pairs.train, method: { type: 'dpo' }, weitiao: { method: 'full', label_set: 'auto' } }),
       (e: { param?: string }) => e.param === 'weitiao.method',
     );
     assert.throws(
       () => createJob(fx.ctx, { model: fx.model, training_file: pairs.train, method: { type: 'reinforcement' } }),
-      (e: { param?: string }) => e.param === 'method.type',
+      (e: { param?: string }) => e.param === 'method.reinforcement.grader',
     );
   });
 });
