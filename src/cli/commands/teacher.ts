@@ -45,9 +45,18 @@ function estimateLine(e: Estimate): string {
 
 /** Runs a teacher job with the estimate, a progress bar and Ctrl-C → clean stop; prints the summary. */
 async function runWithTerminal(label: string, o: Record<string, unknown>, start: (c: RunControls) => Promise<RunSummary>, extra?: (s: RunSummary) => Record<string, unknown>): Promise<void> {
+  // First Ctrl-C: take no new work, let the requests in flight finish and be journaled (nothing is asked
+  // twice on resume). Second Ctrl-C: abandon them too.
+  const stop = new AbortController();
   const controller = new AbortController();
-  const onSigint = () => controller.abort(new WeitiaoError('cancelled', 'stopped by Ctrl-C; run the same command again to resume / 已中断，重新运行同一命令即可续跑'));
-  process.once('SIGINT', onSigint);
+  const cancelled = () => new WeitiaoError('cancelled', 'stopped by Ctrl-C; run the same command again to resume / 已中断，重新运行同一命令即可续跑');
+  const onSigint = () => {
+    if (!stop.signal.aborted) {
+      process.stderr.write('\nstopping after the requests in flight (Ctrl-C again to abandon them) / 正在等待进行中的请求完成，再按 Ctrl-C 立即停止\n');
+      stop.abort(cancelled());
+    } else controller.abort(cancelled());
+  };
+  process.on('SIGINT', onSigint);
   let bar: ProgressBar | null = null;
   try {
     const summary = await start({
@@ -61,6 +70,7 @@ async function runWithTerminal(label: string, o: Record<string, unknown>, start:
         retries: o.retries as number,
       },
       signal: controller.signal,
+      stop: stop.signal,
       onEstimate: (e) => {
         if (!o.json) process.stderr.write(estimateLine(e) + '\n');
         return !o.dryRun;

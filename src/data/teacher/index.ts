@@ -20,7 +20,10 @@ export { DEFAULT_PERSONAS, parseGenerated, type SynthesizeOptions } from './synt
 export interface RunControls {
   output: string;
   teacher: TeacherConfigInput;
+  /** Aborting it cancels requests in flight (their answers are lost and asked again on resume). */
   signal?: AbortSignal;
+  /** Aborting it takes no new work but lets requests in flight finish and be journaled (a clean stop). */
+  stop?: AbortSignal;
   onProgress?: (p: RunProgress) => void;
   /** Shown the cost estimate before any request; returning false stops there (a dry run). */
   onEstimate?: (e: Estimate) => boolean | Promise<boolean>;
@@ -49,7 +52,7 @@ async function drive(
   if (c.onEstimate && !(await c.onEstimate(estimate))) return summary;
   summary.started = true;
   try {
-    summary.progress = await run.run(units, work, { concurrency: clients[0].config.concurrency, signal: c.signal, onProgress: c.onProgress, accept });
+    summary.progress = await run.run(units, work, { concurrency: clients[0].config.concurrency, signal: c.signal, stop: c.stop, onProgress: c.onProgress, accept });
   } finally {
     summary.requests_sent = run.requestsThisRun;
     summary.retries = clients.reduce((n, cl) => n + cl.retriesDone, 0);

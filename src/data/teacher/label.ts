@@ -5,7 +5,7 @@
  * endpoint gives them (weitiao serve on llama.cpp, vLLM, OpenAI), else it is null.
  */
 import { WeitiaoError } from '../../errors.js';
-import { openSource, readJsonLines, readTable, type DataFormat } from '../index.js';
+import { openSource, readJsonLines, readTable } from '../index.js';
 import { TeacherClient, type ChatAnswer, type ChatRequest } from './endpoint.js';
 import type { Unit, UnitOutcome } from './run.js';
 
@@ -21,7 +21,6 @@ export interface LabelOptions {
   /** Ask for logprobs (off for endpoints that refuse them; turned off by itself on such a refusal). */
   logprobs?: boolean;
   on_unknown?: 'drop' | 'keep';
-  format?: DataFormat;
 }
 
 export interface LabelRow {
@@ -87,7 +86,7 @@ export function labelScores(answer: ChatAnswer, labels: readonly string[]): Reco
 }
 
 export async function readLabelRows(options: LabelOptions): Promise<LabelRow[]> {
-  const source = await openSource(options.input, options.format, 'auto');
+  const source = await openSource(options.input, undefined, 'auto'); // CSV, TSV or JSONL, from the extension and content
   const rows: LabelRow[] = [];
   if (source.format === 'jsonl') {
     for await (const r of readJsonLines(options.input, source.encoding)) {

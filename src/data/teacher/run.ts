@@ -169,7 +169,7 @@ export class TeacherRun {
   async run(
     units: Unit[],
     work: (unit: Unit, ask: (index: number, client: TeacherClient, request: ChatRequest) => Promise<ChatAnswer>) => Promise<UnitOutcome>,
-    options: { concurrency: number; signal?: AbortSignal; onProgress?: (p: RunProgress) => void; accept?: (line: unknown) => string | null },
+    options: { concurrency: number; signal?: AbortSignal; stop?: AbortSignal; onProgress?: (p: RunProgress) => void; accept?: (line: unknown) => string | null },
   ): Promise<RunProgress> {
     const pending = units.filter((u) => !this.isDone(u.key));
     const progress: RunProgress = {
@@ -214,7 +214,7 @@ export class TeacherRun {
       }
     };
     const worker = async () => {
-      while (next < pending.length && !options.signal?.aborted && !failure) {
+      while (next < pending.length && !options.signal?.aborted && !options.stop?.aborted && !failure) {
         const at = next++;
         try {
           finished.set(at, await work(pending[at], askFor(pending[at])));
@@ -229,6 +229,7 @@ export class TeacherRun {
     await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency, pending.length)) }, worker));
     if (options.signal?.aborted) throw options.signal.reason;
     if (failure) throw (failure as { error: unknown }).error;
+    if (options.stop?.aborted && committed < pending.length) throw options.stop.reason;
     const fd = openSync(this.paths.output, 'a');
     fsyncSync(fd);
     closeSync(fd);
