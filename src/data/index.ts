@@ -23,9 +23,10 @@ import { answerOf, charLength, checkExample, clip, DUPLICATE_CHECK_LIMIT, Duplic
 import { DigestTable, digest64 } from './internal/digests.js';
 import { ENCODINGS, resolveEncoding } from './internal/encoding.js';
 import { mulberry32, permutation } from './internal/random.js';
-import { assertReadable, openSource, readJsonLines, readTable } from './internal/source.js';
+import { assertReadable, openSource, readJsonLines, readTable, type OpenedSource } from './internal/source.js';
 import { histogram, summarize } from './internal/summary.js';
 import { detectShape, shapeToChat, type RecordShape } from './internal/shapes.js';
+import { readXlsxTable } from './internal/xlsx.js';
 import { parseTemplate, renderTemplate, type Template } from './internal/template.js';
 import { writeFilesAtomic } from './internal/atomic.js';
 import { IssueList, MAX_REPORTED_ISSUES, validationCancelled } from './internal/issues.js';
@@ -48,6 +49,9 @@ export { openSource, readJsonLines, readTable, type OpenedSource, type TableRow,
 export const Encoding = z.enum(ENCODINGS);
 export const DataFormat = z.enum(['csv', 'tsv', 'jsonl']);
 export type DataFormat = z.infer<typeof DataFormat>;
+/** What prepare reads: the text formats and Excel workbooks (.xlsx). */
+export const SourceFormat = z.enum([...DataFormat.options, 'xlsx']);
+export type SourceFormat = z.infer<typeof SourceFormat>;
 
 /**
  * Issue codes. Errors: data_type, missing_messages_list, message_missing_key, message_unrecognized_key,
@@ -77,7 +81,11 @@ export const PrepareOptions = z.object({
   /** Where train.jsonl and validation.jsonl go (created if missing). */
   output_dir: z.string().min(1),
   /** Defaults to the extension (.csv/.tsv/.jsonl), else a look at the first line. */
-  format: DataFormat.optional(),
+  format: SourceFormat.optional(),
+  /** Excel: the sheet, by name (Chinese names work) or 1-based position; default the first. */
+  sheet: z.union([z.string().min(1), z.number().int().min(1)]).optional(),
+  /** Excel: the row holding the column names (rows above it, such as a title, are ignored). */
+  header_row: z.number().int().min(1).default(1),
   /** `auto`: BOM, else valid UTF-8, else GB18030 (what Chinese Excel writes). */
   encoding: Encoding.default('auto'),
   /** Message templates with `{column}` placeholders; user and assistant are required for CSV/TSV and record JSONL. */
@@ -146,7 +154,7 @@ const SplitPart = z.object({
 
 export const PrepareResult = z.object({
   input: z.string(),
-  format: DataFormat,
+  format: SourceFormat,
   encoding: z.string(),
   /** `chat` for chat-format JSONL; `columns` when templates mapped records; `alpaca`/`sharegpt` for those record shapes, mapped to chat messages. */
   mode: z.enum(['chat', 'columns', 'alpaca', 'sharegpt']),
@@ -590,7 +598,10 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
   const options = parseOptions(PrepareOptions, input);
   const file = options.input;
   await assertReadable(file, 'input');
-  const source = await openSource(file, options.format, options.encoding);
+  const xlsx = options.format === 'xlsx' || (options.format === undefined && /\.xlsx$/i.test(file));
+  const source: { format: SourceFormat; encoding: string } = xlsx
+    ? { format: 'xlsx', encoding: 'xlsx' }
+    : await openSource(file, options.format as Exclude<DataFormat, 'xlsx'> | undefined, options.encoding);
   const issues = new IssueList(file);
   const duplicates = new DuplicateFinder(options.conflicts);
   /** The object written per example: the mapped example, or a chat line as it was (keeping e.g. `name`). */
@@ -611,7 +622,7 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
     let decided = false;
     let mapper: Mapper | null = null;
     let shape: RecordShape | null = null;
-    for await (const row of readJsonLines(file, source.encoding)) {
+    for await (const row of readJsonLines(file, (source as OpenedSource).encoding)) {
       rows++;
       if (row.problem) {
         issues.add(row.line, row.problem);
@@ -667,7 +678,10 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
       }
     }
   } else {
-    const table = await readTable(file, source);
+    const table =
+      source.format === 'xlsx'
+        ? await readXlsxTable(file, { sheet: options.sheet, header_row: options.header_row })
+        : await readTable(file, source as OpenedSource);
     if (table.header) {
       headerLine = table.header.line;
       table.header.problems.forEach((p) => issues.add(table.header!.line, p));

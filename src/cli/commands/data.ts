@@ -1,4 +1,4 @@
-/** `weitiao data prepare|validate|stats`: CSV/TSV/JSONL → validated chat examples, split reproducibly. */
+/** `weitiao data prepare|validate|stats`: CSV/TSV/JSONL/XLSX → validated chat examples, split reproducibly. */
 import type { Command } from 'commander';
 import { datasetStats, formatIssue, prepareDataset, reportError, validateChatFile, type Issue } from '../../data/index.js';
 import { WeitiaoError } from '../../errors.js';
@@ -30,7 +30,9 @@ export function registerDataCommands(program: Command): void {
     .option('--label-column <column>', 'column the label map applies to (default: the assistant template\'s column)')
     .option('--validation <fraction>', 'share of examples for validation', number('validation'), 0)
     .option('--seed <n>', 'split seed', number('seed', 'int'), 42)
-    .option('--format <format>', 'csv | tsv | jsonl (default: from the extension)')
+    .option('--format <format>', 'csv | tsv | jsonl | xlsx (default: from the extension)')
+    .option('--sheet <sheet>', 'xlsx: sheet name or 1-based number (default: the first)')
+    .option('--header-row <n>', 'xlsx: the row with the column names', number('header_row', 'int'), 1)
     .option('--encoding <encoding>', 'auto | utf8 | gb18030 | gbk', 'auto')
     .option('--no-stratify', 'do not stratify the split by answer')
     .option('--conflicts <severity>', 'same prompt, different answers: warning | error', 'warning')
@@ -52,6 +54,8 @@ export function registerDataCommands(program: Command): void {
           validation: o.validation,
           seed: o.seed,
           format: o.format,
+          ...(o.sheet !== undefined && { sheet: /^\d+$/.test(o.sheet) ? Number(o.sheet) : o.sheet }),
+          header_row: o.headerRow,
           encoding: o.encoding,
           stratify: o.stratify ? 'auto' : false,
           conflicts: o.conflicts,
