@@ -224,7 +224,7 @@ test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170
   assert.ok(answer.trim().length > 0, `the fine-tuned model answered: ${JSON.stringify(await page.textContent('.chat-columns'))}`);
   mark('playground answered');
 
-  // Evaluation of the fine-tune on the validation file (comparing two models is in src/api/extensions.test.ts:
+  // Evaluation of the fine-tune on the validation file (comparing two models is in src/api/routes/console.test.ts:
   // each model is one more engine run).
   await page.goto(`${baseUrl}/#/evaluation/${encodeURIComponent(fineTuned)}/${validationFile}`);
   await page.waitForSelector(`select[name=file] option[value=${validationFile}]`, { state: 'attached' });

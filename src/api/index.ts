@@ -35,7 +35,7 @@ import { modelRoutes } from './routes/models.js';
 import { exportRoutes } from './routes/exports.js';
 import { projectRoutes } from './routes/projects.js';
 import { objectGuard, projectScope } from './internal/scope.js';
-import { extensionRoutes } from './extensions.js';
+import { consoleRoutes } from './routes/console.js';
 import { closeChatEngine } from '../serve/index.js';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { existsSync } from 'node:fs';
@@ -101,7 +101,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   chatRoutes(routes, ctx);
   graderRoutes(routes, ctx);
   evalRoutes(routes, ctx);
-  extensionRoutes(routes, ctx);
+  consoleRoutes(routes, ctx);
   exportRoutes(routes, ctx);
   projectRoutes(routes, ctx);
 

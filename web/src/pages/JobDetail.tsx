@@ -120,7 +120,7 @@ export function seriesFromEvents(events: JobEvent[], t: (k: 'jobs.trainLoss' | '
   const trainAcc: Series['points'] = [];
   const validAcc: Series['points'] = [];
   for (const e of events) {
-    const d = e.data;
+    const d = e.data as Record<string, unknown> | null; // engine figures: the wire leaves `data` open
     if (!d) continue;
     const step = num(d.step);
     if (step === undefined) continue;
@@ -164,7 +164,7 @@ export function JobDetail({ id }: { id: string }) {
   useInterval(job.reload, POLL_MS, !!job.data && !finished && !job.loading);
   const { events, mode, error: eventsError } = useJobEvents(id, finished);
 
-  const checkpointCount = events.filter((e) => e.type === 'checkpoint' || /checkpoint/i.test(e.message)).length;
+  const checkpointCount = events.filter((e) => /checkpoint/i.test(e.message)).length;
   const checkpoints = useAsync(
     (signal) => api<List<Checkpoint>>(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/checkpoints`, { signal, query: { limit: 100 } }),
     [id, checkpointCount, finished],
@@ -197,7 +197,7 @@ export function JobDetail({ id }: { id: string }) {
   const resolved = j.weitiao?.hyperparameters;
   const hp: Record<string, unknown> = resolved
     ? Object.fromEntries(Object.entries(resolved).filter(([k]) => k !== 'auto' && k !== 'estimated_total_steps'))
-    : (j.method?.supervised?.hyperparameters ?? j.hyperparameters ?? {});
+    : ((j.method.type === 'supervised' ? j.method.supervised.hyperparameters : null) ?? j.hyperparameters ?? {});
   const canPause = j.status === 'running' || j.status === 'queued';
   const canResume = j.status === 'paused';
   const canCancel = !FINISHED.has(j.status);

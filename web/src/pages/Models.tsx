@@ -24,8 +24,8 @@ function lineageOf(m: Model, jobs: Job[]): Lineage {
   return {
     base: m.weitiao?.base_model ?? job?.model ?? null,
     job: m.weitiao?.job_id ?? job?.id ?? null,
-    training: m.weitiao?.training_file ?? job?.training_file ?? null,
-    validation: m.weitiao?.validation_file ?? job?.validation_file ?? null,
+    training: job?.training_file ?? null,
+    validation: job?.validation_file ?? null,
   };
 }
 

@@ -12,17 +12,17 @@ import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import iconv from 'iconv-lite';
-import { openContext, type Context } from '../context.js';
-import { createFile, fileContentPath } from '../files/index.js';
-import { createKey } from '../keys/index.js';
-import { createTinyModel } from '../models/index.js';
-import { estimateJob } from '../train/estimate.js';
-import { resolveHyperparameters } from '../train/index.js';
-import { createApp } from './index.js';
+import { openContext, type Context } from '../../context.js';
+import { createFile, fileContentPath } from '../../files/index.js';
+import { createKey } from '../../keys/index.js';
+import { createTinyModel } from '../../models/index.js';
+import { estimateJob } from '../../train/estimate.js';
+import { resolveHyperparameters } from '../../train/index.js';
+import { createApp } from '../index.js';
 
 type Json = Record<string, any>;
 
-const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const WAIMAI = path.resolve(REPO, '..', 'shared', 'data', 'waimai_10k.csv');
 
 describe('console extension routes /v1/weitiao', () => {
