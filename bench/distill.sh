@@ -15,7 +15,8 @@ mkdir -p "$OUT"
 export WEITIAO_HOME="${WEITIAO_HOME:-$PWD/$OUT/home}"
 DATA=../shared/data/waimai_10k.csv
 SYSTEM="你是一位外卖评论好评差评评论专家。"
-W() { node bin/weitiao.js "$@"; }
+# the TypeScript sources (bin/weitiao.js prefers dist/, which may predate these commands)
+W() { node --import tsx src/cli/main.ts "$@"; }
 json() { node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>{const j=JSON.parse(s);console.log($1)})"; }
 
 if [ ! -f "$OUT/data/validation.jsonl" ]; then
@@ -44,7 +45,7 @@ fs.writeFileSync(process.argv[4], rows.slice(500, 1500).map((r) => JSON.stringif
 ' "$OUT/data/validation.jsonl" "$OUT/unlabelled.csv" "$OUT/truth.jsonl" "$OUT/student-test.jsonl"
 
 PORT=${DISTILL_PORT:-18431}
-node bin/weitiao.js serve --no-auth --no-worker --port "$PORT" > "$OUT/serve.log" 2>&1 &
+node --import tsx src/cli/main.ts serve --no-auth --no-worker --port "$PORT" > "$OUT/serve.log" 2>&1 &
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null || true' EXIT
 for _ in $(seq 120); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 1; done
