@@ -26,6 +26,7 @@ import { mulberry32, permutation } from './internal/random.js';
 import { assertReadable, openSource, readJsonLines, readTable, type OpenedSource } from './internal/source.js';
 import { histogram, summarize } from './internal/summary.js';
 import { detectShape, shapeToChat, type RecordShape } from './internal/shapes.js';
+import { readParquetTable } from './internal/parquet.js';
 import { readXlsxTable } from './internal/xlsx.js';
 import { parseTemplate, renderTemplate, type Template } from './internal/template.js';
 import { writeFilesAtomic } from './internal/atomic.js';
@@ -50,7 +51,7 @@ export const Encoding = z.enum(ENCODINGS);
 export const DataFormat = z.enum(['csv', 'tsv', 'jsonl']);
 export type DataFormat = z.infer<typeof DataFormat>;
 /** What prepare reads: the text formats and Excel workbooks (.xlsx). */
-export const SourceFormat = z.enum([...DataFormat.options, 'xlsx']);
+export const SourceFormat = z.enum([...DataFormat.options, 'xlsx', 'parquet']);
 export type SourceFormat = z.infer<typeof SourceFormat>;
 
 /**
@@ -474,8 +475,7 @@ interface Mapper {
   map(get: (column: string) => { value: string } | { problem: Problem }): { example: ChatExample | null; problems: Problem[] };
 }
 
-/** The templates and label map as one function from a record's columns to a chat example (also the console's preview). */
-export function makeMapper(options: z.infer<typeof PrepareOptions>, available: string[], where: string): Mapper {
+function makeMapper(options: z.infer<typeof PrepareOptions>, available: string[], where: string): Mapper {
   for (const param of ['user', 'assistant'] as const) {
     if (options[param] === undefined) {
       throw new WeitiaoError(
@@ -573,7 +573,7 @@ export function makeMapper(options: z.infer<typeof PrepareOptions>, available: s
   };
 }
 
-export function jsonValue(record: Record<string, unknown>, column: string): { value: string } | { problem: Problem } {
+function jsonValue(record: Record<string, unknown>, column: string): { value: string } | { problem: Problem } {
   if (!Object.hasOwn(record, column)) return { problem: problem('missing_field', column, `record has no '${column}' field / 记录缺少 '${column}' 字段`) };
   const v = record[column];
   if (typeof v === 'string') return { value: v };
@@ -599,9 +599,9 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
   const options = parseOptions(PrepareOptions, input);
   const file = options.input;
   await assertReadable(file, 'input');
-  const xlsx = options.format === 'xlsx' || (options.format === undefined && /\.xlsx$/i.test(file));
-  const source: { format: SourceFormat; encoding: string } = xlsx
-    ? { format: 'xlsx', encoding: 'xlsx' }
+  const binary = options.format === 'xlsx' || options.format === 'parquet' ? options.format : options.format === undefined ? /\.(xlsx|parquet)$/i.exec(file)?.[1].toLowerCase() : undefined;
+  const source: { format: SourceFormat; encoding: string } = binary
+    ? { format: binary as 'xlsx' | 'parquet', encoding: binary }
     : await openSource(file, options.format as Exclude<DataFormat, 'xlsx'> | undefined, options.encoding);
   const issues = new IssueList(file);
   const duplicates = new DuplicateFinder(options.conflicts);
@@ -682,7 +682,9 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
     const table =
       source.format === 'xlsx'
         ? await readXlsxTable(file, { sheet: options.sheet, header_row: options.header_row })
-        : await readTable(file, source as OpenedSource);
+        : source.format === 'parquet'
+          ? await readParquetTable(file)
+          : await readTable(file, source as OpenedSource);
     if (table.header) {
       headerLine = table.header.line;
       table.header.problems.forEach((p) => issues.add(table.header!.line, p));
