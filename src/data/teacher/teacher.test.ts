@@ -112,6 +112,19 @@ describe('teacher client', () => {
     assert.equal(server.received.get('400 测试@mentor'), 1);
     server.failNext = null;
   });
+  test('--rps spaces request starts; --concurrency caps requests in flight', async () => {
+    const client = new TeacherClient({ base_url: server.url, model: 'mentor', rps: 5, concurrency: 2 });
+    server.delayMs = 300;
+    try {
+      await Promise.all([0, 1, 2, 3].map((i) => client.chat({ messages: [{ role: 'user', content: `rps 测试 ${i}` }] })));
+    } finally {
+      server.delayMs = 0;
+    }
+    const starts = [0, 1, 2, 3].map((i) => server.arrivals.get(`rps 测试 ${i}@mentor`)![0]).sort((a, b) => a - b);
+    for (let i = 1; i < starts.length; i++) assert.ok(starts[i] - starts[i - 1] >= 180, `starts ${starts[i] - starts[i - 1]} ms apart`);
+    // Two in flight, each held 300 ms: the third cannot start before the first has answered.
+    assert.ok(starts[2] - starts[0] >= 290, `third start ${starts[2] - starts[0]} ms after the first`);
+  });
 });
 
 describe('data pairs', () => {
