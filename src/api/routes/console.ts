@@ -1,7 +1,7 @@
 /**
  * The web console's routes under `/v1/weitiao/` (docs/WEB.md): dataset preview, validation, preparation
  * and stats, the pre-launch estimate, and evaluations. Shells over the services: preview in
- * src/data/preview.ts, the data rules in src/data, the estimate is the jobs' `planJob` with the
+ * src/data/preview.ts, the data rules in src/data, the estimate is src/train's `estimateJob` with the
  * explanations of src/train/explain.ts, evaluations in src/eval/file-evaluation.ts. Errors leave through
  * the API's one error handler, which hides server paths.
  */
@@ -16,10 +16,10 @@ import { LoraConfig } from '../../engine/protocol.js';
 import { hideServerPaths, WeitiaoError } from '../../errors.js';
 import { evaluateFile } from '../../eval/file-evaluation.js';
 import { createFile, fileContentPath, retrieveFile } from '../../files/index.js';
-import { planJob } from '../../jobs/index.js';
 import { resolveModel, retrieveModel } from '../../models/index.js';
 import { explainHyperparameters } from '../../train/explain.js';
-import { LoraSettings, RequestedHyperparameters } from '../../train/index.js';
+import { estimateJob } from '../../train/estimate.js';
+import { LoraSettings, RequestedHyperparameters, resolveHyperparameters } from '../../train/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
 
@@ -144,36 +144,44 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
 /** Starting the engine and loading the model, before the first step (added to the estimate's training time). */
 const STARTUP_SECONDS = 15;
 
-/** The job's dry run (planJob: the files checked, `auto` resolved, the engine's estimate), each value explained. */
+/**
+ * src/train's `estimateJob` (the one engine estimate: `weitiao estimate` and a job's dry run give the same)
+ * on `auto` resolved by `resolveHyperparameters` (the worker's rules), each value explained. Not planJob:
+ * its file validation is one more uncached tokenizer run per file, and the console asks at every edit.
+ */
 async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>, signal: AbortSignal) {
   const method = body.method ?? 'lora';
-  const lora = body.lora ?? {};
-  const weitiao = { method, ...(body.lora ? { lora } : {}), ...(body.max_seq_length ? { max_seq_length: body.max_seq_length } : {}) };
-  const params = { model: body.model, training_file: body.training_file, validation_file: body.validation_file ?? undefined, hyperparameters: body.hyperparameters ?? {} };
-  const plan = await planJob(ctx, { ...params, weitiao: { ...weitiao, dry_run: true } }, { signal });
-  const hp = plan.weitiao.hyperparameters!;
-  const e = plan.estimate!;
-  const n = plan.weitiao.n_examples ?? 0;
-  // Trained tokens as OpenAI counts them: every token of every example, once per epoch.
-  const stats = await datasetStats(stored(ctx, body.training_file, 'training_file').path, body.max_seq_length ? { max_length: body.max_seq_length } : {}, cachedTokenDeps(modelDir(ctx, body.model)));
-  const { r, alpha } = LoraConfig.parse(lora);
+  const tokens = cachedTokenDeps(modelDir(ctx, body.model));
+  const train = stored(ctx, body.training_file, 'training_file');
+  const valid = body.validation_file ? stored(ctx, body.validation_file, 'validation_file') : null;
+  const stats = await datasetStats(train.path, body.max_seq_length ? { max_length: body.max_seq_length } : {}, tokens);
+  if (stats.examples === 0) {
+    throw new WeitiaoError('invalid_file', `${train.file.filename} has no valid chat examples: validate it first / 训练文件中没有有效的对话样本`, { param: 'training_file' });
+  }
+  const validStats = valid ? await datasetStats(valid.path, {}, tokens) : null;
+  const n = stats.examples;
+  const hp = resolveHyperparameters({ n_examples: n, requested: body.hyperparameters ?? {}, method });
+  const { r, alpha } = LoraConfig.parse(body.lora ?? {});
+  const engineHp = { n_epochs: hp.n_epochs, batch_size: hp.batch_size, ...(body.max_seq_length ? { max_seq_length: body.max_seq_length } : {}) };
+  const e = await estimateJob(ctx, { model: body.model, training_file: body.training_file, method, hyperparameters: engineHp, lora: { r, alpha } }, { signal });
   const notes = [
     `Memory and time from the engine's estimate on this machine: ${e.steps_per_epoch} steps per epoch, ${e.threads} threads; validation passes are not included / 内存与时间为训练引擎在本机的预估（不含验证）`,
     ...(e.n_truncated ? [`${e.n_truncated} examples will be truncated to max_seq_length / ${e.n_truncated} 条样本将被截断`] : []),
     ...(stats.over_max_length ? [`${stats.over_max_length} examples are longer than ${stats.max_length} tokens / ${stats.over_max_length} 个样本超过最大长度`] : []),
   ];
-  const lr = { r, alpha, r_set: lora.r !== undefined, alpha_set: lora.alpha !== undefined };
+  const lr = { r, alpha, r_set: body.lora?.r !== undefined, alpha_set: body.lora?.alpha !== undefined };
   const hyperparameters = explainHyperparameters({ n_examples: n, hyperparameters: hp, requested_batch_size: body.hyperparameters?.batch_size, method, lora: lr, trainable_parameters: e.trainable_parameters });
   return {
     object: 'weitiao.estimate' as const,
     model: body.model,
     method,
     examples: n,
-    validation_examples: plan.weitiao.n_validation_examples,
+    validation_examples: validStats?.examples ?? null,
     tokens_per_example: stats.tokens_per_example,
     label_set: stats.label_set,
     hyperparameters,
     total_steps: hp.estimated_total_steps,
+    // Trained tokens as OpenAI counts them: every token of every example, once per epoch.
     trained_tokens: stats.total_tokens * hp.n_epochs,
     tokens_per_second: Math.round(e.tokens_per_epoch / e.time_per_epoch_seconds),
     throughput_source: 'estimate' as const,
