@@ -60,6 +60,7 @@ def decide(figures: dict[str, Any], bf16_checkpoint: bool) -> dict[str, Any]:
     threads: the thread count that was faster (figures["threads_all"] when measured)."""
     # The whole layer's step where measured (casts, norms, activations included), else the linear shapes' products.
     seconds = figures.get("layer_seconds") or figures["seconds"]
+    basis = "one layer's step: " if figures.get("layer_seconds") else "linear products: "
     fp32, bf16 = seconds["fp32"], seconds["bf16"]
     speedup = fp32 / bf16 if bf16 > 0 else 0.0
     needed = 1.0 if figures["native_bf16"] else BF16_MARGIN
@@ -67,9 +68,9 @@ def decide(figures: dict[str, Any], bf16_checkpoint: bool) -> dict[str, Any]:
         error = figures["bf16_error"]
         precision, why = "fp32", f"bf16 products not numerically safe (relative error {'not finite' if error is None else f'{error:.2g}'})"
     elif speedup >= needed:
-        precision, why = "bf16", f"bf16 {speedup:.2f}x fp32 (needs ≥ {needed:.2f}x)"
+        precision, why = "bf16", basis + f"bf16 {speedup:.2f}x fp32 (needs ≥ {needed:.2f}x)"
     else:
-        precision, why = "fp32", f"bf16 {speedup:.2f}x fp32 (needs ≥ {needed:.2f}x)"
+        precision, why = "fp32", basis + f"bf16 {speedup:.2f}x fp32 (needs ≥ {needed:.2f}x)"
     if precision == "fp32" and bf16_checkpoint:
         weights = seconds.get("bf16-weights", float("inf"))
         if weights <= fp32 * WEIGHTS_TOLERANCE:
