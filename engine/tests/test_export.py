@@ -23,7 +23,8 @@ from weitiao_engine.chat_format import prompt_ids, render
 from weitiao_engine.loading import load_model, stop_token_ids
 from weitiao_engine.protocol import CreateTinyRequest, EngineError, ExportRequest
 
-LIBLLAMA = REPO_ROOT / "node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libllama.v0.5.0.so"
+# node-llama-cpp's prebuilt libllama (its file name carries the llama.cpp release: libllama.v0.4.0.so, …)
+LIBLLAMA = next(iter(sorted((REPO_ROOT / "node_modules/@node-llama-cpp/linux-x64/bins/linux-x64").glob("libllama*.so"))), REPO_ROOT / "node_modules/@node-llama-cpp/libllama-not-installed.so")
 GREEDY_SCRIPT = Path(__file__).with_name("llamacpp_greedy.ts")
 SYSTEM = {"role": "system", "content": "你是一位外卖评论好评差评评论专家。"}
 
