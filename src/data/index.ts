@@ -475,7 +475,8 @@ interface Mapper {
   map(get: (column: string) => { value: string } | { problem: Problem }): { example: ChatExample | null; problems: Problem[] };
 }
 
-function makeMapper(options: z.infer<typeof PrepareOptions>, available: string[], where: string): Mapper {
+/** The templates and label map as one function from a record's columns to a chat example (also the console's preview). */
+export function makeMapper(options: z.infer<typeof PrepareOptions>, available: string[], where: string): Mapper {
   for (const param of ['user', 'assistant'] as const) {
     if (options[param] === undefined) {
       throw new WeitiaoError(
@@ -573,7 +574,7 @@ function makeMapper(options: z.infer<typeof PrepareOptions>, available: string[]
   };
 }
 
-function jsonValue(record: Record<string, unknown>, column: string): { value: string } | { problem: Problem } {
+export function jsonValue(record: Record<string, unknown>, column: string): { value: string } | { problem: Problem } {
   if (!Object.hasOwn(record, column)) return { problem: problem('missing_field', column, `record has no '${column}' field / 记录缺少 '${column}' 字段`) };
   const v = record[column];
   if (typeof v === 'string') return { value: v };
