@@ -112,6 +112,9 @@ test('from a CSV to an evaluated fine-tune, through the console', { timeout: 170
   await shot(page, '01-sign-in');
   await page.click('button[type=submit]');
   await page.waitForSelector('[data-testid=upload-input]', { state: 'attached' });
+  // The header says which project the key works in (an admin key of an old home: `default`).
+  await page.waitForSelector('[data-testid=project]');
+  assert.match((await page.textContent('[data-testid=project]')) ?? '', /default/);
 
   // Datasets: upload, map columns (the suggestion maps review → user, label → assistant), label map, preview.
   await page.setInputFiles('[data-testid=upload-input]', path.join(tmp, 'waimai-200.csv'));

@@ -2,7 +2,7 @@
  * The shell: sign-in gate, navigation, language switch, and the page for the current route.
  */
 import { useEffect, useState } from 'react';
-import { clearKey, getKey, onUnauthorized } from './api';
+import { api, clearKey, getKey, onUnauthorized, type MeObject } from './api';
 import { useI18n, type MessageKey } from './i18n';
 import { href, useRoute } from './router';
 import { Datasets } from './pages/Datasets';
@@ -28,6 +28,7 @@ export function App() {
   const route = useRoute();
   const [signedIn, setSignedIn] = useState(() => getKey() !== '');
   const [expired, setExpired] = useState(false);
+  const [me, setMe] = useState<MeObject | null>(null);
 
   useEffect(
     () =>
@@ -42,6 +43,17 @@ export function App() {
   useEffect(() => {
     document.title = t('app.title');
   }, [t]);
+
+  // The key's project and role, shown in the header: everything the console lists belongs to that project.
+  useEffect(() => {
+    if (!signedIn) {
+      setMe(null);
+      return;
+    }
+    api<MeObject>('/v1/weitiao/me')
+      .then(setMe)
+      .catch(() => setMe(null));
+  }, [signedIn]);
 
   const langButton = (
     <button type="button" className="lang" onClick={() => setLang(lang === 'zh' ? 'en' : 'zh')} data-testid="lang-switch">
@@ -101,6 +113,11 @@ export function App() {
           ))}
         </nav>
         <div className="top-actions">
+          {me && (
+            <span className="project" data-testid="project" title={me.key ? `${me.key.name} (${me.key.prefix}…)` : undefined}>
+              {t('nav.project')}: {me.project} · {t(`role.${me.role}`)}
+            </span>
+          )}
           {langButton}
           <button
             type="button"

@@ -173,8 +173,9 @@ import type { ModelObject } from '../../src/models/index';
 import type { ChatMessage, LabelMetrics } from '../../src/engine/protocol';
 import type { Issue } from '../../src/data/index';
 import type { EstimateResponse, EvaluationResponse, PrepareResponse, PreviewResponse, ValidateResponse } from '../../src/api/routes/console';
+import type { MeObject } from '../../src/api/routes/projects';
 
-export type { ChatMessage, EstimateResponse, EvaluationResponse, FileObject, JobStatus, LabelMetrics, PrepareResponse, PreviewResponse, ValidateResponse };
+export type { ChatMessage, MeObject, EstimateResponse, EvaluationResponse, FileObject, JobStatus, LabelMetrics, PrepareResponse, PreviewResponse, ValidateResponse };
 export type List<T extends { id: string }> = ListPage<T>;
 export type Job = FineTuningJob;
 export type JobEvent = FineTuningJobEvent;

@@ -15,6 +15,10 @@ const en = {
   'nav.playground': 'Playground',
   'nav.evaluation': 'Evaluation',
   'nav.signOut': 'Sign out',
+  'nav.project': 'Project',
+  'role.admin': 'admin',
+  'role.member': 'member',
+  'role.read-only': 'read-only',
   'lang.switch': '中文',
 
   'common.loading': 'Loading…',
@@ -246,6 +250,10 @@ const zh: Record<MessageKey, string> = {
   'nav.playground': '体验',
   'nav.evaluation': '评估',
   'nav.signOut': '退出',
+  'nav.project': '项目',
+  'role.admin': '管理员',
+  'role.member': '成员',
+  'role.read-only': '只读',
   'lang.switch': 'English',
 
   'common.loading': '加载中…',

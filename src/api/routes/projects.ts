@@ -32,6 +32,8 @@ const Me = z.object({
   role: Role,
   key: z.object({ id: z.string(), name: z.string(), prefix: z.string() }).nullable(),
 });
+/** What the console shows in its header: the calling key's project and role. */
+export type MeObject = z.infer<typeof Me>;
 const ApiKey = z.object({
   id: z.string(),
   object: z.literal('api_key'),
