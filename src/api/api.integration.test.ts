@@ -11,6 +11,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import { openContext, type Context } from '../context.js';
+import { createFile } from '../files/index.js';
 import { isGroupAlive } from '../jobs/internal/process.js';
 import { createKey } from '../keys/index.js';
 import { startServer, type RunningServer } from './index.js';
@@ -77,7 +78,13 @@ test('fine-tune, follow, chat, pause/resume, cancel and page through everything 
   const badPath = path.join(dir, 'bad.jsonl');
   const good = JSON.stringify({ messages: [{ role: 'user', content: '好吃' }, { role: 'assistant', content: '好评' }] });
   writeFileSync(badPath, [good, good.replace('好吃', '很香'), JSON.stringify({ messages: [{ role: 'user', content: '难吃' }, { role: 'bot', content: '差评' }] })].join('\n') + '\n');
-  const bad = await client.files.create({ file: createReadStream(badPath), purpose: 'fine-tune' });
+  // Uploads are checked line by line (issue 13): the API refuses it, naming the line; stored as the CLI stores files, the job's own check fails it.
+  await assert.rejects(client.files.create({ file: createReadStream(badPath), purpose: 'fine-tune' }), (e: unknown) => {
+    assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+    assert.match(e.message, /bad\.jsonl:3: messages\[1\]\.role/);
+    return true;
+  });
+  const bad = await createFile(ctx, { source: badPath, filename: 'bad.jsonl', purpose: 'fine-tune' });
   assert.equal(await (await client.files.content(train.id)).text(), readFileSync(data.train, 'utf8'));
 
   // ---- four jobs, queued in order: the worker runs one at a time
