@@ -11,6 +11,7 @@
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { mulberry32 } from '../../data/index.js';
 
 export interface GeneralItem {
   messages: [{ role: 'user'; content: string }, { role: 'assistant'; content: string }];
@@ -20,18 +21,6 @@ export interface GeneralItem {
 
 // Found from the repo root, so the compiled CLI (dist/eval/general/, where tsc copies no .jsonl) reads the same file.
 export const GENERAL_SET_FILE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'src', 'eval', 'general', 'general.jsonl');
-
-/** mulberry32: a small seeded generator, so the set never depends on Math.random. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // Facts anyone can check, written for this set.
 const FACTS_ZH: [string, string][] = [
@@ -115,7 +104,7 @@ function instruction(random: () => number, language: 'zh' | 'en', i: number): Ge
 
 /** The 300 items: per language 60 arithmetic, 40 facts, 50 instructions. */
 export function buildGeneralSet(seed = 16): GeneralItem[] {
-  const random = seededRandom(seed);
+  const random = mulberry32(seed);
   const out: GeneralItem[] = [];
   for (const language of ['zh', 'en'] as const) {
     for (let i = 0; i < 60; i++) out.push(arithmetic(random, language));

@@ -5,7 +5,7 @@
  * two-label file shows each label twice instead of whatever four reviews a shuffle happens to draw.
  */
 import type { ChatMessage } from '../../engine/protocol.js';
-import { seededRandom } from '../general/build.js';
+import { mulberry32 } from '../../data/index.js';
 
 export interface FewShotExample {
   messages: ChatMessage[];
@@ -30,7 +30,7 @@ function shuffled<T>(items: T[], random: () => number): T[] {
 /** Indexes of the k chosen examples: seeded, stratified by the last answer when `labels` is given. */
 export function chooseShots(examples: FewShotExample[], k: number, seed: number, labels: string[] | null): number[] {
   const usable = examples.map((e, i) => ({ e, i })).filter(({ e }) => e.messages.at(-1)?.role === 'assistant');
-  const random = seededRandom(seed);
+  const random = mulberry32(seed);
   if (!labels || labels.length === 0) return shuffled(usable, random).slice(0, k).map(({ i }) => i);
   const pools = labels.map((label) => shuffled(usable.filter(({ e }) => e.messages.at(-1)!.content === label), random));
   const chosen: number[] = [];
