@@ -71,7 +71,7 @@ typecheck: node_modules/.stamp
 	npx tsc -p web/tsconfig.node.json --noEmit
 
 test-engine: $(VENV)/.stamp
-	cd engine && ../$(VPY) -m pytest -q tests
+	cd engine && ../$(VPY) -m pytest -q --durations=15 tests
 
 test-node: setup browser
 	node scripts/run-node-tests.mjs
