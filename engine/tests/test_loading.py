@@ -96,7 +96,6 @@ def test_a_bf16_checkpoint_trains_with_bf16_frozen_weights_by_default(tiny_model
     """bf16: auto keeps a bf16 checkpoint's frozen weights in bf16 (no fp32 copy); what trains stays fp32."""
     from weitiao_engine.protocol import TrainRequest
     from weitiao_engine.recipes import lora_finetune
-    from weitiao_engine.training.precision import precision_mode
 
     bf16_dir = tmp_path / "bf16"
     AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).save_pretrained(bf16_dir)
@@ -106,7 +105,7 @@ def test_a_bf16_checkpoint_trains_with_bf16_frozen_weights_by_default(tiny_model
     request = TrainRequest.model_validate({"base_model": str(bf16_dir), "output_dir": str(tmp_path / "job"), "training_file": waimai_small["train"],
                                            "hyperparameters": {"n_epochs": 1, "batch_size": 8, "learning_rate": 1e-3}, "threads": 1})  # fmt: skip
     state = lora_finetune.setup(request)
-    assert state.precision == precision_mode("auto", True) and state.precision in ("bf16-weights", "bf16")
+    assert state.precision == state.precision_choice["precision"] and state.precision in ("bf16-weights", "bf16")
     frozen = [p for p in state.model.parameters() if not p.requires_grad and p.ndim == 2]
     trained = [p for p in state.model.parameters() if p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)

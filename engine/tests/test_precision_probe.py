@@ -129,3 +129,48 @@ def test_real_probe_on_a_tiny_model_config(tmp_path, monkeypatch):
     off = pp.choose("off", config, bf16_checkpoint=True, cache_dir=tmp_path)
     assert off["precision"] == "fp32" and off["figures"]["cached"] is True
     assert pp.choose("on", config, bf16_checkpoint=False, cache_dir=tmp_path)["precision"] == "bf16"
+
+
+def test_full_fine_tuning_probes_a_training_layer_and_never_keeps_bf16_weights(tmp_path):
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=2, vocab_size=256)  # fmt: skip
+    shapes = pp.linear_shapes(config)
+    # Frozen layer: bf16 0.5x slower, bf16-stored weights as fast as fp32. Training layer: bf16 autocast 2x faster.
+    frozen = CountingMeasure()
+    frozen_figures = lambda s: {**frozen(s), "layer_seconds": {"fp32": 1.0, "bf16": 2.0, "bf16-weights": 1.0}}  # noqa: E731
+    pp.probe(shapes, cache_dir=tmp_path, measure=frozen_figures, config=config)
+    full_figures = lambda s: {**figures(1.0, 0.5, 1.0), "layer_seconds": {"fp32": 1.0, "bf16": 0.5}}  # noqa: E731
+    pp.probe(shapes, cache_dir=tmp_path, measure=full_figures, config=config, full=True)
+    assert len(json.loads((tmp_path / "precision-probe.json").read_text())) == 2  # one entry each: neither serves the other
+
+    assert pp.choose("auto", config, bf16_checkpoint=True, cache_dir=tmp_path)["precision"] == "bf16-weights"
+    full = pp.choose("auto", config, bf16_checkpoint=True, cache_dir=tmp_path, full=True)
+    assert full["precision"] == "bf16" and full["figures"]["cached"] and "bf16 2.00x fp32" in full["reason"]
+    # The other direction: autocast slower on the training layer -> fp32, and a bf16 checkpoint changes nothing.
+    slow = {**figures(1.0, 0.5, 1.0), "layer_seconds": {"fp32": 1.0, "bf16": 1.5}}
+    assert pp.decide(slow, bf16_checkpoint=False)["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("method, full, expected", [("lora", False, "fp32"), ("dpo", False, "fp32"), ("full", True, "bf16"), ("reinforcement", True, "bf16")])
+def test_every_recipe_decides_auto_through_choose_for_run(tiny_model, tmp_path, monkeypatch, method, full, expected):
+    """The one rule of every recipe (training/precision.choose_for_run): the probe of this model, with its layer
+    frozen (LoRA, DPO, a LoRA policy) or training (full fine-tuning, a full policy); made-up figures in which bf16
+    loses on the frozen layer and wins on the training one, so the method's kind shows in the choice."""
+    from types import SimpleNamespace
+
+    from weitiao_engine import protocol
+    from weitiao_engine.training import precision
+
+    monkeypatch.setenv("WEITIAO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(protocol, "_out", __import__("io").StringIO())
+    measured = []
+    described = {"gflops": {"fp32": 1.0, "bf16": 1.1}, "cpu": "test CPU", "flags": []}  # what the log line names
+    monkeypatch.setattr(pp, "measure_shapes", lambda shapes: figures(1.0, 0.9, 1.0, **described))
+    monkeypatch.setattr(pp, "measure_layer", lambda config, full=False: measured.append(full) or {"fp32": 1.0, "bf16": 0.5 if full else 2.0, "bf16-weights": 1.0})
+    request = SimpleNamespace(base_model=tiny_model, method=method, threads=1, hyperparameters=SimpleNamespace(bf16="auto"))
+    choice = precision.choose_for_run(request, full=full)
+    assert (choice["precision"], choice["source"], measured) == (expected, "probe", [full])
+    assert "precision " + expected in protocol._out.getvalue()  # logged with the probe's figures
+    assert precision.choose_for_run(request, full=full)["figures"]["cached"] and measured == [full]  # once per machine
+    off = SimpleNamespace(**{**vars(request), "hyperparameters": SimpleNamespace(bf16="off")})
+    assert precision.choose_for_run(off, full=full)["precision"] == "fp32"

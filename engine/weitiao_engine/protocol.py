@@ -150,7 +150,7 @@ class TrainHyperparameters(Strict):
     gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"
     early_stopping_patience: Optional[int] = Field(None, gt=0)  # stop after N validations without improvement
     early_stopping_min_delta: float = Field(0.0, ge=0)  # an improvement must lower the validation loss by more
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto: see training/precision.py's precision_mode (bf16 compute on GPU/AMX, bf16 weights on AVX512-BF16)
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: measured on this machine, training/precision.py choose_for_run (the probe, cached)
     group_by_length: bool = False  # batches of similar length (less padding); opt-in: no gain measured yet (BENCHMARKS.md)
 
 

@@ -42,7 +42,7 @@ from ..training.evaluation import after_step, next_epoch_if_done
 from ..training.lora import add_lora, describe as describe_lora
 from ..training.loss import sequence_logps
 from ..training.optimization import adamw, clip_and_step, schedule
-from ..training.precision import autocast, autocast_context, compute_in_fp32, precision_mode
+from ..training.precision import autocast, autocast_context, choose_for_run, compute_in_fp32
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput, emit_metrics, finish_step
 from ..training.final_model import save_final_model
@@ -86,7 +86,8 @@ def setup(request: TrainRequest) -> Run:
     """Threads, seed, pairs, base model + LoRA, reference log-probabilities, optimizer, scheduler; resume."""
     hp = request.hyperparameters
     set_threads(request.threads)
-    precision = precision_mode(hp.bf16)
+    choice = choose_for_run(request)  # bf16 on/off, or auto by the probe (cached per machine), as every recipe
+    precision = choice["precision"]
 
     progress("setup", 0, 5, "reading preference pairs / 读取偏好数据")
     output_dir, train_pairs, valid_pairs = read_files(request, load_pairs)
@@ -119,7 +120,7 @@ def setup(request: TrainRequest) -> Run:
     state = Run(
         request=request, output_dir=output_dir, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
         train_data=train_data, valid_data=valid_data, steps_per_epoch=steps_per_epoch, total_steps=total_steps, pad_id=pad_id,
-        bf16=precision == "bf16", precision=precision,
+        bf16=precision == "bf16", precision=precision, precision_choice=choice,
     )  # fmt: skip
     if request.resume:
         checkpoints.restore_adapter(state)

@@ -31,7 +31,7 @@ from ..training.evaluation import after_step, next_epoch_if_done, validate
 from ..training.labels import LabelTask, build_label_task
 from ..training.sft import sft_step
 from ..training.optimization import adamw, schedule
-from ..training.precision import precision_mode
+from ..training.precision import choose_for_run
 from ..training.rng import seed_everything
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput
@@ -85,8 +85,10 @@ def setup(request: TrainRequest) -> Run:
     packed = batching.use_packing(model, train_data[0].input_ids)  # where the model keeps packed sequences apart
     if activation_checkpointing.use_gradient_checkpointing(hp.gradient_checkpointing, model):  # "auto": by the base's size
         activation_checkpointing.enable(model)  # full: every weight trains, nothing is cheap to keep
-    # Every weight trains, so they and AdamW stay fp32 (a bf16 update underflows); bf16 is autocast compute only.
-    precision = "bf16" if precision_mode(hp.bf16) == "bf16" else "fp32"
+    # Every weight trains, so they and AdamW stay fp32 (a bf16 update underflows); bf16 is autocast compute only,
+    # chosen by `auto` where the probe's training layer ran faster under it (cached per machine).
+    choice = choose_for_run(request, full=True)
+    precision = choice["precision"]
     model.train()
     # Under torchrun: FSDP2 shards every weight, its gradient and AdamW's moments over the processes (one unit
     # per decoder layer); before the optimizer, which must see the shards.
@@ -98,7 +100,7 @@ def setup(request: TrainRequest) -> Run:
         request=request, output_dir=output_dir, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
         train_data=train_data, valid_data=valid_data, label_task=label_task, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, pad_id=pad_id, frozen=frozen, call=call, bf16=precision == "bf16", precision=precision,
-        packed=packed,
+        packed=packed, precision_choice=choice,
     )  # fmt: skip
     if request.resume:
         checkpoints.restore(state, read_weights, lambda path, weights, saved: load_checkpoint(state, path, weights, saved))

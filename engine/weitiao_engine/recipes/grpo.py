@@ -46,7 +46,7 @@ from ..training.evaluation import after_step, next_epoch_if_done
 from ..training.final_model import save_final_model
 from ..training.loss import token_logprobs
 from ..training.optimization import adamw, clip_and_step, schedule
-from ..training.precision import autocast, compute_in_fp32, precision_mode
+from ..training.precision import autocast, choose_for_run, compute_in_fp32
 from ..training.rewards import GraderProblem, RewardPool, load_grader
 from ..training.rng import seed_everything
 from ..training.sampling import answer_text, sample_answers, scored_example, stop_ids, tokenize_prompts
@@ -124,12 +124,13 @@ def setup(request: TrainRequest) -> Run:
     progress("setup", 1, 4, "loading the base model / 加载基础模型")
     tokenizer, pad_id = load_tokenizer(request.base_model)
     full = rl.policy == "full"
+    # bf16 on/off, or auto by the probe (cached per machine), as every recipe; a full policy's weights train (fp32).
+    choice = choose_for_run(request, full=full)
+    precision = choice["precision"]
     if full:
-        precision = "bf16" if precision_mode(hp.bf16) == "bf16" else "fp32"  # every weight trains: fp32 weights
         model = load_plain_base(request.base_model, torch.float32)
         seed_everything(hp.seed)
     else:
-        precision = precision_mode(hp.bf16, checkpoint_dtype(request.base_model) == torch.bfloat16)
         model = lora_setup.load_base(request, precision)
 
     progress("setup", 2, 4, "tokenizing prompts / 分词")
@@ -162,7 +163,7 @@ def setup(request: TrainRequest) -> Run:
         request=request, output_dir=output_dir, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
         train_data=train_data, valid_data=valid_data, steps_per_epoch=steps_per_epoch, total_steps=total_steps, pad_id=pad_id,
         bf16=precision == "bf16", precision=precision, rewards=pool, sampler=torch.Generator().manual_seed(hp.seed),
-        stops=stop_ids(model, tokenizer), reference=reference,
+        stops=stop_ids(model, tokenizer), reference=reference, precision_choice=choice,
     )  # fmt: skip
     if request.resume:
         checkpoints.restore(state, read_weights, lambda path, weights, saved: load_checkpoint(state, path, weights, saved))

@@ -44,8 +44,7 @@ from ..training.evaluation import after_step, next_epoch_if_done, validate
 from ..training.labels import LabelTask, build_label_task
 from ..training.sft import sft_step
 from ..training.optimization import adamw, schedule
-from ..training import precision_probe
-from ..training.precision import compute_in_fp32
+from ..training.precision import choose_for_run, compute_in_fp32
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput
 from ..training.final_model import save_final_model
@@ -61,7 +60,6 @@ class Run(TrainingState):
     packed: bool = False  # training batches are padding-free (batching.pack); else padded (batching.collate)
     checkpointing: str = "off"  # gradient checkpointing: "off", "full" or "selective" (activation_checkpointing.py)
     truncated: tuple[int, int] = (0, 0)  # (training, validation) examples cut to max_seq_length
-    precision_choice: Optional[dict[str, Any]] = None  # how `precision` was chosen: source, reason, the probe's figures
 
 
 def run(request: TrainRequest) -> dict[str, Any]:
@@ -74,7 +72,6 @@ def run(request: TrainRequest) -> dict[str, Any]:
     truncated = {"training": state.truncated[0], "validation": state.truncated[1]}
     return result(
         state, model_dir, interrupted, truncated_examples=truncated, gradient_checkpointing=state.checkpointing, packed=state.packed,
-        precision_choice=state.precision_choice,
     )  # fmt: skip
 
 
@@ -89,15 +86,9 @@ def setup(request: TrainRequest) -> Run:
     allocator.limit_heap_retention()  # glibc: freed activations go back to the OS instead of staying resident in glibc's heap
     if allocator.missing() and not torch.cuda.is_available():
         log(allocator.MISSING, "warning")
-    # bf16 on/off, or auto: on a CPU measured on this model's linear shapes (cached per machine, precision_probe.py).
-    choice = precision_probe.choose(hp.bf16, AutoConfig.from_pretrained(request.base_model), checkpoint_dtype(request.base_model) == torch.bfloat16)
-    choice = distributed.gather_objects(choice)[0]  # under torchrun every rank trains as rank 0 measured
-    log(precision_probe.describe(choice))
-    if request.threads is None and choice.get("threads", torch.get_num_threads()) != torch.get_num_threads():
-        set_threads(choice["threads"])  # the probe found all logical CPUs faster than one thread per physical core
+    # bf16 on/off, or auto: on a CPU measured on this model's shapes (cached per machine, training/precision_probe.py).
+    choice = choose_for_run(request)
     precision = choice["precision"]
-    if request.method == "qlora" and precision == "bf16-weights":
-        precision = "fp32"  # NF4 replaces the base linears: nothing left to store in bf16
     use_bf16 = precision == "bf16"
 
     progress("setup", 0, 4, "reading data / 读取数据")

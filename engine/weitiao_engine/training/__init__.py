@@ -6,7 +6,7 @@ A recipe reads top to bottom and calls these; no recipe imports another. One mod
     batching                 the (seed, epoch) data order, length grouping, padded (`collate`) and packed (`pack`) batches
     loss                     token log-probabilities with the LM head only where labels are
     sft                      one supervised fine-tuning step: micro-batches forward/backward, clip, optimizer step, metrics
-    precision                bf16 on/off/auto, autocast, bf16-stored frozen weights computed in fp32
+    precision                bf16 on/off/auto for every recipe (by the probe), autocast, bf16-stored frozen weights computed in fp32
     lora                     the LoRA base loader (QLoRA's NF4 included) and adapter setup
     lora_dropout             LoRA's input dropout with a geometric-gap mask
     activation_checkpointing gradient checkpointing: when, and full or selective

@@ -1,35 +1,41 @@
-"""Precision: what `bf16` on/off/auto becomes on this machine, bf16 autocast, and bf16-stored frozen
+"""Precision: what `bf16` on/off/auto becomes for a run on this machine (choose_for_run), bf16 autocast, and bf16-stored frozen
 weights computed in fp32. What the optimizer updates always stays fp32 (a bf16 AdamW update underflows)."""
 
 from __future__ import annotations
 
 import types
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig
 
-from .precision_probe import cpu_flags
+from .. import distributed
+from ..loading import checkpoint_dtype, set_threads
+from ..protocol import log
+from . import precision_probe
 
 
-def precision_mode(setting: str, bf16_checkpoint: bool = False) -> str:
-    """`bf16` on/off/auto -> "bf16" (bf16 weights, bf16 autocast), "bf16-weights" (bf16 weights, fp32 compute) or "fp32".
+def choose_for_run(request, full: bool = False) -> dict[str, Any]:
+    """The run's precision, one rule for every recipe: `bf16` on/off, or auto by measurement (precision_probe.choose:
+    this model's linear shapes and one of its layers in fp32 and bf16, cached per machine) — its layer frozen as under
+    LoRA/DPO/GRPO, or training as under full fine-tuning (`full`). Every rank of a torchrun takes rank 0's choice;
+    it is logged with the probe's figures; the probe's thread count applies unless the job set one.
 
-    (The LoRA recipe's `auto` is decided by measurement instead: precision_probe.choose. The others use this rule.)
-    auto: bf16 compute where it is fast (a GPU that supports it, a CPU with AMX). Elsewhere the compute is
-    fp32 (torch 2.13's bf16 GEMM on AVX512-BF16 without AMX measured ~0.6x fp32's), and the frozen weights
-    stay in the checkpoint's dtype: a bf16 checkpoint (as Qwen/Llama ship) is held in bf16, each matrix
-    upcast for its matmul ("bf16-weights": half the base's memory, ~0.7x the speed of an fp32 copy on the
-    0.5B shape, BENCHMARKS.md), so memory is what the checkpoint is and not twice that; an fp32 one stays fp32.
-    """
-    if setting != "auto":
-        return "bf16" if setting == "on" else "fp32"
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    flags = cpu_flags()
-    if "amx_bf16" in flags:
-        return "bf16"
-    return "bf16-weights" if bf16_checkpoint else "fp32"
+    choice["precision"] is what this run uses: "bf16" (bf16 autocast; frozen weights stored in bf16), "bf16-weights"
+    (a bf16 checkpoint's frozen weights kept in bf16, fp32 compute: compute_in_fp32) or "fp32". Full fine-tuning
+    keeps fp32 weights ("bf16" is autocast only); QLoRA's dense rest is fp32 (NF4 replaced the base linears)."""
+    bf16_checkpoint = not full and checkpoint_dtype(request.base_model) == torch.bfloat16
+    config = AutoConfig.from_pretrained(request.base_model)
+    choice = precision_probe.choose(request.hyperparameters.bf16, config, bf16_checkpoint, full=full)
+    choice = distributed.gather_objects(choice)[0]  # under torchrun every rank trains as rank 0 measured
+    if request.method == "qlora" and choice["precision"] == "bf16-weights":
+        choice = {**choice, "precision": "fp32", "reason": choice.get("reason", "") + "; QLoRA: the dense rest in fp32"}
+    log(precision_probe.describe(choice))
+    if request.threads is None and choice.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+        set_threads(choice["threads"])  # the probe found all logical CPUs faster than one thread per physical core
+    return choice
 
 
 def autocast_context(bf16: bool):

@@ -7,9 +7,12 @@ AVX512-BF16 without AMX measured 0.6x fp32 on one machine and ~4x on another, is
 A frozen base's training step is, per linear, y = x·Wᵀ forward and dx = dy·W backward (no weight gradient), so
 the probe times exactly those two products at PROBE_TOKENS rows per shape (the estimate's matmul rate); and since
 bf16 autocast changes every op of the step, not only the matmuls, the decision is taken on one decoder layer of
-the model (random weights) run forward and backward in each variant.
+the model (random weights) run forward and backward in each variant. Full fine-tuning (`full=True`) times that
+layer as it trains there instead: fp32 weights with their gradients, in fp32 and under bf16 autocast (which
+casts every weight each call).
 
     choice = choose("auto", config, bf16_checkpoint=True)   # {"precision": "bf16", "figures": {...}, ...}
+    choice = choose("auto", config, False, full=True)       # every weight trains: "bf16" (autocast) or "fp32"
 """
 
 from __future__ import annotations
@@ -37,18 +40,19 @@ VARIANTS = ("fp32", "bf16", "bf16-weights")
 CACHE_VERSION = 3  # 2: interleaved rounds, fastest pass; 3: one layer's step timed too
 
 
-def choose(setting: str, config, bf16_checkpoint: bool, cache_dir: Optional[Path] = None) -> dict[str, Any]:
+def choose(setting: str, config, bf16_checkpoint: bool, cache_dir: Optional[Path] = None, full: bool = False) -> dict[str, Any]:
     """The run's precision for `bf16` on/off/auto: {precision, source, figures?, ...} (figures: the probe's, for the log
     and the result). on/off are taken as they are; auto on a GPU follows torch.cuda.is_bf16_supported(); auto on a CPU
-    probes this model's linear shapes and one of its layers (cached) and `decide`s."""
+    probes this model's linear shapes and one of its layers (cached) and `decide`s. full: every weight trains (fp32
+    weights; the choice is fp32 or bf16 autocast, never bf16-stored weights)."""
     if torch.cuda.is_available():
         auto = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return {"precision": auto if setting == "auto" else "bf16" if setting == "on" else "fp32", "source": f"bf16: {setting} (cuda)"}
-    figures = probe(linear_shapes(config), cache_dir=cache_dir, config=config)  # also for on/off: the estimate's rate, the job's record
+    figures = probe(linear_shapes(config), cache_dir=cache_dir, config=config, full=full)  # also for on/off: the estimate's rate, the job's record
     if setting != "auto":
         fixed = "bf16" if setting == "on" else "fp32"
         return {"precision": fixed, "source": f"bf16: {setting}", "reason": "set by the job", "threads": figures["threads"], "figures": figures}
-    return {**decide(figures, bf16_checkpoint), "figures": figures}
+    return {**decide(figures, bf16_checkpoint and not full), "figures": figures}
 
 
 def decide(figures: dict[str, Any], bf16_checkpoint: bool) -> dict[str, Any]:
@@ -95,19 +99,19 @@ def linear_shapes(config) -> list[tuple[int, int]]:
     return sorted(found)
 
 
-def probe(shapes: list[tuple[int, int]], cache_dir: Optional[Path] = None, measure=None, config=None) -> dict[str, Any]:
+def probe(shapes: list[tuple[int, int]], cache_dir: Optional[Path] = None, measure=None, config=None, full: bool = False) -> dict[str, Any]:
     """The probe's figures for these shapes on this machine: from the cache when its key matches, else measured
-    (`measure(shapes)`, default `measure_shapes`, plus with a model config its one-layer step, `layer_seconds`) and
-    stored. A corrupt or foreign cache file is ignored."""
+    (`measure(shapes)`, default `measure_shapes`, plus with a model config its one-layer step, `layer_seconds`,
+    frozen or with `full` training weights) and stored. A corrupt or foreign cache file is ignored."""
     path = (cache_dir or default_cache_dir()) / "precision-probe.json"
     layer = None if config is None else f"{config.model_type} {config.hidden_size}/{config.intermediate_size}/{config.num_attention_heads}/{getattr(config, 'num_key_value_heads', None)}"
-    key = cache_key(shapes) + ("" if layer is None else f"|layer {layer}")
+    key = cache_key(shapes) + ("" if layer is None else f"|layer {layer}") + ("|full" if full else "")
     entries = read_cache(path)
     if key in entries:
         return {**entries[key], "cached": True}
     figures = (measure or measure_shapes)(shapes)
     if measure is None and config is not None:
-        figures["layer_seconds"] = measure_layer(config)
+        figures["layer_seconds"] = measure_layer(config, full)
     entries[key] = figures
     write_cache(path, entries)
     return {**figures, "cached": False}
@@ -178,9 +182,10 @@ def _time_passes(passes: dict[str, Any]) -> dict[str, float]:
     return best
 
 
-def measure_layer(config) -> dict[str, float]:
+def measure_layer(config, full: bool = False) -> dict[str, float]:
     """Seconds of one decoder layer's forward + backward to its input (frozen weights, as under LoRA) at PROBE_TOKENS,
     per variant: fp32; bf16 weights under bf16 autocast; bf16 weights upcast per matmul (precision.compute_in_fp32).
+    full: the weights train (their gradients too), fp32-stored: fp32, and bf16 autocast over the fp32 weights.
     The whole layer, not only its matmuls: autocast's casts and the bf16 norms/activations decide small models
     (a 128-wide model's matmuls ran 2.2x faster in bf16 while its training step ran 0.27x, issue 17)."""
     from transformers import AutoModelForCausalLM
@@ -193,10 +198,10 @@ def measure_layer(config) -> dict[str, float]:
     small = config.__class__.from_dict(fields)
     ids = torch.randint(0, 256, (1, PROBE_TOKENS), generator=torch.Generator().manual_seed(0))
     passes = {}
-    for variant in VARIANTS:
+    for variant in ("fp32", "bf16") if full else VARIANTS:
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(small, dtype=torch.float32 if variant == "fp32" else torch.bfloat16)
-        model.requires_grad_(False)
+        model = AutoModelForCausalLM.from_config(small, dtype=torch.float32 if variant == "fp32" or full else torch.bfloat16)
+        model.requires_grad_(full)
         model.get_input_embeddings().weight.requires_grad_(True)  # gradients flow back through the layer, as to LoRA's
         if variant == "bf16-weights":
             compute_in_fp32(model)
@@ -205,6 +210,7 @@ def measure_layer(config) -> dict[str, float]:
             with autocast_context(bf16):
                 out = decoder(input_ids=ids, use_cache=False).last_hidden_state
             out.float().sum().backward()
+            decoder.zero_grad(set_to_none=True)  # full: the next call's weight gradients are new tensors, as after a step
 
         passes[variant] = one
     return _time_passes(passes)

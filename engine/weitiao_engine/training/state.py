@@ -31,6 +31,7 @@ class TrainingState:
     pad_id: int
     bf16: bool = False  # bf16 autocast (compute); see `precision` for how the frozen base is stored
     precision: str = "fp32"  # "bf16" (bf16 weights + autocast), "bf16-weights" (bf16 weights, fp32 compute) or "fp32"
+    precision_choice: Optional[dict[str, Any]] = None  # how `precision` was chosen (precision.choose_for_run): reason, the probe's figures
     # counters, saved in every checkpoint
     step: int = 0
     epoch_index: int = 0  # the epoch being trained (0-based)
@@ -85,7 +86,7 @@ def interrupt(state: TrainingState, save_checkpoint: Callable[[Any], str]) -> bo
 
 def result(state: TrainingState, model_dir: Optional[str], interrupted: bool, **extra: Any) -> dict[str, Any]:
     """The `train` result: {model_dir, interrupted, early_stopped, steps, total_steps, trained_tokens, final_train_loss,
-    final_valid_loss, last_checkpoint, precision} and the recipe's own fields (`extra`)."""
+    final_valid_loss, last_checkpoint, precision, precision_choice} and the recipe's own fields (`extra`)."""
     return {
         "model_dir": model_dir,
         "interrupted": interrupted,
@@ -97,5 +98,6 @@ def result(state: TrainingState, model_dir: Optional[str], interrupted: bool, **
         "final_valid_loss": state.valid_loss,
         "last_checkpoint": state.last_checkpoint,
         "precision": state.precision,
+        "precision_choice": state.precision_choice,
         **extra,
     }
