@@ -30,13 +30,14 @@ export function registerDataCommands(program: Command): void {
     .option('--label-column <column>', 'column the label map applies to (default: the assistant template\'s column)')
     .option('--validation <fraction>', 'share of examples for validation', number('validation'), 0)
     .option('--seed <n>', 'split seed', number('seed', 'int'), 42)
-    .option('--format <format>', 'csv | tsv | jsonl | xlsx (default: from the extension)')
+    .option('--format <format>', 'csv | tsv | jsonl | xlsx | parquet | arrow (a Hugging Face datasets folder or .arrow file; default: from the name)')
     .option('--sheet <sheet>', 'xlsx: sheet name or 1-based number (default: the first)')
     .option('--header-row <n>', 'xlsx: the row with the column names', number('header_row', 'int'), 1)
     .option('--encoding <encoding>', 'auto | utf8 | gb18030 | gbk', 'auto')
     .option('--no-stratify', 'do not stratify the split by answer')
     .option('--conflicts <severity>', 'same prompt, different answers: warning | error', 'warning')
     .option('--on-invalid <mode>', 'bad rows: error (write nothing) | skip (leave them out, listed in the report)', 'error')
+    .option('--dedupe', 'leave out examples whose prompt nearly repeats a kept one (listed with the line kept)')
     .option('--model <model>', 'check lengths with this base model\'s tokenizer')
     .option('--long-examples <mode>', 'examples longer than the model\'s max length: truncate (warn; training keeps the answer) | skip | error', 'truncate')
     .option('--json', 'print the report as JSON')
@@ -60,6 +61,7 @@ export function registerDataCommands(program: Command): void {
           stratify: o.stratify ? 'auto' : false,
           conflicts: o.conflicts,
           on_invalid: o.onInvalid,
+          dedupe: o.dedupe === true,
           model_dir: o.model ? resolveModel(ctx, o.model).basePath : undefined,
         });
         if (o.json) printJson(result);
@@ -68,7 +70,9 @@ export function registerDataCommands(program: Command): void {
           for (const issue of result.skipped.slice(0, MAX_PRINTED_ISSUES)) process.stderr.write(`skipped 已跳过: ${formatIssue(issue)}\n`);
           if (result.skipped.length > MAX_PRINTED_ISSUES) process.stderr.write(`… and ${result.skipped.length - MAX_PRINTED_ISSUES} more (use --json for all) / 其余请用 --json 查看\n`);
           console.log(`read ${result.rows} rows (${result.format}, ${result.encoding}) → ${result.examples} examples 条样本`);
-          if (result.skipped_rows) console.log(`skipped ${result.skipped_rows} invalid row(s) / 跳过 ${result.skipped_rows} 行无效数据`);
+          const deduped = result.skipped.filter((s) => s.code === 'near_duplicate').length;
+          if (result.skipped_rows - deduped) console.log(`skipped ${result.skipped_rows - deduped} invalid row(s) / 跳过 ${result.skipped_rows - deduped} 行无效数据`);
+          if (deduped) console.log(`left out ${deduped} near duplicate(s) / 去除 ${deduped} 条近似重复样本`);
           if (result.label_set) console.log(`answers form a label set 标签集: ${result.label_set.join(', ')}${result.stratified ? ' (stratified split 分层划分)' : ''}`);
           for (const part of [result.train, result.validation]) {
             if (!part) continue;

@@ -13,7 +13,7 @@ import { checkSynthesizeOptions, synthesisPlan, type SynthesizeOptions } from '.
 
 export { TeacherClient, TeacherConfig, DEFAULT_API_KEY_ENV, retryAfterMs, type TeacherConfigInput, type ChatAnswer } from './endpoint.js';
 export { mapToLabel, labelScores, labelReport, type LabelOptions, type LabelReport } from './label.js';
-export { NearDuplicateIndex, jaccard, shingles } from './near-dup.js';
+export { NearDuplicateIndex, jaccard, shingleHashes, similarity } from '../internal/near-duplicates.js';
 export { runPaths, estimateTokens, rejectedUnits, provenanceLines, type Estimate, type RunProgress } from './run.js';
 export { DEFAULT_PERSONAS, parseGenerated, type SynthesizeOptions } from './synthesize.js';
 

@@ -10,7 +10,7 @@ import { WeitiaoError } from '../../errors.js';
 import type { ChatExample } from '../../engine/index.js';
 import { checkExample } from '../internal/check.js';
 import type { ChatAnswer, ChatMessage, ChatRequest, TeacherClient } from './endpoint.js';
-import { NearDuplicateIndex } from './near-dup.js';
+import { NearDuplicateIndex } from '../internal/near-duplicates.js';
 import type { Unit, UnitOutcome } from './run.js';
 
 export const DEFAULT_PERSONAS = [

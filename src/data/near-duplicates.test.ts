@@ -1,0 +1,111 @@
+// Near duplicates (issue 18): hand-made Chinese near-duplicate reviews found by the shared index (the one the
+// teacher's synthesis filter uses), reported by prepare beside exact duplicates, left out with `dedupe`
+// (naming the line kept), and validation examples that leak from the training split.
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { prepareDataset } from './index.js';
+import { NearDuplicateIndex, similarity } from './near-duplicates.js';
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-neardup-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+describe('near-duplicate index', () => {
+  test('one inserted character or changed punctuation is near; a different review is not', () => {
+    assert.ok(similarity('这家店的外卖很好吃，送餐也快', '这家店的外卖很好吃，送餐也很快') >= 0.7);
+    assert.ok(similarity('这家店的外卖很好吃，送餐也快', '这家店的外卖很好吃,送餐也快!') >= 0.7); // full-width vs half-width
+    assert.ok(similarity('味道不错，分量足', '味道一般，分量少') < 0.3);
+    const index = new NearDuplicateIndex(0.7);
+    const reviews = ['菜都凉了，等了两个小时才送到', '这家店的外卖很好吃，送餐也快', '米饭太硬了，汤也洒了一半'];
+    reviews.forEach((r) => index.add(r));
+    assert.equal(index.find('这家店的外卖很好吃，送餐也很快')?.index, 1);
+    assert.equal(index.find('米饭太硬了，汤也洒了一半。')?.index, 2);
+    assert.equal(index.find('送餐小哥很有礼貌，五星好评'), null);
+  });
+
+  test('banding misses no near duplicate among many similar texts', () => {
+    const index = new NearDuplicateIndex(0.7);
+    for (let i = 0; i < 300; i++) index.add(`订单${i}：这家店的外卖很好吃，送餐也快，包装严实，下次还点`);
+    let found = 0;
+    for (let i = 0; i < 300; i++) if (index.find(`订单${i}：这家店的外卖很好吃，送餐也很快，包装严实，下次还点`)) found++;
+    assert.equal(found, 300);
+  });
+});
+
+// Line numbers below are the CSV's physical lines (header = line 1).
+const ROWS = [
+  ['1', '这家店的外卖很好吃，送餐也快'], // 2
+  ['0', '菜都凉了，等了两个小时才送到'], // 3
+  ['1', '这家店的外卖很好吃，送餐也很快'], // 4: near line 2
+  ['0', '米饭太硬了，汤也洒了一半'], // 5
+  ['0', '菜都凉了，等了两个小时才送到'], // 6: exact duplicate of line 3
+  ['1', '送餐小哥很有礼貌，五星好评'], // 7
+  ['0', '米饭太硬了，汤也洒了一半。'], // 8: near line 5
+  ['1', '分量很足，价格实惠，推荐'], // 9
+];
+const csv = path.join(tmp, 'waimai.csv');
+writeFileSync(csv, 'label,review\n' + ROWS.map((r) => r.join(',')).join('\n') + '\n');
+const base = { input: csv, user: '{review}', assistant: '{label}', label_map: '1=好评,0=差评', seed: 7 };
+const readOut = (file: string) =>
+  readFileSync(file, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l).messages[0].content as string);
+
+describe('prepare', () => {
+  test('near duplicates are warnings beside the exact duplicate', async () => {
+    const r = await prepareDataset({ ...base, output_dir: path.join(tmp, 'report') });
+    assert.equal(r.written, true);
+    assert.deepEqual(
+      r.warnings.filter((w) => /duplicate/.test(w.code)).map((w) => [w.line, w.code, w.message.match(/line (\d+)/)?.[1]]),
+      [
+        [4, 'near_duplicate', '2'],
+        [6, 'exact_duplicate', '3'],
+        [8, 'near_duplicate', '5'],
+      ],
+    );
+    assert.equal(r.examples, 8);
+  });
+
+  test('dedupe leaves them out, naming the line kept; the output holds one of each', async () => {
+    const r = await prepareDataset({ ...base, output_dir: path.join(tmp, 'dedupe'), dedupe: true });
+    assert.equal(r.written, true);
+    assert.deepEqual(
+      r.skipped.map((s) => [s.line, s.code, s.message.match(/like line (\d+)/)?.[1]]),
+      [
+        [4, 'near_duplicate', '2'],
+        [6, 'near_duplicate', '3'],
+        [8, 'near_duplicate', '5'],
+      ],
+    );
+    assert.equal(r.skipped_rows, 3);
+    assert.equal(r.examples, 5);
+    assert.deepEqual(readOut(r.train!.file).sort(), [2, 3, 5, 7, 9].map((line) => ROWS[line - 2][1]).sort());
+    assert.equal(r.warnings.filter((w) => /duplicate|leak/.test(w.code)).length, 0);
+  });
+
+  test('a validation example near a training one is a leak, named at its line with the training line', async () => {
+    // The rows without the exact duplicate, so each review's text names its line.
+    const rows = ROWS.filter((_, i) => i !== 4);
+    const file = path.join(tmp, 'leak.csv');
+    writeFileSync(file, 'label,review\n' + rows.map((r) => r.join(',')).join('\n') + '\n');
+    const r = await prepareDataset({ ...base, input: file, output_dir: path.join(tmp, 'leak'), validation: 0.5, stratify: false });
+    const lineOf = (text: string) => rows.findIndex((row) => row[1] === text) + 2;
+    const train = new Set(readOut(r.train!.file).map(lineOf));
+    const partner: Record<number, number> = { 2: 4, 4: 2, 5: 7, 7: 5 };
+    // The expected leaks from what the split wrote: a validation review whose near twin went to training.
+    const expected = readOut(r.validation!.file)
+      .map(lineOf)
+      .filter((line) => partner[line] && train.has(partner[line]))
+      .sort((a, b) => a - b);
+    assert.ok(expected.length > 0, 'seed 7 puts at least one pair on both sides');
+    const leaks = r.warnings.filter((w) => w.code === 'validation_leak');
+    assert.deepEqual(
+      leaks.map((w) => w.line),
+      expected,
+    );
+    for (const w of leaks) assert.equal(Number(w.message.match(/training line (\d+)/)?.[1]), partner[w.line!]);
+  });
+});
