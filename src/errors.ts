@@ -2,7 +2,9 @@
  * One error type for the whole control plane. Every failure a user can see is a WeitiaoError with a
  * code; one table maps codes to HTTP statuses (OpenAI's error body, so the official SDKs raise their
  * typed errors) and one to CLI exit codes. Anything else is wrapped as `internal_error`, keeping its cause.
+ * A zod failure at any boundary becomes one through `fromZodError` / `parseOrThrow` below.
  */
+import { z } from 'zod';
 
 export const ERROR_CODES = {
   //                       HTTP  exit  OpenAI error.type
@@ -105,4 +107,51 @@ export function hideErrorPaths(err: WeitiaoError, root?: string): WeitiaoError {
   const file = err.file && err.file.startsWith('/') ? err.file.slice(err.file.lastIndexOf('/') + 1) : err.file;
   if (message === err.message && file === err.file) return err;
   return new WeitiaoError(err.code, message, { param: err.param, line: err.line, file, cause: err });
+}
+
+/** `messages[1].role`: the form params are named in everywhere (see ErrorDetails.param). */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const key of path) {
+    if (typeof key === 'number') out += `[${key}]`;
+    else out += out ? `.${String(key)}` : String(key);
+  }
+  return out;
+}
+
+export interface ZodErrorOptions {
+  /** What was invalid, both languages: `invalid <en> / <zh>无效: …` (default: the request / 请求). */
+  where?: { en: string; zh: string };
+  /** Where the parsed value sits in the caller's input, e.g. `grader` or `hyperparameters`: prefixed to each path. */
+  param?: string;
+  /** Default `invalid_request`; `engine_error` when the engine's own output fails its schema. */
+  code?: ErrorCode;
+}
+
+/**
+ * The one zod failure → WeitiaoError conversion (API bodies, service parameters, engine requests and results,
+ * config files): the first offending field is `param`, it and up to four more are named in the message.
+ */
+export function fromZodError(err: z.ZodError, options: ZodErrorOptions = {}): WeitiaoError {
+  const [first, ...rest] = err.issues;
+  const at = (path: readonly PropertyKey[]) => formatPath([...(options.param ? [options.param] : []), ...path]);
+  // An unknown key is itself the param at fault (zod reports it at the enclosing object; its message names the key).
+  const pathOf = (issue: z.core.$ZodIssue) => at(issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]] : issue.path);
+  const describe = (issue: z.core.$ZodIssue) => {
+    const p = at(issue.path);
+    return p ? `${p}: ${issue.message}` : issue.message;
+  };
+  const more = rest.length ? ` (and ${rest.length} more: ${rest.slice(0, 4).map(describe).join('; ')})` : '';
+  const { en, zh } = options.where ?? { en: 'request', zh: '请求' };
+  return new WeitiaoError(options.code ?? 'invalid_request', `invalid ${en} / ${zh}无效: ${first ? describe(first) : 'failed validation'}${more}`, {
+    param: (first && pathOf(first)) || options.param || undefined,
+    cause: err,
+  });
+}
+
+/** `schema.parse(value)`, failing as `fromZodError`. */
+export function parseOrThrow<S extends z.ZodType>(schema: S, value: unknown, options: ZodErrorOptions = {}): z.output<S> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw fromZodError(parsed.error, options);
+  return parsed.data;
 }

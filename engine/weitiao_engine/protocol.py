@@ -64,13 +64,13 @@ class CountTokensRequest(Strict):
 
 
 class LoraConfig(Strict):
-    r: int = Field(8, gt=0)
+    r: int = Field(8, gt=0, le=1024)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, le=1)
-    target_modules: Union[Literal["all-linear"], Annotated[list[str], Field(min_length=1)]] = "all-linear"
+    target_modules: Union[Literal["all-linear"], Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]] = "all-linear"
     # Modules trained in full and saved with the adapter (PEFT's modules_to_save), e.g. ["embed_tokens"]
     # for a random-weight base, whose tiny random embeddings LoRA alone cannot make use of.
-    modules_to_save: Optional[list[str]] = Field(None, min_length=1)
+    modules_to_save: Optional[list[Annotated[str, Field(min_length=1)]]] = Field(None, min_length=1)
 
 
 class FullConfig(Strict):
@@ -150,7 +150,7 @@ class TrainHyperparameters(Strict):
     gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"
     early_stopping_patience: Optional[int] = Field(None, gt=0)  # stop after N validations without improvement
     early_stopping_min_delta: float = Field(0.0, ge=0)  # an improvement must lower the validation loss by more
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto: measured on this machine, training/precision.py choose_for_run (the probe, cached)
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: see training/precision.py's precision_mode (bf16 compute on GPU/AMX, bf16 weights on AVX512-BF16)
     group_by_length: bool = False  # batches of similar length (less padding); opt-in: no gain measured yet (BENCHMARKS.md)
 
 

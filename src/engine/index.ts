@@ -14,7 +14,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { WeitiaoError, type ErrorCode, ERROR_CODES } from '../errors.js';
+import { fromZodError, parseOrThrow, WeitiaoError, type ErrorCode, ERROR_CODES } from '../errors.js';
 import { COMMANDS, EngineEvent, PROTOCOL_VERSION, type EngineCommand } from './protocol.js';
 
 export * from './protocol.js';
@@ -72,13 +72,7 @@ export function runEngine<C extends EngineCommand>(
 ): Promise<ResultOf<C>> {
   const spec = COMMANDS[command];
   // Validate (and fill defaults) before starting a Python process for nothing.
-  const parsedRequest = spec.request.safeParse(request);
-  if (!parsedRequest.success) {
-    const issue = parsedRequest.error.issues[0];
-    throw new WeitiaoError('invalid_request', `invalid ${command} request: ${z.prettifyError(parsedRequest.error)}`, {
-      param: issue?.path.join('.'),
-    });
-  }
+  const parsedRequest = parseOrThrow(spec.request, request, { where: { en: `${command} request`, zh: `引擎 ${command} 请求` } });
 
   return new Promise((resolve, reject) => {
     const child = spawnEngine(command, options.env);
@@ -135,7 +129,7 @@ export function runEngine<C extends EngineCommand>(
     options.signal?.addEventListener('abort', stop, { once: true });
 
     child.stdin!.on('error', () => {}); // the engine may exit before reading (e.g. bad python)
-    child.stdin!.end(JSON.stringify(parsedRequest.data) + '\n');
+    child.stdin!.end(JSON.stringify(parsedRequest) + '\n');
 
     child.on('error', (err) => {
       reject(
@@ -154,7 +148,7 @@ export function runEngine<C extends EngineCommand>(
         if (result !== undefined && code === 0) {
           const parsed = spec.result.safeParse(result);
           if (parsed.success) return resolve(parsed.data as ResultOf<C>);
-          return reject(new WeitiaoError('engine_error', `engine result does not match the protocol: ${z.prettifyError(parsed.error)}`));
+          return reject(fromZodError(parsed.error, { code: 'engine_error', where: { en: `engine ${command} result (it does not match the protocol)`, zh: `引擎 ${command} 结果` } }));
         }
         if (options.signal?.aborted) return reject(new WeitiaoError('cancelled', `engine ${command} was stopped`));
         const why = sawHello ? `exited with ${sig ?? code}` : `did not start (${sig ?? code})`;

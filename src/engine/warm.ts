@@ -17,7 +17,7 @@
 import type { ChildProcess } from 'node:child_process';
 import readline from 'node:readline';
 import { z } from 'zod';
-import { ERROR_CODES, WeitiaoError, type ErrorCode } from '../errors.js';
+import { ERROR_CODES, fromZodError, WeitiaoError, type ErrorCode } from '../errors.js';
 import { enginePython, spawnEngine } from './index.js';
 import { EngineEvent, PROTOCOL_VERSION, SERVE_COMMANDS, ServeRequest, type HelloEvent, type ServeCall, type ServeCommand } from './protocol.js';
 
@@ -87,12 +87,7 @@ export class WarmEngine {
   request<C extends ServeCommand>(command: C, request: RequestOf<C>, options: WarmRequestOptions = {}): Promise<ResultOf<C>> {
     const spec = SERVE_COMMANDS[command];
     const parsed = spec.request.safeParse(request);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      return Promise.reject(
-        new WeitiaoError('invalid_request', `invalid ${command} request: ${z.prettifyError(parsed.error)}`, { param: issue?.path.join('.') }),
-      );
-    }
+    if (!parsed.success) return Promise.reject(fromZodError(parsed.error, { where: { en: `${command} request`, zh: `引擎 ${command} 请求` } }));
     const { signal, onEvent } = options;
     if (signal?.aborted) return Promise.reject(cancelled());
 
@@ -117,7 +112,7 @@ export class WarmEngine {
           settle();
           const checked = spec.result.safeParse(result);
           if (checked.success) resolve(checked.data as ResultOf<C>);
-          else reject(new WeitiaoError('engine_error', `engine result does not match the protocol: ${z.prettifyError(checked.error)}`));
+          else reject(fromZodError(checked.error, { code: 'engine_error', where: { en: `engine ${command} result (it does not match the protocol)`, zh: `引擎 ${command} 结果` } }));
         },
         reject: (error) => {
           settle();

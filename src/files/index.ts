@@ -17,7 +17,7 @@ import { pipeline } from 'node:stream/promises';
 import { z } from 'zod';
 import type { Context } from '../context.js';
 import { reportError, runValidationTask } from '../data/index.js';
-import { WeitiaoError } from '../errors.js';
+import { parseOrThrow, WeitiaoError } from '../errors.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
 
 /** OpenAI's purposes that make sense here; `fine-tune-results` is what jobs write (metrics CSV). */
@@ -265,10 +265,5 @@ function tooLarge(maxBytes: number): WeitiaoError {
 
 /** Parses service parameters with a schema; every problem is reported at once, the first one's path as `param`. */
 function parseParams<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
-  const parsed = schema.safeParse(input);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new WeitiaoError('invalid_request', z.prettifyError(parsed.error), { param: issue?.path.map(String).join('.') || undefined });
-  }
-  return parsed.data;
+  return parseOrThrow(schema, input);
 }

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { Context } from '../context.js';
 import { runEngine, type GraderRunResult, type RunEngineOptions } from '../engine/index.js';
-import { WeitiaoError } from '../errors.js';
+import { parseOrThrow, WeitiaoError } from '../errors.js';
 import { listModels, resolveModel } from '../models/index.js';
 import { Grader } from './schema.js';
 
@@ -38,19 +38,10 @@ export interface GraderOptions {
   signal?: AbortSignal;
 }
 
-/** `graders.b.operation` → `grader.graders.b.operation`: the field as the user wrote it. */
-function fieldOf(issue: z.core.$ZodIssue, prefix: string): string {
-  const keys = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]] : issue.path;
-  return keys.reduce<string>((out, key) => (typeof key === 'number' ? `${out}[${key}]` : `${out}.${String(key)}`), prefix);
-}
-
 /** A grader's JSON checked against OpenAI's shapes; `invalid_request` naming the first field at fault. */
 export function parseGrader(json: unknown, param = 'grader'): Grader {
-  const parsed = Grader.safeParse(json);
-  if (parsed.success) return parsed.data;
-  const issues = parsed.error.issues;
-  const listed = issues.slice(0, 5).map((i) => `${fieldOf(i, param)}: ${i.message}`).join('; ');
-  throw new WeitiaoError('invalid_request', `invalid grader / 评分器无效: ${listed}`, { param: fieldOf(issues[0], param), cause: parsed.error });
+  // The field as the user wrote it: `graders.b.operation` → `grader.graders.b.operation`.
+  return parseOrThrow(Grader, json, { where: { en: 'grader', zh: '评分器' }, param });
 }
 
 /** The folder of the sentence-embedding model cosine uses, or null when none is registered. */

@@ -19,7 +19,7 @@
  */
 import { z } from 'zod';
 import type { Context } from '../context.js';
-import { WeitiaoError } from '../errors.js';
+import { parseOrThrow, WeitiaoError } from '../errors.js';
 import { now } from '../store/index.js';
 import { activeScope, isOperator } from './scope.js';
 
@@ -56,10 +56,9 @@ const toWire = (row: ProjectRow): ProjectObject => ({ id: row.id, object: 'proje
 /** Creates a project (operators only: admins of `default`, the local user). */
 export function createProject(ctx: Context, params: CreateProjectParams): ProjectObject {
   if (!isOperator()) throw new WeitiaoError('permission_denied', 'only an admin of the default project can create projects / 只有 default 项目的管理员可以创建项目');
-  const parsed = CreateProjectParams.safeParse(params);
-  if (!parsed.success) throw new WeitiaoError('invalid_request', parsed.error.issues[0].message, { param: String(parsed.error.issues[0].path[0] ?? 'id') });
-  if (getProject(ctx, parsed.data.id)) throw new WeitiaoError('conflict', `project '${parsed.data.id}' already exists / 项目已存在`, { param: 'id' });
-  const row: ProjectRow = { id: parsed.data.id, description: parsed.data.description ?? '', created_at: now() };
+  const p = parseOrThrow(CreateProjectParams, params, { where: { en: 'project', zh: '项目' } });
+  if (getProject(ctx, p.id)) throw new WeitiaoError('conflict', `project '${p.id}' already exists / 项目已存在`, { param: 'id' });
+  const row: ProjectRow = { id: p.id, description: p.description ?? '', created_at: now() };
   ctx.db.prepare('INSERT INTO projects (id, description, created_at) VALUES (@id, @description, @created_at)').run(row);
   return toWire(row);
 }

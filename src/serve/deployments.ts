@@ -13,7 +13,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import type { Context } from '../context.js';
-import { hideServerPaths, WeitiaoError } from '../errors.js';
+import { hideServerPaths, parseOrThrow, WeitiaoError } from '../errors.js';
 import { exportContent, listExports, retrieveExport, type ExportObject } from '../export/index.js';
 import { retrieveModel } from '../models/index.js';
 import {
@@ -93,13 +93,7 @@ function toWire(ctx: Context, record: DeploymentRecord, state = record.state): D
  * `ready` once its GGUF loaded and its contexts exist; a load that fails leaves it `failed` and throws.
  */
 export async function deployModel(ctx: Context, model: string, params: DeployParams): Promise<Deployment> {
-  const parsed = DeployParams.safeParse(params);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const param = issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys[0] : '');
-    throw new WeitiaoError('invalid_request', `${param ? `${param}: ` : ''}${issue.message} / 部署参数无效`, { param: param || undefined });
-  }
-  const p = parsed.data;
+  const p = parseOrThrow(DeployParams, params, { where: { en: 'deployment settings', zh: '部署参数' } });
   const registered = retrieveModel(ctx, model); // not_found before anything is stored
   const config = configFor(ctx, registered.id, registered.weitiao.base_model, p);
   await unloadDeployment(registered.id);

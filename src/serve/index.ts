@@ -10,7 +10,7 @@
  * The API and the CLI both go through these functions, so validation, routing and the wire shapes live here once.
  */
 import type { Context } from '../context.js';
-import { WeitiaoError } from '../errors.js';
+import { parseOrThrow, WeitiaoError } from '../errors.js';
 import type { ChoiceOutput, GenerationRequest, TokenLogprob } from './internal/backend.js';
 import { closeAll, routeFor } from './internal/router.js';
 import { proxyChatCompletion, proxyChatStream } from './internal/vllm.js';
@@ -129,13 +129,7 @@ export async function streamChatCompletion(
 // --------------------------------------------------------------------------------------------- helpers
 
 function parseParams(params: ChatCompletionParams): Params {
-  const parsed = ChatCompletionParams.safeParse(params);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const param = formatPath(issue.path);
-    throw new WeitiaoError('invalid_request', `${param ? `${param}: ` : ''}${issue.message} / 请求参数无效`, { param: param || undefined });
-  }
-  const p = parsed.data as Params;
+  const p = parseOrThrow(ChatCompletionParams, params) as Params;
   if (p.top_logprobs != null && !p.logprobs) {
     throw new WeitiaoError('invalid_request', 'top_logprobs needs logprobs: true / 使用 top_logprobs 须同时设置 logprobs: true', { param: 'top_logprobs' });
   }
@@ -182,9 +176,3 @@ async function assembleChunks(chunks: AsyncIterable<ChatCompletionChunk>, onToke
   return { text: list[0].text, finish_reason: list[0].finish_reason, usage, choices: list };
 }
 
-/** `['messages', 1, 'role']` -> `messages[1].role`, the form OpenAI puts in `error.param`. */
-function formatPath(parts: readonly PropertyKey[]): string {
-  let out = '';
-  for (const part of parts) out += typeof part === 'number' ? `[${part}]` : out ? `.${String(part)}` : String(part);
-  return out;
-}

@@ -7,6 +7,8 @@
  * const e = await estimateJob(ctx, { model: 'qwen2.5-0.5b', training_file: 'file-…', method: 'qlora', hyperparameters: { batch_size: 8 } });
  * e.peak_memory_bytes; e.time_per_epoch_seconds; e.total_seconds;
  * ```
+ * `estimateJob` resolves `auto` (the job rules, on the file's line count: there is no job to validate it);
+ * a job's plan and the console, which have resolved their run once, call `estimateRun` with it.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -14,25 +16,17 @@ import { z } from 'zod';
 import type { Context } from '../context.js';
 import { runEngine } from '../engine/index.js';
 import { EstimateResult, type EstimateRequest } from '../engine/protocol.js';
-import { WeitiaoError } from '../errors.js';
+import { parseOrThrow, WeitiaoError } from '../errors.js';
 import { fileContentPath, retrieveFile } from '../files/index.js';
 import { resolveModel } from '../models/index.js';
-import { LoraSettings, resolveHyperparameters, TrainingControls } from './index.js';
-
-const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
+import { LoraSettings, resolveHyperparameters, RunSettings, SupervisedHyperparameters, TrainingControls } from './index.js';
 
 export const EstimateParams = z.strictObject({
   /** A registered model id or a model directory. */
   model: z.string().min(1),
   /** A stored file id (`file-…`) or a path to a chat JSONL file. */
   training_file: z.string().min(1),
-  hyperparameters: z
-    .strictObject({
-      n_epochs: auto(z.number().int().min(1).max(50)).optional(),
-      batch_size: auto(z.number().int().min(1).max(256)).optional(),
-      max_seq_length: z.number().int().positive().optional(),
-    })
-    .optional(),
+  hyperparameters: SupervisedHyperparameters.pick({ n_epochs: true, batch_size: true }).extend({ max_seq_length: RunSettings.shape.max_seq_length }).optional(),
   /** `lora` (default) or `qlora` (the base's linear layers in 4-bit NF4). */
   method: z.enum(['lora', 'qlora']).optional(),
   lora: LoraSettings.optional(),
@@ -41,6 +35,16 @@ export const EstimateParams = z.strictObject({
   ...TrainingControls.pick({ gradient_checkpointing: true, bf16: true, gradient_accumulation_steps: true }).shape,
 });
 export type EstimateParams = z.input<typeof EstimateParams>;
+
+/** The same for a run whose epochs and batch size were resolved already (once per job, on its real example count). */
+export const EstimateRunParams = EstimateParams.extend({
+  hyperparameters: z.strictObject({
+    n_epochs: z.number().int().positive(),
+    batch_size: z.number().int().positive(),
+    max_seq_length: RunSettings.shape.max_seq_length,
+  }),
+});
+export type EstimateRunParams = z.input<typeof EstimateRunParams>;
 
 /** The engine's estimate with the resolved epochs and batch size of the run it is about. */
 export const JobEstimate = EstimateResult.extend({
@@ -59,12 +63,23 @@ const ESTIMATE_CACHE_SIZE = 32;
 
 /** Predicts peak memory and time for training `model` on `training_file`; `auto` batch size and epochs follow the job rules. */
 export async function estimateJob(ctx: Context, params: EstimateParams, options: { signal?: AbortSignal } = {}): Promise<JobEstimate> {
-  const parsed = EstimateParams.safeParse(params);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new WeitiaoError('invalid_request', z.prettifyError(parsed.error), { param: issue?.path.map(String).join('.') || undefined });
-  }
-  const p = parsed.data;
+  const p = parseOrThrow(EstimateParams, params);
+  const file = trainingFilePath(ctx, p.training_file);
+  // `auto` needs the number of examples: one per non-empty JSONL line (the engine validates each of them).
+  const n_examples = readFileSync(file, 'utf8').split('\n').filter((line) => line.trim()).length;
+  const hp = resolveHyperparameters({
+    n_examples,
+    requested: { n_epochs: p.hyperparameters?.n_epochs ?? 'auto', batch_size: p.hyperparameters?.batch_size ?? 'auto' },
+    method: p.method ?? 'lora',
+  });
+  const max_seq_length = p.hyperparameters?.max_seq_length;
+  return estimateRun(ctx, { ...p, hyperparameters: { n_epochs: hp.n_epochs, batch_size: hp.batch_size, ...(max_seq_length !== undefined ? { max_seq_length } : {}) } }, options);
+}
+
+/** `estimateJob` for epochs and batch size resolved by the caller: the engine's estimate, no `auto` rules. */
+export async function estimateRun(ctx: Context, params: EstimateRunParams, options: { signal?: AbortSignal } = {}): Promise<JobEstimate> {
+  const p = parseOrThrow(EstimateRunParams, params);
+  const hp = p.hyperparameters;
   let model;
   try {
     model = resolveModel(ctx, p.model);
@@ -73,21 +88,14 @@ export async function estimateJob(ctx: Context, params: EstimateParams, options:
     throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
   }
   const file = trainingFilePath(ctx, p.training_file);
-  // `auto` needs the number of examples: one per non-empty JSONL line (the engine validates each of them).
-  const n_examples = readFileSync(file, 'utf8').split('\n').filter((line) => line.trim()).length;
   const method = p.method ?? 'lora';
-  const hp = resolveHyperparameters({
-    n_examples,
-    requested: { n_epochs: p.hyperparameters?.n_epochs ?? 'auto', batch_size: p.hyperparameters?.batch_size ?? 'auto' },
-    method,
-  });
   const request: EstimateRequest = {
     base_model: model.basePath,
     training_file: file,
     method,
     lora: p.lora ?? {},
     batch_size: hp.batch_size,
-    ...(p.hyperparameters?.max_seq_length !== undefined ? { max_seq_length: p.hyperparameters.max_seq_length } : {}),
+    ...(hp.max_seq_length !== undefined ? { max_seq_length: hp.max_seq_length } : {}),
     threads: p.threads ?? null,
     ...(p.gradient_checkpointing !== undefined ? { gradient_checkpointing: p.gradient_checkpointing } : {}),
     ...(p.bf16 !== undefined ? { bf16: p.bf16 } : {}),

@@ -19,8 +19,20 @@
  * An explicit batch size larger than the data is cut to n_examples (a batch cannot hold more than all of it).
  */
 import { z } from 'zod';
-import { WeitiaoError } from '../errors.js';
-import { ReinforcementConfig, TrainHyperparameters, TrainRequest, type TrainRequest as TrainRequestInput } from '../engine/protocol.js';
+import { parseOrThrow, WeitiaoError } from '../errors.js';
+import {
+  DpoConfig,
+  FullConfig,
+  LoraConfig,
+  ReinforcementConfig,
+  TrainHyperparameters,
+  TrainRequest,
+  type TrainRequest as TrainRequestInput,
+} from '../engine/protocol.js';
+
+// Every training setting is declared once, in the engine protocol (src/engine/protocol.ts, mirrored by
+// engine/weitiao_engine/protocol.py); the job, estimate, console and CLI schemas below are views of it,
+// and its defaults are the only ones.
 
 export type Method = 'lora' | 'qlora' | 'full' | 'dpo' | 'reinforcement';
 
@@ -41,44 +53,87 @@ export const BASE_LEARNING_RATE: Record<Method, number> = {
 export const EPOCH_RULE = { default: 3, minTrainedExamples: 100, maxTrainedExamples: 25000, min: 1, max: 25 } as const;
 export const BATCH_RULE = { fraction: 0.002, min: 1, maxCpu: 64, maxGpu: 256 } as const;
 
+/** DPO's `beta` when `auto` or left out: the protocol's default (the DPO paper's and OpenAI's 0.1). */
+export const DEFAULT_DPO_BETA = DpoConfig.parse({}).beta;
+
 const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
+
+type Optional<S extends z.ZodRawShape> = { [K in keyof S]: S[K] extends z.ZodDefault<infer T> ? z.ZodOptional<T> : z.ZodOptional<S[K]> };
+type WithoutDefaults<S extends z.ZodRawShape> = { [K in keyof S]: S[K] extends z.ZodDefault<infer T> ? T : S[K] };
+
+/** The same fields, each optional and without its default: what a user may set (the engine's default applies to the rest). */
+function optionalFields<S extends z.ZodRawShape>(shape: S): Optional<S> {
+  const out: Record<string, z.ZodType> = {};
+  for (const [key, field] of Object.entries(shape)) out[key] = ((field instanceof z.ZodDefault ? field.unwrap() : field) as z.ZodType).optional();
+  return out as Optional<S>;
+}
+
+/** The same fields without their defaults: what a resolved value is. */
+function requiredFields<S extends z.ZodRawShape>(shape: S): WithoutDefaults<S> {
+  const out: Record<string, z.ZodType> = {};
+  for (const [key, field] of Object.entries(shape)) out[key] = (field instanceof z.ZodDefault ? field.unwrap() : field) as z.ZodType;
+  return out as unknown as WithoutDefaults<S>;
+}
+
+const HP = TrainHyperparameters.shape;
+
+/** OpenAI's three hyperparameters, each a number or `auto` (the rules above); the API's bounds on the protocol's fields. */
+export const SupervisedHyperparameters = z.strictObject({
+  n_epochs: auto(HP.n_epochs.max(50)).optional(),
+  batch_size: auto(HP.batch_size.max(256)).optional(),
+  learning_rate_multiplier: auto(z.number().positive().max(10)).optional(),
+});
+export type SupervisedHyperparameters = z.infer<typeof SupervisedHyperparameters>;
+
+/** DPO's `beta`, the protocol's field, as OpenAI's hyperparameter (a number up to 10, or `auto`). */
+export const DpoBeta = auto(DpoConfig.shape.beta.unwrap().max(10));
+
+/** AdamW's and the learning-rate schedule's settings, with the engine's defaults. */
+export const OptimizerSettings = TrainHyperparameters.pick({ weight_decay: true, max_grad_norm: true, warmup_ratio: true, lr_scheduler: true });
+const OPTIMIZER_DEFAULTS = OptimizerSettings.parse({});
+
+/** An absolute learning rate, instead of the base rate × `learning_rate_multiplier` (at most 1). */
+const LearningRate = HP.learning_rate.max(1);
 
 /** The hyperparameters a user may ask for: OpenAI's three (each may be `auto`) plus weitiao's optimiser settings. */
 export const RequestedHyperparameters = z.object({
-  n_epochs: auto(z.number().int().min(1).max(50)).optional(),
-  batch_size: auto(z.number().int().min(1).max(256)).optional(),
-  learning_rate_multiplier: auto(z.number().positive().max(10)).optional(),
-  learning_rate: z.number().positive().max(1).optional(),
-  weight_decay: z.number().min(0).optional(),
-  max_grad_norm: z.number().positive().optional(),
-  warmup_ratio: z.number().min(0).max(1).optional(),
-  lr_scheduler: z.enum(['linear', 'cosine', 'constant']).optional(),
+  ...SupervisedHyperparameters.shape,
+  learning_rate: LearningRate.optional(),
+  ...optionalFields(OptimizerSettings.shape),
 });
 export type RequestedHyperparameters = z.infer<typeof RequestedHyperparameters>;
 
-export interface ResolvedHyperparameters {
-  n_epochs: number;
-  batch_size: number;
-  learning_rate_multiplier: number;
-  learning_rate: number;
-  weight_decay: number;
-  max_grad_norm: number;
-  warmup_ratio: number;
-  lr_scheduler: 'linear' | 'cosine' | 'constant';
+/** What the `auto` rules resolve (a job's wire `weitiao.hyperparameters`): the engine's values plus OpenAI's multiplier. */
+export const ResolvedHyperparameters = z.object({
+  ...TrainHyperparameters.pick({ n_epochs: true, batch_size: true, learning_rate: true }).shape,
+  learning_rate_multiplier: z.number(),
+  ...requiredFields(OptimizerSettings.shape),
   /** Which of OpenAI's three were chosen by the `auto` rules. */
-  auto: Array<'n_epochs' | 'batch_size' | 'learning_rate_multiplier'>;
+  auto: z.array(z.enum(['n_epochs', 'batch_size', 'learning_rate_multiplier'])),
   /** ⌈n_examples / batch_size⌉ × n_epochs: what the engine will run unless `max_steps` stops it first. */
-  estimated_total_steps: number;
-}
+  estimated_total_steps: z.number().int(),
+});
+export type ResolvedHyperparameters = z.infer<typeof ResolvedHyperparameters>;
+
+/** The run's settings beside the hyperparameters a job may give (each optional: the engine's default applies). */
+export const RunSettings = z.object({
+  learning_rate: LearningRate.optional(),
+  ...optionalFields(OptimizerSettings.shape),
+  ...optionalFields(TrainRequest.pick({ eval_every_steps: true, save_every_steps: true, max_steps: true }).shape),
+  max_seq_length: HP.max_seq_length.unwrap().optional(),
+});
 
 export interface ResolveHyperparametersInput {
+  /** The job's real example count: the valid examples of its training file. */
   n_examples: number;
   requested?: RequestedHyperparameters;
   method?: Method;
   device?: 'cpu' | 'cuda';
+  /** Training processes: each takes an equal share of a batch, so an `auto` batch rounds up to a multiple. */
+  nproc?: number;
 }
 
-/** Applies the `auto` rules above; throws `invalid_request` for values out of range. */
+/** Applies the `auto` rules above, once per job; throws `invalid_request` for values out of range. */
 export function resolveHyperparameters(input: ResolveHyperparametersInput): ResolvedHyperparameters {
   const { n_examples } = input;
   const method = input.method ?? 'lora';
@@ -87,14 +142,7 @@ export function resolveHyperparameters(input: ResolveHyperparametersInput): Reso
       param: 'training_file',
     });
   }
-  const parsed = RequestedHyperparameters.safeParse(input.requested ?? {});
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new WeitiaoError('invalid_request', `invalid hyperparameters: ${z.prettifyError(parsed.error)}`, {
-      param: ['hyperparameters', ...(issue?.path.map(String) ?? [])].join('.'),
-    });
-  }
-  const req = parsed.data;
+  const req = parseOrThrow(RequestedHyperparameters, input.requested ?? {}, { where: { en: 'hyperparameters', zh: '超参数' }, param: 'hyperparameters' });
   const autoKeys: ResolvedHyperparameters['auto'] = [];
 
   let n_epochs: number;
@@ -107,6 +155,9 @@ export function resolveHyperparameters(input: ResolveHyperparametersInput): Reso
   if (req.batch_size === undefined || req.batch_size === 'auto') {
     autoKeys.push('batch_size');
     batch_size = autoBatchSize(n_examples, input.device ?? 'cpu');
+    // Under torchrun every process takes an equal share of each batch.
+    const nproc = input.nproc ?? 1;
+    if (batch_size % nproc !== 0) batch_size = Math.ceil(batch_size / nproc) * nproc;
   } else batch_size = Math.min(req.batch_size, n_examples);
 
   const base = BASE_LEARNING_RATE[method];
@@ -129,15 +180,14 @@ export function resolveHyperparameters(input: ResolveHyperparametersInput): Reso
     learning_rate = base * learning_rate_multiplier;
   }
 
+  const optimizer = { ...OPTIMIZER_DEFAULTS };
+  for (const key of Object.keys(OPTIMIZER_DEFAULTS) as Array<keyof typeof OPTIMIZER_DEFAULTS>) if (req[key] !== undefined) Object.assign(optimizer, { [key]: req[key] });
   return {
     n_epochs,
     batch_size,
     learning_rate_multiplier,
     learning_rate,
-    weight_decay: req.weight_decay ?? 0,
-    max_grad_norm: req.max_grad_norm ?? 1,
-    warmup_ratio: req.warmup_ratio ?? 0,
-    lr_scheduler: req.lr_scheduler ?? 'linear',
+    ...optimizer,
     auto: autoKeys,
     estimated_total_steps: Math.ceil(n_examples / batch_size) * n_epochs,
   };
@@ -168,10 +218,10 @@ export interface BuildTrainRequestInput {
   validationFile?: string | null;
   hyperparameters: ResolvedHyperparameters;
   seed: number;
-  lora?: { r?: number; alpha?: number; dropout?: number; target_modules?: 'all-linear' | string[]; modules_to_save?: string[] | null };
+  lora?: z.infer<typeof LoraSettings>;
   /** The engine recipe (default `lora`). */
   method?: Method;
-  full?: { freeze_embeddings?: boolean; freeze_layers?: number };
+  full?: z.infer<typeof FullSettings>;
   dpo?: { beta?: number };
   /** Reinforcement: the grader and sampling settings (src/engine/protocol.ts ReinforcementConfig). */
   reinforcement?: z.input<typeof ReinforcementConfig>;
@@ -202,26 +252,11 @@ const CONTROL_FIELDS = {
 export const ResolvedTrainingControls = TrainHyperparameters.pick(CONTROL_FIELDS).extend({ nproc: TrainRequest.shape.nproc });
 export type ResolvedTrainingControls = z.output<typeof ResolvedTrainingControls>;
 
-type Optional<S extends z.ZodRawShape> = { [K in keyof S]: S[K] extends z.ZodDefault<infer T> ? z.ZodOptional<T> : z.ZodOptional<S[K]> };
-
-/** The same fields, each optional and without its default: what a user may set (the engine's default applies to the rest). */
-function optionalFields<S extends z.ZodRawShape>(shape: S): Optional<S> {
-  const out: Record<string, z.ZodType> = {};
-  for (const [key, field] of Object.entries(shape)) out[key] = ((field instanceof z.ZodDefault ? field.unwrap() : field) as z.ZodType).optional();
-  return out as Optional<S>;
-}
-
 /** LoRA's settings a job or an estimate may give (each optional; the engine fills the rest). */
-export const LoraSettings = z
-  .strictObject({
-    r: z.number().int().positive().max(1024),
-    alpha: z.number().positive(),
-    dropout: z.number().min(0).max(1),
-    target_modules: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]),
-    /** Modules trained in full and saved with the adapter, e.g. `["embed_tokens"]` (needed for random-weight bases). */
-    modules_to_save: z.array(z.string().min(1)).min(1).nullable(),
-  })
-  .partial();
+export const LoraSettings = z.strictObject(optionalFields(LoraConfig.shape));
+
+/** Full fine-tuning's freezing settings a job may give. */
+export const FullSettings = z.strictObject(optionalFields(FullConfig.shape));
 
 /**
  * The training controls a job may set: gradient accumulation and checkpointing, early stopping, bf16,
@@ -291,12 +326,6 @@ export function buildTrainRequest(input: BuildTrainRequestInput): TrainRequestIn
     // Sent only when it asks for more than one process: an engine without scale-out still takes the request.
     ...(nproc !== undefined && nproc > 1 ? { nproc } : {}),
   };
-  const parsed = TrainRequest.safeParse(request);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new WeitiaoError('invalid_request', `invalid training settings: ${z.prettifyError(parsed.error)}`, {
-      param: issue?.path.map(String).join('.'),
-    });
-  }
+  parseOrThrow(TrainRequest, request, { where: { en: 'training settings', zh: '训练设置' } });
   return request;
 }

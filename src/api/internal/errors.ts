@@ -7,35 +7,7 @@ import type { Context as HonoContext, ErrorHandler, NotFoundHandler } from 'hono
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { z } from 'zod';
-import { hideErrorPaths, WeitiaoError, type ErrorCode } from '../../errors.js';
-
-/** `messages[1].role`: the form params are named in everywhere (see ErrorDetails.param). */
-export function formatPath(path: readonly PropertyKey[]): string {
-  let out = '';
-  for (const key of path) {
-    if (typeof key === 'number') out += `[${key}]`;
-    else out += out ? `.${String(key)}` : String(key);
-  }
-  return out;
-}
-
-/** A zod failure as one invalid_request naming the first offending param; the others follow in the message. */
-export function fromZodError(err: z.ZodError, where?: { en: string; zh: string }): WeitiaoError {
-  const [first, ...rest] = err.issues;
-  // An unknown key is itself the param at fault (zod reports it at the enclosing object).
-  const pathOf = (issue: z.core.$ZodIssue) => formatPath(issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]] : issue.path);
-  const param = first ? pathOf(first) : undefined;
-  const describe = (issue: z.core.$ZodIssue) => {
-    const p = formatPath(issue.path);
-    return p ? `${p}: ${issue.message}` : issue.message;
-  };
-  const more = rest.length ? ` (and ${rest.length} more: ${rest.slice(0, 4).map(describe).join('; ')})` : '';
-  const prefix = `invalid ${where?.en ?? 'request'} / ${where?.zh ?? '请求'}无效: `;
-  return new WeitiaoError('invalid_request', `${prefix}${first ? describe(first) : 'failed validation'}${more}`, {
-    param: param || undefined,
-    cause: err,
-  });
-}
+import { fromZodError, hideErrorPaths, WeitiaoError, type ErrorCode } from '../../errors.js';
 
 const HTTP_STATUS_CODES: Partial<Record<number, ErrorCode>> = {
   400: 'invalid_request',

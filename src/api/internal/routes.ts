@@ -5,8 +5,7 @@
  */
 import type { Context as HonoContext, Env, Hono } from 'hono';
 import { z } from 'zod';
-import { WeitiaoError } from '../../errors.js';
-import { fromZodError } from './errors.js';
+import { parseOrThrow, WeitiaoError } from '../../errors.js';
 
 type MaybeSchema = z.ZodType | undefined;
 type Infer<S extends MaybeSchema> = S extends z.ZodType ? z.output<S> : undefined;
@@ -195,9 +194,7 @@ function fieldSchema(schema: z.ZodType): Record<string, unknown> {
 }
 
 function validate<S extends z.ZodType>(schema: S, value: unknown, where?: { en: string; zh: string }): z.output<S> {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) throw fromZodError(parsed.error, where);
-  return parsed.data;
+  return parseOrThrow(schema, value, { where });
 }
 
 /**

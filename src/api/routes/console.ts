@@ -1,7 +1,7 @@
 /**
  * The web console's routes under `/v1/weitiao/` (docs/WEB.md): dataset preview, validation, preparation
  * and stats, the pre-launch estimate, and evaluations. Shells over the services: preview in
- * src/data/preview.ts, the data rules in src/data, the estimate is src/train's `estimateJob` with the
+ * src/data/preview.ts, the data rules in src/data, the estimate is src/train's `estimateRun` with the
  * explanations of src/train/explain.ts, evaluations in src/eval/file-evaluation.ts. Errors leave through
  * the API's one error handler, which hides server paths.
  */
@@ -18,7 +18,7 @@ import { evaluateFile } from '../../eval/file-evaluation.js';
 import { createFile, fileContentPath, retrieveFile } from '../../files/index.js';
 import { resolveModel, retrieveModel } from '../../models/index.js';
 import { explainHyperparameters } from '../../train/explain.js';
-import { estimateJob } from '../../train/estimate.js';
+import { estimateRun } from '../../train/estimate.js';
 import { LoraSettings, RequestedHyperparameters, resolveHyperparameters } from '../../train/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
@@ -145,7 +145,7 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
 const STARTUP_SECONDS = 15;
 
 /**
- * src/train's `estimateJob` (the one engine estimate: `weitiao estimate` and a job's dry run give the same)
+ * src/train's `estimateRun` (the one engine estimate: `weitiao estimate` and a job's dry run give the same)
  * on `auto` resolved by `resolveHyperparameters` (the worker's rules), each value explained. Not planJob:
  * its file validation is one more uncached tokenizer run per file, and the console asks at every edit.
  */
@@ -163,7 +163,7 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>, signal
   const hp = resolveHyperparameters({ n_examples: n, requested: body.hyperparameters ?? {}, method });
   const { r, alpha } = LoraConfig.parse(body.lora ?? {});
   const engineHp = { n_epochs: hp.n_epochs, batch_size: hp.batch_size, ...(body.max_seq_length ? { max_seq_length: body.max_seq_length } : {}) };
-  const e = await estimateJob(ctx, { model: body.model, training_file: body.training_file, method, hyperparameters: engineHp, lora: { r, alpha } }, { signal });
+  const e = await estimateRun(ctx, { model: body.model, training_file: body.training_file, method, hyperparameters: engineHp, lora: { r, alpha } }, { signal });
   const notes = [
     `Memory and time from the engine's estimate on this machine: ${e.steps_per_epoch} steps per epoch, ${e.threads} threads; validation passes are not included / 内存与时间为训练引擎在本机的预估（不含验证）`,
     ...(e.n_truncated ? [`${e.n_truncated} examples will be truncated to max_seq_length / ${e.n_truncated} 条样本将被截断`] : []),

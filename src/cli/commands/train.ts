@@ -9,12 +9,21 @@ import type { EngineEvent } from '../../engine/index.js';
 import { WeitiaoError } from '../../errors.js';
 import { createFile, deleteFile } from '../../files/index.js';
 import { createJob, pauseJob, planJob, resumeJob, retrieveJob, Worker, type CreateJobParams, type FineTuningJob, type JobPlan } from '../../jobs/index.js';
-import { describeTrainingControls } from '../../train/index.js';
+import { LoraConfig, TrainHyperparameters } from '../../engine/protocol.js';
+import { DEFAULT_DPO_BETA, describeTrainingControls, OptimizerSettings, resolveTrainingControls } from '../../train/index.js';
 import { ProgressBar } from '../progress.js';
 import { fmt, formatLabelMetrics, printJson } from '../output.js';
 import { printEstimate } from './estimate.js';
 import { autoOr, number, onOff, withContext } from './shared.js';
 import path from 'node:path';
+
+// The defaults shown in --help are the engine protocol's, the ones a job gets for a flag left out.
+const OPTIMIZER = OptimizerSettings.parse({});
+const LORA = LoraConfig.parse({});
+const CONTROLS = resolveTrainingControls();
+const MAX_SEQ_LENGTH = TrainHyperparameters.shape.max_seq_length.parse(undefined);
+const SCHEDULERS = OptimizerSettings.shape.lr_scheduler.unwrap().options.join(' | ');
+const byDefault = (value: unknown) => ` (default ${String(value)})`;
 
 export function registerTrainCommands(program: Command): void {
   program
@@ -25,35 +34,35 @@ export function registerTrainCommands(program: Command): void {
     .option('--validation <file>', 'validation file (chat JSONL)')
     .option('--suffix <suffix>', 'part of the fine-tuned model name: ft:<base>:<suffix>:<id>')
     .option('--method <method>', 'lora | qlora (4-bit NF4 base) | full | dpo (preference pairs)', 'lora')
-    .option('--beta <x>', "DPO's beta or 'auto'", autoOr('float', 'beta'))
+    .option('--beta <x>', `DPO's beta or 'auto' (= ${DEFAULT_DPO_BETA})`, autoOr('float', 'beta'))
     .option('--freeze-embeddings', 'full fine-tuning: keep the embeddings (and a tied LM head) frozen')
     .option('--freeze-layers <n>', 'full fine-tuning: keep the first N layers frozen', number('full.freeze_layers', 'int'))
     .option('--epochs <n>', "number of epochs or 'auto'", autoOr('int', 'n_epochs'), 'auto')
     .option('--batch-size <n>', "batch size or 'auto'", autoOr('int', 'batch_size'), 'auto')
     .option('--lr-multiplier <x>', "learning-rate multiplier (× the method's base rate) or 'auto'", autoOr('float', 'learning_rate_multiplier'), 'auto')
     .option('--learning-rate <lr>', 'absolute learning rate (overrides the multiplier)', number('learning_rate'))
-    .option('--weight-decay <x>', 'AdamW weight decay', number('weight_decay'))
-    .option('--max-grad-norm <x>', 'gradient clipping norm', number('max_grad_norm'))
-    .option('--warmup-ratio <x>', 'share of steps for learning-rate warmup', number('warmup_ratio'))
-    .option('--scheduler <name>', 'linear | cosine | constant')
-    .option('--lora-r <n>', 'LoRA rank', number('lora.r', 'int'))
-    .option('--lora-alpha <x>', 'LoRA alpha', number('lora.alpha'))
-    .option('--lora-dropout <x>', 'LoRA dropout', number('lora.dropout'))
-    .option('--target-modules <list>', "'all-linear' or comma-separated module names")
+    .option('--weight-decay <x>', `AdamW weight decay${byDefault(OPTIMIZER.weight_decay)}`, number('weight_decay'))
+    .option('--max-grad-norm <x>', `gradient clipping norm${byDefault(OPTIMIZER.max_grad_norm)}`, number('max_grad_norm'))
+    .option('--warmup-ratio <x>', `share of steps for learning-rate warmup${byDefault(OPTIMIZER.warmup_ratio)}`, number('warmup_ratio'))
+    .option('--scheduler <name>', `${SCHEDULERS}${byDefault(OPTIMIZER.lr_scheduler)}`)
+    .option('--lora-r <n>', `LoRA rank${byDefault(LORA.r)}`, number('lora.r', 'int'))
+    .option('--lora-alpha <x>', `LoRA alpha${byDefault(LORA.alpha)}`, number('lora.alpha'))
+    .option('--lora-dropout <x>', `LoRA dropout${byDefault(LORA.dropout)}`, number('lora.dropout'))
+    .option('--target-modules <list>', `'all-linear' or comma-separated module names${byDefault(LORA.target_modules)}`)
     .option('--modules-to-save <list>', 'modules trained in full beside LoRA, comma-separated (e.g. embed_tokens)')
     .option('--seed <n>', 'seed (data order, initialisation)', number('seed', 'int'))
     .option('--eval-every <steps>', 'validation loss every N steps (besides each epoch end)', number('eval_every_steps', 'int'))
     .option('--save-every <steps>', 'checkpoint every N steps (besides each epoch end)', number('save_every_steps', 'int'))
     .option('--max-steps <n>', 'stop after N optimizer steps', number('max_steps', 'int'))
-    .option('--max-seq-length <n>', 'truncate examples to N tokens', number('max_seq_length', 'int'))
+    .option('--max-seq-length <n>', `truncate examples to N tokens${byDefault(MAX_SEQ_LENGTH)}`, number('max_seq_length', 'int'))
     .option('--no-label-metrics', 'no accuracy/precision/recall even when the answers form a label set')
-    .option('--grad-accum <n>', 'gradient accumulation: micro-batches per optimizer step (batch size stays the examples per step)', number('gradient_accumulation_steps', 'int'))
-    .option('--gradient-checkpointing [mode]', 'recompute activations in backward (less memory, ~1/3 more compute): on | off | auto', onOff('gradient_checkpointing'))
+    .option('--grad-accum <n>', `gradient accumulation: micro-batches per optimizer step (batch size stays the examples per step)${byDefault(CONTROLS.gradient_accumulation_steps)}`, number('gradient_accumulation_steps', 'int'))
+    .option('--gradient-checkpointing [mode]', `recompute activations in backward (less memory, ~1/3 more compute): on | off | auto${byDefault(CONTROLS.gradient_checkpointing)}`, onOff('gradient_checkpointing'))
     .option('--early-stopping <patience>', 'stop after N validations without improvement of the validation loss', number('early_stopping_patience', 'int'))
-    .option('--early-stopping-min-delta <x>', 'the smallest fall of the validation loss that counts as improvement', number('early_stopping_min_delta'))
-    .option('--bf16 <mode>', 'bf16 autocast: auto (where the CPU/GPU supports it) | on | off')
+    .option('--early-stopping-min-delta <x>', `the smallest fall of the validation loss that counts as improvement${byDefault(CONTROLS.early_stopping_min_delta)}`, number('early_stopping_min_delta'))
+    .option('--bf16 <mode>', `bf16 autocast: auto (where the CPU/GPU supports it) | on | off${byDefault(CONTROLS.bf16)}`)
     .option('--group-by-length', 'batches of similar length (less padding)')
-    .option('--long-examples <mode>', 'examples longer than max_seq_length: truncate (keep the answer, cut the earliest prompt tokens) | skip | error')
+    .option('--long-examples <mode>', `examples longer than max_seq_length: truncate (keep the answer, cut the earliest prompt tokens) | skip | error${byDefault(CONTROLS.long_examples)}`)
     .option('--nproc <n>', 'training processes: above 1 the engine runs under torchrun (DDP; FSDP for full)', number('nproc', 'int'))
     .option('--dry-run', 'validate the files, resolve auto and print the memory and time estimate; create nothing')
     .option('--resume <job>', 'continue a paused or interrupted job from its last checkpoint')

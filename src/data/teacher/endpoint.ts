@@ -9,7 +9,7 @@
  * and provenance files never carry it.
  */
 import { z } from 'zod';
-import { WeitiaoError } from '../../errors.js';
+import { parseOrThrow, WeitiaoError } from '../../errors.js';
 
 export const DEFAULT_API_KEY_ENV = 'WEITIAO_TEACHER_API_KEY';
 
@@ -110,12 +110,7 @@ export class TeacherClient {
   retriesDone = 0;
 
   constructor(config: TeacherConfigInput, env: NodeJS.ProcessEnv = process.env) {
-    const parsed = TeacherConfig.safeParse(config);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new WeitiaoError('invalid_request', `teacher: ${issue.path.join('.')}: ${issue.message} / 教师模型配置无效`, { param: String(issue.path[0] ?? 'teacher') });
-    }
-    this.config = parsed.data;
+    this.config = parseOrThrow(TeacherConfig, config, { where: { en: 'teacher settings', zh: '教师模型配置' }, param: 'teacher' });
     this.apiKey = env[this.config.api_key_env] || undefined;
   }
 

@@ -103,13 +103,7 @@ export interface JobResolution {
 /** Resolves `auto` hyperparameters from the valid training examples and the label set from the answers; throws `invalid_request`. */
 export function resolveJob(input: { method: Method; settings: JobSettings; requested: RequestedHyperparameters; train: ValidationReport }): JobResolution {
   const { method, settings, train } = input;
-  const resolved = resolveHyperparameters({ n_examples: train.valid_examples, requested: input.requested, method });
-  // Under torchrun every process takes an equal share of each batch: an `auto` batch rounds up to a multiple.
-  const nproc = settings.nproc ?? 1;
-  if (nproc > 1 && resolved.auto.includes('batch_size') && resolved.batch_size % nproc !== 0) {
-    resolved.batch_size = Math.ceil(resolved.batch_size / nproc) * nproc;
-    resolved.estimated_total_steps = Math.ceil(train.valid_examples / resolved.batch_size) * resolved.n_epochs;
-  }
+  const resolved = resolveHyperparameters({ n_examples: train.valid_examples, requested: input.requested, method, nproc: settings.nproc });
   const labelSet = method === 'dpo' || method === 'reinforcement' ? null : settings.label_set === 'auto' ? train.label_set : settings.label_set;
   return { resolved, labelSet };
 }
