@@ -2,7 +2,8 @@
 // Node 20's `--test` does not expand globs itself. Pass paths or substrings to run a subset:
 //   node scripts/run-node-tests.mjs data jobs
 import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 function find(dir) {
@@ -22,9 +23,12 @@ if (files.length === 0) {
   process.exit(1);
 }
 const concurrency = process.env.WEITIAO_TEST_CONCURRENCY ?? '2';
+// One tiny-model build per distinct request for the whole run, shared by the test files (src/models/internal/tiny-cache.ts).
+const tinyCache = mkdtempSync(path.join(os.tmpdir(), 'weitiao-tiny-cache-'));
 const r = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
-  { stdio: 'inherit' },
+  { stdio: 'inherit', env: { ...process.env, WEITIAO_TINY_CACHE: tinyCache } },
 );
+rmSync(tinyCache, { recursive: true, force: true });
 process.exit(r.status ?? 1);

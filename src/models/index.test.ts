@@ -20,6 +20,8 @@ import {
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const WAIMAI = path.resolve(REPO, '../shared/data/waimai_10k.csv');
+// This file checks the engine's own build (and the cache on a directory of its own): not the test runner's cache.
+delete process.env.WEITIAO_TINY_CACHE;
 
 let home: string;
 let ctx: Context;
@@ -83,6 +85,26 @@ describe('createTinyModel', () => {
       code: 'invalid_file',
       param: 'corpus_files',
     });
+  });
+
+  test('with WEITIAO_TINY_CACHE, two concurrent builds of one request run the engine once and get the same files', async () => {
+    process.env.WEITIAO_TINY_CACHE = path.join(home, 'tiny-cache');
+    try {
+      const built: string[][] = [[], []];
+      const options = { corpusFiles: [WAIMAI], hiddenSize: 64, layers: 2, vocabSize: 512, seed: 3 };
+      const [a, b] = await Promise.all(
+        ['cached-a', 'cached-b'].map((name, i) => createTinyModel(ctx, { ...options, name, onProgress: (p) => built[i].push(p.phase) })),
+      );
+      assert.equal(built.filter((phases) => phases.length > 0).length, 1, 'one engine build, one copy');
+      assert.deepEqual({ ...b.weitiao.metadata }, { ...a.weitiao.metadata });
+      assert.equal(b.weitiao.metadata.vocab_size, 512);
+      for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {
+        assert.ok(readFileSync(path.join(b.weitiao.path, f)).equals(readFileSync(path.join(a.weitiao.path, f))), f);
+      }
+      assert.deepEqual([a.weitiao.path, b.weitiao.path], ['cached-a', 'cached-b'].map((n) => path.join(home, 'models', n)));
+    } finally {
+      delete process.env.WEITIAO_TINY_CACHE;
+    }
   });
 });
 
