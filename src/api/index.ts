@@ -33,6 +33,7 @@ import { evalRoutes } from './routes/evals.js';
 import { jobRoutes } from './routes/jobs.js';
 import { modelRoutes } from './routes/models.js';
 import { exportRoutes } from './routes/exports.js';
+import { teacherRunRoutes } from './routes/teacher-runs.js';
 import { projectRoutes } from './routes/projects.js';
 import { objectGuard, projectScope } from './internal/scope.js';
 import { consoleRoutes } from './routes/console.js';
@@ -103,6 +104,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   evalRoutes(routes, ctx);
   consoleRoutes(routes, ctx);
   exportRoutes(routes, ctx);
+  teacherRunRoutes(routes, ctx);
   projectRoutes(routes, ctx);
 
   let document: Record<string, unknown> | undefined;

@@ -153,7 +153,8 @@ export function labelUnits(options: LabelOptions, rows: LabelRow[], teacher: Tea
       answer = await ask(0, teacher, request);
     } catch (err) {
       // Endpoints without logprobs (weitiao's engine backend, some proxies) refuse the field: go on without it.
-      if (!(err instanceof WeitiaoError && err.code === 'invalid_request' && /logprob/i.test(err.message) && logprobs)) throw err;
+      // (Its own request decides, not `logprobs`: a concurrent unit may have turned that off already.)
+      if (!(err instanceof WeitiaoError && err.code === 'invalid_request' && /logprob/i.test(err.message) && request.logprobs)) throw err;
       logprobs = false;
       request = labelPrompt(options, text, false);
       answer = await ask(0, teacher, request);

@@ -21,6 +21,8 @@ export interface StandIn {
   delayMs: number;
   /** Refuse `logprobs` with a 400 like weitiao's engine backend does. */
   refuseLogprobs: boolean;
+  /** Answers the requests held so far (set `holdAfter` to null first, or later ones are held again). */
+  releaseHeld(): void;
   close(): Promise<void>;
 }
 
@@ -54,7 +56,7 @@ function answerFor(model: string, prompt: string): string {
 }
 
 export async function startStandIn(): Promise<StandIn> {
-  const held: ServerResponse[] = [];
+  const held: { res: ServerResponse; answer: () => void }[] = [];
   let answers = 0;
   const s: StandIn = {
     url: '',
@@ -65,8 +67,11 @@ export async function startStandIn(): Promise<StandIn> {
     holdAfter: null,
     delayMs: 0,
     refuseLogprobs: false,
+    releaseHeld: () => {
+      for (const h of held.splice(0)) h.answer();
+    },
     close: async () => {
-      for (const r of held) r.destroy();
+      for (const h of held) h.res.destroy();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
@@ -89,38 +94,41 @@ export async function startStandIn(): Promise<StandIn> {
       return send(s.failNext.status, { error: { message: s.failNext.body ?? 'slow down', type: 'rate_limit_error' } }, s.failNext.retryAfter ? { 'retry-after': s.failNext.retryAfter } : {});
     }
     if (body.logprobs && s.refuseLogprobs) return send(400, { error: { message: 'logprobs are not available on this backend', type: 'invalid_request_error', param: 'logprobs' } });
+    const reply = () => {
+      const content = answerFor(body.model, lastUser);
+      const first = [...content][0];
+      const logprobs = body.logprobs
+        ? {
+            content: [
+              {
+                token: first,
+                logprob: Math.log(0.8),
+                top_logprobs: [
+                  { token: first, logprob: Math.log(0.8) },
+                  { token: first === '好' ? '差' : '好', logprob: Math.log(0.15) },
+                  { token: '中', logprob: Math.log(0.05) },
+                ].slice(0, body.top_logprobs ?? 0),
+              },
+            ],
+          }
+        : null;
+      bump(s.answered, key);
+      send(200, {
+        id: 'chatcmpl-standin',
+        object: 'chat.completion',
+        created: Math.floor(Date.now() / 1000),
+        model: body.model,
+        choices: [{ index: 0, message: { role: 'assistant', content }, logprobs, finish_reason: 'stop' }],
+        usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 },
+      });
+    };
     if (s.holdAfter !== null && answers >= s.holdAfter) {
-      held.push(res);
+      held.push({ res, answer: () => (answers++, reply()) });
       return;
     }
     answers++;
     if (s.delayMs) await new Promise((r) => setTimeout(r, s.delayMs));
-    const content = answerFor(body.model, lastUser);
-    const first = [...content][0];
-    const logprobs = body.logprobs
-      ? {
-          content: [
-            {
-              token: first,
-              logprob: Math.log(0.8),
-              top_logprobs: [
-                { token: first, logprob: Math.log(0.8) },
-                { token: first === '好' ? '差' : '好', logprob: Math.log(0.15) },
-                { token: '中', logprob: Math.log(0.05) },
-              ].slice(0, body.top_logprobs ?? 0),
-            },
-          ],
-        }
-      : null;
-    bump(s.answered, key);
-    send(200, {
-      id: 'chatcmpl-standin',
-      object: 'chat.completion',
-      created: Math.floor(Date.now() / 1000),
-      model: body.model,
-      choices: [{ index: 0, message: { role: 'assistant', content }, logprobs, finish_reason: 'stop' }],
-      usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 },
-    });
+    reply();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   s.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`;
