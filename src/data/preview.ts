@@ -7,7 +7,10 @@ import { z } from 'zod';
 import type { ChatExample } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
 import { checkExample, isObjectValue, problem, type Problem } from './internal/check.js';
-import { detectLabelSet, jsonValue, makeMapper, openSource, PrepareOptions, readJsonLines, readTable, type DataFormat, type Issue } from './index.js';
+import { openSource, readJsonLines, readTable } from './internal/source.js';
+import { detectLabelSet } from './labels.js';
+import { jsonValue, makeMapper } from './mapper.js';
+import { PrepareOptions, type DataFormat, type Issue } from './schemas.js';
 
 /** Column → chat turn templates with `{column}` placeholders (the template syntax of prepare). */
 export interface ColumnMapping {

@@ -11,7 +11,7 @@
 import { createReadStream } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import type { Issue, ValidationReport } from './index.js';
+import type { Issue, ValidationReport } from './schemas.js';
 
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 const MAX_REPORTED = 50;

@@ -6,7 +6,8 @@
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import type { ChatExample } from '../engine/index.js';
-import { engineTokenCounter, type DataDeps } from './index.js';
+import type { DataDeps } from './schemas.js';
+import { engineTokenCounter } from './tokens.js';
 
 const tokenCache = new Map<string, { maxLength: number; counts: Map<string, { all: number; trained: number | null }> }>();
 const TOKEN_CACHE_ENTRIES = 200_000;

@@ -1,7 +1,7 @@
 /** The issue list every validator fills, and how a stopped validation ends. */
 import path from 'node:path';
 import { WeitiaoError } from '../../errors.js';
-import type { Issue } from '../index.js';
+import type { Issue } from '../schemas.js';
 import type { Problem } from './check.js';
 
 /** Issues listed per severity in a report (all are counted): a file of a million bad lines stays a small report. */

@@ -11,7 +11,7 @@
  * unrecognized_key, missing_input, plus check.ts's message codes with fields under `input.` or the
  * output's name, missing_output, invalid_output_role, empty_file; warning identical_outputs.
  */
-import type { ValidateOptions, ValidationReport } from '../index.js';
+import type { ValidateOptions, ValidationReport } from '../schemas.js';
 import { IssueList, MAX_REPORTED_ISSUES, validationCancelled } from './issues.js';
 import { checkExample, problem, type Problem } from './check.js';
 import { resolveEncoding } from './encoding.js';

@@ -5,7 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { ChatExample } from '../../engine/protocol.js';
 import { WeitiaoError } from '../../errors.js';
-import type { TokenCounts } from '../index.js';
+import type { TokenCounts } from '../schemas.js';
 import { runTask, type TaskMessage, type ThreadTask } from './thread.js';
 
 const port = parentPort!;

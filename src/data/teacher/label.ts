@@ -5,7 +5,7 @@
  * endpoint gives them (weitiao serve on llama.cpp, vLLM, OpenAI), else it is null.
  */
 import { WeitiaoError } from '../../errors.js';
-import { openSource, readJsonLines, readTable } from '../index.js';
+import { openSource, readJsonLines, readTable } from '../internal/source.js';
 import { TeacherClient, type ChatAnswer, type ChatRequest } from './endpoint.js';
 import type { Unit, UnitOutcome } from './run.js';
 
