@@ -1,0 +1,74 @@
+/** A registered model id to the directories the engine loads, following its lineage down to a base model. */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import type { Context } from '../context.js';
+import { WeitiaoError } from '../errors.js';
+import { expandHome, getRow, isDir, notFound, toObject } from './registry.js';
+import type { ResolvedModel } from './wire.js';
+
+/**
+ * Turns a registered model id into the paths the engine loads. Only names: a path is never looked up on the
+ * server's disk (a client could otherwise load or probe any directory); directories are registered first
+ * with `weitiao models add`. Fine-tuned models and checkpoints follow `base_model` to their base's directory.
+ */
+export function resolveModel(ctx: Context, name: string): ResolvedModel {
+  const row = getRow(ctx, name);
+  if (!row) {
+    throw notFound(ctx, name);
+  }
+  if (row.kind === 'base') {
+    requireDir(row.path, row.id);
+    return { id: row.id, kind: 'base', basePath: row.path, adapterPath: null, baseId: row.id };
+  }
+
+  requireDir(row.path, row.id);
+  // Where the weights live, from the training metadata: `format: 'full'` = the directory is a complete
+  // model (full fine-tuning); `base_path` = a continued fine-tune's adapter sits on that merged base.
+  const meta = toObject(row).weitiao.metadata;
+  const own = (resolved: ResolvedModel): ResolvedModel => {
+    if (meta.format === 'full') return { ...resolved, basePath: row.path, adapterPath: null };
+    if (typeof meta.base_path === 'string') {
+      requireDir(meta.base_path, row.id);
+      return { ...resolved, basePath: meta.base_path };
+    }
+    return resolved;
+  };
+  // Follow the lineage down to a base model (continued fine-tuning makes fine-tunes of fine-tunes).
+  const seen = new Set([row.id]);
+  let baseRef = row.base_model!;
+  for (;;) {
+    const base = getRow(ctx, baseRef);
+    if (!base) {
+      // A job may have trained on an unregistered local directory: its path is the base's name.
+      const dir = expandHome(baseRef);
+      if (isDir(dir) && existsSync(path.join(dir, 'config.json'))) {
+        const abs = path.resolve(dir);
+        return own({ id: row.id, kind: row.kind, basePath: abs, adapterPath: row.path, baseId: abs });
+      }
+      throw new WeitiaoError(
+        'not_found',
+        `the base model '${baseRef}' of '${row.id}' is no longer registered / '${row.id}' 的基础模型 '${baseRef}' 已不存在`,
+        { param: 'model' },
+      );
+    }
+    if (base.kind === 'base') {
+      if (meta.format !== 'full' && typeof meta.base_path !== 'string') requireDir(base.path, base.id);
+      return own({ id: row.id, kind: row.kind, basePath: base.path, adapterPath: row.path, baseId: base.id });
+    }
+    if (seen.has(base.id) || !base.base_model) {
+      throw new WeitiaoError('internal_error', `the lineage of '${row.id}' does not lead to a base model / '${row.id}' 的来源链有误`);
+    }
+    seen.add(base.id);
+    baseRef = base.base_model;
+  }
+}
+
+function requireDir(dir: string, id: string): void {
+  if (!isDir(dir)) {
+    throw new WeitiaoError(
+      'not_found',
+      `the files of model '${id}' are missing at ${dir}; pull or create it again, or delete it / 模型 '${id}' 的文件不存在：${dir}`,
+      { param: 'model' },
+    );
+  }
+}
