@@ -23,12 +23,13 @@ if (files.length === 0) {
   process.exit(1);
 }
 const concurrency = process.env.WEITIAO_TEST_CONCURRENCY ?? '2';
-// One tiny-model build per distinct request for the whole run, shared by the test files (src/models/internal/tiny-cache.ts).
-const tinyCache = mkdtempSync(path.join(os.tmpdir(), 'weitiao-tiny-cache-'));
+// One tiny-model build per distinct request for the whole run, shared by the test files (src/models/internal/tiny-cache.ts):
+// a fresh directory, removed after, unless WEITIAO_TINY_CACHE names one to keep.
+const tinyCache = process.env.WEITIAO_TINY_CACHE || mkdtempSync(path.join(os.tmpdir(), 'weitiao-tiny-cache-'));
 const r = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
   { stdio: 'inherit', env: { ...process.env, WEITIAO_TINY_CACHE: tinyCache } },
 );
-rmSync(tinyCache, { recursive: true, force: true });
+if (!process.env.WEITIAO_TINY_CACHE) rmSync(tinyCache, { recursive: true, force: true });
 process.exit(r.status ?? 1);
