@@ -17,7 +17,7 @@ import { Hono } from 'hono';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
 import { DEFAULT_MAX_BYTES, deleteFile } from '../files/index.js';
-import { Worker } from '../jobs/index.js';
+import { isJobUnfinished, Worker } from '../jobs/index.js';
 import { checkIntegrity, integritySummary } from '../store/integrity.js';
 import { verifyKey } from '../keys/index.js';
 import { z } from 'zod';
@@ -133,8 +133,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
 
 /** Whether a job still counts against its key's limit of unfinished jobs. */
 function jobUnfinished(ctx: Context, id: string): boolean {
-  const row = ctx.db.prepare('SELECT status FROM jobs WHERE id = ?').get(id) as { status: string } | undefined;
-  return row !== undefined && !['succeeded', 'failed', 'cancelled'].includes(row.status);
+  return isJobUnfinished(ctx.db, id);
 }
 
 export interface ServerOptions {

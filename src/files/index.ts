@@ -18,6 +18,7 @@ import { z } from 'zod';
 import type { Context } from '../context.js';
 import { reportError, runValidationTask } from '../data/index.js';
 import { parseOrThrow, WeitiaoError } from '../errors.js';
+import { unfinishedJobUsingFile } from '../jobs/repository.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
 
 /** OpenAI's purposes that make sense here; `fine-tune-results` is what jobs write (metrics CSV). */
@@ -204,14 +205,9 @@ export function fileContentPath(ctx: Context, id: string): string {
 /** Deletes a file and its bytes; `conflict` while an unfinished job still needs it. */
 export async function deleteFile(ctx: Context, id: string): Promise<FileDeleted> {
   const row = getRow(ctx, id);
-  const user = ctx.db
-    .prepare(
-      `SELECT id FROM jobs WHERE (training_file = ? OR validation_file = ?)
-       AND status NOT IN ('succeeded', 'failed', 'cancelled') LIMIT 1`,
-    )
-    .get(id, id) as { id: string } | undefined;
+  const user = unfinishedJobUsingFile(ctx.db, id);
   if (user) {
-    throw new WeitiaoError('conflict', `file ${id} is used by job ${user.id}, which has not finished / 该文件正被未结束的任务使用`, {
+    throw new WeitiaoError('conflict', `file ${id} is used by job ${user}, which has not finished / 该文件正被未结束的任务使用`, {
       param: 'file_id',
     });
   }

@@ -17,6 +17,7 @@ import path from 'node:path';
 import { WeitiaoError } from '../errors.js';
 import { resolveHome } from '../home.js';
 import type { Context } from '../context.js';
+import { jobsSummary } from '../jobs/repository.js';
 import { openDatabase } from './index.js';
 
 export interface BackupManifest {
@@ -57,8 +58,7 @@ export async function backupHome(ctx: Context, dir: string): Promise<BackupManif
     const rows = {
       files: snapshot.prepare('SELECT path FROM files').all() as { path: string }[],
       models: snapshot.prepare('SELECT path FROM models').all() as { path: string }[],
-      jobs: snapshot.prepare('SELECT id FROM jobs').all() as { id: string }[],
-      checkpoints: (snapshot.prepare('SELECT COUNT(*) AS n FROM checkpoints').get() as { n: number }).n,
+      ...jobsSummary(snapshot),
     };
     const folders = new Set<string>();
     const external: string[] = [];

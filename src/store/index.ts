@@ -1,6 +1,7 @@
 /**
  * The embedded store: one SQLite file (WAL mode, so the API reads while the worker writes).
- * Opening it runs any pending migrations. Each table has one repo module beside this file.
+ * Opening it runs any pending migrations. Each domain keeps the SQL of the tables it owns in one repository
+ * module (src/jobs/repository.ts: jobs, job_events, checkpoints; src/evals/internal/repository.ts; …).
  */
 import Database from 'better-sqlite3';
 import { MIGRATIONS } from './migrations.js';

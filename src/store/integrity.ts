@@ -16,6 +16,7 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from '../context.js';
+import { allCheckpoints, deleteCheckpointRow, isJobUnfinished, jobStatuses, unfinishedJobUsingFileOrModel } from '../jobs/repository.js';
 
 export type FindingKind =
   | 'file_missing'
@@ -54,7 +55,6 @@ export interface IntegrityOptions {
   graceSeconds?: number;
 }
 
-const UNFINISHED = `('validating_files', 'queued', 'running', 'pausing', 'paused')`;
 /** A running job writes checkpoint folders before the worker records them. */
 const WRITING = ['running', 'pausing'];
 
@@ -100,33 +100,29 @@ function plan(ctx: Context, options: IntegrityOptions): Planned[] {
   const rel = (p: string) => path.relative(ctx.home.root, p) || '.';
   const lostFound = (p: string) => () => moveToLostFound(ctx.home.root, p);
   const db = ctx.db;
-  const usedBy = db.prepare(
-    `SELECT id FROM jobs WHERE status IN ${UNFINISHED} AND (training_file = @id OR validation_file = @id OR model = @id) ORDER BY created_at LIMIT 1`,
-  );
 
   // Rows whose files are gone.
   for (const f of db.prepare('SELECT id, path FROM files ORDER BY rowid').all() as { id: string; path: string }[]) {
     if (existsSync(f.path)) continue;
-    const job = usedBy.get({ id: f.id }) as { id: string } | undefined;
+    const job = unfinishedJobUsingFileOrModel(db, f.id);
     out.push({
       kind: 'file_missing',
       id: f.id,
       path: rel(f.path),
       message: `file ${f.id} has a row but its bytes are missing / 文件记录存在但内容已丢失`,
-      repair: job ? `kept: unfinished job ${job.id} uses it (cancel the job first)` : 'delete the row',
+      repair: job ? `kept: unfinished job ${job} uses it (cancel the job first)` : 'delete the row',
       repairable: !job,
       ...(job ? {} : { fix: () => db.prepare('DELETE FROM files WHERE id = ?').run(f.id) }),
     });
   }
 
-  const checkpointModels = new Set((db.prepare('SELECT fine_tuned_model_checkpoint AS id FROM checkpoints').all() as { id: string }[]).map((r) => r.id));
+  const checkpointModels = new Set(allCheckpoints(db).map((c) => c.model));
   const models = db.prepare('SELECT id, kind, path, job_id FROM models ORDER BY rowid').all() as { id: string; kind: string; path: string; job_id: string | null }[];
   for (const m of models) {
     if (isDir(m.path) || (m.kind === 'checkpoint' && checkpointModels.has(m.id))) continue; // checkpoints: below
-    const job = (usedBy.get({ id: m.id }) ??
-      (m.job_id ? db.prepare(`SELECT id FROM jobs WHERE id = ? AND status IN ${UNFINISHED}`).get(m.job_id) : undefined)) as { id: string } | undefined;
+    const job = unfinishedJobUsingFileOrModel(db, m.id) ?? (m.job_id && isJobUnfinished(db, m.job_id) ? m.job_id : undefined);
     const dependent = db.prepare('SELECT id FROM models WHERE base_model = ? LIMIT 1').get(m.id) as { id: string } | undefined;
-    const why = job ? `unfinished job ${job.id} uses it` : dependent ? `model '${dependent.id}' was trained from it` : null;
+    const why = job ? `unfinished job ${job} uses it` : dependent ? `model '${dependent.id}' was trained from it` : null;
     out.push({
       kind: 'model_missing',
       id: m.id,
@@ -138,13 +134,7 @@ function plan(ctx: Context, options: IntegrityOptions): Planned[] {
     });
   }
 
-  const checkpoints = db.prepare('SELECT id, job_id, step, path, fine_tuned_model_checkpoint AS model FROM checkpoints ORDER BY job_id, step').all() as {
-    id: string;
-    job_id: string;
-    step: number;
-    path: string;
-    model: string;
-  }[];
+  const checkpoints = allCheckpoints(db);
   for (const c of checkpoints) {
     if (isDir(c.path)) continue;
     out.push({
@@ -155,7 +145,7 @@ function plan(ctx: Context, options: IntegrityOptions): Planned[] {
       repair: 'delete the row and its checkpoint model (a resume takes the newest one left)',
       repairable: true,
       fix: () => {
-        db.prepare('DELETE FROM checkpoints WHERE id = ?').run(c.id);
+        deleteCheckpointRow(db, c.id);
         db.prepare("DELETE FROM models WHERE id = ? AND kind = 'checkpoint'").run(c.model);
       },
     });
@@ -177,7 +167,7 @@ function plan(ctx: Context, options: IntegrityOptions): Planned[] {
     });
   }
 
-  const jobs = new Map((db.prepare('SELECT id, status FROM jobs').all() as { id: string; status: string }[]).map((j) => [j.id, j.status]));
+  const jobs: Map<string, string> = jobStatuses(db);
   const modelPaths = new Set(models.map((m) => m.path));
   const recorded = new Map<string, Set<number>>();
   for (const c of checkpoints) (recorded.get(c.job_id) ?? recorded.set(c.job_id, new Set()).get(c.job_id)!).add(c.step);

@@ -6,6 +6,7 @@ import { api, clearKey, getKey, onUnauthorized, type MeObject } from './api';
 import { useI18n, type MessageKey } from './i18n';
 import { href, useRoute } from './router';
 import { Datasets } from './pages/Datasets';
+import { DataWorkshop } from './pages/DataWorkshop';
 import { Evaluation } from './pages/Evaluation';
 import { JobDetail } from './pages/JobDetail';
 import { Jobs } from './pages/Jobs';
@@ -79,6 +80,9 @@ export function App() {
   switch (section) {
     case 'datasets':
       page = <Datasets fileId={rest[0]} />;
+      break;
+    case 'data':
+      page = <DataWorkshop fileId={rest[0]} />;
       break;
     case 'new':
       page = <NewJob trainingFile={rest[0]} validationFile={rest[1]} />;

@@ -12,6 +12,7 @@ import type { Context } from '../../context.js';
 import { WeitiaoError } from '../../errors.js';
 import { activeScope, LOCAL_ADMIN, requireAdmin, runInScope, type Scope } from '../../projects/index.js';
 import { writeAudit } from '../../projects/audit.js';
+import { checkpointProject } from '../../jobs/index.js';
 import type { ApiEnv } from './auth.js';
 
 /** POSTs a read-only key may send: they answer from stored objects and store nothing. */
@@ -162,10 +163,7 @@ function checkModel(ctx: Context, scope: Scope, id: string, changesModel: boolea
   let project = row?.project;
   if (project === undefined) {
     // A checkpoint named by its model id without a models row: its job's project.
-    const ckpt = ctx.db
-      .prepare('SELECT j.project FROM checkpoints c JOIN jobs j ON j.id = c.job_id WHERE c.fine_tuned_model_checkpoint = ?')
-      .get(id) as { project: string } | undefined;
-    project = ckpt?.project;
+    project = checkpointProject(ctx.db, id);
   }
   if (project !== undefined && project !== scope.project) throw notFound('model', id, 'model');
 }

@@ -45,6 +45,8 @@ export const PrepareBody = ValidateBody.extend({
   seed: z.number().int().default(42),
   /** `skip`: bad rows are left out and listed in `skipped` (file:line, reason); `error` stores nothing. */
   on_invalid: z.enum(['error', 'skip']).default('error'),
+  /** Leave out near-duplicate examples (listed in `skipped` with the line kept). */
+  dedupe: z.boolean().default(false),
   /** The name stem of the created files (`<stem>-train.jsonl`); defaults to the source file's. */
   name: z.string().regex(/^[\p{L}\p{N}._ -]{1,100}$/u).optional(),
 });
@@ -127,7 +129,7 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
   const tokens = cachedTokenDeps(modelDir(ctx, body.model));
   const stem = body.name ?? (file.filename.replace(/\.[^.]+$/, '') || 'dataset');
   return withScratch(ctx, async (dir) => {
-    const options = { validation: body.validation, seed: body.seed, on_invalid: body.on_invalid, train_file: `${stem}-train.jsonl`, validation_file: `${stem}-validation.jsonl` };
+    const options = { validation: body.validation, seed: body.seed, on_invalid: body.on_invalid, dedupe: body.dedupe, train_file: `${stem}-train.jsonl`, validation_file: `${stem}-validation.jsonl` };
     const r = await prepareDataset({ input: filePath, output_dir: dir, ...mappingOptions(body), ...options }, tokens);
     const { rows, examples, label_set, stratified, seed, validation_fraction, skipped_rows } = r;
     const answer = { object: 'weitiao.dataset' as const, source_file: file.id, written: r.written, rows, examples, label_set, stratified, seed, validation_fraction };

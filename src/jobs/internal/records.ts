@@ -1,6 +1,6 @@
 /**
- * Job rows ↔ wire objects, and the small writes both the service and the worker make (events,
- * checkpoints, the extension JSON). Not for use outside src/jobs.
+ * The extension JSON's shape, events as they go on the wire, and the small writes both the service and the
+ * worker make (events, checkpoints, the extension JSON) over repository.ts. Not for use outside src/jobs.
  */
 import path from 'node:path';
 import type { LabelMetrics, PrecisionChoice } from '../../engine/protocol.js';
@@ -8,39 +8,13 @@ import { hideServerPaths } from '../../errors.js';
 import type { DB } from '../../store/index.js';
 import { newId, now } from '../../store/index.js';
 import type { RequestedHyperparameters, ResolvedHyperparameters } from '../../train/index.js';
-import type { JobStatus } from './status.js';
 import type { z } from 'zod';
-import type { WeitiaoJobSettings } from '../index.js';
-
-export interface JobRow {
-  id: string;
-  model: string;
-  training_file: string;
-  validation_file: string | null;
-  status: JobStatus;
-  method: string;
-  extension: string;
-  suffix: string | null;
-  seed: number;
-  metadata: string | null;
-  fine_tuned_model: string | null;
-  trained_tokens: number | null;
-  error: string | null;
-  result_files: string;
-  estimated_finish: number | null;
-  created_at: number;
-  started_at: number | null;
-  finished_at: number | null;
-  attempts: number;
-  worker_id: string | null;
-  worker_pid: number | null;
-  heartbeat_at: number | null;
-  requested_action: 'cancel' | 'pause' | null;
-}
+import type { WeitiaoJobSettings } from '../schemas.js';
+import { insertEvent, updateJobExtension, upsertCheckpointRow, type CheckpointRow, type EventLevel, type EventRow, type JobRow } from '../repository.js';
 
 /**
  * weitiao's own settings for a job, as the user gave them (the `weitiao` object of the create request,
- * its schema in ../index.ts), plus DPO's beta resolved from `auto` at creation.
+ * its schema in ../schemas.ts), plus DPO's beta resolved from `auto` at creation.
  */
 export type JobSettings = Omit<z.output<typeof WeitiaoJobSettings>, 'dry_run'> & { dpo?: { beta: number }; reinforcement?: ReinforcementSettings };
 
@@ -93,33 +67,9 @@ export function parseExtension(row: Pick<JobRow, 'extension'>): JobExtension {
   return JSON.parse(row.extension) as JobExtension;
 }
 
-export function getJobRow(db: DB, id: string): JobRow | undefined {
-  return db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined;
-}
-
 /** Merges `patch` into the job's extension JSON (read-modify-write in one transaction). */
 export function patchExtension(db: DB, id: string, patch: Partial<JobExtension>, fields: Record<string, unknown> = {}): void {
-  db.transaction(() => {
-    const row = db.prepare('SELECT extension FROM jobs WHERE id = ?').get(id) as { extension: string } | undefined;
-    if (!row) return;
-    const ext = { ...(JSON.parse(row.extension) as JobExtension), ...patch };
-    const names = Object.keys(fields);
-    const set = ['extension = @__ext', ...names.map((n) => `${n} = @${n}`)].join(', ');
-    db.prepare(`UPDATE jobs SET ${set} WHERE id = @__id`).run({ ...fields, __ext: JSON.stringify(ext), __id: id });
-  })();
-}
-
-export type EventLevel = 'info' | 'warn' | 'error';
-
-export interface EventRow {
-  seq: number;
-  id: string;
-  job_id: string;
-  created_at: number;
-  level: EventLevel;
-  type: 'message' | 'metrics';
-  message: string;
-  data: string | null;
+  updateJobExtension(db, id, (ext) => JSON.stringify({ ...(JSON.parse(ext) as JobExtension), ...patch }), fields);
 }
 
 /** OpenAI's job event. */
@@ -161,24 +111,7 @@ export function addEvent(
     message: event.message,
     data: event.data === undefined || event.data === null ? null : JSON.stringify(event.data),
   };
-  const info = db
-    .prepare(
-      `INSERT INTO job_events (id, job_id, created_at, level, type, message, data)
-       VALUES (@id, @job_id, @created_at, @level, @type, @message, @data)`,
-    )
-    .run(row);
-  return eventToWire({ ...row, seq: Number(info.lastInsertRowid) });
-}
-
-export interface CheckpointRow {
-  id: string;
-  job_id: string;
-  step: number;
-  epoch: number;
-  metrics: string;
-  path: string;
-  fine_tuned_model_checkpoint: string;
-  created_at: number;
+  return eventToWire({ ...row, seq: insertEvent(db, row) });
 }
 
 /** OpenAI's checkpoint metrics. */
@@ -197,13 +130,7 @@ export function upsertCheckpoint(
   db: DB,
   c: { job_id: string; step: number; epoch: number; metrics: CheckpointMetrics; path: string; fine_tuned_model_checkpoint: string },
 ): CheckpointRow {
-  db.prepare(
-    `INSERT INTO checkpoints (id, job_id, step, epoch, metrics, path, fine_tuned_model_checkpoint, created_at)
-     VALUES (@id, @job_id, @step, @epoch, @metrics, @path, @fine_tuned_model_checkpoint, @created_at)
-     ON CONFLICT(job_id, step) DO UPDATE SET epoch = excluded.epoch, metrics = excluded.metrics, path = excluded.path,
-       fine_tuned_model_checkpoint = excluded.fine_tuned_model_checkpoint, created_at = excluded.created_at`,
-  ).run({ ...c, id: newId('ftckpt'), metrics: JSON.stringify(c.metrics), created_at: now() });
-  return db.prepare('SELECT * FROM checkpoints WHERE job_id = ? AND step = ?').get(c.job_id, c.step) as CheckpointRow;
+  return upsertCheckpointRow(db, { ...c, metrics: JSON.stringify(c.metrics) });
 }
 
 /** `ft:<base>:<suffix or weitiao>:<last 8 characters of the job id>`, fixed when the job is created. */

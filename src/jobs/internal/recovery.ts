@@ -8,7 +8,8 @@ import path from 'node:path';
 import type { Context } from '../../context.js';
 import type { DB } from '../../store/index.js';
 import { now } from '../../store/index.js';
-import { eventToWire, type EventRow, type WireJobEvent } from './records.js';
+import { eventToWire, type WireJobEvent } from './records.js';
+import { findMetricsEvent, lastCheckpointStep, updateEvent } from '../repository.js';
 
 /**
  * Removes the `checkpoints/step-N` directories newer than every checkpoint the database recorded for the job:
@@ -19,7 +20,7 @@ import { eventToWire, type EventRow, type WireJobEvent } from './records.js';
 export async function discardUnrecordedCheckpoints(ctx: Context, jobId: string, outputDir: string): Promise<string[]> {
   const dir = path.join(outputDir, 'checkpoints');
   if (!existsSync(dir)) return [];
-  const { last } = ctx.db.prepare('SELECT MAX(step) AS last FROM checkpoints WHERE job_id = ?').get(jobId) as { last: number | null };
+  const last = lastCheckpointStep(ctx.db, jobId);
   const unrecorded = readdirSync(dir).filter((n) => /^step-\d+$/.test(n) && Number(n.slice(5)) > (last ?? 0));
   for (const name of unrecorded) await rm(path.join(dir, name), { recursive: true, force: true });
   return unrecorded;
@@ -57,16 +58,10 @@ function lastLines(text: string, n: number): string {
  * figures win. The wire event, or null when the step has none.
  */
 export function replaceMetricsEvent(db: DB, jobId: string, step: number, message: string, data: Record<string, unknown>): WireJobEvent | null {
-  const training = data.train_loss !== undefined ? 1 : 0;
-  const old = db
-    .prepare(
-      `SELECT * FROM job_events WHERE job_id = ? AND type = 'metrics' AND json_extract(data, '$.step') = ?
-       AND (json_extract(data, '$.train_loss') IS NOT NULL) = ? ORDER BY seq DESC LIMIT 1`,
-    )
-    .get(jobId, step, training) as EventRow | undefined;
+  const old = findMetricsEvent(db, jobId, step, data.train_loss !== undefined);
   if (!old) return null;
   const updated = { ...old, message, data: JSON.stringify(data), created_at: now() };
-  db.prepare('UPDATE job_events SET message = ?, data = ?, created_at = ? WHERE seq = ?').run(updated.message, updated.data, updated.created_at, old.seq);
+  updateEvent(db, old.seq, updated);
   return eventToWire(updated);
 }
 

@@ -5,6 +5,7 @@
  */
 import type { DB } from '../../store/index.js';
 import { WeitiaoError } from '../../errors.js';
+import { getJobState, updateJobIfStatus } from '../repository.js';
 
 export const JOB_STATUSES = [
   'validating_files',
@@ -73,14 +74,12 @@ export function transition(
   options: { from?: readonly JobStatus[]; action?: string } = {},
 ): JobStatus {
   return db.transaction(() => {
-    const row = db.prepare('SELECT status FROM jobs WHERE id = ?').get(id) as { status: JobStatus } | undefined;
+    const row = getJobState(db, id);
     if (!row) throw new WeitiaoError('not_found', `no such fine-tuning job: ${id} / 找不到微调任务`, { param: 'fine_tuning_job_id' });
     if ((options.from && !options.from.includes(row.status)) || !canTransition(row.status, to)) {
       throw transitionError(id, row.status, to, options.action);
     }
-    const names = Object.keys(fields);
-    const set = ['status = @__to', ...names.map((n) => `${n} = @${n}`)].join(', ');
-    db.prepare(`UPDATE jobs SET ${set} WHERE id = @__id AND status = @__from`).run({ ...fields, __to: to, __id: id, __from: row.status });
+    updateJobIfStatus(db, id, row.status, to, fields);
     return row.status;
   }).immediate();
 }

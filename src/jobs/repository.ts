@@ -1,0 +1,322 @@
+/**
+ * The jobs domain's tables — `jobs`, `job_events`, `checkpoints` — and every SQL statement that touches
+ * them: typed functions over the store handle, rows cast to their types here once. Nothing else in src/
+ * writes SQL about these tables; the service (index.ts and its modules) and the worker call these, and so do
+ * the modules below the jobs service that must ask about jobs (src/files, the store's integrity check and
+ * backup): they import this module, which depends only on the store, never the service.
+ */
+import { newId, now, selectPage, type DB } from '../store/index.js';
+import type { JobStatus } from './internal/status.js';
+
+// ----------------------------------------------------------------------------------------------- rows
+
+export interface JobRow {
+  id: string;
+  model: string;
+  training_file: string;
+  validation_file: string | null;
+  status: JobStatus;
+  /** OpenAI's method object (JSON). */
+  method: string;
+  /** weitiao's settings and what the worker learned (JSON: records.ts's JobExtension). */
+  extension: string;
+  suffix: string | null;
+  seed: number;
+  metadata: string | null;
+  fine_tuned_model: string | null;
+  trained_tokens: number | null;
+  error: string | null;
+  result_files: string;
+  estimated_finish: number | null;
+  created_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  attempts: number;
+  worker_id: string | null;
+  worker_pid: number | null;
+  heartbeat_at: number | null;
+  requested_action: 'cancel' | 'pause' | null;
+}
+
+/** The columns a new job is inserted with (the rest take their defaults). */
+export type NewJobRow = Pick<
+  JobRow,
+  'id' | 'model' | 'training_file' | 'validation_file' | 'status' | 'method' | 'extension' | 'suffix' | 'seed' | 'metadata' | 'created_at'
+>;
+
+export type EventLevel = 'info' | 'warn' | 'error';
+
+export interface EventRow {
+  seq: number;
+  id: string;
+  job_id: string;
+  created_at: number;
+  level: EventLevel;
+  type: 'message' | 'metrics';
+  message: string;
+  data: string | null;
+}
+
+export interface CheckpointRow {
+  id: string;
+  job_id: string;
+  step: number;
+  epoch: number;
+  metrics: string;
+  path: string;
+  fine_tuned_model_checkpoint: string;
+  created_at: number;
+}
+
+// ----------------------------------------------------------------------------------------------- jobs
+
+export function insertJob(db: DB, row: NewJobRow): void {
+  db.prepare(
+    `INSERT INTO jobs (id, model, training_file, validation_file, status, method, extension, suffix, seed, metadata, created_at)
+     VALUES (@id, @model, @training_file, @validation_file, @status, @method, @extension, @suffix, @seed, @metadata, @created_at)`,
+  ).run(row);
+}
+
+export function getJobRow(db: DB, id: string): JobRow | undefined {
+  return db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined;
+}
+
+/** A job's status and pending request, or undefined when there is no such job. */
+export function getJobState(db: DB, id: string): Pick<JobRow, 'status' | 'requested_action'> | undefined {
+  return db.prepare('SELECT status, requested_action FROM jobs WHERE id = ?').get(id) as Pick<JobRow, 'status' | 'requested_action'> | undefined;
+}
+
+/** Whether job `id` exists and is not finished (succeeded, failed or cancelled). */
+export function isJobUnfinished(db: DB, id: string): boolean {
+  const status = getJobState(db, id)?.status;
+  return status !== undefined && !['succeeded', 'failed', 'cancelled'].includes(status);
+}
+
+/** Jobs in OpenAI's cursor pages, newest first; `metadata` keeps jobs holding every pair. Null when `after` names no job. */
+export function selectJobsPage(db: DB, q: { metadata?: Record<string, string>; after?: string; limit: number }): { rows: JobRow[]; has_more: boolean } | null {
+  const where: string[] = [];
+  const args: unknown[] = [];
+  for (const [key, value] of Object.entries(q.metadata ?? {})) {
+    where.push(`EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE json_each.key = ? AND json_each.value = ?)`);
+    args.push(key, value);
+  }
+  return selectPage<JobRow>(db, { table: 'jobs', where, params: args, after: q.after, limit: q.limit });
+}
+
+/** Sets columns of a job (names are code constants, never user input). */
+export function updateJob(db: DB, id: string, fields: Record<string, unknown>): void {
+  const names = Object.keys(fields);
+  if (!names.length) return;
+  db.prepare(`UPDATE jobs SET ${names.map((n) => `${n} = @${n}`).join(', ')} WHERE id = @__id`).run({ ...fields, __id: id });
+}
+
+/** Sets `status = to` and `fields` only if the status is still `from`; whether the row changed. */
+export function updateJobIfStatus(db: DB, id: string, from: JobStatus, to: JobStatus, fields: Record<string, unknown>): boolean {
+  const names = Object.keys(fields);
+  const set = ['status = @__to', ...names.map((n) => `${n} = @${n}`)].join(', ');
+  return db.prepare(`UPDATE jobs SET ${set} WHERE id = @__id AND status = @__from`).run({ ...fields, __to: to, __id: id, __from: from }).changes > 0;
+}
+
+/** The extension JSON of a job, read-modify-written in one transaction with `fields`; nothing when the job is gone. */
+export function updateJobExtension(db: DB, id: string, change: (ext: string) => string, fields: Record<string, unknown> = {}): void {
+  db.transaction(() => {
+    const row = db.prepare('SELECT extension FROM jobs WHERE id = ?').get(id) as { extension: string } | undefined;
+    if (!row) return;
+    updateJob(db, id, { extension: change(row.extension), ...fields });
+  })();
+}
+
+export function requestJobCancel(db: DB, id: string): void {
+  db.prepare(`UPDATE jobs SET requested_action = 'cancel' WHERE id = ?`).run(id);
+}
+
+// ------------------------------------------------------------------------------------ worker's claims
+
+/** Jobs claimed by a worker other than `workerId` and not settled (candidates for recovery). */
+export function jobsClaimedByOthers(db: DB, workerId: string): JobRow[] {
+  return db
+    .prepare(
+      `SELECT * FROM jobs WHERE worker_id IS NOT NULL AND worker_id != ?
+       AND status IN ('validating_files', 'queued', 'running', 'pausing')`,
+    )
+    .all(workerId) as JobRow[];
+}
+
+/**
+ * Claims the oldest waiting job (or job `id` if it waits) for `workerId`, atomically across processes;
+ * the claimed row, or null when none waits.
+ */
+export function claimWaitingJob(db: DB, workerId: string, id?: string): JobRow | null {
+  return db
+    .transaction((): JobRow | null => {
+      const waiting = `worker_id IS NULL AND status IN ('validating_files', 'queued')`;
+      const row = (
+        id === undefined
+          ? db.prepare(`SELECT * FROM jobs WHERE ${waiting} ORDER BY rowid LIMIT 1`).get()
+          : db.prepare(`SELECT * FROM jobs WHERE id = ? AND ${waiting}`).get(id)
+      ) as JobRow | undefined;
+      if (!row) return null;
+      db.prepare('UPDATE jobs SET worker_id = ?, heartbeat_at = ? WHERE id = ?').run(workerId, now(), row.id);
+      return { ...row, worker_id: workerId };
+    })
+    .immediate();
+}
+
+/** Unclaims a job if `workerId` still holds it. */
+export function releaseJob(db: DB, id: string, workerId: string): void {
+  db.prepare('UPDATE jobs SET worker_id = NULL, worker_pid = NULL WHERE id = ? AND worker_id = ?').run(id, workerId);
+}
+
+export function beatHeart(db: DB, id: string, workerId: string): void {
+  db.prepare('UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND worker_id = ?').run(now(), id, workerId);
+}
+
+/** The engine process (group leader) running the job, or null. */
+export function setEnginePid(db: DB, id: string, pid: number | null): void {
+  db.prepare('UPDATE jobs SET worker_pid = ? WHERE id = ?').run(pid, id);
+}
+
+// ------------------------------------------------------------------------------------------- events
+
+/** Appends one event to a job's log; its `seq`. */
+export function insertEvent(db: DB, row: Omit<EventRow, 'seq'>): number {
+  const info = db
+    .prepare(
+      `INSERT INTO job_events (id, job_id, created_at, level, type, message, data)
+       VALUES (@id, @job_id, @created_at, @level, @type, @message, @data)`,
+    )
+    .run(row);
+  return Number(info.lastInsertRowid);
+}
+
+/** A job's events in cursor pages by `seq`; null when `after` names no event. */
+export function selectEventsPage(db: DB, jobId: string, q: { after?: string; limit: number; order: 'asc' | 'desc' }): { rows: EventRow[]; has_more: boolean } | null {
+  return selectPage<EventRow>(db, { table: 'job_events', where: ['job_id = ?'], params: [jobId], after: q.after, limit: q.limit, order: q.order, orderBy: 'seq' });
+}
+
+/** The `seq` of event `eventId` of job `jobId`, or undefined. */
+export function eventSeq(db: DB, jobId: string, eventId: string): number | undefined {
+  return (db.prepare('SELECT seq FROM job_events WHERE id = ? AND job_id = ?').get(eventId, jobId) as { seq: number } | undefined)?.seq;
+}
+
+/** Up to `limit` events of a job after `seq`, oldest first. */
+export function eventsAfter(db: DB, jobId: string, seq: number, limit: number): EventRow[] {
+  return db.prepare('SELECT * FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?').all(jobId, seq, limit) as EventRow[];
+}
+
+/** The highest step a metrics event of the job reports, or null. */
+export function lastMetricsStep(db: DB, jobId: string): number | null {
+  const row = db.prepare(`SELECT MAX(json_extract(data, '$.step')) AS step FROM job_events WHERE job_id = ? AND type = 'metrics'`).get(jobId) as { step: number | null };
+  return row.step;
+}
+
+/** The data of every metrics event of a job, in order. */
+export function metricsEventData(db: DB, jobId: string): string[] {
+  return (db.prepare(`SELECT data FROM job_events WHERE job_id = ? AND type = 'metrics' ORDER BY seq`).all(jobId) as { data: string }[]).map((r) => r.data);
+}
+
+/** The newest metrics event for `step` of one kind: training figures (`train_loss` set) or validation figures. */
+export function findMetricsEvent(db: DB, jobId: string, step: number, training: boolean): EventRow | undefined {
+  return db
+    .prepare(
+      `SELECT * FROM job_events WHERE job_id = ? AND type = 'metrics' AND json_extract(data, '$.step') = ?
+       AND (json_extract(data, '$.train_loss') IS NOT NULL) = ? ORDER BY seq DESC LIMIT 1`,
+    )
+    .get(jobId, step, training ? 1 : 0) as EventRow | undefined;
+}
+
+export function updateEvent(db: DB, seq: number, e: Pick<EventRow, 'message' | 'data' | 'created_at'>): void {
+  db.prepare('UPDATE job_events SET message = ?, data = ?, created_at = ? WHERE seq = ?').run(e.message, e.data, e.created_at, seq);
+}
+
+// -------------------------------------------------------------------------------------- checkpoints
+
+/** Records a checkpoint; a repeated step (a resumed run saving again) replaces the old record but keeps its id. */
+export function upsertCheckpointRow(db: DB, c: Omit<CheckpointRow, 'id' | 'created_at'>): CheckpointRow {
+  db.prepare(
+    `INSERT INTO checkpoints (id, job_id, step, epoch, metrics, path, fine_tuned_model_checkpoint, created_at)
+     VALUES (@id, @job_id, @step, @epoch, @metrics, @path, @fine_tuned_model_checkpoint, @created_at)
+     ON CONFLICT(job_id, step) DO UPDATE SET epoch = excluded.epoch, metrics = excluded.metrics, path = excluded.path,
+       fine_tuned_model_checkpoint = excluded.fine_tuned_model_checkpoint, created_at = excluded.created_at`,
+  ).run({ ...c, id: newId('ftckpt'), created_at: now() });
+  return db.prepare('SELECT * FROM checkpoints WHERE job_id = ? AND step = ?').get(c.job_id, c.step) as CheckpointRow;
+}
+
+/** A job's checkpoints in cursor pages, newest step first; null when `after` names no checkpoint. */
+export function selectCheckpointsPage(db: DB, jobId: string, q: { after?: string; limit: number }): { rows: CheckpointRow[]; has_more: boolean } | null {
+  return selectPage<CheckpointRow>(db, { table: 'checkpoints', where: ['job_id = ?'], params: [jobId], after: q.after, limit: q.limit, orderBy: 'step' });
+}
+
+/** A job's checkpoints' steps and directories, newest first. */
+export function checkpointLocations(db: DB, jobId: string): { step: number; path: string }[] {
+  return db.prepare('SELECT step, path FROM checkpoints WHERE job_id = ? ORDER BY step DESC').all(jobId) as { step: number; path: string }[];
+}
+
+/** The newest step a checkpoint of the job was recorded at, or null. */
+export function lastCheckpointStep(db: DB, jobId: string): number | null {
+  return (db.prepare('SELECT MAX(step) AS last FROM checkpoints WHERE job_id = ?').get(jobId) as { last: number | null }).last;
+}
+
+export function countCheckpoints(db: DB, jobId: string): number {
+  return (db.prepare('SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = ?').get(jobId) as { n: number }).n;
+}
+
+/** The project of the job that saved the checkpoint named `checkpointModel`, or undefined. */
+export function checkpointProject(db: DB, checkpointModel: string): string | undefined {
+  const row = db
+    .prepare('SELECT j.project FROM checkpoints c JOIN jobs j ON j.id = c.job_id WHERE c.fine_tuned_model_checkpoint = ?')
+    .get(checkpointModel) as { project: string } | undefined;
+  return row?.project;
+}
+
+// ------------------------------------------------------------- for other domains and the store's tools
+
+/** An unfinished job training on file `fileId` (as training or validation file), or undefined. */
+export function unfinishedJobUsingFile(db: DB, fileId: string): string | undefined {
+  const row = db
+    .prepare(
+      `SELECT id FROM jobs WHERE (training_file = ? OR validation_file = ?)
+       AND status NOT IN ('succeeded', 'failed', 'cancelled') LIMIT 1`,
+    )
+    .get(fileId, fileId) as { id: string } | undefined;
+  return row?.id;
+}
+
+/** The oldest unfinished job using `id` as its training file, validation file or model, or undefined. */
+export function unfinishedJobUsingFileOrModel(db: DB, id: string): string | undefined {
+  const row = db
+    .prepare(
+      `SELECT id FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled')
+       AND (training_file = @id OR validation_file = @id OR model = @id) ORDER BY created_at LIMIT 1`,
+    )
+    .get({ id }) as { id: string } | undefined;
+  return row?.id;
+}
+
+/** Every job's status by id. */
+export function jobStatuses(db: DB): Map<string, JobStatus> {
+  return new Map((db.prepare('SELECT id, status FROM jobs').all() as { id: string; status: JobStatus }[]).map((j) => [j.id, j.status]));
+}
+
+/** Every checkpoint row's place: its job, step, directory and model name, by job then step. */
+export function allCheckpoints(db: DB): { id: string; job_id: string; step: number; path: string; model: string }[] {
+  return db.prepare('SELECT id, job_id, step, path, fine_tuned_model_checkpoint AS model FROM checkpoints ORDER BY job_id, step').all() as {
+    id: string;
+    job_id: string;
+    step: number;
+    path: string;
+    model: string;
+  }[];
+}
+
+export function deleteCheckpointRow(db: DB, id: string): void {
+  db.prepare('DELETE FROM checkpoints WHERE id = ?').run(id);
+}
+
+/** The ids of every job and the number of checkpoints (a backup's summary of a snapshot). */
+export function jobsSummary(db: DB): { jobs: { id: string }[]; checkpoints: number } {
+  return {
+    jobs: db.prepare('SELECT id FROM jobs').all() as { id: string }[],
+    checkpoints: (db.prepare('SELECT COUNT(*) AS n FROM checkpoints').get() as { n: number }).n,
+  };
+}
