@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="profiled steps after one warm-up step")
     parser.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
     args = parser.parse_args()
+    from weitiao_engine import allocator
+
+    allocator.use_tcmalloc()  # as the engine's entry point and bench/worker.py: profile the allocator the runs use
 
     import csv
     import random
@@ -87,6 +90,7 @@ def main() -> None:
         "hyperparameters": {"n_epochs": 1, "batch_size": args.batch, "learning_rate": 1e-3, "seed": SEED, "bf16": args.bf16},
     })  # fmt: skip
     state = lora_finetune.setup(request)
+    print(f"allocator: {allocator.in_use()}")
     for line in logs:
         print(line)
     params = [p for p in state.model.parameters() if p.requires_grad]

@@ -57,7 +57,9 @@ def small_train(waimai_small: dict[str, str], tmp_path: Path, n: int) -> dict[st
 
 
 def test_full_finetune_freezes_trains_and_saves_a_chatting_model(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:
-    raw = request(tiny_model, waimai_small, tmp_path / "job", max_steps=12, full={"freeze_embeddings": True, "freeze_layers": 1})
+    # fp32 (not the probe's auto): the frozen tensors are compared bit for bit with the base's, saved as trained.
+    hp = {"n_epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "bf16": "off"}
+    raw = request(tiny_model, waimai_small, tmp_path / "job", max_steps=12, full={"freeze_embeddings": True, "freeze_layers": 1}, hyperparameters=hp)
     result, events = run_in_process(raw, monkeypatch)
 
     assert result["steps"] == 12 and not result["interrupted"]
@@ -199,6 +201,7 @@ def test_full_bf16_trains_and_saves_a_bf16_model(tiny_model, waimai_small, tmp_p
     for mode in ("off", "on"):
         runs[mode], events[mode] = run_in_process(request(tiny_model, data, tmp_path / mode, hyperparameters={**hp, "bf16": mode}), monkeypatch)
     assert (runs["off"]["precision"], runs["on"]["precision"]) == ("fp32", "bf16")
+    assert runs["on"]["precision_choice"]["source"] == "bf16: on"  # every recipe decides through precision.choose_for_run
     train = [e["train_loss"] for e in events["on"] if e["type"] == "metrics" and "train_loss" in e]
     assert len(train) == 6 and train[-1] < train[0] - 0.5, train
     assert runs["on"]["final_valid_loss"] == pytest.approx(runs["off"]["final_valid_loss"], rel=0.02)

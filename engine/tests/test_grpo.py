@@ -51,7 +51,7 @@ def chance_base(tiny_model: str, prompts: dict[str, str], tmp_path_factory: pyte
     examples = [{"messages": line["messages"] + [{"role": "assistant", "content": rnd.choice(list(LABELS.values()))}]} for line in lines]
     data = {"train": str(write_jsonl(root / "sft.jsonl", examples))}
     raw = train_request(tiny_model, {**data, "validation": None}, root / "sft", method="full",
-                        hyperparameters={"n_epochs": 2, "batch_size": 16, "learning_rate": 1e-2, "seed": 7})  # fmt: skip
+                        hyperparameters={"n_epochs": 2, "batch_size": 16, "learning_rate": 1e-2, "seed": 7, "bf16": "off"})  # fmt: skip
     raw.pop("validation_file")
     mp = _pytest.MonkeyPatch()
     try:

@@ -39,7 +39,7 @@ from ..training.batching import EVAL_BATCH_SIZE
 from ..training.data import load_plain_base, load_tokenizer, read_files, read_jsonl
 from ..training.early_stopping import record_validation_loss
 from ..training.evaluation import after_step, next_epoch_if_done
-from ..training.lora import add_lora, describe as describe_lora
+from ..training.lora import add_lora, describe as describe_lora, lora_input_in_compute_dtype
 from ..training.loss import sequence_logps
 from ..training.optimization import adamw, clip_and_step, schedule
 from ..training.precision import autocast, autocast_context, choose_for_run, compute_in_fp32
@@ -103,6 +103,8 @@ def setup(request: TrainRequest) -> Run:
 
     progress("setup", 3, 5, "adding LoRA / 添加 LoRA")
     model, lora = add_lora(model, request)
+    if precision == "bf16":
+        lora_input_in_compute_dtype(model)  # no fp32 round trip of every LoRA input under autocast
     if precision == "bf16-weights":
         compute_in_fp32(model)
     if activation_checkpointing.use_gradient_checkpointing(hp.gradient_checkpointing, model):  # "auto": by the base's size

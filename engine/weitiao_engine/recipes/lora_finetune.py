@@ -105,6 +105,8 @@ def setup(request: TrainRequest) -> Run:
     progress("setup", 3, 4, "adding LoRA / 添加 LoRA")
     model, lora = lora_setup.add_lora(model, request)
     lora_setup.use_fast_lora_dropout(model)
+    if use_bf16:
+        lora_setup.lora_input_in_compute_dtype(model)  # no fp32 round trip of every LoRA input under autocast
     packed = batching.use_packing(model, train_data[0].input_ids)
     checkpointing = activation_checkpointing.checkpointing_mode(hp, model, [len(e.input_ids) for e in train_data], packed, use_bf16)
     if precision == "bf16-weights":

@@ -102,3 +102,16 @@ def use_fast_lora_dropout(model) -> None:
         from .lora_dropout import use_lora_dropout
 
         use_lora_dropout(model)
+
+
+def lora_input_in_compute_dtype(model) -> int:
+    """Under bf16 autocast: LoRA's input stays bf16. PEFT casts each LoRA layer's input to the adapter's dtype (fp32,
+    trainable_in_fp32) before its dropout, and autocast casts it straight back to bf16 for lora_A: two copies of
+    the layer's whole input per LoRA linear (seven per decoder layer), each way in backward too, and the dropout
+    on fp32. lora_A multiplies in bf16 either way; only its (r-wide) weights are cast. Returns how many layers."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
