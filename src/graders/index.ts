@@ -14,10 +14,9 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { z } from 'zod';
 import type { Context } from '../context.js';
 import { runEngine, type GraderRunResult, type RunEngineOptions } from '../engine/index.js';
-import { parseOrThrow, WeitiaoError } from '../errors.js';
+import { parseOrThrow } from '../errors.js';
 import { listModels, resolveModel } from '../models/index.js';
 import { Grader } from './schema.js';
 
