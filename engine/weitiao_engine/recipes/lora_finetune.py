@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from transformers import AutoConfig
 
 from .. import allocator, distributed
 from ..chat_format import TokenizedExample
-from ..loading import checkpoint_dtype, set_threads
+from ..loading import set_threads
 from ..protocol import TrainRequest, log, progress
 from ..training import activation_checkpointing, batching, checkpoints, lora as lora_setup
 from ..training.data import load_tokenizer, read_files, tokenize_sft
