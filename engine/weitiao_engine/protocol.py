@@ -103,6 +103,23 @@ class PythonGraderLimits(Strict):
     memory_mb: int = Field(1024, ge=64)
 
 
+class JsonSchemaFormat(Strict):
+    """OpenAI's `response_format.json_schema`: the schema sampled answers must match (graders/response_format.py)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1)
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: Optional[bool] = None
+    description: Optional[str] = None
+
+
+class ResponseFormat(Strict):
+    """OpenAI's response_format for reinforcement answers: JSON matching a schema."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
 class ReinforcementConfig(Strict):
     """Reinforcement fine-tuning (recipes/grpo.py): sampled answers rewarded by the job's grader."""
 
@@ -115,7 +132,7 @@ class ReinforcementConfig(Strict):
     kl_beta: float = Field(0.0, ge=0)  # weight of the KL to the reference (the base); 0 = no reference pass at all
     clip_epsilon: float = Field(0.2, gt=0, lt=1)  # PPO/GRPO ratio clip
     eval_samples: Optional[int] = Field(None, gt=0)  # validation prompts per evaluation; None = the whole validation file
-    response_format: Optional[dict[str, Any]] = None  # OpenAI's response_format: JSON answers, read by graders as output_json
+    response_format: Optional[ResponseFormat] = None  # JSON answers (graders read them as output_json); a mismatch scores 0
     grading_threads: int = Field(8, gt=0)  # samples graded at once (a slow judge or python grader does not serialise the batch)
     judge: JudgeConfig = JudgeConfig()
     python_limits: PythonGraderLimits = PythonGraderLimits()
@@ -150,7 +167,7 @@ class TrainHyperparameters(Strict):
     gradient_checkpointing: Union[bool, Literal["auto"]] = "auto"
     early_stopping_patience: Optional[int] = Field(None, gt=0)  # stop after N validations without improvement
     early_stopping_min_delta: float = Field(0.0, ge=0)  # an improvement must lower the validation loss by more
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto: see training/precision.py's precision_mode (bf16 compute on GPU/AMX, bf16 weights on AVX512-BF16)
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: measured on this machine, training/precision.py choose_for_run (the probe, cached)
     group_by_length: bool = False  # batches of similar length (less padding); opt-in: no gain measured yet (BENCHMARKS.md)
 
 

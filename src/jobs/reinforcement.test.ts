@@ -67,10 +67,10 @@ async function upload(name: string, text: string): Promise<string> {
   return (await client.files.create({ file: await toFile(Buffer.from(text), name), purpose: 'fine-tune' })).id;
 }
 
-function create(grader: AnyGrader, extra: { hp?: Record<string, unknown>; training_file?: string; weitiao?: Record<string, unknown> } = {}) {
+function create(grader: AnyGrader, extra: { hp?: Record<string, unknown>; training_file?: string; weitiao?: Record<string, unknown>; response_format?: unknown } = {}) {
   return client.fineTuning.jobs.create({
     model: fx.model, training_file: extra.training_file ?? train, validation_file: valid, seed: 5,
-    method: { type: 'reinforcement', reinforcement: { grader: grader as any, hyperparameters: { n_epochs: 1, batch_size: 2, compute_multiplier: 0.5, eval_interval: 1, eval_samples: 2, reasoning_effort: 'low', ...extra.hp } as any } },
+    method: { type: 'reinforcement', reinforcement: { grader: grader as any, ...(extra.response_format ? { response_format: extra.response_format } : {}), hyperparameters: { n_epochs: 1, batch_size: 2, compute_multiplier: 0.5, eval_interval: 1, eval_samples: 2, reasoning_effort: 'low', ...extra.hp } as any } },
     weitiao: { learning_rate: 1e-3, max_steps: 2, ...extra.weitiao },
   } as any);
 }
@@ -126,6 +126,10 @@ describe('reinforcement jobs through the openai SDK', () => {
     assert.ok(err instanceof OpenAI.BadRequestError, String(err));
     assert.equal(err.param, 'method.reinforcement.grader.operation');
     assert.equal((err.error as { type?: string }).type, 'invalid_request_error');
+    // response_format: OpenAI's json_schema shape, checked field by field too.
+    const format = await create(exact, { response_format: { type: 'json_schema', json_schema: { name: 'label' } } }).catch((e: unknown) => e);
+    assert.ok(format instanceof OpenAI.BadRequestError, String(format));
+    assert.equal(format.param, 'method.reinforcement.response_format.json_schema.schema');
   });
 
   for (const [name, grader] of [['string_check', () => exact], ['text_similarity', () => similar], ['score_model', judgeGrader], ['python', () => python], ['multi', multi]] as const) {

@@ -12,7 +12,9 @@ fields the grader reads as `{{item.<field>}}` (the whole line is the item):
 
 Each step takes `batch_size` prompts and samples `samples_per_prompt` answers to each (the group) from the policy;
 the grader scores every answer (concurrently: training/rewards.py); an answer's advantage is its reward relative
-to its group, A = (r − mean_group) / (std_group + ε), so only the differences within a group teach. The loss, per
+to its group, A = (r − mean_group) / (std_group + ε), so only the differences within a group teach. With a
+`response_format` (a JSON schema), an answer that is not JSON matching it scores 0 without being graded
+(graders/response_format.py says why scored and not constrained). The loss, per
 answer token t with ratio ρ_t = π(t) / π_old(t) (one update per batch: π_old is π detached, as TRL's default):
 
     loss = mean over answers of mean over their tokens of  −min(ρ_t·A, clip(ρ_t, 1−ε, 1+ε)·A) + β·KL_t
@@ -160,7 +162,8 @@ def setup(request: TrainRequest) -> Run:
     optimizer = adamw(model, hp)
     steps_per_epoch, total_steps, scheduler = schedule(optimizer, hp, len(train_data), request.max_steps)
     judge, limits = Judge(**rl.judge.model_dump()), SandboxLimits(**rl.python_limits.model_dump())
-    pool = RewardPool(grader, judge, limits, rl.grading_threads, on_error=lambda m: log(m, "warning"))
+    answer_schema = rl.response_format.json_schema.schema_ if rl.response_format else None  # a mismatch scores 0
+    pool = RewardPool(grader, judge, limits, rl.grading_threads, on_error=lambda m: log(m, "warning"), answer_schema=answer_schema)
     state = Run(
         request=request, output_dir=output_dir, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
         train_data=train_data, valid_data=valid_data, steps_per_epoch=steps_per_epoch, total_steps=total_steps, pad_id=pad_id,
@@ -228,6 +231,7 @@ def train(state: Run) -> bool:
                 state, meter, t0, loss_total, sum(len(e.input_ids) for e in examples), len(examples), learning_rate=learning_rate,
                 grad_norm=float(grad_norm), train_mean_reward=float(rewards.mean()), train_reward_per_grader=graded.mean_per_grader(),
                 train_mean_answer_tokens=sum(map(len, answers)) / len(answers), kl=kl_total, grader_errors=graded.errors,
+                **({"train_malformed_answers": graded.malformed} if rl.response_format else {}),
             )  # fmt: skip
             if after_step(state, len(batches), len(state.valid_data) > 0, lambda _epoch_end: validate(state), save_checkpoint, "validation reward"):
                 return False
@@ -304,6 +308,7 @@ def validate(state: Run, emit_fields: bool = True) -> dict[str, Any]:
         "valid_mean_reward": sum(graded.rewards) / len(graded.rewards),
         "valid_reward_per_grader": graded.mean_per_grader(),
         "valid_mean_answer_tokens": sum(map(len, answers)) / len(answers),
+        **({"valid_malformed_answers": graded.malformed} if state.request.reinforcement.response_format else {}),
     }
     if emit_fields:
         state.valid_reward = fields["valid_mean_reward"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from ..graders import GraderInvalid, GraderRunner, Judge, SandboxLimits, check_items, validate
+from ..graders.response_format import mismatch
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Graded:
     rewards: list[float]
     per_grader: list[dict[str, float]]
     errors: int = 0
+    malformed: int = 0  # answers that did not match the response_format schema (scored 0, not graded)
     messages: list[str] = field(default_factory=list)
 
     def mean_per_grader(self) -> dict[str, float]:
@@ -52,10 +54,12 @@ class GraderProblem(ValueError):
 
 
 class RewardPool:
-    """Grades answers with `threads` GraderRunners at once; close() ends their sandboxes."""
+    """Grades answers with `threads` GraderRunners at once; close() ends their sandboxes. With `answer_schema` (the job's
+    response_format), an answer that is not JSON matching it scores 0 and is not graded."""
 
-    def __init__(self, grader: Any, judge: Judge, limits: SandboxLimits, threads: int, on_error: Callable[[str], None]):
-        self.grader, self.judge, self.limits, self.on_error = grader, judge, limits, on_error
+    def __init__(self, grader: Any, judge: Judge, limits: SandboxLimits, threads: int, on_error: Callable[[str], None],
+                 answer_schema: Optional[dict[str, Any]] = None):  # fmt: skip
+        self.grader, self.judge, self.limits, self.on_error, self.answer_schema = grader, judge, limits, on_error, answer_schema
         self._local = threading.local()
         self._runners: list[GraderRunner] = []
         self._lock = threading.Lock()
@@ -70,10 +74,16 @@ class RewardPool:
         return runner
 
     def grade(self, answers: Sequence[str], items: Sequence[dict[str, Any]]) -> Graded:
-        results = list(self._pool.map(lambda pair: self._runner().grade(*pair), zip(answers, items)))
-        graded = Graded(rewards=[float(r["reward"]) for r in results], per_grader=[])
+        problems = [mismatch(a, self.answer_schema) if self.answer_schema is not None else None for a in answers]
+        well_formed = [(a, item) for a, item, problem in zip(answers, items, problems) if problem is None]
+        graded_ones = iter(self._pool.map(lambda pair: self._runner().grade(*pair), well_formed))
+        results = [next(graded_ones) if problem is None else None for problem in problems]
+        graded = Graded(rewards=[float(r["reward"]) if r else 0.0 for r in results], per_grader=[], malformed=len(answers) - len(well_formed))
         seen: set[str] = set()
         for r in results:
+            if r is None:
+                graded.per_grader.append(dict.fromkeys(self.names(), 0.0))
+                continue
             graded.per_grader.append(dict(r["sub_rewards"]) or {self.grader.name: float(r["reward"])})
             messages = r["weitiao"]["error_messages"]
             if messages or any(v is True for v in r["metadata"]["errors"].values()):
@@ -85,6 +95,10 @@ class RewardPool:
         for m in graded.messages:
             self.on_error(f"grader {self.grader.name!r} scored 0: {m[:500]} / 评分失败，记 0 分")
         return graded
+
+    def names(self) -> list[str]:
+        """The reward names of per_grader: a multi grader's sub-graders, else the grader's own."""
+        return list(getattr(self.grader, "graders", None) or {}) or [self.grader.name]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -68,6 +68,9 @@ const Metrics = z.object({
   train_mean_answer_tokens: z.number().optional(),
   kl: z.number().optional(),
   grader_errors: z.number().int().optional(),
+  /** With a response_format: answers that were not JSON matching its schema (scored 0, not graded). */
+  train_malformed_answers: z.number().int().optional(),
+  valid_malformed_answers: z.number().int().optional(),
   valid_mean_reward: z.number().optional(),
   valid_reward_per_grader: z.record(z.string(), z.number()).optional(),
   valid_mean_answer_tokens: z.number().optional(),

@@ -83,6 +83,17 @@ export const PythonGraderLimits = z.object({
   memory_mb: z.number().int().min(64).default(1024),
 });
 
+/** OpenAI's response_format for reinforcement answers: JSON matching `json_schema.schema` (engine graders/response_format.py). */
+export const ResponseFormat = z.strictObject({
+  type: z.literal('json_schema'),
+  json_schema: z.strictObject({
+    name: z.string().min(1),
+    schema: z.record(z.string(), z.unknown()),
+    strict: z.boolean().nullable().default(null),
+    description: z.string().nullable().default(null),
+  }),
+});
+
 /** Reinforcement fine-tuning (engine recipes/grpo.py): sampled answers rewarded by the job's grader. */
 export const ReinforcementConfig = z.object({
   /** `lora`: an adapter, the reference is the base with it disabled; `full`: every weight, the reference a frozen copy. */
@@ -99,8 +110,8 @@ export const ReinforcementConfig = z.object({
   clip_epsilon: z.number().positive().lt(1).default(0.2),
   /** Validation prompts per evaluation; null = the whole validation file. */
   eval_samples: z.number().int().positive().nullable().default(null),
-  /** OpenAI's response_format: JSON answers, read by graders as `{{sample.output_json.x}}`. */
-  response_format: z.record(z.string(), z.unknown()).nullable().default(null),
+  /** JSON answers (graders read them as `{{sample.output_json.x}}`); an answer not matching the schema scores 0. */
+  response_format: ResponseFormat.nullable().default(null),
   /** Samples graded at once, so a slow judge or python grader does not serialise the batch. */
   grading_threads: z.number().int().positive().default(8),
   judge: JudgeConfig.default(JudgeConfig.parse({})),

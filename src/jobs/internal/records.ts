@@ -3,7 +3,7 @@
  * worker make (events, checkpoints, the extension JSON) over repository.ts. Not for use outside src/jobs.
  */
 import path from 'node:path';
-import type { LabelMetrics, PrecisionChoice } from '../../engine/protocol.js';
+import type { LabelMetrics, PrecisionChoice, ResponseFormat } from '../../engine/protocol.js';
 import { hideServerPaths } from '../../errors.js';
 import type { DB } from '../../store/index.js';
 import { newId, now } from '../../store/index.js';
@@ -21,7 +21,7 @@ export type JobSettings = Omit<z.output<typeof WeitiaoJobSettings>, 'dry_run'> &
 /** A reinforcement job's grader and OpenAI hyperparameters beyond the supervised ones, as asked (`auto` kept). */
 export interface ReinforcementSettings {
   grader: Record<string, unknown>;
-  response_format: Record<string, unknown> | null;
+  response_format: z.infer<typeof ResponseFormat> | null;
   compute_multiplier: number | 'auto';
   eval_interval: number | 'auto';
   eval_samples: number | 'auto';
