@@ -37,6 +37,7 @@ import { teacherRunRoutes } from './routes/teacher-runs.js';
 import { projectRoutes } from './routes/projects.js';
 import { objectGuard, projectScope } from './internal/scope.js';
 import { consoleRoutes } from './routes/console.js';
+import { evalResultRoutes } from './routes/eval-results.js';
 import { closeChatEngine } from '../serve/index.js';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { existsSync } from 'node:fs';
@@ -103,6 +104,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   graderRoutes(routes, ctx);
   evalRoutes(routes, ctx);
   consoleRoutes(routes, ctx);
+  evalResultRoutes(routes, ctx);
   exportRoutes(routes, ctx);
   teacherRunRoutes(routes, ctx);
   projectRoutes(routes, ctx);

@@ -1,20 +1,24 @@
 // "Was it worth it?", the forgetting check and the HTML report, on a tiny model really fine-tuned by a job
-// (real engine, real SQLite home); the few-shot construction and the general set's determinism on their own.
+// (real engine, real SQLite home): also the job's stored forgetting check, the leaderboard and --mix-general;
+// the few-shot construction and the general set's determinism on their own.
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createApp } from '../api/index.js';
-import { formatBaselines, formatForgetting, parseBaseline } from '../cli/commands/eval.js';
+import { formatBaselines, formatForgetting, formatLeaderboard, parseBaseline } from '../cli/commands/eval.js';
 import { createJob, retrieveJob, Worker } from '../jobs/index.js';
 import { setUpFixture, type Fixture } from '../jobs/internal/test-fixtures.js';
 import { fileContentPath } from '../files/index.js';
 import { WeitiaoError } from '../errors.js';
-import { compareWithBaselines, readChatExamples } from './baseline.js';
-import { checkForgetting, readGeneralSet, spreadSubset } from './forgetting.js';
+import { compareWithBaselines, readChatExamples, type BaselineComparison } from './baseline.js';
+import { readGeneralSet, spreadSubset, type ForgettingReport } from './forgetting.js';
 import { buildGeneralSet, GENERAL_SET_FILE, generalSetText } from './general/build.js';
 import { chooseShots, fewShotTurns } from './internal/few-shot.js';
 import { renderHtmlReport } from './report.js';
+import { EvalJobSettings, mixGeneralData, mixGeneralMetadata, runForgettingCheck } from './job-checks.js';
+import { datasetKey, jobForgettingCheck, leaderboard, listEvalResults, saveEvalResult } from './results.js';
+import { retrieveModel } from '../models/index.js';
 
 describe('few-shot prompt construction', () => {
   const ex = (user: string, answer: string) => ({
@@ -103,6 +107,7 @@ describe('baselines and forgetting on a fine-tuned tiny model', () => {
   test('zero-shot, few-shot and fine-tuned on the same validation data, with cost and paired tests', async () => {
     const seen = new Set<string>();
     const c = await compareWithBaselines(fx.ctx, { model, file: fx.validation, shots: 2, maxExamples: 16, batchSize: 8, onProgress: (p) => seen.add(p.system) });
+    await saveEvalResult(fx.ctx, c); // for the leaderboard test
     assert.deepEqual(c.rows.map((r) => r.system), ['zero-shot', 'few-shot', 'fine-tuned']);
     assert.deepEqual(c.rows.map((r) => r.model), [fx.model, fx.model, model]);
     assert.deepEqual([...seen].sort(), ['few-shot', 'fine-tuned', 'zero-shot']);
@@ -154,11 +159,17 @@ describe('baselines and forgetting on a fine-tuned tiny model', () => {
     assert.equal(base.status, 400, 'a base model has no fine-tune to compare');
   });
 
-  test('the forgetting check scores the base and the fine-tune on a spread of the general set', async () => {
-    const r = await checkForgetting(fx.ctx, { model, maxExamples: 12, batchSize: 12 });
+  test('a job’s forgetting check: base and fine-tune on a spread of the general set, stored with the job, read by API and CLI', async () => {
+    const job = retrieveJob(fx.ctx, retrieveModel(fx.ctx, model).weitiao.job_id!);
+    const events: string[] = [];
+    const stored = await runForgettingCheck(fx.ctx, job, { request: { max_examples: 12 }, onEvent: (e) => events.push(`${e.level ?? 'info'}: ${e.message}`) });
+    assert.ok(stored, events.join('\n'));
+    assert.deepEqual([stored.kind, stored.model, stored.job_id, stored.dataset], ['forgetting', model, job.id, 'general']);
+    assert.match(events.at(-1)!, /^info: Forgetting check: general ability/);
+    const r = stored.report as ForgettingReport;
     assert.equal(r.n, 12);
     assert.equal(r.base_model, fx.model);
-    assert.equal(r.groups.length, 6);
+    assert.equal(r.groups.length, 6, 'a delta per category and language');
     assert.equal(r.groups.reduce((s, g) => s + g.n, 0), 12);
     assert.ok(Math.abs(r.overall.delta - (r.overall.tuned.value - r.overall.base.value)) < 1e-9);
     const mean = (k: 'base' | 'tuned') => r.groups.reduce((s, g) => s + g[k] * g.n, 0) / r.n;
@@ -168,5 +179,73 @@ describe('baselines and forgetting on a fine-tuned tiny model', () => {
     const html = renderHtmlReport(r);
     writeFileSync(path.join(fx.tmp, 'forgetting.html'), html);
     assert.match(html, /general ability/);
+
+    assert.deepEqual(jobForgettingCheck(fx.ctx, job.id), r);
+    const app = createApp(fx.ctx, { auth: false });
+    const res = await app.request(`/v1/weitiao/jobs/${job.id}/forgetting_check`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), JSON.parse(JSON.stringify(r)));
+    const other = createJob(fx.ctx, { model: fx.model, training_file: fx.train, weitiao: { max_steps: 1 } });
+    assert.equal((await app.request(`/v1/weitiao/jobs/${other.id}/forgetting_check`)).status, 404, 'a job without a check');
+    await assert.rejects(runForgettingCheck(fx.ctx, retrieveJob(fx.ctx, other.id)), { code: 'conflict' });
+    assert.equal(await runForgettingCheck(fx.ctx, job, { request: false }), null, 'not asked, not run');
+    assert.deepEqual(EvalJobSettings.parse({ forgetting_check: { max_examples: 30 } }), { forgetting_check: { max_examples: 30 } });
+    assert.throws(() => EvalJobSettings.parse({ forgetting_check: { max_examples: 3 } }));
+  });
+
+  test('the leaderboard ranks every system stored for the file, newest result each, whichever way the file was named', async () => {
+    // Stored by the tests above: the service's comparison (16 examples, keyed by the stored copy's path),
+    // then the HTTP one (6 examples); both named by the file id. The same bytes under another path: one dataset.
+    const copy = path.join(fx.tmp, '验证集副本.jsonl');
+    writeFileSync(copy, readFileSync(fileContentPath(fx.ctx, fx.validation)));
+    const stored = listEvalResults(fx.ctx, { dataset: await datasetKey(fx.ctx, copy) });
+    assert.deepEqual(stored.map((x) => [x.kind, x.dataset_name]), [['baseline', fx.validation], ['baseline', fx.validation]]);
+    const newest = stored[0].report as BaselineComparison;
+    assert.equal(newest.n, 6);
+
+    const board = await leaderboard(fx.ctx, copy);
+    assert.equal(board.metric, 'accuracy');
+    assert.deepEqual(board.rows.map((r) => r.system).sort(), [fx.model, `${fx.model} (few-shot k=2)`, model].sort());
+    for (const row of newest.rows) {
+      const name = row.system === 'few-shot' ? `${fx.model} (few-shot k=2)` : row.model;
+      const entry = board.rows.find((r) => r.system === name)!;
+      assert.equal(entry.value, row.label_metrics!.accuracy, `${name}: the newest result's accuracy`);
+      assert.equal(entry.result_id, stored[0].id);
+    }
+    assert.deepEqual(board.rows.map((r) => r.rank), [1, 2, 3]);
+    for (let i = 1; i < board.rows.length; i++) assert.ok(board.rows[i - 1].value >= board.rows[i].value);
+    assert.match(formatLeaderboard(board), /leaderboard 排行榜/);
+
+    const app = createApp(fx.ctx, { auth: false });
+    const res = await app.request(`/v1/weitiao/leaderboard?file_id=${fx.validation}`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), JSON.parse(JSON.stringify(board)));
+    const one = await app.request(`/v1/weitiao/eval_results/${stored[1].id}`);
+    const text = await one.text();
+    assert.equal(one.status, 200);
+    assert.ok(!text.includes(fx.tmp), 'no server path in a stored report');
+    assert.equal((JSON.parse(text) as { report: { rows: unknown[] } }).report.rows.length, 3);
+    assert.equal((await app.request('/v1/weitiao/leaderboard?file_id=/etc/passwd')).status, 400, 'over HTTP only a file id');
+    // Rendered by the one report code the console imports: the latency chart included.
+    assert.match(renderHtmlReport(newest), /aria-label="seconds per request"/);
+  });
+
+  test('--mix-general: seeded, the asked share, none of the forgetting check’s questions', async () => {
+    const train = fileContentPath(fx.ctx, fx.train);
+    const a = await mixGeneralData(fx.ctx, { trainingFile: train, ratio: 0.25, seed: 3, outputDir: path.join(fx.tmp, 'mix') });
+    const again = await mixGeneralData(fx.ctx, { trainingFile: train, ratio: 0.25, seed: 3, outputDir: path.join(fx.tmp, 'mix2') });
+    assert.equal(readFileSync(a.file, 'utf8'), readFileSync(again.file, 'utf8'), 'same seed, same file');
+    const lines = readFileSync(a.file, 'utf8').trim().split('\n');
+    assert.deepEqual([a.training_examples, a.added, lines.length], [64, 16, 80]);
+    const original = readFileSync(train, 'utf8').trim().split('\n');
+    assert.deepEqual(lines.filter((l) => original.includes(l)), original, 'the training examples, in their order');
+    const tested = new Set((await readGeneralSet()).map((x) => x.messages[0].content));
+    const added = lines.filter((l) => !original.includes(l)).map((l) => JSON.parse(l).messages[0].content as string);
+    assert.equal(added.length, 16);
+    assert.ok(added.every((q) => !tested.has(q)));
+    const b = await mixGeneralData(fx.ctx, { trainingFile: train, ratio: 0.25, seed: 4, outputDir: path.join(fx.tmp, 'mix3') });
+    assert.notEqual(readFileSync(b.file, 'utf8'), readFileSync(a.file, 'utf8'));
+    assert.deepEqual(JSON.parse(mixGeneralMetadata(a)['weitiao.mix_general']), { ratio: 0.25, seed: 3, added: 16, training_examples: 64 });
+    await assert.rejects(mixGeneralData(fx.ctx, { trainingFile: train, ratio: 0, seed: 1 }), { param: 'mix_general' });
   });
 });

@@ -1,11 +1,13 @@
 /**
  * An evaluation of one model (or two side by side) on a stored chat file, shaped for a person reading it
  * (the console's `POST /v1/weitiao/evaluations`): no server path, the misclassified examples with their
- * line and prompt, and where two models disagree.
+ * line and prompt, and where two models disagree. Each evaluation is stored (results.ts) for the leaderboard
+ * and the console's report view.
  */
 import type { Context } from '../context.js';
 import { readJsonLines } from '../data/index.js';
 import { compareModels, evaluateModel, type EvalReport } from './index.js';
+import { saveEvalResult } from './results.js';
 
 /** Misclassified examples listed per report; the counts are in the confusion matrix anyway. */
 const MAX_LISTED = 200;
@@ -61,11 +63,14 @@ export async function evaluateFile(ctx: Context, options: FileEvaluationOptions)
   const answer = { object: 'weitiao.evaluation_result' as const, file_id: file.id };
   if (options.compare_with === undefined) {
     const report = await evaluateModel(ctx, { ...common, model: options.model });
-    return { ...answer, reports: [readableReport(report, file.id, prompts)], comparison: null };
+    const stored = await saveEvalResult(ctx, report, { datasetName: file.id });
+    return { ...answer, result_id: stored.id, reports: [readableReport(report, file.id, prompts)], comparison: null };
   }
   const both = await compareModels(ctx, { ...common, models: [options.model, options.compare_with] });
+  const stored = await saveEvalResult(ctx, both, { datasetName: file.id });
   return {
     ...answer,
+    result_id: stored.id,
     reports: both.reports.map((r) => readableReport(r, file.id, prompts)),
     comparison: {
       ...both.summary,

@@ -226,4 +226,24 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX audit_log_project ON audit_log(project, seq);
   `,
+  // 5: stored evaluation results (src/eval/results.ts): what `weitiao eval`, the console and a job's forgetting
+  // check produced, keyed by the content hash of the data they were scored on (the leaderboard's key).
+  `
+  CREATE TABLE eval_results (
+    id           TEXT PRIMARY KEY,               -- evres-…
+    kind         TEXT NOT NULL,                  -- evaluation | comparison | baseline | forgetting
+    model        TEXT NOT NULL,                  -- the evaluated (fine-tuned) model
+    dataset      TEXT NOT NULL,                  -- sha256 of the data file's bytes ('general' for the forgetting set)
+    dataset_name TEXT NOT NULL,                  -- a file id or file name, never a server path
+    job_id       TEXT,                           -- the job whose forgetting check this is
+    report       TEXT NOT NULL,                  -- JSON: the report, server paths removed
+    created_at   INTEGER NOT NULL,
+    project      TEXT NOT NULL DEFAULT 'default'
+  );
+  CREATE INDEX eval_results_dataset ON eval_results(dataset, created_at);
+  CREATE INDEX eval_results_job ON eval_results(job_id);
+  CREATE TRIGGER eval_results_project AFTER INSERT ON eval_results BEGIN
+    UPDATE eval_results SET project = COALESCE((SELECT project FROM jobs WHERE id = NEW.job_id), weitiao_project()) WHERE id = NEW.id;
+  END;
+  `,
 ];

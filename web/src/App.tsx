@@ -14,6 +14,7 @@ import { Models } from './pages/Models';
 import { NewJob } from './pages/NewJob';
 import { Playground } from './pages/Playground';
 import { SignIn } from './pages/SignIn';
+import { StoredReport } from './components/StoredReport';
 
 const NAV: { route: string; label: MessageKey }[] = [
   { route: 'datasets', label: 'nav.datasets' },
@@ -98,6 +99,9 @@ export function App() {
       break;
     case 'evaluation':
       page = <Evaluation model={rest[0]} fileId={rest[1]} compare={rest[2]} />;
+      break;
+    case 'report':
+      page = <StoredReport id={rest[0]} />;
       break;
     default:
       page = <p>{t('common.notFound')}</p>;

@@ -24,6 +24,7 @@ import {
 } from '../../evals/index.js';
 import { compareWithBaselines, DEFAULT_SHOTS } from '../../eval/baseline.js';
 import { checkForgetting } from '../../eval/forgetting.js';
+import { saveEvalResult } from '../../eval/results.js';
 import { fileContentPath } from '../../files/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
@@ -133,12 +134,18 @@ export function evalRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
         maxExamples: body.max_examples ?? null,
         signal: c.req.raw.signal,
       });
+      // Stored for the leaderboard and the console's report view, under the file id.
+      const stored = await saveEvalResult(ctx, result, { datasetName: body.file_id });
       // Server paths stay on the server: the files by the ids the client knows.
-      return c.json({ ...result, file: body.file_id, training_file: body.training_file_id ?? null });
+      return c.json({ ...result, file: body.file_id, training_file: body.training_file_id ?? null, result_id: stored.id });
     },
   );
   routes.add(
     { method: 'post', path: '/v1/weitiao/evaluations/forgetting', operationId: 'weitiao_forgetting_check', summary: 'The model and its base on the general-ability set: the delta overall and per category', tag, body: ForgettingBody, response: { description: '`weitiao.forgetting_check`' } },
-    async (c, { body }) => c.json(await checkForgetting(ctx, { model: body.model, compareWith: body.compare_with, maxExamples: body.max_examples ?? null, seed: body.seed, signal: c.req.raw.signal })),
+    async (c, { body }) => {
+      const report = await checkForgetting(ctx, { model: body.model, compareWith: body.compare_with, maxExamples: body.max_examples ?? null, seed: body.seed, signal: c.req.raw.signal });
+      const stored = await saveEvalResult(ctx, report);
+      return c.json({ ...report, result_id: stored.id });
+    },
   );
 }

@@ -8,6 +8,8 @@ import { compareWithBaselines, DEFAULT_SHOTS, type BaselineComparison } from '..
 import { checkForgetting, type ForgettingReport } from '../../eval/forgetting.js';
 import { compareModels, evaluateModel, writeEvalReport, type EvalReport } from '../../eval/index.js';
 import { writeHtmlReport } from '../../eval/report.js';
+import { leaderboard, saveEvalResult, type Leaderboard } from '../../eval/results.js';
+import path from 'node:path';
 import type { MetricValue } from '../../engine/protocol.js';
 import { WeitiaoError } from '../../errors.js';
 import { ProgressBar } from '../progress.js';
@@ -86,11 +88,31 @@ export function parseBaseline(value: string): number {
   return m[1] === undefined ? DEFAULT_SHOTS : Number(m[1]);
 }
 
+export function formatLeaderboard(b: Leaderboard): string {
+  if (b.rows.length === 0) return `no stored evaluations of this file yet: run weitiao eval --data FILE / 该文件还没有评估结果`;
+  const metrics = [...new Set(b.rows.flatMap((r) => Object.keys(r.metrics)))].filter((m) => m !== b.metric);
+  return [
+    `leaderboard 排行榜: ${b.dataset_name ?? ''} (sha256 ${b.dataset.slice(0, 12)}…), ranked by ${b.metric}`,
+    '',
+    table(
+      ['#', 'system 方案', `${b.metric} [95% CI]`, ...metrics, 'evaluated 评估时间'],
+      b.rows.map((r) => [
+        r.rank,
+        r.system,
+        r.ci_low === null ? fmt(r.value, 4) : `${fmt(r.value, 4)} [${fmt(r.ci_low, 4)}, ${fmt(r.ci_high ?? r.value, 4)}]`,
+        ...metrics.map((m) => (r.metrics[m] === undefined ? '-' : fmt(r.metrics[m], 4))),
+        new Date(r.evaluated_at * 1000).toISOString().slice(0, 16).replace('T', ' '),
+      ]),
+    ),
+  ].join('\n');
+}
+
 export function registerEvalCommands(program: Command): void {
-  program
+  const evalCommand = program
     .command('eval')
     .description('evaluate a base or fine-tuned model on a chat JSONL file / 评估模型')
-    .requiredOption('--model <model>', 'model id or directory')
+    // Not required by commander: `weitiao eval leaderboard` has no model.
+    .option('--model <model>', 'model id or directory')
     .option('--data <file>', 'chat JSONL; the last assistant message of each example is the expected answer')
     .option('--compare <model>', 'evaluate a second model (e.g. the base) on the same file')
     .option('--baseline <few-shot[:k]>', `the base model zero-shot and with k training examples in its prompt (default k=${DEFAULT_SHOTS}) beside the fine-tune`)
@@ -106,6 +128,7 @@ export function registerEvalCommands(program: Command): void {
     .action(async (o, cmd: Command) => {
       const labels: string[] | 'auto' | null = o.labels === 'auto' ? 'auto' : o.labels === 'none' ? null : String(o.labels).split(',');
       const shots = o.baseline !== undefined ? parseBaseline(String(o.baseline)) : null;
+      if (!o.model) throw new WeitiaoError('invalid_request', 'give --model / 请指定 --model', { param: 'model' });
       if (!o.data && !o.forgetting) {
         throw new WeitiaoError('invalid_request', 'give --data FILE (or --forgetting) / 请指定 --data 文件（或 --forgetting）', { param: 'data' });
       }
@@ -118,6 +141,8 @@ export function registerEvalCommands(program: Command): void {
         const common = { file: o.data, labels, batchSize: o.batchSize, maxExamples: o.maxExamples ?? null, onProgress, seed: o.seed };
         const finish = async (value: Parameters<typeof writeHtmlReport>[1], text: () => string) => {
           bar.done();
+          // Every result is kept for the leaderboard (weitiao eval leaderboard) and the console.
+          await saveEvalResult(ctx, value, o.data ? { datasetName: path.basename(String(o.data)) } : {});
           if (o.output) await writeEvalReport(o.output, value);
           if (o.report) await writeHtmlReport(o.report, value);
           if (o.json) return printJson(value);
@@ -144,6 +169,19 @@ export function registerEvalCommands(program: Command): void {
           printReport(report);
           return o.output ? `\nreport written to ${o.output}` : '';
         });
+      });
+    });
+  evalCommand
+    .command('leaderboard')
+    .description('every model evaluated on one file, ranked (from stored results) / 同一数据集上所有已评估模型的排行榜')
+    .requiredOption('--file <file>', 'the evaluation data: a path or an uploaded file id')
+    .option('--json', 'print the leaderboard as JSON')
+    .action(async (o, cmd: Command) => {
+      await withContext(cmd, async (ctx) => {
+        const board = await leaderboard(ctx, o.file);
+        // `--json` after the subcommand is taken by `eval`'s own --json (options are not positional).
+        if (o.json || cmd.parent?.opts().json) return printJson(board);
+        console.log(formatLeaderboard(board));
       });
     });
 }

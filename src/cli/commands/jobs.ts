@@ -5,6 +5,8 @@ import { describeTrainingControls } from '../../train/index.js';
 import { fmt, formatLabelMetrics, formatTime, printJson, table } from '../output.js';
 import { number, withContext } from './shared.js';
 import { runInForeground } from './train.js';
+import { formatForgetting } from './eval.js';
+import { jobForgettingCheck } from '../../eval/results.js';
 
 function progressOf(job: FineTuningJob): string {
   const p = job.weitiao.progress;
@@ -59,6 +61,10 @@ export function registerJobCommands(program: Command): void {
             .join('\n'),
         );
         if (job.weitiao.label_metrics) console.log('\n' + formatLabelMetrics(job.weitiao.label_metrics));
+        const mix = job.metadata?.['weitiao.mix_general'];
+        if (mix) console.log(`\ngeneral data mixed in 混入通用数据: ${mix}`);
+        const check = jobForgettingCheck(ctx, job.id);
+        if (check) console.log('\n' + formatForgetting(check));
       });
     });
 

@@ -16,6 +16,8 @@ import { fmt, formatLabelMetrics, printJson } from '../output.js';
 import { printEstimate } from './estimate.js';
 import { autoOr, number, onOff, withContext } from './shared.js';
 import path from 'node:path';
+import { mixGeneralData, mixGeneralMetadata, runForgettingCheck } from '../../eval/job-checks.js';
+import { formatForgetting } from './eval.js';
 
 // The defaults shown in --help are the engine protocol's, the ones a job gets for a flag left out.
 const OPTIMIZER = OptimizerSettings.parse({});
@@ -64,6 +66,8 @@ export function registerTrainCommands(program: Command): void {
     .option('--group-by-length', 'batches of similar length (less padding)')
     .option('--long-examples <mode>', `examples longer than max_seq_length: truncate (keep the answer, cut the earliest prompt tokens) | skip | error${byDefault(CONTROLS.long_examples)}`)
     .option('--nproc <n>', 'training processes: above 1 the engine runs under torchrun (DDP; FSDP for full)', number('nproc', 'int'))
+    .option('--mix-general <ratio>', 'mix general chat data into the training file: RATIO general examples per training example (seeded by --seed; recorded in the job metadata) / 混入通用对话数据', number('mix_general'))
+    .option('--forgetting-check [items]', 'once trained, score the base and the fine-tune on the general-ability set (default 60 of its 300 items) and store it with the job / 训练后做遗忘检查', number('forgetting_check', 'int'))
     .option('--dry-run', 'validate the files, resolve auto and print the memory and time estimate; create nothing')
     .option('--resume <job>', 'continue a paused or interrupted job from its last checkpoint')
     .option('--json', 'print the engine events as JSON lines on stdout')
@@ -81,7 +85,11 @@ export function registerTrainCommands(program: Command): void {
           jobId = job.id;
         } else {
           if (!o.model || !o.train) throw new WeitiaoError('invalid_request', '--model and --train are required / 需要 --model 和 --train', { param: o.model ? 'train' : 'model' });
-          const training = await createFile(ctx, { source: o.train, filename: path.basename(o.train), purpose: 'fine-tune' });
+          // Mixed before upload: the job trains on (and stores) exactly the file it names.
+          const mix = o.mixGeneral !== undefined ? await mixGeneralData(ctx, { trainingFile: o.train, ratio: o.mixGeneral, seed: o.seed ?? 0 }) : null;
+          if (mix) process.stderr.write(`mixed ${mix.added} general examples into ${mix.training_examples} / 已混入通用样本\n`);
+          const trainFile = mix?.file ?? o.train;
+          const training = await createFile(ctx, { source: trainFile, filename: path.basename(trainFile), purpose: 'fine-tune' });
           const validation = o.validation
             ? await createFile(ctx, { source: o.validation, filename: path.basename(o.validation), purpose: 'fine-tune' })
             : null;
@@ -98,7 +106,8 @@ export function registerTrainCommands(program: Command): void {
             training_file: training.id,
             validation_file: validation?.id ?? null,
             suffix: o.suffix ?? null,
-            seed: o.seed ?? null,
+            seed: o.seed ?? (mix ? 0 : null),
+            ...(mix && { metadata: mixGeneralMetadata(mix) }),
             method:
               o.method === 'dpo'
                 ? { type: 'dpo', dpo: { hyperparameters: { ...hyperparameters, ...(o.beta !== undefined && { beta: o.beta }) } } }
@@ -144,6 +153,11 @@ export function registerTrainCommands(program: Command): void {
         }
         const job = await runInForeground(ctx, jobId, { json: Boolean(o.json) });
         reportOutcome(job);
+        if (o.forgettingCheck !== undefined && job.status === 'succeeded') {
+          const request = o.forgettingCheck === true ? true : { max_examples: o.forgettingCheck as number };
+          const stored = await runForgettingCheck(ctx, job, { request, onEvent: (e) => process.stderr.write(`${e.message}\n`) });
+          if (stored && !o.json) console.log('\n' + formatForgetting(stored.report as Parameters<typeof formatForgetting>[0]));
+        }
       });
     });
 }

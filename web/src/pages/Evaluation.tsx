@@ -5,9 +5,12 @@
 import { useEffect, useState } from 'react';
 import { api, type EvalReport, type EvaluationResponse, type FileObject, type List, type Model } from '../api';
 import { ConfusionMatrix } from '../components/ConfusionMatrix';
+import { Leaderboard } from '../components/Leaderboard';
+import { useEvalText } from '../components/eval-text';
 import { AsyncView, ErrorMessage, Loading, formatNumber, formatPct } from '../components/ui';
 import { useAction, useAsync } from '../hooks';
 import { useI18n } from '../i18n';
+import { href } from '../router';
 
 /** Evaluation runs the model over the whole file: allow it time, but not forever. */
 const EVAL_TIMEOUT_MS = 30 * 60_000;
@@ -28,6 +31,7 @@ export function Evaluation({ model: m0, fileId: f0, compare: c0 }: { model?: str
   const [fileId, setFileId] = useState(f0 ?? '');
   const [compare, setCompare] = useState(c0 ?? '');
   const [result, setResult] = useState<EvaluationResponse>();
+  const text = useEvalText();
 
   useEffect(() => {
     if (!model && options.data?.models[0]) setModel(options.data.models[0].id);
@@ -97,6 +101,14 @@ export function Evaluation({ model: m0, fileId: f0, compare: c0 }: { model?: str
         <ErrorMessage message={run.error} />
       </form>
 
+      {result && (
+        <p>
+          <a href={href('report', result.result_id)} data-testid="stored-report-link">
+            {text.openReport}
+          </a>
+        </p>
+      )}
+      {fileId && <Leaderboard fileId={fileId} reload={result?.result_id ?? ''} />}
       {result && result.reports.length > 1 && <Comparison reports={result.reports} summary={result.comparison} />}
       {result && (
         <div className={`reports n${result.reports.length}`}>

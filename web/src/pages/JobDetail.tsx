@@ -6,6 +6,7 @@
 import { useEffect, useMemo, useRef, useState } from 'react';
 import { ApiError, api, messageOf, readSSE, send, type Checkpoint, type Job, type JobEvent, type List } from '../api';
 import { LineChart, type Series } from '../components/LineChart';
+import { JobForgettingCheck } from '../components/StoredReport';
 import { AsyncView, ErrorMessage, Loading, ProgressBar, StatusBadge, formatNumber, formatTime } from '../components/ui';
 import { useAction, useAsync, useInterval } from '../hooks';
 import { useI18n } from '../i18n';
@@ -283,6 +284,7 @@ export function JobDetail({ id }: { id: string }) {
       </section>
 
       <ErrorMessage message={eventsError} />
+      {j.status === 'succeeded' && <JobForgettingCheck jobId={j.id} />}
       <section className="card charts">
         <LineChart title={t('jobs.loss')} series={loss} xLabel={t('jobs.step')} empty={t('jobs.waiting')} testId="loss-chart" />
         {(accuracy.length > 0 || isLabelSet) && (
