@@ -29,7 +29,8 @@ const tinyCache = process.env.WEITIAO_TINY_CACHE || mkdtempSync(path.join(os.tmp
 const r = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
-  { stdio: 'inherit', env: { ...process.env, WEITIAO_TINY_CACHE: tinyCache } },
+  // One torch thread per engine unless a request says otherwise: test files run two at a time on 2 cores (engine/weitiao_engine/loading.py).
+  { stdio: 'inherit', env: { WEITIAO_ENGINE_THREADS: '1', ...process.env, WEITIAO_TINY_CACHE: tinyCache } },
 );
 if (!process.env.WEITIAO_TINY_CACHE) rmSync(tinyCache, { recursive: true, force: true });
 process.exit(r.status ?? 1);

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from weitiao_engine.loading import checkpoint_dtype, load_causal_lm, read_tensor, safetensors_index
+from weitiao_engine.loading import checkpoint_dtype, load_causal_lm, read_tensor, safetensors_index, set_threads
 from weitiao_engine.quantize import NF4Embedding, NF4Linear, quantize_model_nf4, quantize_nf4, quantize_nf4_by_rows
 from weitiao_engine.training.activation_checkpointing import base_parameter_count, use_gradient_checkpointing
 
@@ -111,3 +111,17 @@ def test_a_bf16_checkpoint_trains_with_bf16_frozen_weights_by_default(tiny_model
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
     assert trained and all(p.dtype == torch.float32 for p in trained)
     assert state.model.is_gradient_checkpointing is False  # auto: a tiny base does not need it
+
+
+def test_threads_come_from_the_request_then_weitiao_engine_threads_then_the_cores(monkeypatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("WEITIAO_ENGINE_THREADS", "1")
+        assert (set_threads(None), torch.get_num_threads()) == (1, 1)
+        assert set_threads(2) == 2  # a request's own count wins
+        monkeypatch.setenv("WEITIAO_ENGINE_THREADS", "many")  # not a count: ignored
+        cores = set_threads(None)
+        monkeypatch.delenv("WEITIAO_ENGINE_THREADS")
+        assert set_threads(None) == cores >= 1
+    finally:
+        torch.set_num_threads(before)

@@ -23,7 +23,11 @@ from .protocol import EngineError
 
 
 def set_threads(threads: Optional[int] = None) -> int:
-    """Uses `threads` or one torch thread per physical core this process may run on; returns the count."""
+    """Uses `threads`, else $WEITIAO_ENGINE_THREADS, else one torch thread per physical core this process may run
+    on; returns the count. The node test runner sets 1: two test files' engines at once on 2 cores, each with 2
+    threads, oversubscribe (the tiny model's step took 1.2-1.5x the CPU seconds on 2 threads as on 1)."""
+    if threads is None and os.environ.get("WEITIAO_ENGINE_THREADS", "").isdigit():
+        threads = max(1, int(os.environ["WEITIAO_ENGINE_THREADS"]))
     if threads is None:
         import psutil
 
