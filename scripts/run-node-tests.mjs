@@ -1,7 +1,7 @@
 // Runs every `*.test.ts` under src/ and web/ (the console's browser test) with node's own test runner (through tsx, so no build is needed).
 // Node 20's `--test` does not expand globs itself. Pass paths or substrings to run a subset:
 //   node scripts/run-node-tests.mjs data jobs
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,11 +26,15 @@ const concurrency = process.env.WEITIAO_TEST_CONCURRENCY ?? '2';
 // One tiny-model build per distinct request for the whole run, shared by the test files (src/models/internal/tiny-cache.ts):
 // a fresh directory, removed after, unless WEITIAO_TINY_CACHE names one to keep.
 const tinyCache = process.env.WEITIAO_TINY_CACHE || mkdtempSync(path.join(os.tmpdir(), 'weitiao-tiny-cache-'));
-const r = spawnSync(
+const child = spawn(
   process.execPath,
   ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
   // One torch thread per engine unless a request says otherwise: test files run two at a time on 2 cores (engine/weitiao_engine/loading.py).
   { stdio: 'inherit', env: { WEITIAO_ENGINE_THREADS: '1', ...process.env, WEITIAO_TINY_CACHE: tinyCache } },
 );
-if (!process.env.WEITIAO_TINY_CACHE) rmSync(tinyCache, { recursive: true, force: true });
-process.exit(r.status ?? 1);
+// A stopped run (Ctrl-C, kill) stops the tests too and still removes the cache.
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal));
+child.on('exit', (code) => {
+  if (!process.env.WEITIAO_TINY_CACHE) rmSync(tinyCache, { recursive: true, force: true });
+  process.exit(code ?? 1);
+});
