@@ -47,3 +47,22 @@ def test_lora_input_stays_bf16_with_the_same_loss_and_gradients(tiny_model):
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
     hidden = (2, 24, as_peft.config.hidden_size)
     assert copies_of(as_peft, ids, hidden) > copies_of(kept, ids, hidden)  # PEFT's casts of the input are gone
+
+
+def test_fused_rms_norm_in_fp32_gives_the_same_loss_and_gradients(tiny_model):
+    from weitiao_engine.training.fused_ops import use_fused_rms_norm
+
+    ids = torch.randint(0, 100, (2, 24), generator=torch.Generator().manual_seed(1))
+    runs = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        if fused:
+            assert use_fused_rms_norm(model) == 2 * model.config.num_hidden_layers + 1  # two per layer, the final norm
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        runs.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = runs
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=0)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)

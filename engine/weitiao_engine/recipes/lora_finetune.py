@@ -47,6 +47,7 @@ from ..training.precision import choose_for_run, compute_in_fp32
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput
 from ..training.final_model import save_final_model
+from ..training.fused_ops import use_fused_rms_norm
 
 
 @dataclass(kw_only=True)
@@ -112,6 +113,7 @@ def setup(request: TrainRequest) -> Run:
         compute_in_fp32(model, keep_upcast=checkpointing != "off")
     if checkpointing != "off":
         activation_checkpointing.enable(model, checkpointing == "selective", request.lora.r)
+    use_fused_rms_norm(model)  # fp32 RMSNorm as one kernel (training/fused_ops.py)
     model.train()
 
     optimizer = adamw(model, hp)
