@@ -320,3 +320,19 @@ export function jobsSummary(db: DB): { jobs: { id: string }[]; checkpoints: numb
     checkpoints: (db.prepare('SELECT COUNT(*) AS n FROM checkpoints').get() as { n: number }).n,
   };
 }
+
+/** The oldest unfinished job training from one of `modelIds`, or job `jobId` itself if unfinished; undefined when none. */
+export function unfinishedJobUsingModels(db: DB, modelIds: string[], jobId: string | null): Pick<JobRow, 'id' | 'status'> | undefined {
+  const marks = modelIds.map(() => '?').join(', ');
+  return db
+    .prepare(
+      `SELECT id, status FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled')
+       AND (model IN (${marks}) OR id = ?) ORDER BY created_at LIMIT 1`,
+    )
+    .get(...modelIds, jobId ?? '') as Pick<JobRow, 'id' | 'status'> | undefined;
+}
+
+/** Removes the checkpoint row behind checkpoint model `checkpointModel` (its model was deleted). */
+export function deleteCheckpointOfModel(db: DB, checkpointModel: string): void {
+  db.prepare('DELETE FROM checkpoints WHERE fine_tuned_model_checkpoint = ?').run(checkpointModel);
+}

@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { Context } from '../context.js';
 import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { now } from '../store/index.js';
+import { deleteCheckpointOfModel, unfinishedJobUsingModels } from '../jobs/repository.js';
 import { ModelKind, ModelSource, type ModelDeleted, type ModelList, type ModelObject } from './wire.js';
 
 export interface ModelRow {
@@ -156,11 +157,10 @@ export function deleteModel(ctx: Context, id: string, options: { force?: boolean
 
   const del = ctx.db.prepare('DELETE FROM models WHERE id = ?');
   // A job's checkpoint list must not offer a model whose folder is gone: its row goes with the model.
-  const delCheckpoint = ctx.db.prepare('DELETE FROM checkpoints WHERE fine_tuned_model_checkpoint = ?');
   ctx.db.transaction(() =>
     rows.forEach((r) => {
       del.run(r.id);
-      if (r.kind === 'checkpoint') delCheckpoint.run(r.id);
+      if (r.kind === 'checkpoint') deleteCheckpointOfModel(ctx.db, r.id);
     }),
   )();
   // Rows first, files after: a crash in between leaves stray files, never a model whose files are gone.
@@ -175,9 +175,6 @@ export function deleteModel(ctx: Context, id: string, options: { force?: boolean
   return { id, object: 'model', deleted: true };
 }
 
-/** Statuses of a job that has not finished: what it trains from and what it saved must stay. */
-const UNFINISHED = `('validating_files', 'queued', 'running', 'pausing', 'paused')`;
-
 /**
  * `conflict` naming the job when an unfinished job trains from this model (its `model`, or the model
  * the job's base was fine-tuned from) or, for a fine-tuned model or checkpoint, when the job it came
@@ -189,10 +186,8 @@ function requireNotInUse(ctx: Context, row: ModelRow): void {
   if (row.kind === 'fine-tuned' && row.job_id) {
     for (const c of ctx.db.prepare("SELECT id FROM models WHERE job_id = ? AND kind = 'checkpoint'").all(row.job_id) as { id: string }[]) ids.push(c.id);
   }
-  const marks = ids.map(() => '?').join(', ');
-  const user = ctx.db
-    .prepare(`SELECT id, status FROM jobs WHERE status IN ${UNFINISHED} AND (model IN (${marks}) OR id = ?) ORDER BY created_at LIMIT 1`)
-    .get(...ids, row.job_id ?? '') as { id: string; status: string } | undefined;
+  // An unfinished job: what it trains from and what it saved must stay.
+  const user = unfinishedJobUsingModels(ctx.db, ids, row.job_id);
   if (!user) return;
   const how = user.id === row.job_id ? 'was saved by' : 'is the base of';
   throw new WeitiaoError(
