@@ -10,29 +10,19 @@
  */
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
 import type { Context } from '../context.js';
 import { mulberry32, writeFileAtomic } from '../data/index.js';
 import { hideServerPaths, WeitiaoError } from '../errors.js';
 import type { FineTuningJob } from '../jobs/index.js';
 import { checkForgetting, readGeneralSet } from './forgetting.js';
 import { buildGeneralSet } from './general/build.js';
+import type { EvalJobSettings } from './job-settings.js';
 import { saveEvalResult, type StoredEvalResult } from './results.js';
 
 /** Items of the general set a job's check scores by default: a spread over every category and language. */
 export const DEFAULT_CHECK_ITEMS = 60;
 
-/**
- * The job-creation settings evaluation owns, for the `weitiao` extension object of a create request
- * (spread into WeitiaoJobSettings as TrainingControls is).
- */
-export const EvalJobSettings = z.strictObject({
-  /** After the job succeeds, score base and fine-tune on the general-ability set; `max_examples` of the 300 items. */
-  forgetting_check: z
-    .union([z.boolean(), z.strictObject({ max_examples: z.number().int().min(6).max(300) })])
-    .optional(),
-});
-export type EvalJobSettings = z.infer<typeof EvalJobSettings>;
+export { EvalJobSettings } from './job-settings.js';
 
 export interface JobEvent {
   level?: 'info' | 'warn';
