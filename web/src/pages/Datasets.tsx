@@ -17,6 +17,7 @@ import {
   type ValidationReport,
 } from '../api';
 import { Distribution, Histogram } from '../components/BarChart';
+import { DataTable } from '../components/DataTable';
 import { AsyncView, ErrorMessage, Loading, formatBytes, formatNumber, formatTime } from '../components/ui';
 import { useAction, useAsync } from '../hooks';
 import { useI18n } from '../i18n';
@@ -67,37 +68,25 @@ export function Datasets({ fileId }: { fileId?: string }) {
       <section className="card">
         <h2>{t('datasets.files')}</h2>
         <AsyncView state={files}>
-          {(list) =>
-            list.data.length === 0 ? (
-              <p className="muted">{t('datasets.noFiles')}</p>
-            ) : (
-              <div className="table-wrap">
-                <table data-testid="file-list">
-                  <thead>
-                    <tr>
-                      <th>{t('common.file')}</th>
-                      <th className="hide-phone">{t('datasets.purpose')}</th>
-                      <th>{t('datasets.bytes')}</th>
-                      <th>{t('common.created')}</th>
-                    </tr>
-                  </thead>
-                  <tbody>
-                    {list.data.map((f) => (
-                      <tr key={f.id} className={f.id === fileId ? 'selected' : ''}>
-                        <td>
-                          <a href={href('datasets', f.id)}>{f.filename}</a>
-                          <div className="muted small mono">{f.id}</div>
-                        </td>
-                        <td className="hide-phone">{f.purpose}</td>
-                        <td>{formatBytes(f.bytes)}</td>
-                        <td>{formatTime(f.created_at)}</td>
-                      </tr>
-                    ))}
-                  </tbody>
-                </table>
-              </div>
-            )
-          }
+          {(list) => (
+            <DataTable
+              items={list.data}
+              empty={t('datasets.noFiles')}
+              testId="file-list"
+              columns={[{ label: t('common.file') }, { label: t('datasets.purpose'), className: 'hide-phone' }, { label: t('datasets.bytes') }, { label: t('common.created') }]}
+              row={(f) => (
+                <tr key={f.id} className={f.id === fileId ? 'selected' : ''}>
+                  <td>
+                    <a href={href('datasets', f.id)}>{f.filename}</a>
+                    <div className="muted small mono">{f.id}</div>
+                  </td>
+                  <td className="hide-phone">{f.purpose}</td>
+                  <td>{formatBytes(f.bytes)}</td>
+                  <td>{formatTime(f.created_at)}</td>
+                </tr>
+              )}
+            />
+          )}
         </AsyncView>
       </section>
     </div>

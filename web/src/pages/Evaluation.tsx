@@ -5,6 +5,7 @@
 import { useEffect, useState } from 'react';
 import { api, type EvalReport, type EvaluationResponse, type FileObject, type List, type Model } from '../api';
 import { ConfusionMatrix } from '../components/ConfusionMatrix';
+import { FileSelect, ModelSelect } from '../components/Pickers';
 import { Leaderboard } from '../components/Leaderboard';
 import { useEvalText } from '../components/eval-text';
 import { AsyncView, ErrorMessage, Loading, formatNumber, formatPct } from '../components/ui';
@@ -61,35 +62,15 @@ export function Evaluation({ model: m0, fileId: f0, compare: c0 }: { model?: str
             <div className="grid-3">
               <label>
                 {t('eval.model')}
-                <select name="model" value={model} onChange={(e) => setModel(e.target.value)}>
-                  {models.map((m) => (
-                    <option key={m.id} value={m.id}>
-                      {m.id}
-                    </option>
-                  ))}
-                </select>
+                <ModelSelect name="model" items={models} value={model} onChange={setModel} />
               </label>
               <label>
                 {t('eval.file')}
-                <select name="file" value={fileId} onChange={(e) => setFileId(e.target.value)} required>
-                  <option value="">{t('new.pickFile')}</option>
-                  {files.map((f) => (
-                    <option key={f.id} value={f.id}>
-                      {f.filename} · {f.id}
-                    </option>
-                  ))}
-                </select>
+                <FileSelect name="file" items={files} value={fileId} onChange={setFileId} none={t('new.pickFile')} required />
               </label>
               <label>
                 {t('eval.compareWith')} <span className="muted">{t('common.optional')}</span>
-                <select name="compare" value={compare} onChange={(e) => setCompare(e.target.value)}>
-                  <option value="">{t('play.noCompare')}</option>
-                  {models.map((m) => (
-                    <option key={m.id} value={m.id}>
-                      {m.id}
-                    </option>
-                  ))}
-                </select>
+                <ModelSelect name="compare" items={models} value={compare} onChange={setCompare} none={t('play.noCompare')} />
               </label>
             </div>
           )}

@@ -5,6 +5,7 @@
  */
 import { useEffect, useMemo, useRef, useState } from 'react';
 import { ApiError, api, messageOf, readSSE, send, type Checkpoint, type Job, type JobEvent, type List } from '../api';
+import { DataTable } from '../components/DataTable';
 import { LineChart, type Series } from '../components/LineChart';
 import { JobForgettingCheck } from '../components/StoredReport';
 import { AsyncView, ErrorMessage, Loading, ProgressBar, StatusBadge, formatNumber, formatTime } from '../components/ui';
@@ -295,36 +296,24 @@ export function JobDetail({ id }: { id: string }) {
       <section className="card">
         <h2>{t('jobs.checkpoints')}</h2>
         <AsyncView state={checkpoints}>
-          {(list) =>
-            list.data.length === 0 ? (
-              <p className="muted">{t('jobs.noCheckpoints')}</p>
-            ) : (
-              <div className="table-wrap">
-                <table data-testid="checkpoints">
-                  <thead>
-                    <tr>
-                      <th>{t('jobs.step')}</th>
-                      <th>{t('jobs.trainLoss')}</th>
-                      <th>{t('jobs.validLoss')}</th>
-                      <th>{t('common.model')}</th>
-                    </tr>
-                  </thead>
-                  <tbody>
-                    {list.data.map((c) => (
-                      <tr key={c.id}>
-                        <td>{c.step_number}</td>
-                        <td>{formatNumber(c.metrics.train_loss ?? null)}</td>
-                        <td>{formatNumber(c.metrics.valid_loss ?? c.metrics.full_valid_loss ?? null)}</td>
-                        <td className="mono small">
-                          <a href={href('playground', c.fine_tuned_model_checkpoint)}>{c.fine_tuned_model_checkpoint}</a>
-                        </td>
-                      </tr>
-                    ))}
-                  </tbody>
-                </table>
-              </div>
-            )
-          }
+          {(list) => (
+            <DataTable
+              items={list.data}
+              empty={t('jobs.noCheckpoints')}
+              testId="checkpoints"
+              columns={[{ label: t('jobs.step') }, { label: t('jobs.trainLoss') }, { label: t('jobs.validLoss') }, { label: t('common.model') }]}
+              row={(c) => (
+                <tr key={c.id}>
+                  <td>{c.step_number}</td>
+                  <td>{formatNumber(c.metrics.train_loss ?? null)}</td>
+                  <td>{formatNumber(c.metrics.valid_loss ?? c.metrics.full_valid_loss ?? null)}</td>
+                  <td className="mono small">
+                    <a href={href('playground', c.fine_tuned_model_checkpoint)}>{c.fine_tuned_model_checkpoint}</a>
+                  </td>
+                </tr>
+              )}
+            />
+          )}
         </AsyncView>
       </section>
 

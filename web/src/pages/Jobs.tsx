@@ -2,6 +2,7 @@
  * The jobs list: status and progress of every fine-tune, refreshed every 2 s while any is unfinished.
  */
 import { api, type Job, type List } from '../api';
+import { DataTable } from '../components/DataTable';
 import { AsyncView, ProgressBar, StatusBadge, formatTime } from '../components/ui';
 import { useAsync, useInterval } from '../hooks';
 import { useI18n } from '../i18n';
@@ -28,46 +29,39 @@ export function Jobs() {
       <h1>{t('jobs.title')}</h1>
       <section className="card">
         <AsyncView state={jobs}>
-          {(list) =>
-            list.data.length === 0 ? (
-              <p className="muted">{t('jobs.none')}</p>
-            ) : (
-              <div className="table-wrap">
-                <table data-testid="job-list">
-                  <thead>
-                    <tr>
-                      <th>{t('jobs.job')}</th>
-                      <th>{t('common.status')}</th>
-                      <th>{t('jobs.progress')}</th>
-                      <th className="hide-phone">{t('common.model')}</th>
-                      <th>{t('jobs.fineTunedModel')}</th>
-                      <th className="hide-phone">{t('common.created')}</th>
-                    </tr>
-                  </thead>
-                  <tbody>
-                    {list.data.map((j) => (
-                      <tr key={j.id}>
-                        <td>
-                          <a href={href('jobs', j.id)} className="mono">
-                            {j.id}
-                          </a>
-                        </td>
-                        <td>
-                          <StatusBadge status={j.status} />
-                        </td>
-                        <td>
-                          <ProgressBar value={jobProgress(j)} />
-                        </td>
-                        <td className="mono small hide-phone">{j.model}</td>
-                        <td className="mono small">{j.fine_tuned_model ?? '—'}</td>
-                        <td className="hide-phone">{formatTime(j.created_at)}</td>
-                      </tr>
-                    ))}
-                  </tbody>
-                </table>
-              </div>
-            )
-          }
+          {(list) => (
+            <DataTable
+              items={list.data}
+              empty={t('jobs.none')}
+              testId="job-list"
+              columns={[
+                { label: t('jobs.job') },
+                { label: t('common.status') },
+                { label: t('jobs.progress') },
+                { label: t('common.model'), className: 'hide-phone' },
+                { label: t('jobs.fineTunedModel') },
+                { label: t('common.created'), className: 'hide-phone' },
+              ]}
+              row={(j) => (
+                <tr key={j.id}>
+                  <td>
+                    <a href={href('jobs', j.id)} className="mono">
+                      {j.id}
+                    </a>
+                  </td>
+                  <td>
+                    <StatusBadge status={j.status} />
+                  </td>
+                  <td>
+                    <ProgressBar value={jobProgress(j)} />
+                  </td>
+                  <td className="mono small hide-phone">{j.model}</td>
+                  <td className="mono small">{j.fine_tuned_model ?? '—'}</td>
+                  <td className="hide-phone">{formatTime(j.created_at)}</td>
+                </tr>
+              )}
+            />
+          )}
         </AsyncView>
       </section>
     </div>

@@ -6,6 +6,7 @@ import { useState } from 'react';
 import { api, type FileObject, type Job, type List, type Model } from '../api';
 import { AsyncView, ErrorMessage, formatTime } from '../components/ui';
 import { ExportPanel } from '../components/ExportPanel';
+import { DataTable } from '../components/DataTable';
 import { useAction, useAsync } from '../hooks';
 import { useI18n } from '../i18n';
 import { href } from '../router';
@@ -81,62 +82,51 @@ export function Models() {
               </section>
               <section className="card">
                 <h2>{t('models.fineTuned')}</h2>
-                {tuned.length === 0 ? (
-                  <p className="muted">{t('models.none')}</p>
-                ) : (
-                  <div className="table-wrap">
-                    <table data-testid="fine-tuned-models">
-                      <thead>
-                        <tr>
-                          <th>{t('common.model')}</th>
-                          <th>{t('models.lineage')}</th>
-                          <th />
-                        </tr>
-                      </thead>
-                      <tbody>
-                        {tuned.map((m) => {
-                          const l = lineageOf(m, jobs);
-                          return (
-                            <tr key={m.id}>
-                              <td>
-                                <span className="mono">{m.id}</span>
-                                <div className="muted small">
-                                  {m.weitiao?.kind === 'checkpoint' && <span className="badge">{t('models.checkpoint')}</span>} {formatTime(m.created)}
-                                </div>
-                              </td>
-                              <td className="small">
-                                <div>
-                                  {t('models.baseModel')}: <span className="mono">{l.base ?? '—'}</span>
-                                </div>
-                                <div>
-                                  {t('models.job')}: {l.job ? <a className="mono" href={href('jobs', l.job)}>{l.job}</a> : '—'}
-                                </div>
-                                <div>
-                                  {t('models.data')}:{' '}
-                                  <span className="mono">{[fileName(l.training), fileName(l.validation)].filter(Boolean).join(' · ') || '—'}</span>
-                                </div>
-                              </td>
-                              <td>
-                                <div className="actions">
-                                  <a href={href('playground', m.id, l.base ?? '')}>{t('nav.playground')}</a>
-                                  <button
-                                    type="button"
-                                    className="danger"
-                                    disabled={remove.running}
-                                    onClick={() => window.confirm(t('common.confirmDelete', { name: m.id })) && void remove.run(m.id)}
-                                  >
-                                    {t('common.delete')}
-                                  </button>
-                                </div>
-                                <ExportPanel model={m.id} />
-                              </td>
-                            </tr>
-                          );
-                        })}
-                      </tbody>
-                    </table>
-                  </div>
-                )}
+                <DataTable
+                  items={tuned}
+                  empty={t('models.none')}
+                  testId="fine-tuned-models"
+                  columns={[{ label: t('common.model') }, { label: t('models.lineage') }, { label: null }]}
+                  row={(m) => {
+                    const l = lineageOf(m, jobs);
+                    return (
+                      <tr key={m.id}>
+                        <td>
+                          <span className="mono">{m.id}</span>
+                          <div className="muted small">
+                            {m.weitiao?.kind === 'checkpoint' && <span className="badge">{t('models.checkpoint')}</span>} {formatTime(m.created)}
+                          </div>
+                        </td>
+                        <td className="small">
+                          <div>
+                            {t('models.baseModel')}: <span className="mono">{l.base ?? '—'}</span>
+                          </div>
+                          <div>
+                            {t('models.job')}: {l.job ? <a className="mono" href={href('jobs', l.job)}>{l.job}</a> : '—'}
+                          </div>
+                          <div>
+                            {t('models.data')}:{' '}
+                            <span className="mono">{[fileName(l.training), fileName(l.validation)].filter(Boolean).join(' · ') || '—'}</span>
+                          </div>
+                        </td>
+                        <td>
+                          <div className="actions">
+                            <a href={href('playground', m.id, l.base ?? '')}>{t('nav.playground')}</a>
+                            <button
+                              type="button"
+                              className="danger"
+                              disabled={remove.running}
+                              onClick={() => window.confirm(t('common.confirmDelete', { name: m.id })) && void remove.run(m.id)}
+                            >
+                              {t('common.delete')}
+                            </button>
+                          </div>
+                          <ExportPanel model={m.id} />
+                        </td>
+                      </tr>
+                    );
+                  }}
+                />
               </section>
             </>
           );

@@ -4,6 +4,7 @@
  */
 import { useEffect, useState } from 'react';
 import { api, messageOf, type EstimateResponse, type FileObject, type Job, type List, type Model } from '../api';
+import { FileSelect, ModelSelect } from '../components/Pickers';
 import { AsyncView, ErrorMessage, Loading, formatBytes, formatDuration, formatNumber } from '../components/ui';
 import { useAction, useAsync } from '../hooks';
 import { useI18n, type MessageKey } from '../i18n';
@@ -127,13 +128,7 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
             {t('new.baseModel')}
             <AsyncView state={models}>
               {(list) => (
-                <select name="model" value={model} onChange={(e) => setModel(e.target.value)} required>
-                  {list.data.map((m) => (
-                    <option key={m.id} value={m.id}>
-                      {m.id}
-                    </option>
-                  ))}
-                </select>
+                <ModelSelect name="model" items={list.data} value={model} onChange={setModel} required />
               )}
             </AsyncView>
           </label>
@@ -148,14 +143,7 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
             {t('new.trainingFile')}
             <AsyncView state={files}>
               {(list) => (
-                <select name="training_file" value={training} onChange={(e) => setTraining(e.target.value)} required>
-                  <option value="">{t('new.pickFile')}</option>
-                  {list.data.map((f) => (
-                    <option key={f.id} value={f.id}>
-                      {f.filename} · {f.id}
-                    </option>
-                  ))}
-                </select>
+                <FileSelect name="training_file" items={list.data} value={training} onChange={setTraining} none={t('new.pickFile')} required />
               )}
             </AsyncView>
           </label>
@@ -163,14 +151,7 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
             {t('new.validationFile')} <span className="muted">{t('common.optional')}</span>
             <AsyncView state={files}>
               {(list) => (
-                <select name="validation_file" value={validation} onChange={(e) => setValidation(e.target.value)}>
-                  <option value="">{t('new.none')}</option>
-                  {list.data.map((f) => (
-                    <option key={f.id} value={f.id}>
-                      {f.filename} · {f.id}
-                    </option>
-                  ))}
-                </select>
+                <FileSelect name="validation_file" items={list.data} value={validation} onChange={setValidation} none={t('new.none')} />
               )}
             </AsyncView>
           </label>

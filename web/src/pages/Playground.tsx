@@ -4,6 +4,7 @@
  */
 import { useEffect, useRef, useState, type FormEvent } from 'react';
 import { api, messageOf, readSSE, send, type ChatMessage, type List, type Model } from '../api';
+import { ModelSelect } from '../components/Pickers';
 import { AsyncView, ErrorMessage } from '../components/ui';
 import { useAsync } from '../hooks';
 import { useI18n } from '../i18n';
@@ -108,24 +109,11 @@ export function Playground({ model: initialModel, compare: initialCompare }: { m
             <div className="grid-4">
               <label>
                 {t('play.model')}
-                <select name="model" value={model} onChange={(e) => setModel(e.target.value)}>
-                  {list.data.map((m) => (
-                    <option key={m.id} value={m.id}>
-                      {m.id}
-                    </option>
-                  ))}
-                </select>
+                <ModelSelect name="model" items={list.data} value={model} onChange={setModel} />
               </label>
               <label>
                 {t('play.compare')}
-                <select name="compare" value={compare} onChange={(e) => setCompare(e.target.value)}>
-                  <option value="">{t('play.noCompare')}</option>
-                  {list.data.map((m) => (
-                    <option key={m.id} value={m.id}>
-                      {m.id}
-                    </option>
-                  ))}
-                </select>
+                <ModelSelect name="compare" items={list.data} value={compare} onChange={setCompare} none={t('play.noCompare')} />
               </label>
               <label>
                 {t('play.temperature')}
