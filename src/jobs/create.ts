@@ -2,13 +2,12 @@
  * Creating a job: every check a create request gets before anything is written (createJob), and the dry
  * run that also validates the files, resolves `auto` as the worker will and estimates (planJob).
  */
-import { z } from 'zod';
 import type { Context } from '../context.js';
-import { WeitiaoError } from '../errors.js';
+import { parseOrThrow, WeitiaoError } from '../errors.js';
 import { retrieveFile } from '../files/index.js';
 import { resolveModel } from '../models/index.js';
 import { newId, now } from '../store/index.js';
-import { estimateJob, type JobEstimate } from '../train/estimate.js';
+import { estimateRun, type JobEstimate } from '../train/estimate.js';
 import { pickTrainingControls, RequestedHyperparameters, resolveTrainingControls, type Method } from '../train/index.js';
 import { fileError, jobErrorToThrow, jobFile, resolveJob, validateJobFile, type CheckedFile } from './internal/plan.js';
 import { addEvent, type JobExtension, type JobSettings } from './internal/records.js';
@@ -128,8 +127,7 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
     lr_scheduler: settings.lr_scheduler,
   };
   // The same checks the worker's rules will make, now, so a bad combination fails the request, not the job.
-  const hpCheck = RequestedHyperparameters.safeParse(requested);
-  if (!hpCheck.success) throw new WeitiaoError('invalid_request', z.prettifyError(hpCheck.error), { param: 'hyperparameters' });
+  const checkedHp = parseOrThrow(RequestedHyperparameters, requested, { where: { en: 'hyperparameters', zh: '超参数' }, param: 'hyperparameters' });
   if (requested.learning_rate !== undefined && requested.learning_rate_multiplier !== 'auto') {
     throw new WeitiaoError(
       'invalid_request',
@@ -149,7 +147,7 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
   requireTrainingFile(ctx, p.training_file, 'training_file');
   if (p.validation_file) requireTrainingFile(ctx, p.validation_file, 'validation_file');
 
-  return { p, model, settings, requested: hpCheck.data, isDpo, dpoHp, rlHp };
+  return { p, model, settings, requested: checkedHp, isDpo, dpoHp, rlHp };
 }
 
 /**
@@ -178,7 +176,7 @@ export async function planJob(ctx: Context, params: CreateJobParams, options: { 
   const notes: string[] = [];
   let estimate: JobEstimate | null = null;
   if (method === 'lora' || method === 'qlora') {
-    estimate = await estimateJob(
+    estimate = await estimateRun(
       ctx,
       {
         model: model.id,

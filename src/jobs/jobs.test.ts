@@ -131,7 +131,7 @@ describe('createJob', () => {
       [{ model: 'tiny-base', training_file: trainId, method: { type: 'dpo' }, weitiao: { method: 'full' } }, 'weitiao.method'],
       [{ model: 'tiny-base', training_file: trainId, method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 0 } } } }, 'method.supervised.hyperparameters.n_epochs'],
       [{ model: 'tiny-base', training_file: trainId, hyperparameters: { n_epochs: 2 }, method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 3 } } } }, 'hyperparameters'],
-      [{ model: 'tiny-base', training_file: trainId, weitiao: { lora: { rank: 8 } } }, 'weitiao.lora'],
+      [{ model: 'tiny-base', training_file: trainId, weitiao: { lora: { rank: 8 } } }, 'weitiao.lora.rank'], // the unknown key itself, as the HTTP API names it
       [{ model: 'tiny-base', training_file: trainId, weitiao: { label_set: ['only-one'] } }, 'weitiao.label_set'],
       [{ model: 'tiny-base', training_file: trainId, weitiao: { learning_rate: 1e-4 }, hyperparameters: { learning_rate_multiplier: 2 } }, 'weitiao.learning_rate'],
       [{ model: 'tiny-base', training_file: trainId, tools: [] }, ''],

@@ -6,9 +6,19 @@
 import { z } from 'zod';
 import { Issue } from '../data/index.js';
 import { LabelMetrics, PrecisionChoice, ResponseFormat } from '../engine/protocol.js';
-import { WeitiaoError } from '../errors.js';
+import { parseOrThrow } from '../errors.js';
 import { JobEstimate } from '../train/estimate.js';
-import { LoraSettings, ResolvedTrainingControls, TrainingControls } from '../train/index.js';
+import {
+  DEFAULT_DPO_BETA,
+  DpoBeta,
+  FullSettings,
+  LoraSettings,
+  ResolvedHyperparameters,
+  ResolvedTrainingControls,
+  RunSettings,
+  SupervisedHyperparameters,
+  TrainingControls,
+} from '../train/index.js';
 import type { WireJobEvent } from './internal/records.js';
 import { JOB_STATUSES } from './internal/status.js';
 
@@ -16,17 +26,12 @@ import { JOB_STATUSES } from './internal/status.js';
 
 const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
 
-/** OpenAI's supervised hyperparameters; each may be `auto`. */
-export const SupervisedHyperparameters = z.strictObject({
-  n_epochs: auto(z.number().int().min(1).max(50)).optional(),
-  batch_size: auto(z.number().int().min(1).max(256)).optional(),
-  learning_rate_multiplier: auto(z.number().positive().max(10)).optional(),
-});
-export type SupervisedHyperparameters = z.infer<typeof SupervisedHyperparameters>;
+/** OpenAI's supervised hyperparameters (each may be `auto`) and DPO's default beta: src/train's, from the engine protocol. */
+export { DEFAULT_DPO_BETA, SupervisedHyperparameters };
 
 /** OpenAI's DPO hyperparameters: the supervised ones plus `beta`; each may be `auto`. */
 export const DpoHyperparameters = SupervisedHyperparameters.extend({
-  beta: auto(z.number().positive().max(10)).optional(),
+  beta: DpoBeta.optional(),
 });
 export type DpoHyperparameters = z.infer<typeof DpoHyperparameters>;
 
@@ -43,9 +48,6 @@ export type ReinforcementHyperparameters = z.infer<typeof ReinforcementHyperpara
 /** Answers per prompt at compute_multiplier 1 (GRPO's group). */
 export const REINFORCEMENT_GROUP = 4;
 
-/** DPO's `beta` when `auto`: the DPO paper's and OpenAI's default. */
-export const DEFAULT_DPO_BETA = 0.1;
-
 /** OpenAI's metadata: up to 16 string pairs, keys ≤ 64 and values ≤ 512 characters. */
 export const Metadata = z
   .record(z.string().min(1).max(64), z.string().max(512))
@@ -55,29 +57,13 @@ export const Metadata = z
 export const WeitiaoJobSettings = z.strictObject({
   /** The supervised recipe: `lora` (an adapter, the default), `qlora` (the same on a 4-bit NF4 base) or `full` (every weight; a complete model). DPO always trains LoRA. */
   method: z.enum(['lora', 'qlora', 'full']).optional(),
-  full: z
-    .strictObject({
-      /** Keep the input embedding (and an LM head tied to it) frozen. */
-      freeze_embeddings: z.boolean(),
-      /** Keep the first N decoder layers frozen. */
-      freeze_layers: z.number().int().min(0),
-    })
-    .partial()
-    .optional(),
+  /** Keep the embeddings or the first N decoder layers frozen (the protocol's FullConfig). */
+  full: FullSettings.optional(),
   lora: LoraSettings.optional(),
-  /** An absolute learning rate, instead of the base rate × `learning_rate_multiplier`. */
-  learning_rate: z.number().positive().max(1).optional(),
-  weight_decay: z.number().min(0).optional(),
-  max_grad_norm: z.number().positive().optional(),
-  warmup_ratio: z.number().min(0).max(1).optional(),
-  lr_scheduler: z.enum(['linear', 'cosine', 'constant']).optional(),
-  eval_every_steps: z.number().int().min(0).optional(),
-  save_every_steps: z.number().int().min(0).optional(),
+  /** learning_rate (absolute, instead of base × multiplier), the optimizer's and schedule's, eval/save_every_steps, max_steps, max_seq_length (src/train's RunSettings). */
+  ...RunSettings.shape,
   /** `auto`: use the training file's answers when they form a small label set; null: no label metrics. */
   label_set: z.union([z.literal('auto'), z.null(), z.array(z.string().min(1)).min(2)]).default('auto'),
-  /** Stop after this many optimizer steps (smoke runs, tests). */
-  max_steps: z.number().int().positive().nullable().optional(),
-  max_seq_length: z.number().int().positive().optional(),
   /** Gradient accumulation and checkpointing, early stopping, bf16, length grouping and `nproc` (src/train's TrainingControls). */
   ...TrainingControls.shape,
   /** Validate everything a create would, create nothing, and answer with the resolved settings and the estimate (`weitiao.job_plan`). */
@@ -202,21 +188,7 @@ export const FineTuningJob = z.object({
     /** Live progress while running (and where a paused job stopped). */
     progress: z.object({ step: z.number().int(), total_steps: z.number().int(), epoch: z.number() }).nullable(),
     /** Everything the engine was (or will be) given, `auto` resolved once the files were read. */
-    hyperparameters: z
-      .object({
-        n_epochs: z.number(),
-        batch_size: z.number(),
-        learning_rate: z.number(),
-        learning_rate_multiplier: z.number(),
-        weight_decay: z.number(),
-        max_grad_norm: z.number(),
-        warmup_ratio: z.number(),
-        lr_scheduler: z.string(),
-        /** Which of OpenAI's three were set by the `auto` rules. */
-        auto: z.array(z.string()),
-        estimated_total_steps: z.number().int(),
-      })
-      .nullable(),
+    hyperparameters: ResolvedHyperparameters.nullable(),
     lora: z.record(z.string(), z.unknown()),
     /** The training controls the engine is given, its defaults filled in for what the job left out; once trained,
      * `precision_choice`: what `bf16` became on this machine and why (the precision probe's figures). */
@@ -301,10 +273,5 @@ export const ListOf = <T extends z.ZodType>(item: T) =>
 
 /** Parses service parameters: every problem in the message, the first one's path as `param`. */
 export function parseParams<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
-  const parsed = schema.safeParse(input);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new WeitiaoError('invalid_request', z.prettifyError(parsed.error), { param: issue?.path.map(String).join('.') || undefined });
-  }
-  return parsed.data;
+  return parseOrThrow(schema, input);
 }
