@@ -11,15 +11,16 @@ from typing import Iterator
 
 
 @contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path, mode: int = 0o755) -> Iterator[Path]:
     """Yields an empty temp directory beside `final`; on success it replaces `final`, on error it is removed.
 
     A reader (the control plane listing checkpoints, a resume after a crash) never sees half a directory.
+    `mode` is the finished directory's permission bits.
     """
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        os.chmod(tmp, mode)  # mkdtemp makes it 0700
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

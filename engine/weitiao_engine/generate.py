@@ -19,6 +19,11 @@ from .protocol import ChatRequest, EngineError
 def run(request: ChatRequest) -> dict[str, Any]:
     model, tokenizer = load_model(request.model, request.adapter)
     on_text = (lambda piece: protocol.emit("token", text=piece)) if request.stream else None
+    return answer_request(model, tokenizer, request, on_text)
+
+
+def answer_request(model: Any, tokenizer: Any, request: ChatRequest, on_text: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """`chat_completion` with a chat request's messages and sampling settings (the one-shot command and the warm process)."""
     return chat_completion(
         model,
         tokenizer,

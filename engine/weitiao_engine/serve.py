@@ -38,7 +38,7 @@ from typing import Any, Iterator, Optional, TextIO
 
 from pydantic import ValidationError
 
-from .generate import chat_completion
+from .generate import answer_request
 from .loading import _require_dir, load_model, set_threads
 from .protocol import ChatRequest, EngineError, ServeCall, ServeRequest, emit
 
@@ -74,17 +74,8 @@ def answer(call: ServeCall, inbox: "Inbox", models: "Models") -> bool:
             # not the top model: PEFT calls the top model's `forward` directly, which skips hooks.)
             hook = decoder.register_forward_pre_hook(check_cancelled)
             try:
-                result = chat_completion(
-                    model,
-                    tokenizer,
-                    request.messages,
-                    max_tokens=request.max_tokens,
-                    temperature=request.temperature,
-                    top_p=request.top_p,
-                    stop=request.stop,
-                    seed=request.seed,
-                    on_text=(lambda piece: emit("token", text=piece, request_id=rid)) if request.stream else None,
-                )
+                on_text = (lambda piece: emit("token", text=piece, request_id=rid)) if request.stream else None
+                result = answer_request(model, tokenizer, request, on_text)
             finally:
                 hook.remove()
         emit("result", data=result, request_id=rid)

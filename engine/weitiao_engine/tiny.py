@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .atomic import atomic_dir
 from .protocol import CreateTinyRequest, EngineError, log, progress
 
 # Qwen2's pre-tokenizer split (from its tokenizer.json): letters stay together (a run of Chinese
@@ -131,18 +130,10 @@ def run(request: CreateTinyRequest) -> dict[str, Any]:
     out = Path(request.output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written next to the target then renamed, so a failed run never leaves a half-written model.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, mode=0o777 & ~_umask()) as tmp:
         model.save_pretrained(tmp)
         # chat_template inside tokenizer_config.json (not only chat_template.jinja): older tools read it there.
         tokenizer.save_pretrained(tmp, save_jinja_files=False)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     progress("save", 3, 3)
     log(f"{architecture} model with {parameters:,} parameters, tokenizer of {len(tokenizer)} tokens -> {out}")
     return {"path": str(out), "parameters": parameters, "vocab_size": config.vocab_size}

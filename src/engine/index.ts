@@ -159,7 +159,8 @@ export function runEngine<C extends EngineCommand>(
   });
 }
 
-function signalGroup(child: ChildProcess, sig: NodeJS.Signals): void {
+/** Signals the engine's whole process group (it may have children of its own), else the process alone. */
+export function signalGroup(child: ChildProcess, sig: NodeJS.Signals): void {
   if (child.pid === undefined || child.exitCode !== null) return;
   try {
     process.kill(-child.pid, sig);

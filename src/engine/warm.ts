@@ -18,7 +18,7 @@ import type { ChildProcess } from 'node:child_process';
 import readline from 'node:readline';
 import { z } from 'zod';
 import { ERROR_CODES, fromZodError, WeitiaoError, type ErrorCode } from '../errors.js';
-import { enginePython, spawnEngine } from './index.js';
+import { enginePython, signalGroup, spawnEngine } from './index.js';
 import { EngineEvent, PROTOCOL_VERSION, SERVE_COMMANDS, ServeRequest, type HelloEvent, type ServeCall, type ServeCommand } from './protocol.js';
 
 export interface WarmEngineOptions {
@@ -269,15 +269,3 @@ function setRef(child: ChildProcess, ref: boolean): void {
   }
 }
 
-function signalGroup(child: ChildProcess, sig: NodeJS.Signals): void {
-  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-  try {
-    process.kill(-child.pid, sig);
-  } catch {
-    try {
-      child.kill(sig);
-    } catch {
-      /* already gone */
-    }
-  }
-}
