@@ -30,7 +30,8 @@ const child = spawn(
   process.execPath,
   ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
   // One torch thread per engine unless a request says otherwise: test files run two at a time on 2 cores (engine/weitiao_engine/loading.py).
-  { stdio: 'inherit', env: { WEITIAO_ENGINE_THREADS: '1', ...process.env, WEITIAO_TINY_CACHE: tinyCache } },
+  // The precision probe's figures are shared the same way: one probe per run, not one per test home (training/precision_probe.py).
+  { stdio: 'inherit', env: { WEITIAO_ENGINE_THREADS: '1', ...process.env, WEITIAO_TINY_CACHE: tinyCache, WEITIAO_PROBE_SHARED_CACHE: tinyCache } },
 );
 // A stopped run (Ctrl-C, kill) stops the tests too and still removes the cache.
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal));

@@ -103,6 +103,19 @@ def test_corrupt_cache_file_is_ignored_and_replaced(tmp_path, content):
     assert pp.probe([(32, 32)], cache_dir=tmp_path, measure=measure)["cached"] is True
 
 
+def test_shared_cache_is_read_before_measuring_and_the_figures_still_land_in_the_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("WEITIAO_PROBE_SHARED_CACHE", str(tmp_path / "shared"))
+    measure = CountingMeasure()
+    first = pp.probe([(64, 64)], cache_dir=tmp_path / "home-a", measure=measure)
+    second = pp.probe([(64, 64)], cache_dir=tmp_path / "home-b", measure=measure)
+    assert (first["cached"], second["cached"], measure.calls) == (False, True, 1)
+    assert second["seconds"] == first["seconds"]
+    for home in ("home-a", "home-b"):
+        assert len(json.loads((tmp_path / home / "precision-probe.json").read_text())) == 1
+    monkeypatch.delenv("WEITIAO_PROBE_SHARED_CACHE")
+    assert pp.probe([(64, 64)], cache_dir=tmp_path / "home-c", measure=measure)["cached"] is False and measure.calls == 2
+
+
 def test_cache_dir_follows_weitiao_home(monkeypatch, tmp_path):
     monkeypatch.delenv("WEITIAO_CACHE_DIR", raising=False)
     monkeypatch.setenv("WEITIAO_HOME", str(tmp_path / "home"))

@@ -90,22 +90,6 @@ describe('export with the post-export check (real engine, llama.cpp)', () => {
     assert.notEqual(d.artifact, d.engine);
   });
 
-  test('Ollama: the Modelfile (template checked against the Jinja one, stop tokens, training system prompt) and the import command', async () => {
-    const done = await exported(createExport(fx.ctx, { model, format: 'ollama', quantize: 'q8_0', checkMaxExamples: 8 }).id);
-    assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
-    const dir = path.join(fx.ctx.home.root, done.path!);
-    const text = readFileSync(path.join(dir, 'Modelfile'), 'utf8');
-    assert.match(text, /^FROM \.\/model\.gguf\n/);
-    assert.match(text, /TEMPLATE """[\s\S]*<\|im_start\|>assistant\n[\s\S]*"""/);
-    for (const stop of done.artifact!.stop_tokens) assert.ok(text.includes(`PARAMETER stop ${JSON.stringify(stop)}`), stop);
-    assert.ok(done.artifact!.stop_tokens.includes('<|im_end|>'));
-    assert.ok(text.includes('SYSTEM """你是一位外卖评论好评差评评论专家。"""'));
-    assert.match(done.ollama!.command, /^ollama create tiny-waimai-[a-z0-9]+ -f Modelfile$/);
-    assert.ok(readFileSync(path.join(dir, 'README.md'), 'utf8').includes(done.ollama!.command));
-    assert.deepEqual(done.check!.template, { status: 'passed', first_difference: null });
-    assert.equal(done.check!.n, 8);
-  });
-
   test('a base model without data: the check says it was skipped; hf adapter_only is refused for a base', async () => {
     const done = await exported(createExport(fx.ctx, { model: fx.model, format: 'gguf', quantize: 'q8_0' }).id);
     assert.equal(done.status, 'succeeded');
@@ -115,7 +99,8 @@ describe('export with the post-export check (real engine, llama.cpp)', () => {
     assert.throws(() => createExport(fx.ctx, { model: 'nope', format: 'gguf' }), (e: any) => e.code === 'not_found');
   });
 
-  test('API: create (202, queued), retrieve until done, list, download the .gguf and a tar, cancel a finished one (409)', async () => {
+  // The Ollama export is made through the API (one export and check, not one per shell): the service's answer is the API's.
+  test('API: create an Ollama export (202, queued), retrieve until done, its Modelfile and import command, list, download the .gguf and a tar, cancel a finished one (409)', async () => {
     const server: RunningServer = await startServer(fx.ctx, { host: '127.0.0.1', port: 0, auth: false, worker: false, handleSignals: false, log: () => {}, webDir: null });
     try {
       const api = (p: string, init?: RequestInit) => fetch(`${server.url}/v1/weitiao${p}`, init);
@@ -134,6 +119,17 @@ describe('export with the post-export check (real engine, llama.cpp)', () => {
       }
       assert.equal(current.status, 'succeeded', JSON.stringify(current.error));
       assert.equal(current.check!.n, 4);
+      // The Modelfile: template checked against the Jinja one, stop tokens, the training system prompt; the import command.
+      const dir = path.join(fx.ctx.home.root, current.path!);
+      const text = readFileSync(path.join(dir, 'Modelfile'), 'utf8');
+      assert.match(text, /^FROM \.\/model\.gguf\n/);
+      assert.match(text, /TEMPLATE """[\s\S]*<\|im_start\|>assistant\n[\s\S]*"""/);
+      for (const stop of current.artifact!.stop_tokens) assert.ok(text.includes(`PARAMETER stop ${JSON.stringify(stop)}`), stop);
+      assert.ok(current.artifact!.stop_tokens.includes('<|im_end|>'));
+      assert.ok(text.includes('SYSTEM """你是一位外卖评论好评差评评论专家。"""'));
+      assert.match(current.ollama!.command, /^ollama create tiny-waimai-[a-z0-9]+ -f Modelfile$/);
+      assert.ok(readFileSync(path.join(dir, 'README.md'), 'utf8').includes(current.ollama!.command));
+      assert.deepEqual(current.check!.template, { status: 'passed', first_difference: null });
       const body = JSON.stringify(current);
       assert.ok(!body.includes(fx.ctx.home.root), 'no absolute server path in API answers');
 

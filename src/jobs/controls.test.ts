@@ -20,6 +20,20 @@ before(async () => {
 });
 after(() => fx?.close());
 
+// One real job for both describes (one engine spawn): its controls reach the engine and stop it early, and a dry run
+// of the same body must resolve what the worker resolved for it. Started by whichever test needs it first.
+const earlyStopBody = () => ({
+  model: fx.model,
+  training_file: fx.train,
+  validation_file: fx.validation,
+  seed: 3,
+  method: { type: 'supervised' as const, supervised: { hyperparameters: { batch_size: 8 } } }, // auto epochs; max_steps ends it anyway
+  // Any validation loss that does not fall by 100 is "no improvement": the second evaluation stops the run.
+  weitiao: { gradient_accumulation_steps: 2, early_stopping_patience: 1, early_stopping_min_delta: 100, eval_every_steps: 1, max_steps: 6, lora: { r: 4, alpha: 8 } },
+});
+let earlyStopRun: Promise<FineTuningJob> | undefined;
+const earlyStopJob = () => (earlyStopRun ??= new Worker(fx.ctx, { threads: 1 }).runJob(createJob(fx.ctx, earlyStopBody()).id));
+
 const rejectsWith = (fn: () => unknown, code: string, param: string) =>
   assert.throws(fn, (e: unknown) => e instanceof WeitiaoError && e.code === code && e.param === param, `${code} at ${param}`);
 
@@ -70,30 +84,21 @@ describe('training controls', () => {
   });
 
   test('a real job: accumulation and early stopping reach the engine, which stops early; events and the model say so', async () => {
-    const job = createJob(fx.ctx, {
-      model: fx.model,
-      training_file: fx.train,
-      validation_file: fx.validation,
-      seed: 3,
-      method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 1, batch_size: 8 } } },
-      // Any validation loss that does not fall by 100 is "no improvement": the second evaluation stops the run.
-      weitiao: { gradient_accumulation_steps: 2, early_stopping_patience: 1, early_stopping_min_delta: 100, eval_every_steps: 1, max_steps: 6, lora: { r: 4, alpha: 8 } },
-    });
-    const done = await new Worker(fx.ctx, { threads: 1 }).runJob(job.id);
+    const done = await earlyStopJob();
     assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
     assert.equal(done.weitiao.progress?.step, 2, 'stopped at the second evaluation, not at max_steps 6');
     assert.equal(done.weitiao.controls.gradient_accumulation_steps, 2);
 
     // What the engine ran with, from its own checkpoint.
-    const newest = listJobCheckpoints(fx.ctx, job.id).data[0];
+    const newest = listJobCheckpoints(fx.ctx, done.id).data[0];
     assert.equal(newest.step_number, 2);
-    const dir = path.join(fx.ctx.home.jobs, job.id, 'checkpoints');
+    const dir = path.join(fx.ctx.home.jobs, done.id, 'checkpoints');
     const state = JSON.parse(readFileSync(path.join(dir, 'step-000002', 'state.json'), 'utf8')) as { config: { hyperparameters: Record<string, unknown> } };
     assert.equal(state.config.hyperparameters.gradient_accumulation_steps, 2);
     assert.equal(state.config.hyperparameters.early_stopping_patience, 1);
     assert.equal(state.config.hyperparameters.early_stopping_min_delta, 100);
 
-    const events = listJobEvents(fx.ctx, job.id, { limit: 1000, order: 'asc' }).data;
+    const events = listJobEvents(fx.ctx, done.id, { limit: 1000, order: 'asc' }).data;
     const started = events.find((e) => /Fine-tuning started/.test(e.message))!;
     assert.match(started.message, /gradient accumulation 2, .*early stopping patience 1, min delta 100/);
     const { precision_choice: choice, ...controls } = done.weitiao.controls;
@@ -111,9 +116,9 @@ describe('training controls', () => {
     assert.ok(existsSync(path.join(dir, 'step-000002')));
     deleteModel(fx.ctx, done.fine_tuned_model!);
     assert.equal(existsSync(path.join(dir, 'step-000002')), false);
-    assert.deepEqual(listJobCheckpoints(fx.ctx, job.id).data, [], 'no checkpoint row points to a deleted folder');
-    assert.equal(retrieveJob(fx.ctx, job.id).status, 'succeeded', 'the job and its history stay');
-    assert.ok(listJobEvents(fx.ctx, job.id, { limit: 1000 }).data.length >= events.length);
+    assert.deepEqual(listJobCheckpoints(fx.ctx, done.id).data, [], 'no checkpoint row points to a deleted folder');
+    assert.equal(retrieveJob(fx.ctx, done.id).status, 'succeeded', 'the job and its history stay');
+    assert.ok(listJobEvents(fx.ctx, done.id, { limit: 1000 }).data.length >= events.length);
   });
 });
 
@@ -121,13 +126,8 @@ describe('dry run (planJob)', () => {
   test('resolves what the worker would, estimates, and stores nothing', async () => {
     const jobsBefore = listJobs(fx.ctx, { limit: 1000 }).data.length;
     const filesBefore = listFiles(fx.ctx, { limit: 1000 }).data.length;
-    const params = {
-      model: fx.model,
-      training_file: fx.train,
-      validation_file: fx.validation,
-      method: { type: 'supervised' as const, supervised: { hyperparameters: { batch_size: 8 } } },
-      weitiao: { gradient_accumulation_steps: 2, lora: { r: 4, alpha: 8 }, dry_run: true },
-    };
+    const body = earlyStopBody();
+    const params = { ...body, weitiao: { ...body.weitiao, dry_run: true } };
     const plan = await planJob(fx.ctx, params);
     JobPlan.parse(plan);
     assert.equal(plan.object, 'weitiao.job_plan');
@@ -150,12 +150,9 @@ describe('dry run (planJob)', () => {
     assert.equal(e.steps_per_epoch, 8);
     assert.ok(e.peak_memory_bytes > e.memory.runtime_bytes && e.time_per_epoch_seconds > 0);
 
-    // A real create with the same body (dry_run left out) resolves to the same hyperparameters once validated.
-    const { dry_run: _, ...settings } = params.weitiao;
-    const job = createJob(fx.ctx, { ...params, validation_file: null, weitiao: { ...settings, max_steps: 1 } });
+    // The real job created with the same body (dry_run left out) resolved to the same hyperparameters once validated.
     rejectsWith(() => createJob(fx.ctx, params), 'invalid_request', 'weitiao.dry_run');
-    const worker = new Worker(fx.ctx, { threads: 1 });
-    await worker.runJob(job.id);
+    const job = await earlyStopJob();
     assert.deepEqual(retrieveJob(fx.ctx, job.id).weitiao.hyperparameters, plan.weitiao.hyperparameters);
   });
 
