@@ -175,7 +175,7 @@ def test_glm4_generation_stops_at_the_closing_tag(glm4_model, waimai_small, tmp_
     # Trained on GLM-4-rendered waimai answers, the model writes one label and stops there by itself.
     raw = {
         "base_model": glm4_model, "output_dir": str(tmp_path / "job"), "training_file": waimai_small["train"], "method": "full",
-        "hyperparameters": {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7}, "threads": 1,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "bf16": "off"}, "threads": 1,
     }  # fmt: skip
     code, events = run_engine("train", raw)
     assert code == 0, events[-1]

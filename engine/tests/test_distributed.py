@@ -34,7 +34,8 @@ def request(tiny_model: str, data: dict[str, str], output_dir: Path, **overrides
     own = {
         "label_set": ["好评", "差评"],
         "lora": {"dropout": 0.0},
-        "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "seed": 7, "gradient_accumulation_steps": 2},
+        # bf16 off: fp32 on every machine; the 1e-4 equality is about the split, not about the probe's choice
+        "hyperparameters": {"bf16": "off", "n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "seed": 7, "gradient_accumulation_steps": 2},
     }
     return train_request(tiny_model, data, output_dir, **{**own, **overrides})
 
