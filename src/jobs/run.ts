@@ -8,6 +8,7 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { runEngine, type TrainResult } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
+import { runForgettingCheck } from '../eval/job-checks.js';
 import { createFile, fileContentPath } from '../files/index.js';
 import { registerModel, resolveModel } from '../models/index.js';
 import { now, type DB } from '../store/index.js';
@@ -21,7 +22,7 @@ import { lost, fail, settle, type JobJournal } from './outcomes.js';
 import { reinforcementRequest } from './reinforcement.js';
 import { getJobRow, getJobState, lastMetricsStep, metricsEventData, setEnginePid } from './repository.js';
 import { DEFAULT_DPO_BETA } from './schemas.js';
-import { jobMethod } from './wire.js';
+import { jobMethod, jobToWire } from './wire.js';
 
 export interface RunOptions {
   /** The worker whose run this is (the job's `worker_id`). */
@@ -307,6 +308,11 @@ async function succeed(j: JobJournal, id: string, state: RunState, result: Train
     );
     j.event(id, { message: 'The job has successfully completed / 任务已成功完成' });
   })();
+  // Asked for at creation (weitiao.forgetting_check): base vs fine-tune on the general set. A failed check
+  // is a warning event, never a failed job (the job has succeeded already).
+  if (ext.settings.forgetting_check) {
+    await runForgettingCheck(j.ctx, jobToWire(getJobRow(j.ctx.db, id)!), { request: ext.settings.forgetting_check, onEvent: (e) => j.event(id, e) });
+  }
 }
 
 /** OpenAI's result file: one row per step with `step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy`. */

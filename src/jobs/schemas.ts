@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { Issue } from '../data/index.js';
+import { EvalJobSettings } from '../eval/job-settings.js';
 import { LabelMetrics, PrecisionChoice, ResponseFormat } from '../engine/protocol.js';
 import { parseOrThrow } from '../errors.js';
 import { JobEstimate } from '../train/estimate.js';
@@ -66,6 +67,8 @@ export const WeitiaoJobSettings = z.strictObject({
   label_set: z.union([z.literal('auto'), z.null(), z.array(z.string().min(1)).min(2)]).default('auto'),
   /** Gradient accumulation and checkpointing, early stopping, bf16, length grouping and `nproc` (src/train's TrainingControls). */
   ...TrainingControls.shape,
+  /** After success, score base and fine-tune on the shipped general-ability set (src/eval's forgetting check). */
+  ...EvalJobSettings.shape,
   /** Validate everything a create would, create nothing, and answer with the resolved settings and the estimate (`weitiao.job_plan`). */
   dry_run: z.boolean().optional(),
 });

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import type { EngineEvent } from '../engine/index.js';
+import { listEvalResults } from '../eval/results.js';
 import { createFile, fileContentPath } from '../files/index.js';
 import { retrieveModel } from '../models/index.js';
 import {
@@ -127,6 +128,31 @@ describe('worker with the real engine', () => {
     assert.deepEqual(csv.slice(1).map((l) => Number(l.split(',')[0])), [1, 2, 3, 4, 5, 6]);
     assert.equal(Number(csv[1].split(',')[1]), (metrics[0].data as any).train_loss);
     assert.notEqual(csv[6].split(',')[3], ''); // validation loss at the last step
+  });
+
+  test('a job that asks for the forgetting check gets it after success: events with the delta, the result stored with the job', async () => {
+    const worker = new Worker(fx.ctx, { threads: 1 });
+    const job = createJob(fx.ctx, {
+      model: fx.model,
+      training_file: fx.train,
+      seed: 7,
+      method: { type: 'supervised', supervised: { hyperparameters: { batch_size: 8 } } },
+      weitiao: { lora: { r: 4, alpha: 8 }, max_steps: 1, forgetting_check: { max_examples: 6 } },
+    });
+    assert.equal(await worker.runNext(), job.id);
+    const done = retrieveJob(fx.ctx, job.id);
+    assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
+    const messages = allEvents(job.id).map((e) => e.message);
+    const succeeded = messages.indexOf('The job has successfully completed / 任务已成功完成');
+    assert.ok(succeeded >= 0);
+    // The check runs after the job's success (a failed check would be a warning, never a failed job).
+    const finished = allEvents(job.id).find((e) => e.message.startsWith('Forgetting check: general ability'));
+    assert.ok(finished, messages.join('\n'));
+    assert.ok(messages.indexOf(finished.message) > succeeded);
+    const data = finished.data as { forgetting_check: string; delta: number };
+    assert.ok(Number.isFinite(data.delta));
+    const stored = listEvalResults(fx.ctx, { job_id: job.id });
+    assert.deepEqual(stored.map((r) => r.id), [data.forgetting_check]);
   });
 
   test('a bad training file fails the job with error.param naming the line and field; every issue is an event', async () => {
