@@ -321,5 +321,18 @@ test('server errors show a readable message, never a trace or an endless spinner
   await page.goto(`${baseUrl}/#/datasets/${file.id}`);
   await page.waitForSelector('[data-testid=error]');
   assert.match((await page.textContent('[data-testid=error]')) ?? '', /user template uses column 'x'/);
+
+  // The reinforcement grader editor: the server's 400 names the field; a good grader is tried on a sample.
+  await page.unroute('**/v1/weitiao/datasets/preview');
+  await page.goto(`${baseUrl}/#/new`);
+  await page.selectOption('select[name=method]', 'reinforcement');
+  await page.fill('[data-testid=grader-json]', JSON.stringify({ type: 'string_check', name: 'label', input: '{{sample.output_text}}', reference: '{{item.label}}', operation: 'equals' }));
+  await page.click('[data-testid=grader-validate]');
+  await page.waitForSelector('[data-testid=grader-status]');
+  assert.match((await page.textContent('[data-testid=grader-status]')) ?? '', /operation/);
+  await page.fill('[data-testid=grader-json]', JSON.stringify({ type: 'string_check', name: 'label', input: '{{sample.output_text}}', reference: '{{item.label}}', operation: 'eq' }));
+  await page.click('[data-testid=grader-try]');
+  await page.waitForSelector('[data-testid=grader-reward]');
+  assert.match((await page.textContent('[data-testid=grader-reward]')) ?? '', /1/);
   assert.deepEqual(pageErrors, []);
 });

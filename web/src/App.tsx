@@ -18,6 +18,7 @@ import { StoredReport } from './components/StoredReport';
 
 const NAV: { route: string; label: MessageKey }[] = [
   { route: 'datasets', label: 'nav.datasets' },
+  { route: 'data', label: 'nav.data' },
   { route: 'new', label: 'nav.new' },
   { route: 'jobs', label: 'nav.jobs' },
   { route: 'models', label: 'nav.models' },

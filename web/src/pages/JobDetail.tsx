@@ -9,6 +9,7 @@ import { DataTable } from '../components/DataTable';
 import { LineChart, type Series } from '../components/LineChart';
 import { JobForgettingCheck } from '../components/StoredReport';
 import { AsyncView, ErrorMessage, Loading, ProgressBar, StatusBadge, formatNumber, formatTime } from '../components/ui';
+import { RewardCurves } from '../components/RewardCurves';
 import { useAction, useAsync, useInterval } from '../hooks';
 import { useI18n } from '../i18n';
 import { href } from '../router';
@@ -291,6 +292,7 @@ export function JobDetail({ id }: { id: string }) {
         {(accuracy.length > 0 || isLabelSet) && (
           <LineChart title={t('jobs.accuracy')} series={accuracy} xLabel={t('jobs.step')} yDomain={[0, 1]} testId="accuracy-chart" />
         )}
+        <RewardCurves events={events} />
       </section>
 
       <section className="card">

@@ -4,6 +4,7 @@
  */
 import { useEffect, useState } from 'react';
 import { api, messageOf, type EstimateResponse, type FileObject, type Job, type List, type Model } from '../api';
+import { EXAMPLE_GRADER, GraderEditor, parseGrader } from '../components/GraderEditor';
 import { FileSelect, ModelSelect } from '../components/Pickers';
 import { AsyncView, ErrorMessage, Loading, formatBytes, formatDuration, formatNumber } from '../components/ui';
 import { useAction, useAsync } from '../hooks';
@@ -46,8 +47,10 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
   const [validation, setValidation] = useState(validationFile ?? '');
   const [suffix, setSuffix] = useState('');
   const [seed, setSeed] = useState('');
-  // The recipes the server's estimate covers; full fine-tuning and DPO are in the CLI and the API.
-  const [method, setMethod] = useState<'lora' | 'qlora'>('lora');
+  // The recipes the server's estimate covers, and reinforcement with a grader; full fine-tuning and DPO
+  // are in the CLI and the API.
+  const [method, setMethod] = useState<'lora' | 'qlora' | 'reinforcement'>('lora');
+  const [grader, setGrader] = useState(JSON.stringify(EXAMPLE_GRADER, null, 2));
   const [hp, setHp] = useState<Record<HpName, string>>({
     n_epochs: '',
     batch_size: '',
@@ -69,7 +72,7 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
 
   // The estimate follows the form.
   useEffect(() => {
-    if (!model || !training) return;
+    if (!model || !training || method === 'reinforcement') return; // the estimate covers supervised runs
     const controller = new AbortController();
     setEstimating(true);
     const timer = setTimeout(() => {
@@ -97,6 +100,9 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
 
   const launch = useAction(async () => {
     const { openai, lora } = hyperparameterBody(hp);
+    const parsed = method === 'reinforcement' ? parseGrader(grader) : null;
+    if (parsed && 'error' in parsed) throw new Error(parsed.error);
+    const recipe = method === 'reinforcement' ? null : method;
     const job = await api<Job>('/v1/fine_tuning/jobs', {
       json: {
         model,
@@ -104,9 +110,11 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
         ...(validation ? { validation_file: validation } : {}),
         ...(suffix.trim() ? { suffix: suffix.trim() } : {}),
         ...(seed.trim() ? { seed: Number(seed) } : {}),
-        method: { type: 'supervised', supervised: { hyperparameters: openai } },
-        ...(Object.keys(lora).length || method !== 'lora'
-          ? { weitiao: { ...(method !== 'lora' ? { method } : {}), ...(Object.keys(lora).length ? { lora } : {}) } }
+        method: parsed
+          ? { type: 'reinforcement', reinforcement: { grader: parsed.grader, hyperparameters: openai } }
+          : { type: 'supervised', supervised: { hyperparameters: openai } },
+        ...(Object.keys(lora).length || (recipe && recipe !== 'lora')
+          ? { weitiao: { ...(recipe && recipe !== 'lora' ? { method: recipe } : {}), ...(Object.keys(lora).length ? { lora } : {}) } }
           : {}),
       },
     });
@@ -134,9 +142,10 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
           </label>
           <label>
             {t('new.method')}
-            <select name="method" value={method} onChange={(e) => setMethod(e.target.value as 'lora' | 'qlora')}>
+            <select name="method" value={method} onChange={(e) => setMethod(e.target.value as 'lora' | 'qlora' | 'reinforcement')}>
               <option value="lora">LoRA</option>
               <option value="qlora">QLoRA (NF4)</option>
+              <option value="reinforcement">{t('new.reinforcement')}</option>
             </select>
           </label>
           <label>
@@ -156,6 +165,8 @@ export function NewJob({ trainingFile, validationFile }: { trainingFile?: string
             </AsyncView>
           </label>
         </div>
+
+        {method === 'reinforcement' && <GraderEditor value={grader} onChange={setGrader} />}
 
         <h2>{t('new.hyperparameters')}</h2>
         <p className="muted small">{t('new.autoHelp')}</p>
