@@ -1,3 +1,4 @@
+// Architecture rules checked on the sources: no import cycles; only tests import src/testing/.
 // The module graph of src/ has no import cycles: a cycle makes load order decide which binding is still
 // undefined, and makes a folder impossible to read (or move) on its own. Static `import … from` and
 // `export … from` with relative specifiers count; `import type` (erased by TypeScript) and dynamic
@@ -127,4 +128,12 @@ test('src/ has no import cycles', () => {
   for (const file of sourceFiles(SRC)) graph.set(file, staticImports(file, readFileSync(file, 'utf8')));
   const cycles = findCycles(graph).map((c) => c.map((f) => path.relative(SRC, f)).join(' → '));
   assert.deepEqual(cycles, [], `import cycles in src/:\n${cycles.join('\n')}`);
+});
+
+test('only tests import src/testing/ (test helpers never ship in a product code path)', () => {
+  const TESTING = path.join(SRC, 'testing') + path.sep;
+  const offenders = sourceFiles(SRC)
+    .filter((file) => !file.startsWith(TESTING))
+    .flatMap((file) => staticImports(file, readFileSync(file, 'utf8')).filter((f) => f.startsWith(TESTING)).map((f) => `${path.relative(SRC, file)} → ${path.relative(SRC, f)}`));
+  assert.deepEqual(offenders, []);
 });

@@ -38,7 +38,7 @@ import { projectRoutes } from './routes/projects.js';
 import { objectGuard, projectScope } from './internal/scope.js';
 import { consoleRoutes } from './routes/console.js';
 import { evalResultRoutes } from './routes/eval-results.js';
-import { closeChatEngine } from '../serve/index.js';
+import { closeChatEngine } from '../chat/index.js';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { existsSync } from 'node:fs';
 import path from 'node:path';

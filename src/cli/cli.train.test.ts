@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { fileContentPath, listFiles } from '../files/index.js';
 import { createJob, JobPlan, listJobs } from '../jobs/index.js';
-import { setUpFixture, type Fixture } from '../jobs/internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 
 const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.ts');
 let fx: Fixture;

@@ -1,4 +1,4 @@
-// The warm inference process: through src/serve's chatCompletion, and the WarmEngine class directly,
+// The warm inference process: through src/chat's chatCompletion, and the WarmEngine class directly,
 // on a tiny model built from the waimai reviews plus a random LoRA adapter.
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
@@ -10,8 +10,8 @@ import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { openContext, type Context } from '../context.js';
 import { createTinyModel, registerModel, resolveModel } from '../models/index.js';
-import { chatCompletion, type ChatCompletionParams, type ChatCompletionResult } from '../serve/index.js';
-import { chatEngine, closeChatEngine } from '../serve/internal/runner.js';
+import { chatCompletion, type ChatCompletionParams, type ChatCompletionResult } from '../chat/index.js';
+import { chatEngine, closeChatEngine } from '../chat/internal/runner.js';
 import { enginePython, runEngine } from './index.js';
 import { WarmEngine } from './warm.js';
 

@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { createApp } from '../api/index.js';
 import { formatBaselines, formatForgetting, formatLeaderboard, parseBaseline } from '../cli/commands/eval.js';
 import { createJob, retrieveJob, Worker } from '../jobs/index.js';
-import { setUpFixture, type Fixture } from '../jobs/internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 import { fileContentPath } from '../files/index.js';
 import { WeitiaoError } from '../errors.js';
 import { compareWithBaselines, readChatExamples, type BaselineComparison } from './baseline.js';

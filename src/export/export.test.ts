@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { enginePython, ENGINE_DIR } from '../engine/index.js';
 import { createJob, retrieveJob, Worker } from '../jobs/index.js';
-import { setUpFixture, type Fixture } from '../jobs/internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 import { loadGguf, unloadGguf } from '../llamacpp/index.js';
 import { startServer, type RunningServer } from '../api/index.js';
 import { checkExport, createExport, ExportObject, listExports, retrieveExport, waitForExport } from './index.js';

@@ -8,10 +8,10 @@ import { after, before, describe, test } from 'node:test';
 import { WeitiaoError } from '../errors.js';
 import { createFile, listFiles } from '../files/index.js';
 import { deleteModel } from '../models/index.js';
-import { buildTrainRequest, resolveHyperparameters, resolveTrainingControls, TrainingControls } from '../train/index.js';
+import { buildTrainRequest, resolveHyperparameters, resolveTrainingControls, TrainingControls } from '../hyperparameters/index.js';
 import { createJob, FineTuningJob, JobPlan, listJobCheckpoints, listJobEvents, listJobs, planJob, retrieveJob, Worker } from './index.js';
 import { resolveJob } from './internal/plan.js';
-import { setUpFixture, type Fixture } from './internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 
 let fx: Fixture;
 

@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { EngineEvent } from '../engine/index.js';
 import { registerModel } from '../models/index.js';
 import { now } from '../store/index.js';
-import type { Method } from '../train/index.js';
+import type { Method } from '../hyperparameters/index.js';
 import { checkpointModelName, patchExtension, upsertCheckpoint, type CheckpointMetrics, type JobExtension } from './internal/records.js';
 import { replaceMetricsEvent } from './internal/recovery.js';
 import type { JobJournal } from './outcomes.js';

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createFile, fileContentPath } from '../files/index.js';
 import { createJob, listJobEvents, retrieveJob, Worker } from './index.js';
-import { setUpFixture, type Fixture } from './internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 
 let fx: Fixture;
 let fileId: string;

@@ -6,9 +6,9 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createFile, fileContentPath } from '../files/index.js';
 import { resolveModel, retrieveModel } from '../models/index.js';
-import { chatCompletion, closeChatEngine } from '../serve/index.js';
+import { chatCompletion, closeChatEngine } from '../chat/index.js';
 import { createJob, FineTuningJob, listJobEvents, retrieveJob, Worker } from './index.js';
-import { setUpFixture, type Fixture } from './internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 
 let fx: Fixture;
 let pairs: { train: string; validation: string; lines: string[] };

@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { createApp } from '../api/index.js';
 import { createJob, listJobCheckpoints, listJobEvents, resumeJob, retrieveJob, Worker, type FineTuningJob } from './index.js';
 import { signalGroup } from './internal/process.js';
-import { setUpFixture, type Fixture } from './internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 
 let fx: Fixture;
 

@@ -14,7 +14,7 @@ import OpenAI, { toFile } from 'openai';
 import { startServer, type RunningServer } from '../api/index.js';
 import { fileContentPath } from '../files/index.js';
 import { createKey } from '../keys/index.js';
-import { setUpFixture, type Fixture } from './internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 
 let fx: Fixture;
 let server: RunningServer;

@@ -12,7 +12,7 @@ import { runForgettingCheck } from '../eval/job-checks.js';
 import { createFile, fileContentPath } from '../files/index.js';
 import { registerModel, resolveModel } from '../models/index.js';
 import { now, type DB } from '../store/index.js';
-import { buildTrainRequest, describeTrainingControls, pickTrainingControls, resolveTrainingControls } from '../train/index.js';
+import { buildTrainRequest, describeTrainingControls, pickTrainingControls, resolveTrainingControls } from '../hyperparameters/index.js';
 import { recordEngineEvent, type EngineOutcome, type RunState, type Weights } from './engine-events.js';
 import { isGroupAlive, signalGroup } from './internal/process.js';
 import { fineTunedModelName, parseExtension, patchExtension } from './internal/records.js';

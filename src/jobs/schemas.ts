@@ -8,7 +8,7 @@ import { Issue } from '../data/index.js';
 import { EvalJobSettings } from '../eval/job-settings.js';
 import { LabelMetrics, PrecisionChoice, ResponseFormat } from '../engine/protocol.js';
 import { parseOrThrow } from '../errors.js';
-import { JobEstimate } from '../train/estimate.js';
+import { JobEstimate } from '../hyperparameters/estimate.js';
 import {
   DEFAULT_DPO_BETA,
   DpoBeta,
@@ -19,7 +19,7 @@ import {
   RunSettings,
   SupervisedHyperparameters,
   TrainingControls,
-} from '../train/index.js';
+} from '../hyperparameters/index.js';
 import type { WireJobEvent } from './internal/records.js';
 import { JOB_STATUSES } from './internal/status.js';
 
@@ -27,7 +27,7 @@ import { JOB_STATUSES } from './internal/status.js';
 
 const auto = <T extends z.ZodType>(t: T) => z.union([z.literal('auto'), t]);
 
-/** OpenAI's supervised hyperparameters (each may be `auto`) and DPO's default beta: src/train's, from the engine protocol. */
+/** OpenAI's supervised hyperparameters (each may be `auto`) and DPO's default beta: src/hyperparameters's, from the engine protocol. */
 export { DEFAULT_DPO_BETA, SupervisedHyperparameters };
 
 /** OpenAI's DPO hyperparameters: the supervised ones plus `beta`; each may be `auto`. */
@@ -61,11 +61,11 @@ export const WeitiaoJobSettings = z.strictObject({
   /** Keep the embeddings or the first N decoder layers frozen (the protocol's FullConfig). */
   full: FullSettings.optional(),
   lora: LoraSettings.optional(),
-  /** learning_rate (absolute, instead of base × multiplier), the optimizer's and schedule's, eval/save_every_steps, max_steps, max_seq_length (src/train's RunSettings). */
+  /** learning_rate (absolute, instead of base × multiplier), the optimizer's and schedule's, eval/save_every_steps, max_steps, max_seq_length (src/hyperparameters's RunSettings). */
   ...RunSettings.shape,
   /** `auto`: use the training file's answers when they form a small label set; null: no label metrics. */
   label_set: z.union([z.literal('auto'), z.null(), z.array(z.string().min(1)).min(2)]).default('auto'),
-  /** Gradient accumulation and checkpointing, early stopping, bf16, length grouping and `nproc` (src/train's TrainingControls). */
+  /** Gradient accumulation and checkpointing, early stopping, bf16, length grouping and `nproc` (src/hyperparameters's TrainingControls). */
   ...TrainingControls.shape,
   /** After success, score base and fine-tune on the shipped general-ability set (src/eval's forgetting check). */
   ...EvalJobSettings.shape,
@@ -264,7 +264,7 @@ export const JobPlan = z.object({
   }),
   /** Warnings the file validation found (the job would train anyway), `file:line` located. */
   warnings: z.array(Issue),
-  /** Peak memory, time per epoch and steps (src/train/estimate.ts); null for methods the estimate does not cover. */
+  /** Peak memory, time per epoch and steps (src/hyperparameters/estimate.ts); null for methods the estimate does not cover. */
   estimate: JobEstimate.nullable(),
   notes: z.array(z.string()),
 });

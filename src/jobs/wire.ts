@@ -3,7 +3,7 @@
  * `weitiao` field, server paths hidden), its checkpoints, and a job's engine recipe.
  */
 import { hideServerPaths } from '../errors.js';
-import { pickTrainingControls, resolveTrainingControls, type Method } from '../train/index.js';
+import { pickTrainingControls, resolveTrainingControls, type Method } from '../hyperparameters/index.js';
 import { parseExtension, type JobSettings } from './internal/records.js';
 import type { CheckpointRow, JobRow } from './repository.js';
 import type { FineTuningJob, FineTuningJobCheckpoint } from './schemas.js';

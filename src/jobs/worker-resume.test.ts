@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { cancelJob, createJob, followJobEvents, listJobCheckpoints, listJobEvents, pauseJob, resumeJob, retrieveJob, Worker } from './index.js';
 import { isGroupAlive } from './internal/process.js';
-import { setUpFixture, type Fixture } from './internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 
 let fx: Fixture;
 

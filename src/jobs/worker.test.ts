@@ -21,7 +21,7 @@ import {
   type FineTuningJobEvent,
 } from './index.js';
 import { isGroupAlive } from './internal/process.js';
-import { setUpFixture, type Fixture } from './internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 
 let fx: Fixture;
 

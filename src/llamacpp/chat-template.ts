@@ -1,6 +1,6 @@
 /**
  * A GGUF's own chat template (`tokenizer.chat_template`) rendered the way transformers'
- * `apply_chat_template` renders it, and the rendered prompt turned into tokens. Serving (src/serve) and
+ * `apply_chat_template` renders it, and the rendered prompt turned into tokens. Serving (src/chat) and
  * the post-export check both prompt llama.cpp through here, so a template or stop token written wrong into
  * an export shows up instead of being papered over by a hand-written wrapper.
  *

@@ -1,7 +1,7 @@
 /**
  * llama.cpp in this process, through node-llama-cpp's prebuilt CPU binaries (shipped in its npm package:
  * nothing is downloaded or built at run time). Used by the post-export check (src/export) and by the
- * llama.cpp serving backend (src/serve).
+ * llama.cpp serving backend (src/chat).
  *
  * ```ts
  * const model = await loadGguf('/home/me/.weitiao/exports/export-…/model.gguf');

@@ -1,10 +1,10 @@
 /**
  * /v1/chat/completions over base models, fine-tuned models and checkpoints, each answered by its
- * deployment's backend (src/serve): a `chat.completion`, or with `stream: true` server-sent
+ * deployment's backend (src/chat): a `chat.completion`, or with `stream: true` server-sent
  * `chat.completion.chunk`s ending in `data: [DONE]`.
  */
 import type { Context } from '../../context.js';
-import { ChatCompletion, ChatCompletionParams, createChatCompletion, streamChatCompletion } from '../../serve/index.js';
+import { ChatCompletion, ChatCompletionParams, createChatCompletion, streamChatCompletion } from '../../chat/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
 import { sse } from '../internal/sse.js';

@@ -16,8 +16,8 @@ import { openContext, type Context } from '../../context.js';
 import { createFile, fileContentPath } from '../../files/index.js';
 import { createKey } from '../../keys/index.js';
 import { createTinyModel } from '../../models/index.js';
-import { estimateJob } from '../../train/estimate.js';
-import { resolveHyperparameters } from '../../train/index.js';
+import { estimateJob } from '../../hyperparameters/estimate.js';
+import { resolveHyperparameters } from '../../hyperparameters/index.js';
 import { createApp } from '../index.js';
 
 type Json = Record<string, any>;
@@ -270,7 +270,7 @@ describe('console extension routes /v1/weitiao', () => {
       const stats = await call('GET', `/v1/weitiao/datasets/${trainId}/stats?model=tiny`);
       assert.equal(stats.json.token_unit, 'tokens');
       assert.equal(r.json.trained_tokens, stats.json.total_tokens * resolved.n_epochs);
-      // One estimate everywhere: the engine's (src/train's estimateJob), as `weitiao estimate` and a dry run give it.
+      // One estimate everywhere: the engine's (src/hyperparameters's estimateJob), as `weitiao estimate` and a dry run give it.
       assert.equal(r.json.throughput_source, 'estimate');
       const e = r.json.estimate;
       assert.equal(e.object, 'weitiao.estimate');

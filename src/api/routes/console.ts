@@ -1,8 +1,8 @@
 /**
  * The web console's routes under `/v1/weitiao/` (docs/WEB.md): dataset preview, validation, preparation
  * and stats, the pre-launch estimate, and evaluations. Shells over the services: preview in
- * src/data/preview.ts, the data rules in src/data, the estimate is src/train's `estimateRun` with the
- * explanations of src/train/explain.ts, evaluations in src/eval/file-evaluation.ts. Errors leave through
+ * src/data/preview.ts, the data rules in src/data, the estimate is src/hyperparameters's `estimateRun` with the
+ * explanations of src/hyperparameters/explain.ts, evaluations in src/eval/file-evaluation.ts. Errors leave through
  * the API's one error handler, which hides server paths.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -17,9 +17,9 @@ import { hideServerPaths, WeitiaoError } from '../../errors.js';
 import { evaluateFile } from '../../eval/file-evaluation.js';
 import { createFile, fileContentPath, retrieveFile } from '../../files/index.js';
 import { resolveModel, retrieveModel } from '../../models/index.js';
-import { explainHyperparameters } from '../../train/explain.js';
-import { estimateRun } from '../../train/estimate.js';
-import { LoraSettings, RequestedHyperparameters, resolveHyperparameters } from '../../train/index.js';
+import { explainHyperparameters } from '../../hyperparameters/explain.js';
+import { estimateRun } from '../../hyperparameters/estimate.js';
+import { LoraSettings, RequestedHyperparameters, resolveHyperparameters } from '../../hyperparameters/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
 
@@ -147,7 +147,7 @@ async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
 const STARTUP_SECONDS = 15;
 
 /**
- * src/train's `estimateRun` (the one engine estimate: `weitiao estimate` and a job's dry run give the same)
+ * src/hyperparameters's `estimateRun` (the one engine estimate: `weitiao estimate` and a job's dry run give the same)
  * on `auto` resolved by `resolveHyperparameters` (the worker's rules), each value explained. Not planJob:
  * its file validation is one more uncached tokenizer run per file, and the console asks at every edit.
  */

@@ -7,7 +7,7 @@
 import { z } from 'zod';
 import type { Context } from '../../context.js';
 import { deleteModel, listModels, ModelDeleted, ModelList, ModelObject, publicModel, retrieveModel } from '../../models/index.js';
-import { deploymentsByModel, deployModel, Deployment, DeployParams, retrieveDeployment, undeployModel } from '../../serve/index.js';
+import { deploymentsByModel, deployModel, Deployment, DeployParams, retrieveDeployment, undeployModel } from '../../chat/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
 

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import readline from 'node:readline/promises';
 import type { Context } from '../../context.js';
 import type { ChatMessage } from '../../engine/index.js';
-import { chatCompletion } from '../../serve/index.js';
+import { chatCompletion } from '../../chat/index.js';
 import { number, withContext } from './shared.js';
 
 interface ChatSettings {

@@ -1,7 +1,7 @@
 /** `weitiao estimate`: peak memory and time per epoch of a training run, before starting it. */
 import type { Command } from 'commander';
 import { WeitiaoError } from '../../errors.js';
-import { estimateJob, type JobEstimate } from '../../train/estimate.js';
+import { estimateJob, type JobEstimate } from '../../hyperparameters/estimate.js';
 import { printJson, table } from '../output.js';
 import { autoOr, number, onOff, withContext } from './shared.js';
 

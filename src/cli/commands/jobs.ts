@@ -1,7 +1,7 @@
 /** `weitiao jobs list|show|events|checkpoints|cancel|pause|resume`: fine-tuning jobs, after any restart. */
 import type { Command } from 'commander';
 import { cancelJob, listJobCheckpoints, listJobEvents, listJobs, pauseJob, resumeJob, retrieveJob, type FineTuningJob } from '../../jobs/index.js';
-import { describeTrainingControls } from '../../train/index.js';
+import { describeTrainingControls } from '../../hyperparameters/index.js';
 import { fmt, formatLabelMetrics, formatTime, printJson, table } from '../output.js';
 import { number, withContext } from './shared.js';
 import { runInForeground } from './train.js';

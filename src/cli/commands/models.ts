@@ -1,7 +1,7 @@
 /** `weitiao models list|create-tiny|pull|add|delete|deploy|undeploy`: base models, fine-tuned models and how they are served. */
 import type { Command } from 'commander';
 import { addLocalModel, createTinyModel, deleteModel, listModels, pullModel, type HubSource } from '../../models/index.js';
-import { closeChatEngine, deploymentsByModel, deployModel, undeployModel, type Deployment, type DeployParams } from '../../serve/index.js';
+import { closeChatEngine, deploymentsByModel, deployModel, undeployModel, type Deployment, type DeployParams } from '../../chat/index.js';
 import { ProgressBar } from '../progress.js';
 import { formatTime, printJson, table } from '../output.js';
 import { number, withContext } from './shared.js';

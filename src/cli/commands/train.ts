@@ -10,7 +10,7 @@ import { WeitiaoError } from '../../errors.js';
 import { createFile, deleteFile } from '../../files/index.js';
 import { createJob, pauseJob, planJob, resumeJob, retrieveJob, Worker, type CreateJobParams, type FineTuningJob, type JobPlan } from '../../jobs/index.js';
 import { LoraConfig, TrainHyperparameters } from '../../engine/protocol.js';
-import { DEFAULT_DPO_BETA, describeTrainingControls, OptimizerSettings, resolveTrainingControls } from '../../train/index.js';
+import { DEFAULT_DPO_BETA, describeTrainingControls, OptimizerSettings, resolveTrainingControls } from '../../hyperparameters/index.js';
 import { ProgressBar } from '../progress.js';
 import { fmt, formatLabelMetrics, printJson } from '../output.js';
 import { printEstimate } from './estimate.js';

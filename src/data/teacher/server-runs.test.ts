@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { createApp } from '../../api/index.js';
 import { openContext, type Context } from '../../context.js';
 import { createKey } from '../../keys/index.js';
-import { startStandIn, type StandIn } from './stand-in-server.js';
+import { startStandIn, type StandIn } from '../../testing/teacher-stand-in.js';
 
 type Json = Record<string, any>;
 const REVIEWS = ['送餐很快，味道不错', '等了两个小时，凉了', '香！下次还点', '一般般吧', '难吃', '包装很好，分量足'];

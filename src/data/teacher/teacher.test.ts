@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { validateChatFile, validatePreferenceFile } from '../index.js';
 import { labelFile, mapToLabel, pairsFile, provenanceLines, rejectedUnits, TeacherClient } from './index.js';
-import { startStandIn, type StandIn } from './stand-in-server.js';
+import { startStandIn, type StandIn } from '../../testing/teacher-stand-in.js';
 
 const MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli', 'main.ts');
 const jsonl = (file: string) => readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));

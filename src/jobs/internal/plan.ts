@@ -9,7 +9,7 @@ import { engineTokenCounter, runValidationTask, type Issue, type ValidationRepor
 import { validateReinforcementFile } from '../../data/reinforcement.js';
 import { WeitiaoError, type ErrorCode } from '../../errors.js';
 import { fileContentPath, retrieveFile, type FileObject } from '../../files/index.js';
-import { resolveHyperparameters, type Method, type RequestedHyperparameters, type ResolvedHyperparameters } from '../../train/index.js';
+import { resolveHyperparameters, type Method, type RequestedHyperparameters, type ResolvedHyperparameters } from '../../hyperparameters/index.js';
 import type { JobError, JobSettings } from './records.js';
 
 export type JobFileParam = 'training_file' | 'validation_file';

@@ -7,7 +7,7 @@ import type { LabelMetrics, PrecisionChoice, ResponseFormat } from '../../engine
 import { hideServerPaths } from '../../errors.js';
 import type { DB } from '../../store/index.js';
 import { newId, now } from '../../store/index.js';
-import type { RequestedHyperparameters, ResolvedHyperparameters } from '../../train/index.js';
+import type { RequestedHyperparameters, ResolvedHyperparameters } from '../../hyperparameters/index.js';
 import type { z } from 'zod';
 import type { WeitiaoJobSettings } from '../schemas.js';
 import { insertEvent, updateJobExtension, upsertCheckpointRow, type CheckpointRow, type EventLevel, type EventRow, type JobRow } from '../repository.js';

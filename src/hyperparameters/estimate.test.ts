@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { WeitiaoError } from '../errors.js';
 import { fileContentPath } from '../files/index.js';
-import { setUpFixture, type Fixture } from '../jobs/internal/test-fixtures.js';
+import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 import { autoBatchSize, autoEpochs } from './index.js';
 import { estimateJob } from './estimate.js';
 

@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { startServer, type RunningServer } from '../api/index.js';
 import { chatCompletion, deployModel, undeployModel } from './index.js';
-import { loraFineTune, setUpServing, type ServingFixture } from './internal/test-fixture.js';
+import { loraFineTune, setUpServing, type ServingFixture } from '../testing/chat-fixture.js';
 
 let fx: ServingFixture;
 let server: RunningServer;

@@ -6,10 +6,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { openContext, type Context } from '../../context.js';
-import { runEngine } from '../../engine/index.js';
-import { createTinyModel, registerModel, resolveModel } from '../../models/index.js';
-import { WAIMAI_CSV, writeWaimaiJsonl } from '../../api/internal/test-support.js';
+import { openContext, type Context } from '../context.js';
+import { runEngine } from '../engine/index.js';
+import { createTinyModel, registerModel, resolveModel } from '../models/index.js';
+import { WAIMAI_CSV, writeWaimaiJsonl } from '../api/internal/test-support.js';
 
 export interface ServingFixture {
   tmp: string;

@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { startServer, type RunningServer } from '../api/index.js';
 import { REPO_ROOT } from '../api/internal/test-support.js';
-import { setUpServing, type ServingFixture } from './internal/test-fixture.js';
+import { setUpServing, type ServingFixture } from '../testing/chat-fixture.js';
 
 let fx: ServingFixture;
 let server: RunningServer;

@@ -6,12 +6,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { openContext, type Context } from '../../context.js';
-import { prepareDataset } from '../../data/index.js';
-import { createFile } from '../../files/index.js';
-import { createTinyModel } from '../../models/index.js';
+import { openContext, type Context } from '../context.js';
+import { prepareDataset } from '../data/index.js';
+import { createFile } from '../files/index.js';
+import { createTinyModel } from '../models/index.js';
 
-const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const WAIMAI_CSV = path.resolve(REPO_ROOT, '..', 'shared', 'data', 'waimai_10k.csv');
 
 export interface Fixture {
