@@ -18,7 +18,7 @@ import { openContext, type Context } from '../src/context.js';
 import { runEngine } from '../src/engine/index.js';
 import { llamaLibraryPath } from '../src/llamacpp/index.js';
 import { addLocalModel, registerModel } from '../src/models/index.js';
-import { closeChatEngine, deployModel } from '../src/serve/index.js';
+import { closeChatEngine, deployModel } from '../src/chat/index.js';
 
 const { values } = parseArgs({
   options: {
