@@ -3,14 +3,12 @@
  * column mapping, and the first records turned into chat examples by the same mapper `prepareDataset`
  * uses (in memory: nothing is written), with each record's problems at its line.
  */
-import { z } from 'zod';
 import type { ChatExample } from '../engine/index.js';
-import { WeitiaoError } from '../errors.js';
 import { checkExample, isObjectValue, problem, type Problem } from './internal/check.js';
 import { openSource, readJsonLines, readTable } from './internal/source.js';
 import { detectLabelSet } from './labels.js';
 import { jsonValue, makeMapper } from './mapper.js';
-import { PrepareOptions, type DataFormat, type Issue } from './schemas.js';
+import { parseOptions, PrepareOptions, type DataFormat, type Issue } from './schemas.js';
 
 /** Column → chat turn templates with `{column}` placeholders (the template syntax of prepare). */
 export interface ColumnMapping {
@@ -173,13 +171,9 @@ async function readRecords(file: string, scan: FileScan, fromLine: number, limit
 
 /** The mapper `prepareDataset` would build for this mapping; options are checked as prepare checks them. */
 function mapperFor(scan: FileScan, filename: string, mapping: ColumnMapping, options: PreviewOptions) {
-  const parsed = PrepareOptions.safeParse({ input: filename, output_dir: '.', ...mapping, label_map: options.label_map, label_column: options.label_column });
-  if (!parsed.success) {
-    const first = parsed.error.issues[0];
-    throw new WeitiaoError('invalid_request', `invalid options: ${z.prettifyError(parsed.error)}`, { param: first?.path.join('.') });
-  }
+  const prepare = parseOptions(PrepareOptions, { input: filename, output_dir: '.', ...mapping, label_map: options.label_map, label_column: options.label_column });
   const where = scan.format === 'jsonl' ? `${filename} (keys of its first record)` : `the header of ${filename}`;
-  return makeMapper(parsed.data, scan.columns, where);
+  return makeMapper(prepare, scan.columns, where);
 }
 
 /** The preview of a stored file (`file` on disk, `filename` as the user named it; issues name only the latter). */

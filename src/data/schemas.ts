@@ -1,7 +1,7 @@
 /** The data domain's schemas and types: options, results, reports and the token-counter seam. */
 import { z } from 'zod';
 import type { ChatExample } from '../engine/index.js';
-import { WeitiaoError } from '../errors.js';
+import { parseOrThrow } from '../errors.js';
 import { ENCODINGS } from './internal/encoding.js';
 
 export const Encoding = z.enum(ENCODINGS);
@@ -215,8 +215,5 @@ export const MAX_TOKEN_COUNTS = 1_000_000;
 
 /** Parses service options with a schema; bad input throws `invalid_request` naming the first bad field. */
 export function parseOptions<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
-  const parsed = schema.safeParse(input);
-  if (parsed.success) return parsed.data;
-  const first = parsed.error.issues[0];
-  throw new WeitiaoError('invalid_request', `invalid options: ${z.prettifyError(parsed.error)}`, { param: first?.path.join('.') });
+  return parseOrThrow(schema, input, { where: { en: 'options', zh: '选项' } });
 }

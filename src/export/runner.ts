@@ -15,10 +15,11 @@ import { runCheck, skippedCheck, type CheckReport } from './internal/check.js';
 import { modelfile, ollamaTemplate } from './internal/ollama.js';
 import * as repo from './internal/repository.js';
 import { ollamaCommand, type StoredOptions } from './wire.js';
+import { isAlive } from '../engine/process.js';
 
 /** Marks exports left `running` by a process that is gone as failed. Returns their ids. */
 export function recoverExports(ctx: Context): string[] {
-  const lost = repo.runningExports(ctx).filter((r) => r.pid !== process.pid && !alive(r.pid));
+  const lost = repo.runningExports(ctx).filter((r) => r.pid !== process.pid && !isAlive(r.pid));
   for (const r of lost) {
     repo.finishExport(ctx, r.id, 'failed', {
       code: 'engine_error',
@@ -220,12 +221,3 @@ export function locateData(ctx: Context, data: string): string {
   throw new WeitiaoError('not_found', `check data not found: ${data} / 找不到检查数据：${data}`, { param: 'check_data', file: data });
 }
 
-function alive(pid: number | null): boolean {
-  if (!pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

@@ -27,6 +27,7 @@ import { TeacherConfig } from './endpoint.js';
 import { labelFile, pairsFile, synthesizeFile, type RunControls, type RunSummary } from './index.js';
 import { labelReport } from './label.js';
 import { provenanceLines, rejectedUnits, type Estimate, type RunProgress } from './run.js';
+import { isAlive } from '../../engine/process.js';
 
 const FileId = z.string().regex(/^file-[0-9a-z]+$/i, 'an uploaded file id (file-…)');
 
@@ -144,16 +145,6 @@ function toWire(run: StoredRun): TeacherRunObject {
   return wire;
 }
 
-function alive(pid: number | null): boolean {
-  if (!pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** In this process: the controllers of the runs it is running. */
 const active = new Map<string, { run: StoredRun; stop: AbortController; abort: AbortController; done: Promise<void> }>();
 
@@ -268,7 +259,7 @@ function launch(ctx: Context, run: StoredRun): void {
 
 /** A run left `running` by a process that is gone: failed, resumable. */
 function recovered(ctx: Context, run: StoredRun): StoredRun {
-  if ((run.status === 'running' || run.status === 'queued' || run.status === 'cancelling') && !active.has(run.id) && !(run.pid !== process.pid && alive(run.pid))) {
+  if ((run.status === 'running' || run.status === 'queued' || run.status === 'cancelling') && !active.has(run.id) && !(run.pid !== process.pid && isAlive(run.pid))) {
     Object.assign(run, {
       status: 'failed',
       pid: null,
