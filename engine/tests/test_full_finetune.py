@@ -149,7 +149,7 @@ def test_gradient_accumulation_equals_one_pass(tiny_model, waimai_small, tmp_pat
     data = small_train(waimai_small, tmp_path, 32)
     runs = {}
     for k in (1, 4):
-        hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "gradient_accumulation_steps": k, "gradient_checkpointing": k > 1}
+        hp = {"n_epochs": 1, "batch_size": 16, "learning_rate": 3e-3, "seed": 7, "gradient_accumulation_steps": k, "gradient_checkpointing": k > 1, "bf16": "off"}  # equal in fp32
         runs[k], _ = run_in_process(request(tiny_model, {**data, "validation": None}, tmp_path / f"acc{k}", validation_file=None, hyperparameters=hp), monkeypatch)
     assert runs[4]["final_train_loss"] == pytest.approx(runs[1]["final_train_loss"], abs=1e-5)
     a = load_file(Path(runs[1]["model_dir"]) / "model.safetensors")
@@ -166,7 +166,7 @@ def test_full_packed_batches_train_what_padded_batches_train(tiny_model, waimai_
     runs = {}
     for packing in (True, False):
         monkeypatch.setattr(batching, "PACKING", packing)
-        hp = {"n_epochs": 1, "batch_size": 8, "learning_rate": 3e-3, "seed": 7}
+        hp = {"n_epochs": 1, "batch_size": 8, "learning_rate": 3e-3, "seed": 7, "bf16": "off"}  # equal in fp32
         raw = request(tiny_model, {**data, "validation": None}, tmp_path / f"packed-{packing}", validation_file=None, hyperparameters=hp)
         runs[packing], _ = run_in_process(raw, monkeypatch)
     assert runs[True]["packed"] is True and runs[False]["packed"] is False

@@ -18,7 +18,7 @@ import { runEngine } from '../engine/index.js';
 import { EstimateResult, type EstimateRequest } from '../engine/protocol.js';
 import { parseOrThrow, WeitiaoError } from '../errors.js';
 import { fileContentPath, retrieveFile } from '../files/index.js';
-import { resolveModel } from '../models/index.js';
+import { resolveModelParam } from '../models/index.js';
 import { LoraSettings, resolveHyperparameters, RunSettings, SupervisedHyperparameters, TrainingControls } from './index.js';
 
 export const EstimateParams = z.strictObject({
@@ -80,13 +80,7 @@ export async function estimateJob(ctx: Context, params: EstimateParams, options:
 export async function estimateRun(ctx: Context, params: EstimateRunParams, options: { signal?: AbortSignal } = {}): Promise<JobEstimate> {
   const p = parseOrThrow(EstimateRunParams, params);
   const hp = p.hyperparameters;
-  let model;
-  try {
-    model = resolveModel(ctx, p.model);
-  } catch (err) {
-    const e = WeitiaoError.from(err);
-    throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
-  }
+  const model = resolveModelParam(ctx, p.model);
   const file = trainingFilePath(ctx, p.training_file);
   const method = p.method ?? 'lora';
   const request: EstimateRequest = {

@@ -5,7 +5,7 @@
 import type { Context } from '../context.js';
 import { parseOrThrow, WeitiaoError } from '../errors.js';
 import { retrieveFile } from '../files/index.js';
-import { resolveModel } from '../models/index.js';
+import { resolveModelParam } from '../models/index.js';
 import { newId, now } from '../store/index.js';
 import { estimateRun, type JobEstimate } from '../hyperparameters/estimate.js';
 import { pickTrainingControls, RequestedHyperparameters, resolveTrainingControls, type Method } from '../hyperparameters/index.js';
@@ -136,13 +136,7 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
     );
   }
 
-  let model;
-  try {
-    model = resolveModel(ctx, p.model);
-  } catch (err) {
-    const e = WeitiaoError.from(err);
-    throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
-  }
+  const model = resolveModelParam(ctx, p.model);
   // A fine-tuned model or checkpoint is a fine base too (continued fine-tuning): the worker merges its adapter first.
   requireTrainingFile(ctx, p.training_file, 'training_file');
   if (p.validation_file) requireTrainingFile(ctx, p.validation_file, 'validation_file');

@@ -72,3 +72,13 @@ function requireDir(dir: string, id: string): void {
     );
   }
 }
+
+/** `resolveModel` for a request's `model` field: a failure names the field (`param: 'model'`) for the 400/404. */
+export function resolveModelParam(ctx: Context, name: string): ResolvedModel {
+  try {
+    return resolveModel(ctx, name);
+  } catch (err) {
+    const e = WeitiaoError.from(err);
+    throw new WeitiaoError(e.code, e.message, { param: 'model', cause: e });
+  }
+}

@@ -105,7 +105,7 @@ def setup(request: TrainRequest) -> Run:
         packed=packed, precision_choice=choice,
     )  # fmt: skip
     if request.resume:
-        checkpoints.restore(state, read_weights, lambda path, weights, saved: load_checkpoint(state, path, weights, saved))
+        checkpoints.restore(state, checkpoints.read_weights, lambda path, weights, saved: load_checkpoint(state, path, weights, saved))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log(
@@ -188,16 +188,6 @@ def save_checkpoint(state: Run) -> str:
     return checkpoints.write_checkpoint(
         state, write_model, optimizer, extra_state={"nproc": distributed.world_size()}, extra_summary={"frozen": state.frozen}
     )
-
-
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """Every *.safetensors file of a checkpoint, as one state dict."""
-    from safetensors.torch import load_file
-
-    weights: dict[str, torch.Tensor] = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        weights.update(load_file(f))
-    return weights
 
 
 def load_checkpoint(state: Run, path: Path, weights: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:

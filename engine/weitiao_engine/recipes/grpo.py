@@ -173,7 +173,7 @@ def setup(request: TrainRequest) -> Run:
         stops=stop_ids(model, tokenizer), reference=reference, precision_choice=choice,
     )  # fmt: skip
     if request.resume:
-        checkpoints.restore(state, read_weights, lambda path, weights, saved: load_checkpoint(state, path, weights, saved))
+        checkpoints.restore(state, checkpoints.read_weights, lambda path, weights, saved: load_checkpoint(state, path, weights, saved))
     log(
         f"{len(train_data)} training / {len(valid_data)} validation prompts, {steps_per_epoch} steps per epoch, {total_steps} steps;"
         f" {rl.samples_per_prompt} answers per prompt, grader {grader.type} {grader.name!r}, KL beta {rl.kl_beta},"
@@ -334,15 +334,6 @@ def save_checkpoint(state: Run) -> str:
     extra = {"sampling_rng": state.sampler.get_state(), "valid_reward": state.valid_reward, "initial_valid_reward": state.initial_valid_reward}
     return checkpoints.write_checkpoint(state, write, state.optimizer.state_dict(), extra_state=extra,
                                         extra_summary={"valid_mean_reward": state.valid_reward})  # fmt: skip
-
-
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    weights: dict[str, torch.Tensor] = {}
-    for f in sorted(directory.glob("*.safetensors")):
-        weights.update(load_file(f))
-    return weights
 
 
 def load_checkpoint(state: Run, path: Path, weights: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:

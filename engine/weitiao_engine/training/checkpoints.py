@@ -116,6 +116,16 @@ def restore(state: TrainingState, read_weights: Callable[[Path], Any], load: Cal
     log("resume: no checkpoint yet, starting from the beginning / 没有检查点，从头开始")
 
 
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every *.safetensors file of a checkpoint, as one state dict (full weights may be sharded)."""
+    from safetensors.torch import load_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        weights.update(load_file(f))
+    return weights
+
+
 def save_adapter(model, directory: Path) -> None:
     """A PEFT adapter (adapter_model.safetensors, adapter_config.json), without PEFT's empty model card."""
     model.save_pretrained(directory)
