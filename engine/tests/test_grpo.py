@@ -39,26 +39,28 @@ def prompts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def chance_base(tiny_model: str, prompts: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The tiny model fine-tuned (full) on the training reviews with labels drawn at random: it answers 好评 or 差评,
-    whatever the review says, so the grader's labels are at chance for it."""
-    import pytest as _pytest
-
-    root = tmp_path_factory.mktemp("chance")
+def sft_on_random_labels(tiny_model: str, prompts_file: str, root: Path, hyperparameters: dict[str, Any]) -> str:
+    """The tiny model fine-tuned (full) on `prompts_file`'s prompts with 好评/差评 drawn at random (seed 3): it speaks
+    the format and its answer does not depend on the review. Returns the model directory."""
     rnd = random.Random(3)
-    lines = [json.loads(line) for line in Path(prompts["train"]).read_text(encoding="utf-8").splitlines()]
+    lines = [json.loads(line) for line in Path(prompts_file).read_text(encoding="utf-8").splitlines()]
     examples = [{"messages": line["messages"] + [{"role": "assistant", "content": rnd.choice(list(LABELS.values()))}]} for line in lines]
-    data = {"train": str(write_jsonl(root / "sft.jsonl", examples))}
-    raw = train_request(tiny_model, {**data, "validation": None}, root / "sft", method="full",
-                        hyperparameters={"n_epochs": 2, "batch_size": 16, "learning_rate": 1e-2, "seed": 7, "bf16": "off"})  # fmt: skip
+    data = {"train": str(write_jsonl(root / "sft.jsonl", examples)), "validation": None}
+    raw = train_request(tiny_model, data, root / "sft", method="full", hyperparameters=hyperparameters)
     raw.pop("validation_file")
-    mp = _pytest.MonkeyPatch()
+    mp = pytest.MonkeyPatch()
     try:
         result, _ = run_in_process(raw, mp)
     finally:
         mp.undo()
     return result["model_dir"]
+
+
+@pytest.fixture(scope="module")
+def chance_base(tiny_model: str, prompts: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model at chance on the training reviews' labels: it answers 好评 or 差评, whatever the review says."""
+    hp = {"n_epochs": 2, "batch_size": 16, "learning_rate": 1e-2, "seed": 7, "bf16": "off"}
+    return sft_on_random_labels(tiny_model, prompts["train"], tmp_path_factory.mktemp("chance"), hp)
 
 
 def request(base: str, data: dict[str, str], output_dir: Path, grader: dict[str, Any] = EXACT, **overrides: Any) -> dict[str, Any]:

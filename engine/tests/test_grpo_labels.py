@@ -11,14 +11,13 @@ per-review part outgrows the shared one within ~30 steps."""
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import LABELS, train_request, waimai_rows, write_jsonl
 from test_full_finetune import run_in_process
+from test_grpo import sft_on_random_labels
 
 EXACT = {"type": "string_check", "name": "label", "input": "{{sample.output_text}}", "reference": "{{item.label}}", "operation": "eq"}
 # Clearly polar: the review holds a cue word of its own label and none of the other's.
@@ -54,21 +53,9 @@ def reviews(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def chance_base(tiny_model: str, reviews: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The tiny model fine-tuned (full) on the warm-up reviews with labels drawn at random: it speaks the format and its
-    answer does not depend on the review."""
-    root = tmp_path_factory.mktemp("chance-labels")
-    rnd = random.Random(3)
-    lines = [json.loads(line) for line in Path(reviews["warmup"]).read_text(encoding="utf-8").splitlines()]
-    examples = [{"messages": line["messages"] + [{"role": "assistant", "content": rnd.choice(list(LABELS.values()))}]} for line in lines]
-    raw = train_request(tiny_model, {"train": str(write_jsonl(root / "sft.jsonl", examples)), "validation": None}, root / "sft", method="full",
-                        hyperparameters={"n_epochs": 2, "batch_size": 16, "learning_rate": 1e-2, "seed": 7})  # fmt: skip
-    raw.pop("validation_file")
-    mp = pytest.MonkeyPatch()
-    try:
-        result, _ = run_in_process(raw, mp)
-    finally:
-        mp.undo()
-    return result["model_dir"]
+    """The tiny model fine-tuned on the warm-up reviews (other reviews than the GRPO run's) with random labels."""
+    hp = {"n_epochs": 2, "batch_size": 16, "learning_rate": 1e-2, "seed": 7}
+    return sft_on_random_labels(tiny_model, reviews["warmup"], tmp_path_factory.mktemp("chance-labels"), hp)
 
 
 def test_the_validation_reward_rises_for_the_label_of_the_review(chance_base, reviews, tmp_path, monkeypatch) -> None:

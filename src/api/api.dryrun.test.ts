@@ -14,7 +14,7 @@ import { createFile } from '../files/index.js';
 import { JobPlan } from '../jobs/index.js';
 import { createKey } from '../keys/index.js';
 import { startServer, type RunningServer } from './index.js';
-import { createTestModel, writeWaimaiJsonl } from './internal/test-support.js';
+import { createTestModel, writeWaimaiJsonl } from '../testing/waimai.js';
 
 let dir: string;
 let ctx: Context;

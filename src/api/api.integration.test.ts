@@ -15,7 +15,7 @@ import { createFile } from '../files/index.js';
 import { isGroupAlive } from '../jobs/internal/process.js';
 import { createKey } from '../keys/index.js';
 import { startServer, type RunningServer } from './index.js';
-import { createTestModel, readSse, SYSTEM_PROMPT, writeWaimaiJsonl } from './internal/test-support.js';
+import { createTestModel, readSse, SYSTEM_PROMPT, writeWaimaiJsonl } from '../testing/waimai.js';
 
 let dir: string;
 let ctx: Context;

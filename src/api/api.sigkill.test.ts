@@ -14,7 +14,7 @@ import OpenAI from 'openai';
 import { openContext, type Context } from '../context.js';
 import { isGroupAlive } from '../jobs/internal/process.js';
 import { createKey } from '../keys/index.js';
-import { createTestModel, readSse, REPO_ROOT, writeWaimaiJsonl } from './internal/test-support.js';
+import { createTestModel, readSse, REPO_ROOT, writeWaimaiJsonl } from '../testing/waimai.js';
 
 let dir: string;
 let home: string;

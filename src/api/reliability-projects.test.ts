@@ -21,7 +21,7 @@ import { createProject, runInScope } from '../projects/index.js';
 import { openDatabase } from '../store/index.js';
 import { MIGRATIONS } from '../store/migrations.js';
 import { createApp, startServer, type RunningServer } from './index.js';
-import { createTestModel, REPO_ROOT, writeWaimaiJsonl } from './internal/test-support.js';
+import { createTestModel, REPO_ROOT, writeWaimaiJsonl } from '../testing/waimai.js';
 
 type Json = Record<string, any>;
 const MAIN = path.join(REPO_ROOT, 'src', 'cli', 'main.ts');

@@ -19,7 +19,7 @@ import { cancelJob, createJob, retrieveJob, Worker } from '../jobs/index.js';
 import { registerModel, resolveModel } from '../models/index.js';
 import { checkIntegrity } from '../store/integrity.js';
 import { createApp, startServer } from './index.js';
-import { createTestModel, REPO_ROOT, writeWaimaiJsonl } from './internal/test-support.js';
+import { createTestModel, REPO_ROOT, writeWaimaiJsonl } from '../testing/waimai.js';
 
 type Json = Record<string, any>;
 const MAIN = path.join(REPO_ROOT, 'src', 'cli', 'main.ts');

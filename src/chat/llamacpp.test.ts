@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { startServer, type RunningServer } from '../api/index.js';
-import { REPO_ROOT } from '../api/internal/test-support.js';
+import { REPO_ROOT } from '../testing/waimai.js';
 import { setUpServing, type ServingFixture } from '../testing/chat-fixture.js';
 
 let fx: ServingFixture;

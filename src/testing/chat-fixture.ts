@@ -9,7 +9,7 @@ import path from 'node:path';
 import { openContext, type Context } from '../context.js';
 import { runEngine } from '../engine/index.js';
 import { createTinyModel, registerModel, resolveModel } from '../models/index.js';
-import { WAIMAI_CSV, writeWaimaiJsonl } from '../api/internal/test-support.js';
+import { TINY_WAIMAI, writeWaimaiJsonl } from './waimai.js';
 
 export interface ServingFixture {
   tmp: string;
@@ -25,16 +25,7 @@ export interface ServingFixture {
 export async function setUpServing(name: string): Promise<ServingFixture> {
   const tmp = mkdtempSync(path.join(os.tmpdir(), `weitiao-${name}-`));
   const ctx = openContext({ home: path.join(tmp, 'home') });
-  const model = await createTinyModel(ctx, {
-    name: 'tiny',
-    corpusFiles: [WAIMAI_CSV],
-    hiddenSize: 64,
-    layers: 2,
-    heads: 4,
-    kvHeads: 2,
-    vocabSize: 1024,
-    maxPositionEmbeddings: 512,
-  });
+  const model = await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI });
   const exported = await runEngine('export', { model: model.weitiao.path, format: 'gguf', quantize: 'f16', output_dir: path.join(tmp, 'gguf'), name: 'tiny' });
   return {
     tmp,

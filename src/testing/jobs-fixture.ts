@@ -5,14 +5,13 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { openContext, type Context } from '../context.js';
 import { prepareDataset } from '../data/index.js';
 import { createFile } from '../files/index.js';
 import { createTinyModel } from '../models/index.js';
+import { TINY_WAIMAI, WAIMAI_CSV } from './waimai.js';
 
-const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const WAIMAI_CSV = path.resolve(REPO_ROOT, '..', 'shared', 'data', 'waimai_10k.csv');
+export { WAIMAI_CSV } from './waimai.js';
 
 export interface Fixture {
   tmp: string;
@@ -47,17 +46,7 @@ export async function setUpFixture(name: string): Promise<Fixture> {
     writeFileSync(target, lines.join('\n') + '\n');
     return target;
   };
-  const model = await createTinyModel(ctx, {
-    name: 'tiny',
-    corpusFiles: [WAIMAI_CSV],
-    hiddenSize: 64,
-    layers: 2,
-    heads: 4,
-    kvHeads: 2,
-    intermediateSize: 256,
-    vocabSize: 1024,
-    maxPositionEmbeddings: 512,
-  });
+  const model = await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI });
   const upload = async (file: string) => (await createFile(ctx, { source: file, filename: path.basename(file), purpose: 'fine-tune' })).id;
   const train = await upload(head(prepared.train.file, 64, 'train.jsonl'));
   const validation = await upload(head(prepared.validation.file, 32, 'validation.jsonl'));

@@ -5,12 +5,15 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Context } from '../../context.js';
-import { createTinyModel } from '../../models/index.js';
+import type { Context } from '../context.js';
+import { createTinyModel } from '../models/index.js';
 
-export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const WAIMAI_CSV = path.resolve(REPO_ROOT, '..', 'shared', 'data', 'waimai_10k.csv');
 export const SYSTEM_PROMPT = '你是一位外卖评论好评差评评论专家。';
+
+/** The fixtures' tiny model (name aside): Qwen2, 64 wide, 2 layers, a 1024-token BPE of the waimai CSV, 512 positions. */
+export const TINY_WAIMAI = { corpusFiles: [WAIMAI_CSV], hiddenSize: 64, layers: 2, heads: 4, kvHeads: 2, vocabSize: 1024, maxPositionEmbeddings: 512 };
 
 /** The tiny base model the issue asks for: Qwen2, 64 wide, 2 layers, a 1024-token BPE trained on the waimai CSV. */
 export async function createTestModel(ctx: Context, name = 'tiny-waimai'): Promise<string> {
