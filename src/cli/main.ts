@@ -18,6 +18,7 @@ import { registerBackupCommands } from './commands/backup.js';
 import { registerExportCommands } from './commands/export.js';
 import { registerProjectCommands } from './commands/projects.js';
 import { registerTeacherCommands } from './commands/teacher.js';
+import { registerWorkerCommands } from './commands/worker.js';
 
 const program = new Command('weitiao')
   .description('微调 weitiao: fine-tune open LLMs on your own data, on your own machines')
@@ -41,6 +42,7 @@ registerDoctorCommands(program);
 registerBackupCommands(program);
 registerExportCommands(program);
 registerProjectCommands(program);
+registerWorkerCommands(program);
 
 try {
   await program.parseAsync(process.argv);
