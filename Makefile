@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 PIP_FLAGS ?= --retries 0 --disable-pip-version-check
 export WEITIAO_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: setup demo test test-node test-engine typecheck bench bench-upload clean check-python browser malloc
+.PHONY: setup demo test test-node test-engine test-distill typecheck bench bench-upload clean check-python browser malloc
 
 setup: node_modules/.stamp $(VENV)/.stamp dist/.stamp dist/web/index.html malloc
 
@@ -77,6 +77,11 @@ test-node: setup browser
 	node scripts/run-node-tests.mjs
 
 test: setup typecheck test-engine test-node
+
+# Distillation (issue 18): the demo's model, served by weitiao serve, labels 500 reviews; a student trained on
+# those labels alone is evaluated on real labels. Minutes of CPU (more when .demo holds no model): not in `make test`.
+test-distill: setup
+	WEITIAO_DISTILL=1 node scripts/run-node-tests.mjs src/data/teacher/distill.e2e.test.ts
 
 # Side-by-side speed benchmark (TRL SFTTrainer vs the engine); writes BENCHMARKS.md. Takes about 20 minutes on 2 quiet cores.
 bench: setup

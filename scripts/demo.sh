@@ -4,7 +4,10 @@
 # real base model, so that it runs in minutes on 2 CPU cores. Its random embeddings carry no meaning, so
 # LoRA alone cannot move its answers (measured: stuck at the majority class); the demo also trains the
 # embedding (`--modules-to-save embed_tokens`). A real pretrained base needs only LoRA.
+# `bash scripts/demo.sh --train-only`: steps 1, 2 and 4 only (base model, data, fine-tune), no evaluation or
+# export; the distillation test (make test-distill) trains its teacher this way when .demo holds no model.
 set -euo pipefail
+TRAIN_ONLY=$([ "${1:-}" = "--train-only" ] && echo 1 || true)
 cd "$(dirname "$0")/.."
 
 DEMO=.demo
@@ -27,16 +30,19 @@ echo; echo "== 2. prepare the data 准备数据 =="
 weitiao data prepare "$DATA" -o "$DEMO/data" \
   --system "你是一位外卖评论好评差评评论专家。" --user "{review}" --assistant "{label}" \
   --label-map 1=好评,0=差评 --validation 0.3 --seed 100 --model tiny-qwen2
+if [ -z "$TRAIN_ONLY" ]; then
 weitiao data stats "$DEMO/data/train.jsonl" --model tiny-qwen2 --epochs 2
 
 echo; echo "== 3. the base model before fine-tuning 微调前 =="
 weitiao eval --model tiny-qwen2 --data "$DEMO/data/validation.jsonl" --output "$DEMO/eval-base.json"
+fi
 
 echo; echo "== 4. fine-tune with LoRA 微调 =="
 weitiao train --model tiny-qwen2 --train "$DEMO/data/train.jsonl" --validation "$DEMO/data/validation.jsonl" \
   --suffix waimai --epochs 2 --batch-size 16 --learning-rate 3e-3 --lora-r 16 --lora-alpha 32 --modules-to-save embed_tokens \
   --eval-every 200 --seed 100
 MODEL=$(node bin/weitiao.js jobs list --json --limit 1 | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).data[0].fine_tuned_model))')
+if [ -n "$TRAIN_ONLY" ]; then echo; echo "fine-tuned model 微调模型: $MODEL"; exit 0; fi
 
 echo; echo "== 5. evaluate: fine-tuned beside base 评估：微调后对比微调前 =="
 weitiao eval --model "$MODEL" --data "$DEMO/data/validation.jsonl" --output "$DEMO/eval-finetuned.json"

@@ -78,6 +78,8 @@ export async function startStandIn(): Promise<StandIn> {
   };
   const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
   const server: Server = createServer(async (req: IncomingMessage, res: ServerResponse) => {
+    // Like Ollama or vLLM, no weitiao model records (labelling's training-prompt look-up gets a 404).
+    if (req.method !== 'POST') return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"message":"not found"}}');
     let raw = '';
     for await (const chunk of req) raw += chunk;
     const body = JSON.parse(raw) as { model: string; messages: { role: string; content: string }[]; logprobs?: boolean; top_logprobs?: number };

@@ -110,13 +110,15 @@ export function registerTeacherCommands(data: Command): void {
       .option('--answer-column <name>', 'column to fill (rows that have it keep it) / 要补全的列', 'label')
       .option('--instruction <text>', 'extra instruction before the label list / 额外说明')
       .option('--no-logprobs', 'do not ask for logprobs (no confidence) / 不请求 logprobs')
-      .option('--on-unknown <mode>', 'answers matching no label: drop | keep (closest label, flagged) / 无法匹配标签的回答', 'drop'),
+      .option('--on-unknown <mode>', 'answers matching no label: drop | keep (closest label, flagged) / 无法匹配标签的回答', 'drop')
+      .option('--prompt <mode>', "auto: a weitiao fine-tune trained on these labels is asked in its training prompt's shape | instruction: always the generic label prompt / 提示方式", 'auto'),
   ).action(async (file: string, o) => {
+    if (!['auto', 'instruction'].includes(o.prompt)) throw new WeitiaoError('invalid_request', `--prompt must be auto or instruction / 须为 auto 或 instruction`, { param: 'prompt' });
     if (!['drop', 'keep'].includes(o.onUnknown)) throw new WeitiaoError('invalid_request', `--on-unknown must be drop or keep / 须为 drop 或 keep`, { param: 'on_unknown' });
     await runWithTerminal(
       'label 标注',
       o,
-      (c) => labelFile({ input: file, column: o.column, labels: list(o.labels), answer_column: o.answerColumn, instruction: o.instruction, logprobs: o.logprobs, on_unknown: o.onUnknown }, c),
+      (c) => labelFile({ input: file, column: o.column, labels: list(o.labels), answer_column: o.answerColumn, instruction: o.instruction, logprobs: o.logprobs, on_unknown: o.onUnknown, ...(o.prompt === 'auto' ? {} : { prompt: o.prompt }) }, c), // auto left out: the run settings of earlier runs stay equal
       (s) => ({ labels: labelReport(provenanceLines(s.files)) }),
     );
   });

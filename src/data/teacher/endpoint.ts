@@ -138,6 +138,26 @@ export class TeacherClient {
     if (at > now) await sleep(at - now, signal);
   }
 
+  /**
+   * One GET below the base URL (e.g. `models/<id>`), sent once with a short timeout: for look-ups that are
+   * optional (an endpoint other than weitiao's answers 404), so any failure is null, never an error.
+   */
+  async get(pathBelowBase: string, signal?: AbortSignal, timeoutMs = 15_000): Promise<Response | null> {
+    const timeout = AbortSignal.timeout(timeoutMs);
+    try {
+      const res = await fetch(`${this.config.base_url.replace(/\/+$/, '')}/${pathBelowBase}`, {
+        headers: this.apiKey ? { authorization: `Bearer ${this.apiKey}` } : {},
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      });
+      if (res.ok) return res;
+      await res.body?.cancel();
+      return null;
+    } catch (err) {
+      if (signal?.aborted) throw err;
+      return null;
+    }
+  }
+
   /** One chat completion, retried on 429/5xx/network errors; a 4xx other than those is thrown at once. */
   async chat(request: ChatRequest, signal?: AbortSignal): Promise<ChatAnswer> {
     await this.acquire();

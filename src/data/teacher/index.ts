@@ -10,12 +10,14 @@ import { checkLabelOptions, labelUnits, readLabelRows, type LabelOptions } from 
 import { pairsPlan, type PairsOptions } from './pairs.js';
 import { TeacherRun, type Estimate, type RunPaths, type RunProgress, type Unit } from './run.js';
 import { checkSynthesizeOptions, synthesisPlan, type SynthesizeOptions } from './synthesize.js';
+import { trainedPrompt } from './trained-prompt.js';
 
 export { TeacherClient, TeacherConfig, DEFAULT_API_KEY_ENV, retryAfterMs, type TeacherConfigInput, type ChatAnswer } from './endpoint.js';
 export { mapToLabel, labelScores, labelReport, type LabelOptions, type LabelReport } from './label.js';
 export { NearDuplicateIndex, jaccard, shingleHashes, similarity } from '../internal/near-duplicates.js';
 export { runPaths, estimateTokens, rejectedUnits, provenanceLines, type Estimate, type RunProgress } from './run.js';
 export { DEFAULT_PERSONAS, parseGenerated, type SynthesizeOptions } from './synthesize.js';
+export { trainedPrompt, type TrainedPrompt } from './trained-prompt.js';
 
 export interface RunControls {
   output: string;
@@ -65,8 +67,10 @@ export async function labelFile(options: LabelOptions, c: RunControls): Promise<
   checkLabelOptions(options);
   const teacher = new TeacherClient(c.teacher);
   const rows = await readLabelRows(options);
-  const run = new TeacherRun(c.output, { command: 'label', options, teacher: teacher.describe() });
-  const { units, work } = labelUnits(options, rows, teacher);
+  const trained = (options.prompt ?? 'auto') === 'auto' ? await trainedPrompt(teacher, options.labels, c.signal) : null;
+  // The prompt used is part of the run's settings: a resume must ask the same way (absent = the generic prompt, as before).
+  const run = new TeacherRun(c.output, { command: 'label', options, teacher: teacher.describe(), ...(trained ? { trained_prompt: trained } : {}) });
+  const { units, work } = labelUnits(options, rows, teacher, trained);
   return drive(run, [teacher], units, work, c);
 }
 

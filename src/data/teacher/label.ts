@@ -8,6 +8,7 @@ import { WeitiaoError } from '../../errors.js';
 import { openSource, readJsonLines, readTable } from '../internal/source.js';
 import { TeacherClient, type ChatAnswer, type ChatRequest } from './endpoint.js';
 import type { Unit, UnitOutcome } from './run.js';
+import type { TrainedPrompt } from './trained-prompt.js';
 
 export interface LabelOptions {
   input: string;
@@ -21,6 +22,11 @@ export interface LabelOptions {
   /** Ask for logprobs (off for endpoints that refuse them; turned off by itself on such a refusal). */
   logprobs?: boolean;
   on_unknown?: 'drop' | 'keep';
+  /**
+   * `auto` (default): when the teacher is a weitiao fine-tune trained on this label set, ask in the shape of
+   * its training examples (trained-prompt.ts); `instruction`: always the generic prompt listing the labels.
+   */
+  prompt?: 'auto' | 'instruction';
 }
 
 export interface LabelRow {
@@ -108,20 +114,23 @@ export async function readLabelRows(options: LabelOptions): Promise<LabelRow[]> 
   return rows;
 }
 
-export function labelPrompt(options: LabelOptions, text: string, logprobs: boolean): ChatRequest {
+export function labelPrompt(options: LabelOptions, text: string, logprobs: boolean, trained: TrainedPrompt | null = null): ChatRequest {
+  const longest = Math.max(...options.labels.map((l) => [...l].length));
+  const sampling = { temperature: 0, max_tokens: Math.max(8, longest * 2 + 4), ...(logprobs ? { logprobs: true, top_logprobs: 5 } : {}) };
+  if (trained) {
+    // The teacher's own training shape: its system message (the instruction is not added: it never saw one) and the bare text.
+    return { messages: [...(trained.system !== null ? [{ role: 'system' as const, content: trained.system }] : []), { role: 'user', content: text }], ...sampling };
+  }
   const list = options.labels.join(', ');
   const system =
     `${options.instruction ? options.instruction + '\n' : ''}` +
     `Answer with exactly one of these labels and nothing else: ${list}\n请只回答以下标签之一，不要输出其他内容：${options.labels.join('、')}`;
-  const longest = Math.max(...options.labels.map((l) => [...l].length));
   return {
     messages: [
       { role: 'system', content: system },
       { role: 'user', content: text },
     ],
-    temperature: 0,
-    max_tokens: Math.max(8, longest * 2 + 4),
-    ...(logprobs ? { logprobs: true, top_logprobs: 5 } : {}),
+    ...sampling,
   };
 }
 
@@ -132,22 +141,22 @@ export function checkLabelOptions(options: LabelOptions): void {
   }
 }
 
-/** The units of a labelling run (one per row) and the work that labels one. */
-export function labelUnits(options: LabelOptions, rows: LabelRow[], teacher: TeacherClient) {
+/** The units of a labelling run (one per row) and the work that labels one; `trained`: the teacher's training prompt, if used. */
+export function labelUnits(options: LabelOptions, rows: LabelRow[], teacher: TeacherClient, trained: TrainedPrompt | null = null) {
   const answerColumn = options.answer_column ?? 'label';
   let logprobs = options.logprobs ?? true;
   const has = (r: LabelRow) => r.values[answerColumn] !== undefined && String(r.values[answerColumn]).trim() !== '';
   const units: (Unit & { row: LabelRow })[] = rows.map((row) => ({
     key: `line:${row.line}`,
     row,
-    planned: has(row) ? [] : [labelPrompt(options, String(row.values[options.column] ?? ''), logprobs)],
+    planned: has(row) ? [] : [labelPrompt(options, String(row.values[options.column] ?? ''), logprobs, trained)],
   }));
   const work = async (unit: Unit, ask: (i: number, c: TeacherClient, r: ChatRequest) => Promise<ChatAnswer>): Promise<UnitOutcome> => {
     const { row } = unit as Unit & { row: LabelRow };
     if (has(row)) return { outcome: 'written', line: row.values, provenance: { source: 'input', input_line: row.line } };
     const text = String(row.values[options.column] ?? '');
     if (text.trim() === '') return { outcome: 'rejected', reason: `empty '${options.column}'`, detail: { input_line: row.line } };
-    let request = labelPrompt(options, text, logprobs);
+    let request = labelPrompt(options, text, logprobs, trained);
     let answer: ChatAnswer;
     try {
       answer = await ask(0, teacher, request);
@@ -156,7 +165,7 @@ export function labelUnits(options: LabelOptions, rows: LabelRow[], teacher: Tea
       // (Its own request decides, not `logprobs`: a concurrent unit may have turned that off already.)
       if (!(err instanceof WeitiaoError && err.code === 'invalid_request' && /logprob/i.test(err.message) && request.logprobs)) throw err;
       logprobs = false;
-      request = labelPrompt(options, text, false);
+      request = labelPrompt(options, text, false, trained);
       answer = await ask(0, teacher, request);
     }
     const { label, match } = mapToLabel(answer.content, options.labels);
@@ -166,6 +175,7 @@ export function labelUnits(options: LabelOptions, rows: LabelRow[], teacher: Tea
       input_line: row.line,
       teacher: teacher.describe(),
       prompt: request.messages,
+      ...(trained ? { prompt_from: { training_file: trained.training_file } } : {}),
       created_at: new Date().toISOString(),
       answer: answer.content,
       label,
