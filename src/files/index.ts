@@ -5,20 +5,23 @@
  * const file = await createFile(ctx, { source: 'train.jsonl', filename: 'train.jsonl', purpose: 'fine-tune' });
  * // {id: 'file-…', object: 'file', bytes, created_at, filename, purpose, status: 'processed'}
  * ```
- * A file is stored once, as `<home>/files/<id>/<filename>`: streamed to a temporary directory while its
- * bytes are counted (never whole in memory), then renamed into place, so a failed or oversized upload
- * leaves nothing behind.
+ * A file is stored once, as the object `files/<id>/<filename>` of the store (src/storage): streamed to a
+ * temporary directory while its bytes are counted (never whole in memory), checked, then handed to the
+ * store, so a failed or oversized upload leaves nothing behind. With the default local store the object is
+ * `<home>/files/<id>/<filename>`; with object storage (`WEITIAO_STORAGE_URL=s3://…`) it is uploaded and
+ * that same path is its local copy, which `materializeFile` downloads again where it is missing.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { z } from 'zod';
 import type { Context } from '../context.js';
 import { reportError, runValidationTask } from '../data/index.js';
 import { parseOrThrow, WeitiaoError } from '../errors.js';
 import { unfinishedJobUsingFile } from '../jobs/repository.js';
+import { storageFor } from '../storage/index.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
 
 /** OpenAI's purposes that make sense here; `fine-tune-results` is what jobs write (metrics CSV). */
@@ -121,8 +124,9 @@ export async function createFile(ctx: Context, params: CreateFileParams): Promis
   }
 
   const id = newId('file');
+  const store = storageFor(ctx);
+  const key = objectKey({ id, filename });
   const tmpDir = path.join(ctx.home.files, `.tmp-${id}`);
-  const finalDir = path.join(ctx.home.files, id);
   await mkdir(tmpDir, { recursive: true });
   let bytes = 0;
   const counter = new Transform({
@@ -146,12 +150,13 @@ export async function createFile(ctx: Context, params: CreateFileParams): Promis
       await pipeline(input as Readable, counter, createWriteStream(target, { flags: 'wx' }));
     }
     if (TEXT_PURPOSES.includes(purpose.data)) bytes = await normalizeText(target, filename, params);
-    await rename(tmpDir, finalDir);
+    await store.putFile(key, target, { move: true });
   } catch (err) {
-    await rm(tmpDir, { recursive: true, force: true });
     // A stream source must not be left half-read and paused (an HTTP request would hang).
     if (typeof params.source !== 'string') (params.source as Readable).resume?.();
     throw err instanceof WeitiaoError ? err : new WeitiaoError('internal_error', `could not store ${filename}: ${String(err)}`, { cause: err });
+  } finally {
+    await rm(tmpDir, { recursive: true, force: true });
   }
 
   const row: FileRow = {
@@ -159,7 +164,7 @@ export async function createFile(ctx: Context, params: CreateFileParams): Promis
     filename,
     purpose: purpose.data,
     bytes,
-    path: path.join(finalDir, filename),
+    path: store.localPath(key),
     created_at: now(),
     status: 'processed',
     status_details: null,
@@ -172,7 +177,8 @@ export async function createFile(ctx: Context, params: CreateFileParams): Promis
       )
       .run(row);
   } catch (err) {
-    await rm(finalDir, { recursive: true, force: true });
+    await store.delete(key).catch(() => undefined);
+    await rm(path.dirname(store.localPath(key)), { recursive: true, force: true });
     throw WeitiaoError.from(err);
   }
   return toWire(row);
@@ -197,9 +203,30 @@ export function retrieveFile(ctx: Context, id: string): FileObject {
   return toWire(getRow(ctx, id));
 }
 
-/** Where a file's bytes are, e.g. to stream `GET /v1/files/{id}/content` or to hand to the engine. */
+/**
+ * Where a file's bytes are on this host, without checking that they are there. With the local store they
+ * always are; with object storage only where the local copy exists (the host that uploaded the file, or
+ * one that called `materializeFile`): code that may run elsewhere should call `materializeFile`.
+ */
 export function fileContentPath(ctx: Context, id: string): string {
   return getRow(ctx, id).path;
+}
+
+/** A local path holding the file's checked bytes, downloaded from object storage when missing or stale. */
+export async function materializeFile(ctx: Context, id: string): Promise<string> {
+  const row = getRow(ctx, id);
+  const store = storageFor(ctx);
+  if (store.kind === 'local') return row.path; // the stored file itself (also for rows from before the store)
+  return store.materialize(objectKey(row));
+}
+
+/** The file's bytes as a stream, checked against their sha256 as they are read (the stream errors at its end on a mismatch). */
+export async function openFileContent(ctx: Context, id: string): Promise<Readable> {
+  const row = getRow(ctx, id);
+  const store = storageFor(ctx);
+  const key = objectKey(row);
+  if (store.kind === 'local' && store.localPath(key) !== row.path) return createReadStream(row.path); // a row from before the store
+  return store.get(key);
 }
 
 /** Deletes a file and its bytes; `conflict` while an unfinished job still needs it. */
@@ -212,6 +239,7 @@ export async function deleteFile(ctx: Context, id: string): Promise<FileDeleted>
     });
   }
   ctx.db.prepare('DELETE FROM files WHERE id = ?').run(id);
+  await storageFor(ctx).delete(objectKey(row));
   await rm(path.dirname(row.path), { recursive: true, force: true });
   return { id, object: 'file', deleted: true };
 }
@@ -220,6 +248,11 @@ function getRow(ctx: Context, id: string): FileRow {
   const row = ctx.db.prepare('SELECT * FROM files WHERE id = ?').get(id) as FileRow | undefined;
   if (!row) throw new WeitiaoError('not_found', `no such file: ${id} / 文件不存在`, { param: 'file_id' });
   return row;
+}
+
+/** The file's key in the store: the home's layout, `files/<id>/<filename>`. */
+function objectKey(row: { id: string; filename: string }): string {
+  return `files/${row.id}/${row.filename}`;
 }
 
 function toWire(row: FileRow): FileObject {

@@ -1,0 +1,219 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { after, before, describe, test } from 'node:test';
+import { openContext } from '../context.js';
+import { WeitiaoError } from '../errors.js';
+import { createFile, deleteFile, fileContentPath, materializeFile, openFileContent, retrieveFile } from '../files/index.js';
+import { MIN_PART_SIZE, openStore, parseStorageUrl, storageFor, type ObjectStore } from './index.js';
+
+// s3rver ships no types: the little of it the tests use.
+interface S3rverServer {
+  run(): Promise<{ address: string; port: number }>;
+  close(): Promise<void>;
+  httpServer: import('node:http').Server;
+}
+const S3rver = createRequire(import.meta.url)('s3rver') as new (options: Record<string, unknown>) => S3rverServer;
+
+const BUCKET = 'weitiao-test';
+const PREFIX = 'team/甲';
+
+/** One backend under test: its store, and how to damage an object's bytes where the backend keeps them. */
+interface Backend {
+  name: 'local' | 's3';
+  store: ObjectStore;
+  /** `WEITIAO_STORAGE_URL` for the service-level test. */
+  url: string;
+  /** The requests the server saw (`PUT /bucket/key?partNumber=2&…`); empty for the local backend. */
+  requests: string[];
+  corrupt(key: string): void;
+  close(): Promise<void>;
+}
+
+async function localBackend(tmp: string): Promise<Backend> {
+  const root = path.join(tmp, 'objects');
+  const store = openStore({ kind: 'local', root }, { cache: root });
+  return { name: 'local', store, url: `file://${root}`, requests: [], corrupt: (key) => flipFirstByte(path.join(root, key)), close: async () => {} };
+}
+
+/** A local S3-compatible server on a free port, with its objects in a temp dir; the SDK reaches it through the usual variables. */
+async function s3Backend(tmp: string): Promise<Backend> {
+  const dir = path.join(tmp, 's3rver');
+  const server = new S3rver({ address: '127.0.0.1', port: 0, directory: dir, silent: true, configureBuckets: [{ name: BUCKET }] });
+  const { port } = await server.run();
+  const requests: string[] = [];
+  server.httpServer.prependListener('request', (req: import('node:http').IncomingMessage) => requests.push(`${req.method} ${decodeURIComponent(req.url ?? '')}`));
+  Object.assign(process.env, {
+    AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${port}`,
+    AWS_REGION: 'us-east-1',
+    AWS_ACCESS_KEY_ID: 'S3RVER', // s3rver's built-in account
+    AWS_SECRET_ACCESS_KEY: 'S3RVER',
+    AWS_EC2_METADATA_DISABLED: 'true',
+  });
+  const cache = path.join(tmp, 'cache');
+  const store = openStore({ kind: 's3', bucket: BUCKET, prefix: PREFIX }, { cache, partSize: MIN_PART_SIZE });
+  return {
+    name: 's3',
+    store,
+    url: `s3://${BUCKET}/${PREFIX}`,
+    requests,
+    // s3rver keeps an object's bytes in `<dir>/<bucket>/<key>._S3rver_object`.
+    corrupt: (key) => flipFirstByte(path.join(dir, BUCKET, ...`${PREFIX}/${key}`.split('/')) + '._S3rver_object'),
+    close: () => server.close(),
+  };
+}
+
+function flipFirstByte(file: string): void {
+  const bytes = readFileSync(file);
+  bytes[0] = bytes[0]! ^ 0xff;
+  writeFileSync(file, bytes); // same size: only the checksum can tell
+}
+
+const isMismatch = (key: string) => (err: unknown) =>
+  err instanceof WeitiaoError && err.code === 'internal_error' && err.message.includes(key) && /checksum mismatch/.test(err.message) && /校验和不匹配/.test(err.message);
+
+for (const make of [localBackend, s3Backend]) {
+  describe(`object storage: ${make.name.replace('Backend', '')} backend`, () => {
+    let tmp: string;
+    let b: Backend;
+    before(async () => {
+      tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-storage-'));
+      b = await make(tmp);
+    });
+    after(async () => {
+      await b.close();
+      rmSync(tmp, { recursive: true, force: true });
+    });
+
+    test('a file with a Chinese name and content round-trips through put, head, get and getToFile', async () => {
+      const key = 'files/file-1/训练数据.jsonl';
+      const text = '{"messages":[{"role":"user","content":"味道不错，送得也快"}]}\n'.repeat(20);
+      const put = await b.store.put(key, Readable.from([Buffer.from(text)]));
+      assert.equal(put.size, Buffer.byteLength(text));
+      assert.match(put.sha256!, /^[0-9a-f]{64}$/);
+      const head = await b.store.head(key);
+      assert.equal(head?.size, put.size);
+      assert.equal(head?.sha256, put.sha256, 'the sha256 is stored with the object');
+      assert.equal((await buffer(await b.store.get(key))).toString('utf8'), text);
+      const dest = path.join(tmp, 'out', '下载.jsonl');
+      await b.store.getToFile(key, dest);
+      assert.equal(readFileSync(dest, 'utf8'), text);
+      assert.equal(await b.store.head('files/file-1/none.jsonl'), null);
+      await assert.rejects(b.store.get('files/file-1/none.jsonl'), (e) => e instanceof WeitiaoError && e.code === 'not_found');
+    });
+
+    test('a 12 MB object uploads in 5 MB parts and comes back whole', async () => {
+      const bytes = randomBytes(12 * 1024 * 1024);
+      const source = path.join(tmp, 'big.bin');
+      writeFileSync(source, bytes);
+      const key = 'exports/export-1/model.gguf';
+      await b.store.putFile(key, source);
+      assert.ok(existsSync(source), 'without move the source stays');
+      const head = await b.store.head(key);
+      assert.equal(head?.size, bytes.length);
+      if (b.name === 's3') {
+        // s3rver gives a multipart object a plain MD5 ETag, so count the parts on the wire instead.
+        const parts = b.requests.filter((r) => r.startsWith(`PUT /${BUCKET}/${PREFIX}/${key}?`)).map((r) => /partNumber=(\d+)/.exec(r)?.[1]);
+        assert.deepEqual(parts.sort(), ['1', '2', '3'], 'three parts: 5 + 5 + 2 MB');
+      }
+      assert.ok((await buffer(await b.store.get(key))).equals(bytes));
+    });
+
+    test('a damaged object is refused on get, getToFile and materialize, naming the object', async () => {
+      const key = 'files/file-2/坏.jsonl';
+      const source = path.join(tmp, 'bad-source.jsonl');
+      writeFileSync(source, '{"a":"完好"}\n'.repeat(50));
+      await b.store.putFile(key, source);
+      b.corrupt(key);
+      await assert.rejects(async () => buffer(await b.store.get(key)), isMismatch(key));
+      const dest = path.join(tmp, 'bad-copy.jsonl');
+      await assert.rejects(b.store.getToFile(key, dest), isMismatch(key));
+      assert.ok(!existsSync(dest), 'nothing is left at the destination');
+      if (b.name === 's3') {
+        await assert.rejects(b.store.materialize(key), isMismatch(key));
+        assert.ok(!existsSync(b.store.localPath(key)), 'no local copy is made of damaged bytes');
+      }
+    });
+
+    test('materialize gives a local path, reuses a copy whose checksum matches and replaces an edited one', async () => {
+      const key = 'files/file-3/验证.jsonl';
+      const text = '{"b":"原文"}\n'.repeat(30);
+      await b.store.put(key, Readable.from([Buffer.from(text)]));
+      const local = await b.store.materialize(key);
+      assert.equal(local, b.store.localPath(key));
+      assert.equal(readFileSync(local, 'utf8'), text);
+      if (b.name === 's3') {
+        rmSync(local);
+        assert.equal(readFileSync(await b.store.materialize(key), 'utf8'), text, 'a missing copy is downloaded');
+        const mtime = statSync(local).mtimeMs;
+        assert.equal(await b.store.materialize(key), local);
+        assert.equal(statSync(local).mtimeMs, mtime, 'a matching copy is reused, not downloaded again');
+        writeFileSync(local, text + '{"b":"改过"}\n');
+        assert.equal(readFileSync(await b.store.materialize(key), 'utf8'), text, 'an edited copy is replaced by the stored bytes');
+      }
+    });
+
+    test('list returns the objects under a prefix, sorted; delete removes an object and its local copy', async () => {
+      const keys = ['runs/r1/b.txt', 'runs/r1/a.txt', 'runs/r1/sub/c.txt', 'runs/r2/d.txt'];
+      for (const key of keys) await b.store.put(key, Readable.from([Buffer.from(`内容 ${key}`)]));
+      const listed = await b.store.list('runs/r1/');
+      assert.deepEqual(
+        listed.map((o) => o.key),
+        ['runs/r1/a.txt', 'runs/r1/b.txt', 'runs/r1/sub/c.txt'],
+      );
+      assert.deepEqual(listed.map((o) => o.size), listed.map((o) => Buffer.byteLength(`内容 ${o.key}`)));
+      assert.deepEqual((await b.store.list('runs/')).map((o) => o.key).length, 4);
+      await b.store.delete('runs/r1/b.txt');
+      assert.equal(await b.store.head('runs/r1/b.txt'), null);
+      assert.ok(!existsSync(b.store.localPath('runs/r1/b.txt')));
+      assert.deepEqual((await b.store.list('runs/r1/')).map((o) => o.key), ['runs/r1/a.txt', 'runs/r1/sub/c.txt']);
+      await assert.rejects(b.store.put('../escape.txt', Readable.from([Buffer.from('x')])), (e) => e instanceof WeitiaoError && e.code === 'invalid_request');
+    });
+
+    test('the files service stores an upload in the store and reads it back materialized', async () => {
+      const home = path.join(tmp, 'home');
+      const previous = process.env.WEITIAO_STORAGE_URL;
+      process.env.WEITIAO_STORAGE_URL = b.url;
+      const ctx = openContext({ home });
+      try {
+        const line = JSON.stringify({ messages: [{ role: 'user', content: '送餐太慢了' }, { role: 'assistant', content: '差评' }] }) + '\n';
+        const source = path.join(tmp, '外卖训练.jsonl');
+        writeFileSync(source, line.repeat(8));
+        const file = await createFile(ctx, { source, filename: '外卖训练.jsonl', purpose: 'fine-tune', check: true });
+        assert.equal(storageFor(ctx).kind, b.name);
+        const key = `files/${file.id}/外卖训练.jsonl`;
+        assert.equal((await storageFor(ctx).head(key))?.size, file.bytes, 'the object holds the upload');
+        if (b.name === 's3') {
+          rmSync(path.dirname(fileContentPath(ctx, file.id)), { recursive: true }); // as on a host that did not upload it
+          assert.ok(!existsSync(fileContentPath(ctx, file.id)));
+        }
+        const local = await materializeFile(ctx, file.id);
+        assert.equal(readFileSync(local, 'utf8'), line.repeat(8));
+        assert.equal((await buffer(await openFileContent(ctx, file.id))).toString('utf8'), line.repeat(8));
+        await deleteFile(ctx, file.id);
+        assert.equal(await storageFor(ctx).head(key), null, 'deleting the file deletes the object');
+        assert.ok(!existsSync(local));
+        assert.throws(() => retrieveFile(ctx, file.id), (e) => e instanceof WeitiaoError && e.code === 'not_found');
+      } finally {
+        ctx.close();
+        if (previous === undefined) delete process.env.WEITIAO_STORAGE_URL;
+        else process.env.WEITIAO_STORAGE_URL = previous;
+      }
+    });
+  });
+}
+
+describe('WEITIAO_STORAGE_URL', () => {
+  test('unset is the home, s3:// names a bucket and prefix, anything else is refused naming the variable', () => {
+    assert.deepEqual(parseStorageUrl(undefined, '/h'), { kind: 'local', root: '/h' });
+    assert.deepEqual(parseStorageUrl('s3://bucket/a/b/', '/h'), { kind: 's3', bucket: 'bucket', prefix: 'a/b' });
+    assert.deepEqual(parseStorageUrl('s3://bucket', '/h'), { kind: 's3', bucket: 'bucket', prefix: '' });
+    assert.deepEqual(parseStorageUrl('file:///data/objects', '/h'), { kind: 'local', root: '/data/objects' });
+    assert.throws(() => parseStorageUrl('minio://x', '/h'), (e) => e instanceof WeitiaoError && e.param === 'WEITIAO_STORAGE_URL');
+  });
+});
