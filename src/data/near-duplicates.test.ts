@@ -1,13 +1,14 @@
 // Near duplicates (issue 18): hand-made Chinese near-duplicate reviews found by the shared index (the one the
 // teacher's synthesis filter uses), reported by prepare beside exact duplicates, left out with `dedupe`
-// (naming the line kept), and validation examples that leak from the training split.
+// (naming the line kept), validation examples that leak from the training split, and the same warnings from
+// validateChatFile (the console's check), whose index is bounded.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { prepareDataset } from './index.js';
-import { NearDuplicateIndex, similarity } from './near-duplicates.js';
+import { prepareDataset, validateChatFile } from './index.js';
+import { NearDuplicateCheck, NearDuplicateIndex, similarity } from './near-duplicates.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-neardup-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -107,5 +108,44 @@ describe('prepare', () => {
       expected,
     );
     for (const w of leaks) assert.equal(Number(w.message.match(/training line (\d+)/)?.[1]), partner[w.line!]);
+  });
+});
+
+// The console's check of a chat JSONL (validateChatFile) reports what prepare reports, with a bounded index.
+describe('validateChatFile', () => {
+  const chat = path.join(tmp, 'reviews.jsonl');
+  const label = { '1': '好评', '0': '差评' } as Record<string, string>;
+  writeFileSync(chat, ROWS.map(([l, review]) => JSON.stringify({ messages: [{ role: 'system', content: '你是评论专家。' }, { role: 'user', content: review }, { role: 'assistant', content: label[l] }] })).join('\n') + '\n');
+
+  test('near-duplicate prompts are warnings beside the exact duplicate, as in prepare', async () => {
+    const r = await validateChatFile(chat);
+    assert.equal(r.error_count, 0);
+    // JSONL lines are the CSV's rows one up (no header).
+    assert.deepEqual(
+      r.warnings.filter((w) => /duplicate/.test(w.code)).map((w) => [w.line, w.code, w.message.match(/line (\d+)/)?.[1]]),
+      [
+        [3, 'near_duplicate', '1'],
+        [5, 'exact_duplicate', '2'],
+        [7, 'near_duplicate', '4'],
+      ],
+    );
+  });
+
+  test('a bounded check stops when its index is full and says from which line', () => {
+    // Bounds of 3 prompts: lines 1-3 are indexed (3 is near 1), line 4 finds the index full.
+    const check = new NearDuplicateCheck(chat, false, undefined, { texts: 3, shingles: 1_000 });
+    const examples = readFileSync(chat, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const results = examples.map((e, i) => check.check(e, i + 1));
+    assert.deepEqual(
+      results.map((r) => (r && 'problem' in r ? r.problem.code : null)),
+      [null, null, 'near_duplicate', 'near_duplicate_check_limited', null, null, null, null],
+      'line 7 (near line 4) goes unchecked after the stop',
+    );
+    assert.equal(check.stoppedAt, 4);
+    assert.match((results[3] as { problem: { message: string } }).problem.message, /stopped at line 4.*3 prompts/);
+    // The shingle bound stops it too: line 1's 12 shingles fill a bound of 10.
+    const byShingles = new NearDuplicateCheck(chat, false, undefined, { texts: 1_000, shingles: 10 });
+    examples.forEach((e, i) => byShingles.check(e, i + 1));
+    assert.equal(byShingles.stoppedAt, 2);
   });
 });

@@ -3,14 +3,15 @@
  * one's (beside the exact and conflicting duplicates src/data/internal/check.ts finds), `dedupe` leaving
  * such examples out (listed with file:line and the line kept), and train/validation leakage after the split
  * (a validation example nearly the same as a training one). Prompts are compared on their user turns only:
- * a system prompt every example shares would make them all look alike.
+ * a system prompt every example shares would make them all look alike. validateChatFile (the console's and
+ * the uploads' check) reports near duplicates the same way, with a bounded index.
  */
 import type { ChatExample } from '../engine/index.js';
 import { problem, type Problem } from './internal/check.js';
 import { NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex } from './internal/near-duplicates.js';
 import type { Issue } from './schemas.js';
 
-export { NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex, jaccard, shingleHashes, similarity } from './internal/near-duplicates.js';
+export { NEAR_DUPLICATE_STREAM_LIMITS, NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex, jaccard, shingleHashes, similarity } from './internal/near-duplicates.js';
 
 /** The user turns of an example, one after the other: what near-duplicate checks compare. */
 export function userText(example: ChatExample): string {
@@ -26,6 +27,8 @@ const percent = (s: number) => `${Math.round(s * 100)}%`;
  * Per example in reading order. With `dedupe`, an example whose prompt matches a kept one at or above the
  * threshold (identical prompts included) is dropped and listed in `dropped`; without it, a near (not
  * identical) match is a `near_duplicate` warning.
+ * `bounds` (validateChatFile, which streams files of any size: NEAR_DUPLICATE_STREAM_LIMITS): the index
+ * holds at most that many prompts and shingles, and the check stops once it is full, with one warning naming the line.
  */
 export class NearDuplicateCheck {
   private readonly index: NearDuplicateIndex;
@@ -33,19 +36,32 @@ export class NearDuplicateCheck {
   private readonly lines: number[] = [];
   readonly dropped: Issue[] = [];
   private warnedFull = false;
+  /** The line from which a bounded check stopped (its index was full); null while it runs. */
+  stoppedAt: number | null = null;
 
   constructor(
     private readonly file: string,
     private readonly dedupe: boolean,
     threshold = NEAR_DUPLICATE_THRESHOLD,
+    private readonly bounds: { texts: number; shingles: number } | null = null,
   ) {
-    this.index = new NearDuplicateIndex(threshold);
+    this.index = bounds ? new NearDuplicateIndex(threshold, bounds.texts, bounds.shingles) : new NearDuplicateIndex(threshold);
   }
 
   /** `drop`: leave the example out (already listed in `dropped`); else a warning to report, or null. */
   check(example: ChatExample, line: number): { drop: true } | { problem: Problem } | null {
-    const text = userText(example);
+    if (this.stoppedAt !== null) return null;
     const full = this.index.full;
+    if (full && this.bounds) {
+      // Memory and time stay bounded however big the file: later lines are not checked at all.
+      this.stoppedAt = line;
+      const { texts, shingles } = this.bounds;
+      const note =
+        `near-duplicate check stopped at line ${line}: its index is full (${this.index.size} prompts; at most ${texts} prompts or ${shingles} shingles); later lines are not checked for near duplicates / ` +
+        `近似重复检查在第 ${line} 行停止：索引已满（${this.index.size} 条提示），之后的行不再检查近似重复`;
+      return { problem: problem('near_duplicate_check_limited', null, note, 'warning') };
+    }
+    const text = userText(example);
     const { match, index } = this.dedupe ? this.findThenMaybeAdd(text) : this.index.findAndAdd(text);
     if (index >= 0) this.lines.push(line);
     if (full && !this.warnedFull) {

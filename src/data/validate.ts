@@ -4,12 +4,14 @@ import { resolveEncoding } from './internal/encoding.js';
 import { IssueList, MAX_REPORTED_ISSUES, validationCancelled } from './internal/issues.js';
 import { assertReadable, readJsonLines } from './internal/source.js';
 import { LabelSetDetector } from './labels.js';
+import { NEAR_DUPLICATE_STREAM_LIMITS, NearDuplicateCheck } from './near-duplicates.js';
 import { MAX_TOKEN_COUNTS, parseOptions, ValidateOptions, type DataDeps, type ValidationReport } from './schemas.js';
 import { checkLengths, tokenCounter, TOKEN_BATCH_CHARS, TOKEN_BATCH_EXAMPLES, type Located } from './tokens.js';
 
 /**
  * Checks a chat-format JSONL file and reports every problem (OpenAI cookbook categories, weights,
- * duplicates, conflicting answers, and with a model the token length). Errors mean the file must not be
+ * duplicates, conflicting answers, near-duplicate prompts as `data prepare` finds them, and with a model
+ * the token length). Errors mean the file must not be
  * trained on; warnings are for a person to look at.
  */
 export async function validateChatFile(file: string, options: ValidateOptions = {}, deps: DataDeps = {}): Promise<ValidationReport> {
@@ -19,6 +21,7 @@ export async function validateChatFile(file: string, options: ValidateOptions = 
   const encoding = await resolveEncoding(file, opts.encoding);
   const issues = new IssueList(file, MAX_REPORTED_ISSUES);
   const duplicates = new DuplicateFinder(opts.conflicts);
+  const nearDuplicates = new NearDuplicateCheck(file, false, undefined, NEAR_DUPLICATE_STREAM_LIMITS);
   const labels = new LabelSetDetector();
   const counter = tokenCounter(opts, deps);
   let tokenCounts: number[] | null = counter ? [] : null;
@@ -50,7 +53,11 @@ export async function validateChatFile(file: string, options: ValidateOptions = 
     problems.forEach((p) => issues.add(row.line, p));
     if (!example) continue;
     const dup = duplicates.check(example, row.line);
-    if (dup) issues.add(row.line, dup);
+    // Every example goes into the near-duplicate index; an exact or conflicting duplicate is reported once, as such.
+    const near = nearDuplicates.check(example, row.line);
+    if (near && 'problem' in near && near.problem.code === 'near_duplicate_check_limited') issues.add(null, near.problem); // names its line
+    else if (dup) issues.add(row.line, dup);
+    else if (near && 'problem' in near) issues.add(row.line, near.problem);
     labels.add(answerOf(example));
     valid++;
     if (counter) {

@@ -11,6 +11,12 @@ export const SHINGLE_SIZE = 3;
 export const NEAR_DUPLICATE_THRESHOLD = 0.7;
 /** Texts indexed at most: past this, later texts are still compared with the indexed ones but not added. */
 export const NEAR_DUPLICATE_LIMIT = 200_000;
+/**
+ * The bounds of the index in `validateChatFile`, which streams files of any size (uploads, the console's
+ * check): ~4 MB of band keys for 50,000 prompts (12 bucket entries each, ~25 MB of Map at worst) and
+ * 16 MB of shingle hashes. Past either the check stops and the report says from which line.
+ */
+export const NEAR_DUPLICATE_STREAM_LIMITS = { texts: 50_000, shingles: 4_000_000 } as const;
 
 // LSH: BANDS bands of ROWS min-hashes. A pair is a candidate when one band matches entirely: for Jaccard s
 // that happens with probability 1 − (1 − s²)¹²: 0.998 at s = 0.6, 0.9999 at 0.7, 0.42 at 0.2 (then rejected
@@ -105,11 +111,13 @@ export interface NearMatch {
 export class NearDuplicateIndex {
   private readonly shingles: Uint32Array[] = [];
   private readonly buckets = new Map<number, number | number[]>();
+  private shinglesHeld = 0;
 
-  /** `threshold`: Jaccard at or above which two texts count as the same. */
+  /** `threshold`: Jaccard at or above which two texts count as the same; `limit` texts and `maxShingles` shingle hashes held at most. */
   constructor(
     readonly threshold = NEAR_DUPLICATE_THRESHOLD,
     readonly limit = NEAR_DUPLICATE_LIMIT,
+    readonly maxShingles = Infinity,
   ) {}
 
   get size(): number {
@@ -117,7 +125,7 @@ export class NearDuplicateIndex {
   }
 
   get full(): boolean {
-    return this.shingles.length >= this.limit;
+    return this.shingles.length >= this.limit || this.shinglesHeld >= this.maxShingles;
   }
 
   find(text: string): NearMatch | null {
@@ -158,6 +166,7 @@ export class NearDuplicateIndex {
     if (this.full) return -1;
     const i = this.shingles.length;
     this.shingles.push(s);
+    this.shinglesHeld += s.length;
     for (const key of keys) {
       const bucket = this.buckets.get(key);
       if (bucket === undefined) this.buckets.set(key, i);
