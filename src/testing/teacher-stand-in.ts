@@ -21,6 +21,9 @@ export interface StandIn {
   delayMs: number;
   /** Refuse `logprobs` with a 400 like weitiao's engine backend does. */
   refuseLogprobs: boolean;
+  /** GET /models/{id} and /files/{id}/content answers, as weitiao serve gives them (empty: 404, like Ollama or vLLM). */
+  models: Map<string, unknown>;
+  files: Map<string, string>;
   /** Answers the requests held so far (set `holdAfter` to null first, or later ones are held again). */
   releaseHeld(): void;
   close(): Promise<void>;
@@ -67,6 +70,8 @@ export async function startStandIn(): Promise<StandIn> {
     holdAfter: null,
     delayMs: 0,
     refuseLogprobs: false,
+    models: new Map(),
+    files: new Map(),
     releaseHeld: () => {
       for (const h of held.splice(0)) h.answer();
     },
@@ -78,8 +83,14 @@ export async function startStandIn(): Promise<StandIn> {
   };
   const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
   const server: Server = createServer(async (req: IncomingMessage, res: ServerResponse) => {
-    // Like Ollama or vLLM, no weitiao model records (labelling's training-prompt look-up gets a 404).
-    if (req.method !== 'POST') return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"message":"not found"}}');
+    if (req.method !== 'POST') {
+      const url = decodeURI(req.url ?? '');
+      const model = /\/v1\/models\/(.+)$/.exec(url)?.[1];
+      const file = /\/v1\/files\/([^/]+)\/content$/.exec(url)?.[1];
+      if (model && s.models.has(model)) return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(s.models.get(model)));
+      if (file && s.files.has(file)) return void res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(s.files.get(file));
+      return void res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"message":"not found"}}');
+    }
     let raw = '';
     for await (const chunk of req) raw += chunk;
     const body = JSON.parse(raw) as { model: string; messages: { role: string; content: string }[]; logprobs?: boolean; top_logprobs?: number };

@@ -68,6 +68,36 @@ describe('data label', () => {
     assert.equal(jsonl(output).length, rows.length);
   });
 
+  test("a weitiao fine-tune trained on the label set is asked in its training prompt's shape", async () => {
+    // What weitiao serve answers about a fine-tune: its job's training file, and that file's examples.
+    const system = '你是一位外卖评论好评差评评论专家。';
+    const example = (review: string, label: string) => JSON.stringify({ messages: [{ role: 'system', content: system }, { role: 'user', content: review }, { role: 'assistant', content: label }] });
+    server.models.set('labeller', { id: 'labeller', object: 'model', weitiao: { kind: 'fine-tuned', metadata: { training_file: 'file-train1', label_set: 'auto' } } });
+    server.files.set('file-train1', [example('好吃', '好评'), example('太慢', '差评')].join('\n') + '\n');
+    try {
+      const input = path.join(dir, 'trained.jsonl');
+      writeFileSync(input, [{ review: '好吃又快，训练提示' }, { review: '太慢了，训练提示' }].map((r) => JSON.stringify(r)).join('\n'));
+      const label = (output: string, labels: string[], prompt?: 'instruction') =>
+        labelFile({ input, column: 'review', labels, instruction: '判断情感', ...(prompt ? { prompt } : {}) }, { output: path.join(dir, output), teacher: { base_url: server.url, model: 'labeller', concurrency: 1 } });
+      const trained = provenanceLines((await label('trained-out.jsonl', ['好评', '差评'])).files);
+      assert.deepEqual(trained.map((p) => p.prompt), [
+        [{ role: 'system', content: system }, { role: 'user', content: '好吃又快，训练提示' }],
+        [{ role: 'system', content: system }, { role: 'user', content: '太慢了，训练提示' }],
+      ]);
+      assert.deepEqual(trained.map((p) => [p.label, p.prompt_from]), [['好评', { training_file: 'file-train1' }], ['差评', { training_file: 'file-train1' }]]);
+      // Labels it was not trained on, or --prompt instruction: the generic prompt listing the labels.
+      for (const [out, labels, prompt] of [['other-labels.jsonl', ['好评', '一般']], ['forced.jsonl', ['好评', '差评'], 'instruction']] as const) {
+        const p = provenanceLines((await label(out, [...labels], prompt)).files)[0];
+        const messages = p.prompt as { role: string; content: string }[];
+        assert.ok(messages[0].content.startsWith('判断情感\n') && messages[0].content.includes(labels.join('、')), `${out}: ${messages[0].content}`);
+        assert.equal(p.prompt_from, undefined);
+      }
+    } finally {
+      server.models.clear();
+      server.files.clear();
+    }
+  });
+
   test('an endpoint that refuses logprobs still labels, without confidence', async () => {
     server.refuseLogprobs = true;
     try {
