@@ -18,6 +18,7 @@ import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
 import { DEFAULT_MAX_BYTES, deleteFile } from '../files/index.js';
 import { isJobUnfinished, Worker } from '../jobs/index.js';
+import { EvalRunQueue, type EvalRunQueueOptions } from '../evals/index.js';
 import { checkIntegrity, integritySummary } from '../store/integrity.js';
 import { verifyKey } from '../keys/index.js';
 import { z } from 'zod';
@@ -146,6 +147,8 @@ export interface ServerOptions {
   auth: boolean;
   /** Run queued jobs in this process. */
   worker: boolean;
+  /** Settings of the eval-run queue the server always runs (src/evals/queue.ts). */
+  evalQueue?: EvalRunQueueOptions;
   maxUploadBytes?: number;
   /** Stop gracefully on SIGTERM/SIGINT (default true; in-process tests turn it off). */
   handleSignals?: boolean;
@@ -168,6 +171,7 @@ export interface RunningServer {
   host: string;
   port: number;
   worker: Worker | null;
+  evalQueue: EvalRunQueue;
   /** Stops accepting, ends open streams, stops the worker (a running job checkpoints), idempotent. */
   close(): Promise<void>;
 }
@@ -216,6 +220,11 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
   const worker = options.worker ? new Worker(ctx) : null;
   worker?.on('worker_error', (err) => log(`worker: ${err.code}: ${err.message}`));
   worker?.start();
+  // Eval runs have no other runner (`weitiao worker` takes fine-tuning jobs only), so the server runs them
+  // with or without --no-worker.
+  const evalQueue = new EvalRunQueue(ctx, { judgeBaseUrl: `${url}/v1`, ...options.evalQueue });
+  evalQueue.on('queue_error', (err) => log(`eval queue: ${err.code}: ${err.message}`));
+  evalQueue.start();
   log(`weitiao API listening on ${url}/v1 (OpenAPI: ${url}/openapi.json)${worker ? ', worker running' : ''}`);
   // Rows without files and folders without rows (a lost WAL, a hand-deleted folder) are said at start-up.
   const integrity = checkIntegrity(ctx);
@@ -231,6 +240,7 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
       server.closeIdleConnections();
       const streamsGrace = setTimeout(() => server.closeAllConnections(), 2000);
       await worker?.stop();
+      await evalQueue.stop();
       await closeChatEngine();
       await stopped;
       clearTimeout(streamsGrace);
@@ -255,7 +265,7 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
     process.once('SIGINT', onSignal);
   }
 
-  return { url, host, port, worker, close };
+  return { url, host, port, worker, evalQueue, close };
 }
 
 export { createKey, listKeys, revokeKey, verifyKey, type CreatedKey, type KeyRecord } from '../keys/index.js';

@@ -1,6 +1,8 @@
 // The Evals API through the official openai SDK against a real server on 127.0.0.1: an eval with grader
 // criteria, a run answered by a real tiny model (engine subprocess), a run grading given samples from an
-// uploaded file, output items, and the errors the SDK turns into its own classes.
+// uploaded file, output items, and the errors the SDK turns into its own classes. Then the durable queue:
+// runs queued through one connection to the home and executed by a queue on another, a run whose worker died
+// resumed after its stored rows, cancel of a queued and of a running run.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -11,20 +13,24 @@ import { startServer, type RunningServer } from '../api/index.js';
 import { openContext, type Context } from '../context.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
-import { recoverRuns } from './index.js';
-import { renderTemplate } from './internal/runner.js';
+import { cancelRun, createEval, createRun, EvalRunQueue, listOutputItems, listRunEvents, retrieveRun } from './index.js';
+import * as repo from './internal/repository.js';
+import { meanWithInterval, renderTemplate } from './internal/runner.js';
 
 const REPO = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
 const WAIMAI = path.resolve(REPO, '../shared/data/waimai_10k.csv');
 
 let dir: string;
 let ctx: Context;
+/** A second connection to the same home, as another process would open it. */
+let other: Context;
 let server: RunningServer;
 let client: OpenAI;
 
 before(async () => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-evals-'));
   ctx = openContext({ home: path.join(dir, 'home') });
+  other = openContext({ home: path.join(dir, 'home') });
   await createTinyModel(ctx, { name: 'tiny', corpusFiles: [WAIMAI], hiddenSize: 64, layers: 2, vocabSize: 1024 });
   const key = createKey(ctx, { name: 'evals' }).key;
   server = await startServer(ctx, { host: '127.0.0.1', port: 0, auth: true, worker: false, handleSignals: false, log: () => {}, webDir: null });
@@ -32,6 +38,7 @@ before(async () => {
 });
 after(async () => {
   await server?.close();
+  other?.close();
   ctx?.close();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -120,6 +127,15 @@ describe('Evals API with the openai SDK', () => {
     assert.deepEqual(runs, [run.id]);
     const one = await client.evals.runs.outputItems.retrieve(out[1].id, { eval_id: ev.id, run_id: run.id });
     assert.equal(one.id, out[1].id);
+    // Progress in weitiao's field and as events (weitiao's route beside OpenAI's).
+    const extra = (done as unknown as { weitiao: { progress: unknown; attempts: number } }).weitiao;
+    assert.deepEqual(extra.progress, { phase: 'grade', current: 3, total: 3 });
+    assert.equal(extra.attempts, 1);
+    const events = (await client.get(`/evals/${ev.id}/runs/${run.id}/events`)) as { data: { message: string; data: { current?: number } | null }[] };
+    assert.match(events.data[0].message, /^Created eval run/);
+    assert.match(events.data[1].message, /^Started: 3 items/);
+    assert.equal(events.data.at(-2)!.data!.current, 3, 'the last chunk scored reports 3 of 3');
+    assert.match(events.data.at(-1)!.message, /^Completed/);
   });
 
   test('a jsonl run grades the samples of an uploaded file: pass and fail exactly as given', async () => {
@@ -164,21 +180,115 @@ describe('Evals API with the openai SDK', () => {
     assert.equal(deleted.deleted, true);
   });
 
-  test('a run a dead process left in progress is failed when a server starts', async () => {
-    const ev = await client.evals.create({ data_source_config: { type: 'custom', item_schema: {} }, testing_criteria: [criteria[0]] });
-    const stuck = 'evalrun_stuck';
-    ctx.db
-      .prepare("INSERT INTO eval_runs (id, eval_id, name, model, data_source, status, created_at) VALUES (?, ?, 'r', 'tiny', '{}', 'in_progress', 0)")
-      .run(stuck, ev.id);
-    assert.equal(recoverRuns(ctx), 1);
-    const run = await client.evals.runs.retrieve(stuck, { eval_id: ev.id });
-    assert.equal(run.status, 'failed');
-    assert.equal(run.error.code, 'interrupted');
-    assert.equal(recoverRuns(ctx), 0);
-  });
-
   test('templates fill nested item fields and refuse missing ones', () => {
     assert.equal(renderTemplate('问：{{ item.q.text }} / {{item.n}}', { q: { text: '好吃吗' }, n: 3 }), '问：好吃吗 / 3');
     assert.throws(() => renderTemplate('{{item.missing}}', {}), /item\.missing/);
+  });
+  test('a criterion mean and its bootstrap interval from stored scores', () => {
+    assert.deepEqual(meanWithInterval([1, 1, 1]), { value: 1, ci_low: 1, ci_high: 1, scale: 1 });
+    const m = meanWithInterval([1, 0, 1, 0]);
+    assert.equal(m.value, 0.5);
+    assert.ok(m.ci_low >= 0 && m.ci_low < 0.5 && m.ci_high > 0.5 && m.ci_high <= 1, JSON.stringify(m));
+    assert.deepEqual(meanWithInterval([1, 0, 1, 0]), m, 'seeded: the same interval every time');
+  });
+});
+
+// ------------------------------------------------------------------------------------------ the queue
+
+/** A pid no process has: the worker that wrote it is gone. */
+const DEAD_PID = 2 ** 22 + 12_345;
+const samples = (n: number) =>
+  Array.from({ length: n }, (_, i) => ({ item: { answer: i % 2 ? '差评' : '好评' }, sample: { output_text: '好评' } }));
+const jsonlRun = (n: number) => ({ data_source: { type: 'jsonl' as const, source: { type: 'file_content' as const, content: samples(n) } } });
+
+describe('eval runs in the durable queue', () => {
+  test('two connections claim one queued run: exactly one gets it', () => {
+    const ev = createEval(ctx, { data_source_config: { type: 'custom', item_schema: {} }, testing_criteria: [criteria[0]] });
+    const run = createRun(ctx, ev.id, jsonlRun(1));
+    // Claimed before this test yields, so the server's queue cannot take it first.
+    const a = repo.claimRun(ctx, 'evalqueue-a:1', run.id);
+    const b = repo.claimRun(other, 'evalqueue-b:1', run.id);
+    assert.equal(a?.worker_id, 'evalqueue-a:1');
+    assert.equal(b, null);
+    assert.equal(repo.getRunRow(other, run.id)!.attempts, 1);
+    cancelRun(ctx, ev.id, run.id);
+  });
+
+  test("a run whose worker died is queued again and finishes with one output item per row, its stored rows not scored again", async () => {
+    const ev = createEval(ctx, { data_source_config: { type: 'custom', item_schema: {} }, testing_criteria: [criteria[0]] });
+    const run = createRun(ctx, ev.id, jsonlRun(3));
+    // As a queue in a process now gone left it: claimed, row 0 stored, heartbeat old.
+    const gone = `evalqueue-gone:${DEAD_PID}`;
+    assert.ok(repo.claimRun(ctx, gone, run.id));
+    const first: repo.OutputItemObject = {
+      object: 'eval.run.output_item', id: 'outputitem_stored_before', run_id: run.id, eval_id: ev.id, created_at: 0, status: 'pass',
+      datasource_item_id: 0, datasource_item: samples(1)[0].item, results: [{ name: 'exact', type: 'string_check', score: 1, passed: true, sample: null }],
+      sample: { output: [{ role: 'assistant', content: '好评' }] },
+    };
+    assert.ok(repo.insertOutputItems(ctx, run.id, gone, [first]));
+
+    const queue = new EvalRunQueue(other, { chunkSize: 2 });
+    const events: string[] = [];
+    queue.on('event', (id, e) => id === run.id && events.push(e.message));
+    assert.deepEqual(queue.recover(), [run.id]);
+    assert.equal(await queue.runNext(run.id), run.id); // claims synchronously, before the server's queue can look
+
+    const done = retrieveRun(ctx, ev.id, run.id);
+    assert.equal(done.status, 'completed', JSON.stringify(done.error));
+    assert.equal(done.weitiao.attempts, 2);
+    assert.deepEqual(done.result_counts, { total: 3, errored: 0, failed: 1, passed: 2 });
+    const items = listOutputItems(ctx, ev.id, run.id, { limit: 10 }).data;
+    assert.deepEqual(items.map((i) => i.datasource_item_id), [0, 1, 2]);
+    assert.equal(items[0].id, 'outputitem_stored_before', 'row 0 was kept, not scored again');
+    assert.deepEqual(items.map((i) => i.status), ['pass', 'fail', 'pass']);
+    assert.match(events[0], /stopped; queued again to continue after item 1/);
+    assert.match(events[1], /^Resumed after item 1 of 3 \(attempt 2\)/);
+    assert.match(events.at(-1)!, /^Completed: 2 of 3/);
+  });
+
+  test('a stale heartbeat counts as gone even when the pid lives; a fresh one does not; too many losses fail the run', () => {
+    const ev = createEval(ctx, { data_source_config: { type: 'custom', item_schema: {} }, testing_criteria: [criteria[0]] });
+    const stale = createRun(ctx, ev.id, jsonlRun(1));
+    const fresh = createRun(ctx, ev.id, jsonlRun(1));
+    const worn = createRun(ctx, ev.id, jsonlRun(1));
+    const live = `evalqueue-hung:${process.pid}`;
+    assert.ok(repo.claimRun(ctx, live, stale.id) && repo.claimRun(ctx, `evalqueue-busy:${process.pid}`, fresh.id));
+    ctx.db.prepare('UPDATE eval_runs SET heartbeat_at = heartbeat_at - 3600 WHERE id = ?').run(stale.id);
+    assert.ok(repo.claimRun(ctx, `evalqueue-gone:${DEAD_PID}`, worn.id));
+    ctx.db.prepare('UPDATE eval_runs SET attempts = 3 WHERE id = ?').run(worn.id);
+
+    const touched = new EvalRunQueue(other).recover();
+    assert.deepEqual(touched.sort(), [stale.id, worn.id].sort());
+    const row = repo.getRunRow(ctx, stale.id)!;
+    assert.equal(row.worker_id, null);
+    assert.ok(['queued', 'in_progress', 'completed'].includes(row.status), row.status); // the server's queue may take it now
+    assert.equal(repo.getRunRow(ctx, fresh.id)!.worker_id, `evalqueue-busy:${process.pid}`);
+    const failed = retrieveRun(ctx, ev.id, worn.id);
+    assert.equal(failed.status, 'failed');
+    assert.equal(failed.error!.code, 'interrupted');
+    cancelRun(ctx, ev.id, fresh.id);
+  });
+
+  test('cancel: a queued run never runs; a running run stops between chunks, from another connection', async () => {
+    const ev = createEval(ctx, { data_source_config: { type: 'custom', item_schema: {} }, testing_criteria: [criteria[0]] });
+    const queued = createRun(ctx, ev.id, jsonlRun(2));
+    assert.equal(cancelRun(other, ev.id, queued.id).status, 'canceled'); // before this test yields: still queued
+    const queue = new EvalRunQueue(other, { chunkSize: 1, pollMs: 100 });
+    await queue.drain();
+    assert.equal(retrieveRun(ctx, ev.id, queued.id).status, 'canceled');
+    assert.equal(listOutputItems(ctx, ev.id, queued.id).data.length, 0);
+
+    const running = createRun(ctx, ev.id, jsonlRun(4));
+    // Cancelled through the first connection as soon as the queue on the second has stored row 0.
+    queue.on('event', (id, e) => {
+      if (id === running.id && e.data?.current === 1) cancelRun(ctx, ev.id, running.id);
+    });
+    assert.equal(await queue.runNext(running.id), running.id);
+    const run = retrieveRun(ctx, ev.id, running.id);
+    assert.equal(run.status, 'canceled');
+    assert.deepEqual(listOutputItems(ctx, ev.id, running.id).data.map((i) => i.datasource_item_id), [0]);
+    const messages = listRunEvents(ctx, ev.id, running.id).data.map((e) => e.message);
+    assert.match(messages.at(-1)!, /cancelled/);
+    assert.equal(repo.getRunRow(ctx, running.id)!.worker_id, null);
   });
 });

@@ -3,11 +3,14 @@
  * weitiao's models and files: an eval is a data-source schema plus testing criteria (graders, the same
  * implementation reinforcement rewards use); a run answers each item with a weitiao model (data source
  * `completions`) or takes the samples given (`jsonl`), grades them, and keeps every item's output. Runs
- * execute in the background of the process that created them (internal/runner.ts), one at a time.
+ * are jobs of a durable queue (queue.ts): createRun only stores the run `queued`; an EvalRunQueue in any
+ * process on the home (the API server runs one) executes it, a chunk of rows at a time (internal/runner.ts),
+ * with progress in `weitiao.progress` and in the run's events (listRunEvents).
  *
  * ```ts
  * const ev = createEval(ctx, { data_source_config: { type: 'custom', item_schema: {...} }, testing_criteria: [grader] });
  * const run = createRun(ctx, ev.id, { data_source: { type: 'completions', model: 'ft:tiny:x', source: {...}, input_messages: {...} } });
+ * await new EvalRunQueue(ctx).drain();                  // or a server's queue picks it up
  * (await waitForRun(ctx, ev.id, run.id)).result_counts; // {total, passed, failed, errored}
  * ```
  * Not supported (400 naming the field): `label_model` criteria, `logs`/`stored_completions`/`responses`
@@ -19,11 +22,11 @@ import { WeitiaoError } from '../errors.js';
 import { parseGrader } from '../graders/index.js';
 import { resolveModel } from '../models/index.js';
 import { listPage, newId, now, selectPage, type ListPage } from '../store/index.js';
-import { cancelRunTask, runningHere, startRun } from './internal/runner.js';
 import * as repo from './internal/repository.js';
+import { rememberJudgeKey, stopLocalRun, wakeLocalQueues } from './queue.js';
 
-export { startRun };
-export type { EvalObject, RunObject, OutputItemObject } from './internal/repository.js';
+export { EvalRunQueue, type EvalRunQueueOptions } from './queue.js';
+export type { EvalObject, RunObject, OutputItemObject, RunEventObject } from './internal/repository.js';
 
 const Metadata = z.record(z.string(), z.string()).nullish();
 
@@ -134,7 +137,7 @@ export function updateEval(ctx: Context, id: string, params: z.infer<typeof Eval
 
 export function deleteEval(ctx: Context, id: string): { object: 'eval.deleted'; deleted: boolean; eval_id: string } {
   retrieveEval(ctx, id);
-  for (const run of repo.runsOf(ctx, id)) cancelRunTask(run.id);
+  for (const run of repo.runsOf(ctx, id)) stopLocalRun(run.id);
   repo.deleteEval(ctx, id);
   return { object: 'eval.deleted', deleted: true, eval_id: id };
 }
@@ -145,7 +148,10 @@ export function listEvals(ctx: Context, q: { after?: string; limit?: number; ord
   return listPage(page.rows.map(repo.evalFromRow), page.has_more);
 }
 
-/** Queues a run and starts it in the background; answered at once with status `queued`. */
+/**
+ * Stores the run `queued` for a queue to execute; answered at once. The judge's endpoint is stored with the
+ * run; the caller's key stays in this process's memory (a queue elsewhere uses its own, never a stored one).
+ */
 export function createRun(ctx: Context, evalId: string, params: RunCreateParams, options: { judgeBaseUrl?: string; judgeApiKey?: string | null } = {}): repo.RunObject {
   const ev = retrieveEval(ctx, evalId);
   const source = params.data_source;
@@ -166,10 +172,12 @@ export function createRun(ctx: Context, evalId: string, params: RunCreateParams,
     per_model_usage: [],
     per_testing_criteria_results: [],
     report_url: '',
-    weitiao: { progress: null, metrics: {}, finished_at: null },
+    weitiao: { progress: null, metrics: {}, finished_at: null, attempts: 0 },
   };
-  repo.insertRun(ctx, run);
-  startRun(ctx, run.id, options);
+  repo.insertRun(ctx, run, options.judgeBaseUrl ?? null);
+  rememberJudgeKey(run.id, options.judgeApiKey);
+  repo.insertRunEvent(ctx, run.id, { message: `Created eval run: ${run.id} / 已创建评测运行` });
+  wakeLocalQueues();
   return repo.getRun(ctx, run.id)!;
 }
 
@@ -194,15 +202,16 @@ export function cancelRun(ctx: Context, evalId: string, runId: string): repo.Run
   if (!['queued', 'in_progress'].includes(run.status)) {
     throw new WeitiaoError('conflict', `run '${runId}' has already ${run.status} / 评测运行已结束`, { param: 'run_id' });
   }
-  repo.finishRun(ctx, runId, { status: 'canceled' });
-  cancelRunTask(runId);
+  // The store is the signal: the queue executing it (in any process) sees the status within its poll.
+  if (repo.finishRun(ctx, runId, { status: 'canceled' })) repo.insertRunEvent(ctx, runId, { message: 'The run was cancelled / 评测运行已取消' });
+  stopLocalRun(runId);
   return repo.getRun(ctx, runId)!;
 }
 
 export function deleteRun(ctx: Context, evalId: string, runId: string): { object: 'eval.run.deleted'; deleted: boolean; run_id: string } {
   retrieveRun(ctx, evalId, runId);
-  cancelRunTask(runId);
   repo.deleteRun(ctx, runId);
+  stopLocalRun(runId);
   return { object: 'eval.run.deleted', deleted: true, run_id: runId };
 }
 
@@ -226,20 +235,15 @@ export function retrieveOutputItem(ctx: Context, evalId: string, runId: string, 
   return item;
 }
 
-/**
- * Runs left queued or in progress by a process that is gone (runs live in the process that created them):
- * marked failed, so a client polling one is not left waiting forever. Called when a server starts.
- */
-export function recoverRuns(ctx: Context): number {
-  let n = 0;
-  for (const row of ctx.db.prepare("SELECT id FROM eval_runs WHERE status IN ('queued', 'in_progress')").all() as { id: string }[]) {
-    if (runningHere(row.id)) continue;
-    if (repo.finishRun(ctx, row.id, { status: 'failed', error: { code: 'interrupted', message: 'the server stopped during the run; start a new one / 服务在运行期间停止，请重新发起' } })) n++;
-  }
-  return n;
+/** weitiao's addition: a run's progress events (created, started or resumed, each chunk scored, ended). */
+export function listRunEvents(ctx: Context, evalId: string, runId: string, q: { after?: string; limit?: number; order?: 'asc' | 'desc' } = {}): ListPage<repo.RunEventObject> {
+  retrieveRun(ctx, evalId, runId);
+  const page = selectPage<repo.RunEventRow>(ctx.db, { table: 'eval_run_events', where: ['run_id = ?'], params: [runId], orderBy: 'seq', after: q.after, limit: q.limit ?? 20, order: q.order ?? 'asc' });
+  if (!page) throw new WeitiaoError('not_found', `no event '${q.after}' / 找不到事件`, { param: 'after' });
+  return listPage(page.rows.map(repo.runEventFromRow), page.has_more);
 }
 
-/** Polls until the run has ended (tests, the CLI). */
+/** Polls until the run has ended (tests, the CLI: a queue must be running, or drained first). */
 export async function waitForRun(ctx: Context, evalId: string, runId: string, pollMs = 200): Promise<repo.RunObject> {
   for (;;) {
     const run = retrieveRun(ctx, evalId, runId);

@@ -246,4 +246,23 @@ export const MIGRATIONS: readonly string[] = [
     UPDATE eval_results SET project = COALESCE((SELECT project FROM jobs WHERE id = NEW.job_id), weitiao_project()) WHERE id = NEW.id;
   END;
   `,
+  // 6: eval runs are jobs of a durable queue (src/evals/queue.ts): who claimed a run and when it last beat,
+  // how often it was claimed, the judge endpoint its creator named (never a key), and its progress events.
+  `
+  ALTER TABLE eval_runs ADD COLUMN worker_id      TEXT;                  -- '<name>:<pid>' of the claiming queue, NULL when waiting
+  ALTER TABLE eval_runs ADD COLUMN heartbeat_at   INTEGER;
+  ALTER TABLE eval_runs ADD COLUMN attempts       INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE eval_runs ADD COLUMN judge_base_url TEXT;
+  CREATE INDEX eval_runs_waiting ON eval_runs(status, worker_id);
+  CREATE TABLE eval_run_events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    run_id      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    level       TEXT NOT NULL,                 -- info | warn | error
+    message     TEXT NOT NULL,
+    data        TEXT                           -- JSON or NULL
+  );
+  CREATE INDEX eval_run_events_run ON eval_run_events(run_id, seq);
+  `,
 ];

@@ -1,6 +1,7 @@
 /**
  * /v1/evals: OpenAI's Evals API over weitiao's models and files (src/evals). A run is answered at once
- * with status `queued` and proceeds in the background; its output items are listed as OpenAI lists them.
+ * with status `queued`; the server's eval queue (src/evals/queue.ts, started in src/api/index.ts) executes
+ * it. Its output items are listed as OpenAI lists them; its progress events are weitiao's addition.
  */
 import { z } from 'zod';
 import type { Context } from '../../context.js';
@@ -14,8 +15,8 @@ import {
   EvalUpdateParams,
   listEvals,
   listOutputItems,
+  listRunEvents,
   listRuns,
-  recoverRuns,
   retrieveEval,
   retrieveOutputItem,
   retrieveRun,
@@ -62,8 +63,6 @@ export const ForgettingBody = z.object({
 export function evalRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   const tag = 'Evals';
   const base = '/v1/evals';
-  // A server that starts finds the runs a dead process left unfinished.
-  recoverRuns(ctx);
 
   routes.add(
     { method: 'post', path: base, operationId: 'create_eval', summary: 'Create an eval: a data-source schema and testing criteria (graders)', tag, body: EvalCreateParams, response: { description: 'The eval' } },
@@ -109,6 +108,10 @@ export function evalRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   routes.add(
     { method: 'delete', path: `${base}/:eval_id/runs/:run_id`, operationId: 'delete_eval_run', summary: 'Delete a run and its output items', tag, params: RunParams, response: { description: 'Deleted' } },
     (c, { params }) => c.json(deleteRun(ctx, params.eval_id, params.run_id)),
+  );
+  routes.add(
+    { method: 'get', path: `${base}/:eval_id/runs/:run_id/events`, operationId: 'weitiao_list_eval_run_events', summary: "weitiao: a run's progress events (started or resumed, each chunk of items scored, ended)", tag, params: RunParams, query: z.object(Page), response: { description: 'A page of `eval.run.event`' } },
+    (c, { params, query }) => c.json(listRunEvents(ctx, params.eval_id, params.run_id, query)),
   );
   routes.add(
     { method: 'get', path: `${base}/:eval_id/runs/:run_id/output_items`, operationId: 'list_eval_run_output_items', summary: "A run's output items: each data item, the model's answer and each criterion's result", tag, params: RunParams, query: z.object({ ...Page, status: z.enum(['pass', 'fail']).optional() }), response: { description: 'A page of output items' } },

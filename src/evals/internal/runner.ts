@@ -1,41 +1,32 @@
 /**
- * Runs an eval run in the background: read the items, answer them with the run's model (greedy, batched by
- * the engine's evaluate command) or take the given samples, grade with the eval's testing criteria through
- * `score-answers` (the graders' one implementation), write one output item per data item. Runs of one
- * process go one at a time (a queue), since each may start an engine that takes the CPU.
+ * Executes one claimed eval run, a chunk of rows at a time: answer the chunk's items with the run's model
+ * (greedy, batched by the engine's evaluate command) or take the given samples, grade them with the eval's
+ * testing criteria through `score-answers` (the graders' one implementation), and store one output item per
+ * row in a transaction that holds only while this worker holds the run. A run taken up again after its
+ * worker died continues after the last stored row: rows already scored are never scored again. The queue
+ * (../queue.ts) claims runs, beats their heartbeat and aborts `signal` on cancel.
  */
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Context } from '../../context.js';
+import { mulberry32 } from '../../data/index.js';
 import { WeitiaoError } from '../../errors.js';
 import { evaluateModel } from '../../eval/index.js';
 import { scoreAnswers } from '../../eval/score.js';
 import { newId, now } from '../../store/index.js';
 import * as repo from './repository.js';
 
-const controllers = new Map<string, AbortController>();
-let queue: Promise<void> = Promise.resolve();
-
-export interface RunOptions {
-  /** Where score_model judges ask when the criterion names no endpoint (the API passes its own /v1). */
-  judgeBaseUrl?: string;
-  judgeApiKey?: string | null;
-}
-
-/** Whether this process holds the run (queued or executing). */
-export function runningHere(runId: string): boolean {
-  return controllers.has(runId);
-}
-
-export function cancelRunTask(runId: string): void {
-  controllers.get(runId)?.abort();
-}
-
-/** Queues the run; returns at once. */
-export function startRun(ctx: Context, runId: string, options: RunOptions = {}): void {
-  const controller = new AbortController();
-  controllers.set(runId, controller);
-  queue = queue.then(() => execute(ctx, runId, options, controller.signal)).finally(() => controllers.delete(runId));
+export interface ExecuteOptions {
+  /** The claiming worker: items and the end are written only while it holds the run. */
+  workerId: string;
+  /** Aborted on cancel, delete, loss of the claim or shutdown: the run stops between or inside chunks. */
+  signal: AbortSignal;
+  /** Where score_model judges ask when the criterion names no endpoint, and with which key. */
+  judge: { base_url: string | null; api_key: string | null };
+  /** Rows per chunk: a chunk is generated, graded and stored together (one engine start each step). */
+  chunkSize: number;
+  /** Each progress event as it is written. */
+  onEvent?: (event: repo.RunEventObject) => void;
 }
 
 interface Entry {
@@ -91,101 +82,154 @@ function promptFor(source: Record<string, unknown>, item: Record<string, unknown
   return messages.map((m) => ({ role: (m as Message).role, content: contentText((m as Message).content) }));
 }
 
-async function execute(ctx: Context, runId: string, options: RunOptions, signal: AbortSignal): Promise<void> {
-  if (!repo.markRunning(ctx, runId)) return; // cancelled while queued
-  const run = repo.getRun(ctx, runId)!;
-  const ev = repo.getEval(ctx, run.eval_id)!;
-  const source = run.data_source as { type: 'jsonl' | 'completions'; source: never; model?: string; sampling_params?: Record<string, unknown> } & Record<string, unknown>;
-  let dir: string | null = null;
+type Source = { type: 'jsonl' | 'completions'; source: never; model?: string; sampling_params?: Record<string, unknown> } & Record<string, unknown>;
+
+/** The chunk's answers (generated, or the given samples) and the mean prompt tokens per generated answer. */
+async function answer(ctx: Context, run: repo.RunObject, source: Source, entries: Entry[], prompts: Message[][], at: number, total: number, signal: AbortSignal) {
+  if (source.type !== 'completions') {
+    return { outputs: entries.map((e) => String(e.sample?.output_text ?? (e.sample ? JSON.stringify(e.sample) : ''))), promptTokens: 0 };
+  }
+  const dir = await mkdtemp(path.join(ctx.home.cache, 'evalrun-'));
+  try {
+    const file = path.join(dir, 'prompts.jsonl');
+    // The engine reads chat lines whose last message is the expected answer: none here, so an empty one.
+    await writeFile(file, prompts.map((p) => JSON.stringify({ messages: [...p, { role: 'assistant', content: '' }] })).join('\n') + '\n');
+    const report = await evaluateModel(ctx, {
+      model: source.model!,
+      file,
+      labels: null,
+      signal,
+      onProgress: (p) => repo.setProgress(ctx, run.id, { phase: 'generate', current: at + p.current, total }),
+    });
+    return { outputs: report.predictions.map((p) => p.predicted), promptTokens: report.prompt_tokens };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const passes = (c: repo.EvalObject['testing_criteria'][number], score: number) => (c.type === 'string_check' ? score >= 1 : score >= (c.pass_threshold ?? 0.5));
+
+/** Runs (or continues) a claimed run to its end; returns early, writing nothing more, once `signal` aborts. */
+export async function executeRun(ctx: Context, runId: string, o: ExecuteOptions): Promise<void> {
+  const event = (e: Parameters<typeof repo.insertRunEvent>[2]) => o.onEvent?.(repo.insertRunEvent(ctx, runId, e));
+  const run = repo.getRun(ctx, runId);
+  const ev = run && repo.getEval(ctx, run.eval_id);
+  if (!run || !ev) return; // deleted meanwhile
+  const source = run.data_source as Source;
   try {
     const entries = await readEntries(ctx, source.source);
     if (entries.length === 0) throw new WeitiaoError('invalid_request', 'the data source has no items / 数据源为空', { param: 'data_source.source' });
-    let outputs: string[];
-    let prompts: Message[][] = [];
-    let promptTokens = 0;
-    if (source.type === 'completions') {
-      prompts = entries.map((e) => promptFor(source, e.item));
-      dir = await mkdtemp(path.join(ctx.home.cache, 'evalrun-'));
-      const file = path.join(dir, 'prompts.jsonl');
-      // The engine reads chat lines whose last message is the expected answer: none here, so an empty one.
-      await writeFile(file, prompts.map((p) => JSON.stringify({ messages: [...p, { role: 'assistant', content: '' }] })).join('\n') + '\n');
-      const report = await evaluateModel(ctx, {
-        model: source.model!,
-        file,
-        labels: null,
-        signal,
-        onProgress: (p) => repo.setProgress(ctx, runId, { phase: 'generate', ...p }),
-      });
-      outputs = report.predictions.map((p) => p.predicted);
-      promptTokens = Math.round(report.prompt_tokens * entries.length);
+    const prompts = source.type === 'completions' ? entries.map((e) => promptFor(source, e.item)) : [];
+    const total = entries.length;
+    const start = repo.storedItemCount(ctx, runId);
+    if (start > 0) {
+      event({ message: `Resumed after item ${start} of ${total} (attempt ${run.weitiao.attempts}) / 从第 ${start + 1} 项继续`, data: { current: start, total, attempts: run.weitiao.attempts } });
     } else {
-      outputs = entries.map((e) => String(e.sample?.output_text ?? (e.sample ? JSON.stringify(e.sample) : '')));
+      event({ message: `Started: ${total} items / 开始评测，共 ${total} 项`, data: { current: 0, total } });
     }
-    repo.setProgress(ctx, runId, { phase: 'grade', current: 0, total: entries.length });
+    repo.setProgress(ctx, runId, { phase: 'grade', current: start, total });
     const graders = ev.testing_criteria.map(({ pass_threshold: _, ...g }) => g);
-    const table = await scoreAnswers({
-      expected: outputs,
-      systems: { model: outputs },
-      items: entries.map((e) => e.item),
-      graders,
-      metrics: [],
-      judge: { base_url: options.judgeBaseUrl ?? null, api_key: options.judgeApiKey ?? null, timeout_seconds: 120 },
-      signal,
-    });
-    const passes = (c: repo.EvalObject['testing_criteria'][number], score: number) =>
-      c.type === 'string_check' ? score >= 1 : score >= (c.pass_threshold ?? 0.5);
-    const created = now();
-    const items: repo.OutputItemObject[] = entries.map((e, i) => {
-      const results = ev.testing_criteria.map((c) => {
-        const score = table.per_example.model[`grader:${c.name}`][i];
-        return { name: c.name, type: c.type, score, passed: passes(c, score), sample: null };
+    for (let at = start; at < total; at += o.chunkSize) {
+      if (o.signal.aborted) return;
+      const chunk = entries.slice(at, at + o.chunkSize);
+      const chunkPrompts = prompts.slice(at, at + o.chunkSize);
+      const { outputs, promptTokens } = await answer(ctx, run, source, chunk, chunkPrompts, at, total, o.signal);
+      if (o.signal.aborted) return;
+      const table = await scoreAnswers({
+        expected: outputs,
+        systems: { model: outputs },
+        items: chunk.map((e) => e.item),
+        graders,
+        metrics: [],
+        judge: { ...o.judge, timeout_seconds: 120 },
+        signal: o.signal,
       });
-      return {
-        object: 'eval.run.output_item',
-        id: newId('outputitem').replace('-', '_'),
-        run_id: runId,
-        eval_id: ev.id,
-        created_at: created,
-        status: results.every((r) => r.passed) ? 'pass' : 'fail',
-        datasource_item_id: i,
-        datasource_item: e.item,
-        results,
-        sample: {
-          input: prompts[i] ?? [],
-          output: [{ role: 'assistant', content: outputs[i] }],
-          model: run.model,
-          finish_reason: 'stop',
-          seed: Number(source.sampling_params?.seed ?? 0),
-          temperature: 0,
-          top_p: 1,
-          max_completion_tokens: Number(source.sampling_params?.max_completion_tokens ?? 0),
-          usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, cached_tokens: 0 },
-          error: null,
-        },
-      };
-    });
-    if (signal.aborted) return;
-    repo.insertOutputItems(ctx, items);
-    const passed = items.filter((i) => i.status === 'pass').length;
-    repo.finishRun(ctx, runId, {
-      status: 'completed',
-      summary: {
-        result_counts: { total: items.length, errored: 0, failed: items.length - passed, passed },
-        per_model_usage: source.type === 'completions'
-          ? [{ model_name: run.model, invocation_count: items.length, prompt_tokens: promptTokens, completion_tokens: 0, total_tokens: promptTokens, cached_tokens: 0 }]
-          : [],
-        per_testing_criteria_results: ev.testing_criteria.map((c) => {
-          const ok = items.filter((i) => i.results.find((r) => r.name === c.name)!.passed).length;
-          return { testing_criteria: c.name, passed: ok, failed: items.length - ok };
-        }),
-        metrics: Object.fromEntries(ev.testing_criteria.map((c) => [c.name, table.metrics.model[`grader:${c.name}`]])),
-      },
-    });
+      if (o.signal.aborted) return;
+      const items = chunk.map((e, i): repo.OutputItemObject => {
+        const results = ev.testing_criteria.map((c) => {
+          const score = table.per_example.model[`grader:${c.name}`][i];
+          return { name: c.name, type: c.type, score, passed: passes(c, score), sample: null };
+        });
+        const prompt = Math.round(promptTokens); // the chunk's mean: the engine reports no per-row count
+        return {
+          object: 'eval.run.output_item',
+          id: newId('outputitem').replace('-', '_'),
+          run_id: runId,
+          eval_id: ev.id,
+          created_at: now(),
+          status: results.every((r) => r.passed) ? 'pass' : 'fail',
+          datasource_item_id: at + i,
+          datasource_item: e.item,
+          results,
+          sample: {
+            input: chunkPrompts[i] ?? [],
+            output: [{ role: 'assistant', content: outputs[i] }],
+            model: run.model,
+            finish_reason: 'stop',
+            seed: Number(source.sampling_params?.seed ?? 0),
+            temperature: 0,
+            top_p: 1,
+            max_completion_tokens: Number(source.sampling_params?.max_completion_tokens ?? 0),
+            usage: { prompt_tokens: prompt, completion_tokens: 0, total_tokens: prompt, cached_tokens: 0 },
+            error: null,
+          },
+        };
+      });
+      if (!repo.insertOutputItems(ctx, runId, o.workerId, items)) return; // no longer ours
+      const done = at + chunk.length;
+      repo.setProgress(ctx, runId, { phase: 'grade', current: done, total });
+      event({ message: `Scored items ${at + 1}–${done} of ${total} / 已完成 ${done}/${total} 项`, data: { current: done, total } });
+    }
+    const summary = summarize(run, ev, repo.outputItemsOf(ctx, runId), source.type === 'completions');
+    if (repo.finishRun(ctx, runId, { status: 'completed', summary }, o.workerId)) {
+      const { passed, total: n } = summary.result_counts;
+      event({ message: `Completed: ${passed} of ${n} items passed / 评测完成，通过 ${passed}/${n}`, data: { ...summary.result_counts } });
+    }
   } catch (e) {
-    if (signal.aborted) return;
+    if (o.signal.aborted) return;
     const err = e instanceof WeitiaoError ? { code: e.code, message: e.message } : { code: 'internal_error', message: String((e as Error)?.message ?? e) };
-    repo.finishRun(ctx, runId, { status: 'failed', error: err });
-  } finally {
-    if (dir) await rm(dir, { recursive: true, force: true });
+    if (repo.finishRun(ctx, runId, { status: 'failed', error: err }, o.workerId)) event({ level: 'error', message: `Failed: ${err.message} / 评测失败`, data: { code: err.code } });
   }
+}
+
+/** The run's counts, usage and criteria means from all its stored items (whichever attempt stored them). */
+function summarize(run: repo.RunObject, ev: repo.EvalObject, items: repo.OutputItemObject[], generated: boolean): repo.RunSummary {
+  const passed = items.filter((i) => i.status === 'pass').length;
+  const promptTokens = items.reduce((sum, i) => sum + Number((i.sample.usage as { prompt_tokens?: number } | undefined)?.prompt_tokens ?? 0), 0);
+  const scores = (name: string) => items.map((i) => i.results.find((r) => r.name === name)?.score ?? 0);
+  return {
+    result_counts: { total: items.length, errored: 0, failed: items.length - passed, passed },
+    per_model_usage: generated
+      ? [{ model_name: run.model, invocation_count: items.length, prompt_tokens: promptTokens, completion_tokens: 0, total_tokens: promptTokens, cached_tokens: 0 }]
+      : [],
+    per_testing_criteria_results: ev.testing_criteria.map((c) => {
+      const ok = items.filter((i) => i.results.find((r) => r.name === c.name)?.passed).length;
+      return { testing_criteria: c.name, passed: ok, failed: items.length - ok };
+    }),
+    metrics: Object.fromEntries(ev.testing_criteria.map((c) => [c.name, meanWithInterval(scores(c.name))])),
+  };
+}
+
+/**
+ * The mean and its 95% percentile-bootstrap interval (1000 resamples, seed 0), as the engine's
+ * bootstrap_interval computes it for a grader's mean: here over the stored scores, so a resumed run's
+ * interval needs no second grading.
+ */
+export function meanWithInterval(scores: number[], resamples = 1000, seed = 0): { value: number; ci_low: number; ci_high: number; scale: number } {
+  const n = scores.length;
+  if (n === 0) return { value: 0, ci_low: 0, ci_high: 0, scale: 1 };
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const random = mulberry32(seed);
+  const means = Array.from({ length: resamples }, () => {
+    let sum = 0;
+    for (let k = 0; k < n; k++) sum += scores[Math.floor(random() * n)];
+    return sum / n;
+  }).sort((a, b) => a - b);
+  // numpy's default percentile: linear interpolation between the closest ranks.
+  const pct = (q: number) => {
+    const pos = (q / 100) * (resamples - 1);
+    const lo = Math.floor(pos);
+    return means[lo] + (means[Math.min(lo + 1, resamples - 1)] - means[lo]) * (pos - lo);
+  };
+  return { value: mean(scores), ci_low: pct(2.5), ci_high: pct(97.5), scale: 1 };
 }
