@@ -65,6 +65,8 @@ COPY engine engine
 RUN npx tsc -p tsconfig.json \
  && npx vite build --config web/vite.config.ts --logLevel warn \
  && npm prune --omit=dev --no-audit --no-fund
+# The engine's bytecode now: at run time /app is not writable by the weitiao user.
+RUN /app/.venv/bin/python -m compileall -q engine/weitiao_engine
 
 FROM base AS runtime
 # A non-root user; its home is the state directory (WEITIAO_HOME), a volume in compose and Kubernetes.
