@@ -128,6 +128,7 @@ def test_cache_dir_follows_weitiao_home(monkeypatch, tmp_path):
 def test_real_probe_on_a_tiny_model_config(tmp_path, monkeypatch):
     monkeypatch.setattr(pp, "PROBE_TOKENS", 16)
     monkeypatch.setattr(pp, "PROBE_SECONDS", 0.005)
+    monkeypatch.setattr(pp, "CONTENDED_WAIT", float("inf"))  # however busy the machine, the second call reads the cache
     config = Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                          num_hidden_layers=2, vocab_size=256)  # fmt: skip
     assert pp.linear_shapes(config) == [(64, 32), (64, 64), (64, 128), (128, 64)]  # k/v, q/o, gate/up, down
@@ -137,11 +138,15 @@ def test_real_probe_on_a_tiny_model_config(tmp_path, monkeypatch):
     assert set(pp.VARIANTS) <= set(f["seconds"]) and all(s > 0 for s in f["seconds"].values())
     assert f["bf16_safe"] and f["bf16_error"] < 0.02 and f["tokens"] == 16
     assert set(f["layer_seconds"]) == set(pp.VARIANTS) and all(s > 0 for s in f["layer_seconds"].values())
-    assert "probe" in pp.describe(choice) and "GFLOP/s" in pp.describe(choice)
+    assert f["layer_tokens"] == 16 and 0 <= f["cpu_wait"] and f["contended"] is False
+    assert "probe" in pp.describe(choice) and "GFLOP/s" in pp.describe(choice) and "at 16 tokens" in pp.describe(choice)
     # on/off are the job's: taken as set, the (now cached) figures attached for the record.
     off = pp.choose("off", config, bf16_checkpoint=True, cache_dir=tmp_path)
     assert off["precision"] == "fp32" and off["figures"]["cached"] is True
     assert pp.choose("on", config, bf16_checkpoint=False, cache_dir=tmp_path)["precision"] == "bf16"
+    # A run's micro-batch and LoRA rank: the layer carries LoRA and is timed at the tokens' bucket, a new entry.
+    lora = pp.choose("auto", config, bf16_checkpoint=True, cache_dir=tmp_path, tokens=40, lora_rank=4)["figures"]
+    assert lora["cached"] is False and lora["layer_tokens"] == 64 and set(lora["layer_seconds"]) == set(pp.VARIANTS)
 
 
 def test_full_fine_tuning_probes_a_training_layer_and_never_keeps_bf16_weights(tmp_path):
@@ -179,11 +184,97 @@ def test_every_recipe_decides_auto_through_choose_for_run(tiny_model, tmp_path, 
     measured = []
     described = {"gflops": {"fp32": 1.0, "bf16": 1.1}, "cpu": "test CPU", "flags": []}  # what the log line names
     monkeypatch.setattr(pp, "measure_shapes", lambda shapes: figures(1.0, 0.9, 1.0, **described))
-    monkeypatch.setattr(pp, "measure_layer", lambda config, full=False: measured.append(full) or {"fp32": 1.0, "bf16": 0.5 if full else 2.0, "bf16-weights": 1.0})
-    request = SimpleNamespace(base_model=tiny_model, method=method, threads=1, hyperparameters=SimpleNamespace(bf16="auto"))
+    layers = []  # (full, tokens, LoRA rank) of each layer probe
+
+    def measure_layer(config, full=False, tokens=pp.PROBE_TOKENS, lora_rank=None):
+        layers.append((full, tokens, lora_rank))
+        measured.append(full)
+        return {"fp32": 1.0, "bf16": 0.5 if full else 2.0, "bf16-weights": 1.0}
+
+    monkeypatch.setattr(pp, "measure_layer", measure_layer)
+    monkeypatch.setattr(pp, "CONTENDED_WAIT", float("inf"))  # a busy machine's probe is measured again: not what this test is about
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"messages": [{"role": "user", "content": "好吃"}, {"role": "assistant", "content": "好评"}]}\n' * 3, encoding="utf-8")
+    hp = SimpleNamespace(bf16="auto", batch_size=64, gradient_accumulation_steps=1, max_seq_length=1024)
+    request = SimpleNamespace(base_model=tiny_model, method=method, threads=1, hyperparameters=hp, training_file=str(train), nproc=1,
+                              lora=SimpleNamespace(r=4))  # fmt: skip
     choice = precision.choose_for_run(request, full=full)
     assert (choice["precision"], choice["source"], measured) == (expected, "probe", [full])
+    # 64 short examples per micro-batch: some hundreds of tokens (a power of two); LoRA's rank where LoRA trains.
+    assert layers[0][1] in (256, 512) and layers[0][2] == (None if full else 4)
     assert "precision " + expected in protocol._out.getvalue()  # logged with the probe's figures
     assert precision.choose_for_run(request, full=full)["figures"]["cached"] and measured == [full]  # once per machine
-    off = SimpleNamespace(**{**vars(request), "hyperparameters": SimpleNamespace(bf16="off")})
+    off = SimpleNamespace(**{**vars(request), "hyperparameters": SimpleNamespace(**{**vars(hp), "bf16": "off"})})
     assert precision.choose_for_run(off, full=full)["precision"] == "fp32"
+
+
+def test_layer_tokens_round_to_a_power_of_two_within_the_probe_range():
+    assert [pp.token_bucket(t) for t in (None, 0, 10, 90, 100, 462, 600, 5000)] == [pp.PROBE_TOKENS, pp.PROBE_TOKENS, 64, 64, 128, 512, 512, 512]
+
+
+def test_cache_key_includes_the_token_bucket_and_the_lora_rank(tmp_path):
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=2, vocab_size=256)  # fmt: skip
+    measure = CountingMeasure()
+    probe = lambda **kw: pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure, config=config, **kw)  # noqa: E731
+    assert probe(tokens=462, lora_rank=8)["cached"] is False
+    assert probe(tokens=500, lora_rank=8)["cached"] is True  # same bucket (512): one entry
+    assert probe(tokens=100, lora_rank=8)["cached"] is False  # 128 tokens: another
+    assert probe(tokens=462, lora_rank=16)["cached"] is False  # another rank
+    assert probe(tokens=462)["cached"] is False  # no LoRA
+    keys = list(json.loads((tmp_path / "precision-probe.json").read_text()))
+    assert measure.calls == 4 and sum("|512 tokens|lora r8" in k for k in keys) == 1 and sum("|128 tokens|" in k for k in keys) == 1
+
+
+class ContendedMeasure:
+    """Made-up figures of probes that waited for a CPU these shares of the time, in turn."""
+
+    def __init__(self, *waits: float):
+        self.waits, self.calls = list(waits), 0
+
+    def __call__(self, shapes):
+        wait, self.calls = self.waits[self.calls], self.calls + 1
+        described = {"gflops": {"fp32": 1.0}, "cpu": "test CPU", "flags": []}  # what the log line names
+        return {**figures(1.0, 0.5 + wait, 1.2, **described), "cpu_wait": wait}  # a busier probe: another bf16 time, to tell them apart
+
+
+def test_a_contended_probe_is_measured_again_and_the_least_contended_figures_stay(tmp_path):
+    measure = ContendedMeasure(0.6, 0.1, 0.9)
+    first = pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure)
+    assert first["contended"] is True and first["cached"] is False
+    second = pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure)  # contended before: measured again
+    assert (second["cached"], second["contended"], second["seconds"]["bf16"], second["attempts"]) == (False, False, 0.6, 2)
+    third = pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure)  # quiet figures: cached from now on
+    assert third["cached"] is True and third["seconds"]["bf16"] == 0.6 and measure.calls == 2
+
+
+def test_a_busier_probe_does_not_replace_a_less_contended_one_and_probing_stops_after_max_attempts(tmp_path):
+    measure = ContendedMeasure(0.5, 0.8, 0.7, 0.1)
+    results = [pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure) for _ in range(pp.MAX_ATTEMPTS + 1)]
+    assert [r["seconds"]["bf16"] for r in results] == [1.0, 1.0, 1.0, 1.0]  # the 0.5-wait figures each time
+    assert [r["cached"] for r in results] == [False] * pp.MAX_ATTEMPTS + [True] and measure.calls == pp.MAX_ATTEMPTS
+    assert "waited for a CPU 50% of the probe" in pp.describe({**pp.decide(results[-1], False), "figures": results[-1]})
+
+
+def test_micro_batch_tokens_follow_the_training_file_batch_and_accumulation(tiny_model, tmp_path):
+    from types import SimpleNamespace
+
+    from weitiao_engine.chat_format import tokenize_examples
+    from weitiao_engine.tokens import auto_tokenizer
+    from weitiao_engine.training.data import load_examples
+    from weitiao_engine.training.precision import micro_batch_tokens
+
+    from conftest import chat_example, waimai_rows, write_jsonl
+
+    train = write_jsonl(tmp_path / "train.jsonl", [chat_example(r) for r in waimai_rows()[:40]])
+    hp = SimpleNamespace(batch_size=8, gradient_accumulation_steps=1, max_seq_length=1024)
+    request = SimpleNamespace(base_model=tiny_model, training_file=str(train), hyperparameters=hp, nproc=1)
+    estimated = micro_batch_tokens(request)
+    examples, _ = tokenize_examples(auto_tokenizer(tiny_model), load_examples(str(train), "training_file"), 1024)
+    real = 8 * sum(len(e.input_ids) for e in examples) / len(examples)
+    assert 0.7 * real <= estimated <= 1.4 * real  # the chat template's tokens approximated, the text's counted
+    hp.gradient_accumulation_steps = 2
+    assert abs(micro_batch_tokens(request) - estimated / 2) <= 1  # half the examples per forward/backward
+    hp.max_seq_length = 4
+    assert micro_batch_tokens(request) == 4 * 4  # each example capped at max_seq_length
+    assert micro_batch_tokens(SimpleNamespace(**{**vars(request), "training_file": str(tmp_path / "missing.jsonl")})) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,9 @@ def choose_for_run(request, full: bool = False) -> dict[str, Any]:
     keeps fp32 weights ("bf16" is autocast only); QLoRA's dense rest is fp32 (NF4 replaced the base linears)."""
     bf16_checkpoint = not full and checkpoint_dtype(request.base_model) == torch.bfloat16
     config = AutoConfig.from_pretrained(request.base_model)
-    choice = precision_probe.choose(request.hyperparameters.bf16, config, bf16_checkpoint, full=full)
+    lora_rank = None if full or request.method == "qlora" else request.lora.r  # QLoRA's base is NF4: the layer stays plain
+    tokens = micro_batch_tokens(request)
+    choice = precision_probe.choose(request.hyperparameters.bf16, config, bf16_checkpoint, full=full, tokens=tokens, lora_rank=lora_rank)
     choice = distributed.gather_objects(choice)[0]  # under torchrun every rank trains as rank 0 measured
     if request.method == "qlora" and choice["precision"] == "bf16-weights":
         choice = {**choice, "precision": "fp32", "reason": choice.get("reason", "") + "; QLoRA: the dense rest in fp32"}
@@ -36,6 +38,48 @@ def choose_for_run(request, full: bool = False) -> dict[str, Any]:
     if request.threads is None and choice.get("threads", torch.get_num_threads()) != torch.get_num_threads():
         set_threads(choice["threads"])  # the probe found all logical CPUs faster than one thread per physical core
     return choice
+
+
+SAMPLE_EXAMPLES = 64  # training examples read to size the probe's micro-batch
+
+
+def micro_batch_tokens(request) -> Optional[int]:
+    """About how many tokens one forward/backward of this run holds (the probe times its layer at that many): the
+    micro-batch's examples (batch_size per process / gradient_accumulation_steps) at the mean length of the training
+    file's first SAMPLE_EXAMPLES records, each counted as its strings' tokens (roles included) plus two per string for the chat
+    template, capped at max_seq_length. None when the file or tokenizer cannot be read (the recipe reports that)."""
+    import json
+    import math
+    from pathlib import Path
+
+    from ..tokens import auto_tokenizer
+
+    hp = request.hyperparameters
+    micro = math.ceil(math.ceil(hp.batch_size / max(request.nproc, 1)) / hp.gradient_accumulation_steps)
+    try:
+        with Path(request.training_file).open(encoding="utf-8-sig") as f:
+            records = [json.loads(line) for line, _ in zip((line for line in f if line.strip()), range(SAMPLE_EXAMPLES))]
+        tokenizer = auto_tokenizer(request.base_model)
+    except Exception:  # noqa: BLE001 (unreadable file or tokenizer: the probe's default rows; the recipe reports the error)
+        return None
+    lengths = []
+    for record in records:
+        texts = list(_strings(record))
+        n = len(tokenizer("\n".join(texts), add_special_tokens=False)["input_ids"]) + 2 * len(texts)
+        lengths.append(min(n, hp.max_seq_length))
+    return round(micro * sum(lengths) / len(lengths)) if lengths else None
+
+
+def _strings(value):
+    """Every string in a JSON record (messages' contents, prompts, answers), in order."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
 def autocast_context(bf16: bool):
