@@ -1,19 +1,20 @@
 /**
  * What a fine-tuning job can ask of evaluation: a forgetting check once it has succeeded
  * (`weitiao.forgetting_check`), stored with the job, and general chat data mixed into its training file
- * (`--mix-general RATIO`), seeded and recorded.
+ * (`weitiao.mix_general`, the CLI's `--mix-general RATIO`), seeded and recorded.
  *
  * ```ts
  * await runForgettingCheck(ctx, retrieveJob(ctx, 'ftjob-abc'), { request: true });  // stored; jobForgettingCheck(ctx, id)
  * const mix = await mixGeneralData(ctx, { trainingFile: 'train.jsonl', ratio: 0.2, seed: 7 });
  * ```
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import { mulberry32, writeFileAtomic } from '../data/index.js';
 import { hideServerPaths, WeitiaoError } from '../errors.js';
-import type { FineTuningJob } from '../jobs/index.js';
+import { createFile, fileContentPath, retrieveFile, type FileObject } from '../files/index.js';
+import type { CreateJobParams, FineTuningJob } from '../jobs/index.js';
 import { checkForgetting, readGeneralSet } from './forgetting.js';
 import { buildGeneralSet } from './general/build.js';
 import type { EvalJobSettings } from './job-settings.js';
@@ -140,7 +141,44 @@ export async function mixGeneralData(ctx: Context, options: MixGeneralOptions): 
   return { file, ratio, seed, training_examples: lines.length, added, source: MIX_SOURCE };
 }
 
-/** How a mix is recorded in the job's metadata (OpenAI's string pairs), until the job schema carries it. */
-export function mixGeneralMetadata(m: MixGeneralResult): Record<string, string> {
-  return { 'weitiao.mix_general': JSON.stringify({ ratio: m.ratio, seed: m.seed, added: m.added, training_examples: m.training_examples }) };
+/** How a mix is recorded in the job's metadata (OpenAI's string pairs); `source_file`: the file it was mixed from. */
+export function mixGeneralMetadata(m: MixGeneralResult, sourceFile?: string): Record<string, string> {
+  return {
+    'weitiao.mix_general': JSON.stringify({ ratio: m.ratio, seed: m.seed, added: m.added, training_examples: m.training_examples, ...(sourceFile && { source_file: sourceFile }) }),
+  };
+}
+
+/**
+ * A create request's `weitiao.mix_general` applied (src/jobs' submitJob, so the CLI and the API alike): the
+ * training file's content mixed with general examples, seeded by the request's seed (0 when none), stored as
+ * a new fine-tune file that the returned request names, the mix recorded in its metadata. A request without
+ * it comes back unchanged (`file` null).
+ */
+export async function applyMixGeneral(ctx: Context, params: CreateJobParams): Promise<{ params: CreateJobParams; file: FileObject | null; mix: MixGeneralResult | null }> {
+  const ratio = params.weitiao?.mix_general;
+  if (ratio === undefined) return { params, file: null, mix: null };
+  if (typeof ratio !== 'number' || !(ratio > 0 && ratio <= 1)) {
+    throw new WeitiaoError('invalid_request', `weitiao.mix_general takes a ratio in (0, 1], not ${JSON.stringify(ratio)} / 混合比例须在 (0, 1] 之间`, { param: 'weitiao.mix_general' });
+  }
+  let source: FileObject;
+  try {
+    source = retrieveFile(ctx, params.training_file);
+  } catch (err) {
+    const e = WeitiaoError.from(err);
+    throw e.code === 'not_found' ? new WeitiaoError('not_found', `training_file '${params.training_file}' not found / 找不到训练文件`, { param: 'training_file' }) : e;
+  }
+  if (source.purpose !== 'fine-tune') {
+    throw new WeitiaoError('invalid_request', `training_file '${source.id}' has purpose '${source.purpose}'; upload it with purpose 'fine-tune' / 文件用途须为 fine-tune`, { param: 'training_file' });
+  }
+  const seed = params.seed ?? 0;
+  const dir = await mkdtemp(path.join(ctx.home.cache, 'mix-general-'));
+  try {
+    const mix = await mixGeneralData(ctx, { trainingFile: fileContentPath(ctx, source.id), ratio, seed, outputDir: dir });
+    const filename = `${source.filename.replace(/\.jsonl?$/i, '')}+general-${ratio}-s${seed}.jsonl`;
+    const file = await createFile(ctx, { source: mix.file, filename, purpose: 'fine-tune', move: true });
+    const metadata = { ...params.metadata, ...mixGeneralMetadata(mix, source.id) };
+    return { params: { ...params, training_file: file.id, seed, metadata }, file, mix: { ...mix, file: fileContentPath(ctx, file.id) } };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

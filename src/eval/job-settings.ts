@@ -10,5 +10,11 @@ export const EvalJobSettings = z.strictObject({
   forgetting_check: z
     .union([z.boolean(), z.strictObject({ max_examples: z.number().int().min(6).max(300) })])
     .optional(),
+  /**
+   * General chat examples mixed into the training file before the job is created: this many per training
+   * example, 0 < ratio ≤ 1, seeded by the job's seed (0 when none). The job names the mixed copy; the mix is
+   * recorded in its metadata (`weitiao.mix_general`). The CLI's `--mix-general RATIO`.
+   */
+  mix_general: z.number().gt(0).max(1).optional(),
 });
 export type EvalJobSettings = z.infer<typeof EvalJobSettings>;

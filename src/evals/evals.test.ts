@@ -4,13 +4,16 @@
 // runs queued through one connection to the home and executed by a queue on another, a run whose worker died
 // resumed after its stored rows, cancel of a queued and of a running run.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import OpenAI, { toFile } from 'openai';
 import { startServer, type RunningServer } from '../api/index.js';
 import { openContext, type Context } from '../context.js';
+import { mixGeneralData } from '../eval/job-checks.js';
+import { fileContentPath } from '../files/index.js';
+import { submitJob, type FineTuningJob } from '../jobs/index.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
 import { cancelRun, createEval, createRun, EvalRunQueue, listOutputItems, listRunEvents, retrieveRun } from './index.js';
@@ -292,3 +295,33 @@ describe('eval runs in the durable queue', () => {
     assert.equal(repo.getRunRow(ctx, running.id)!.worker_id, null);
   });
 });
+
+// The job settings evaluation owns, through the one create schema: `weitiao.mix_general` over HTTP is mixed by
+// the same submitJob the CLI's --mix-general calls (this file's server and tiny model; no training needed).
+describe('weitiao.mix_general on POST /v1/fine_tuning/jobs', () => {
+  test('the API stores the mix and the job trains on the same mixed file the CLI path makes', async () => {
+    const reviews = ['好吃', '太咸了', '送餐很快', '凉了', 'great', 'awful', '还行', '再也不点了'];
+    const lines = reviews.map((r, i) => JSON.stringify({ messages: [{ role: 'user', content: `评论：${r}` }, { role: 'assistant', content: i % 2 ? '差评' : '好评' }] }));
+    const upload = await client.files.create({ file: await toFile(Buffer.from(lines.join('\n') + '\n'), 'train.jsonl'), purpose: 'fine-tune' });
+    const body = { model: 'tiny', training_file: upload.id, seed: 3, weitiao: { mix_general: 0.25 } };
+    const job = (await client.fineTuning.jobs.create(body as never)) as unknown as FineTuningJob;
+
+    assert.notEqual(job.training_file, upload.id, 'the job names the mixed copy');
+    assert.deepEqual(JSON.parse(job.metadata!['weitiao.mix_general']), { ratio: 0.25, seed: 3, added: 2, training_examples: 8, source_file: upload.id });
+    const stored = ctx.db.prepare('SELECT extension FROM jobs WHERE id = ?').get(job.id) as { extension: string };
+    assert.equal(JSON.parse(stored.extension).settings.mix_general, 0.25);
+    const mixedText = readFileSync(fileContentPath(ctx, job.training_file), 'utf8');
+    // What mixing the uploaded file by hand gives, and what the CLI's path (submitJob on the same request) stores.
+    const byHand = await mixGeneralData(ctx, { trainingFile: fileContentPath(ctx, upload.id), ratio: 0.25, seed: 3, outputDir: path.join(dir, 'mix') });
+    assert.equal(mixedText, readFileSync(byHand.file, 'utf8'));
+    const cli = (await submitJob(other, body)) as FineTuningJob;
+    assert.equal(readFileSync(fileContentPath(other, cli.training_file), 'utf8'), mixedText);
+    assert.equal(mixedText.trim().split('\n').length, 10);
+
+    await assert.rejects(
+      client.fineTuning.jobs.create({ ...body, weitiao: { mix_general: 1.5 } } as never),
+      (e: unknown) => e instanceof OpenAI.BadRequestError && String((e.error as { param?: string }).param).startsWith('weitiao.mix_general'),
+    );
+  });
+});
+

@@ -1,10 +1,12 @@
 /**
- * Creating a job: every check a create request gets before anything is written (createJob), and the dry
- * run that also validates the files, resolves `auto` as the worker will and estimates (planJob).
+ * Creating a job: every check a create request gets before anything is written (createJob), the dry run
+ * that also validates the files, resolves `auto` as the worker will and estimates (planJob), and submitJob,
+ * the one path of the CLI and the API, which prepares the training file first (`weitiao.mix_general`).
  */
 import type { Context } from '../context.js';
 import { parseOrThrow, WeitiaoError } from '../errors.js';
-import { retrieveFile } from '../files/index.js';
+import { applyMixGeneral } from '../eval/job-checks.js';
+import { deleteFile, retrieveFile } from '../files/index.js';
 import { resolveModelParam } from '../models/index.js';
 import { newId, now } from '../store/index.js';
 import { estimateRun, type JobEstimate } from '../hyperparameters/estimate.js';
@@ -60,6 +62,25 @@ export function createJob(ctx: Context, params: CreateJobParams): FineTuningJob 
     addEvent(ctx.db, row.id, { message: `Created fine-tuning job: ${row.id} / 已创建微调任务` });
   })();
   return retrieveJob(ctx, row.id);
+}
+
+/**
+ * What `weitiao train` and `POST /v1/fine_tuning/jobs` call: `weitiao.mix_general` applied first (the mixed
+ * copy of the training file stored and named by the job, the mix in its metadata), then createJob — or, with
+ * `weitiao.dry_run`, planJob on the mixed copy, which is removed again.
+ */
+export async function submitJob(ctx: Context, params: CreateJobParams, options: { signal?: AbortSignal } = {}): Promise<FineTuningJob | JobPlan> {
+  const { params: prepared, file } = await applyMixGeneral(ctx, params);
+  const dryRun = Boolean((params.weitiao as { dry_run?: boolean } | undefined)?.dry_run);
+  try {
+    if (!dryRun) return createJob(ctx, prepared);
+    const plan = await planJob(ctx, prepared, options);
+    if (file) await deleteFile(ctx, file.id);
+    return plan;
+  } catch (err) {
+    if (file) await deleteFile(ctx, file.id).catch(() => {});
+    throw err;
+  }
 }
 
 /** Every check `createJob` makes before it writes anything; what it learned, for createJob and planJob. */

@@ -40,7 +40,7 @@ export {
   SupervisedHyperparameters,
   WeitiaoJobSettings,
 } from './schemas.js';
-export { createJob, planJob } from './create.js';
+export { createJob, planJob, submitJob } from './create.js';
 export { cancelJob, listJobs, pauseJob, resumeJob, retrieveJob } from './lifecycle.js';
 export { followJobEvents, listJobCheckpoints, listJobEvents, type FollowOptions } from './events.js';
 export { jobMethod, jobToWire, reinforcementWire } from './wire.js';

@@ -6,13 +6,11 @@ import { z } from 'zod';
 import type { Context } from '../../context.js';
 import {
   cancelJob,
-  createJob,
   CreateJobParams,
   FineTuningJob,
   FineTuningJobCheckpoint,
   FineTuningJobEvent,
   JobPlan,
-  planJob,
   followJobEvents,
   listJobCheckpoints,
   ListCheckpointsParams,
@@ -24,6 +22,7 @@ import {
   pauseJob,
   resumeJob,
   retrieveJob,
+  submitJob,
 } from '../../jobs/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
@@ -59,7 +58,7 @@ export function jobRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       },
     },
     // A dry run reads the files and runs the estimate: the client going away stops its engine.
-    async (c, { body }) => c.json(body.weitiao?.dry_run ? await planJob(ctx, body, { signal: c.req.raw.signal }) : createJob(ctx, body)),
+    async (c, { body }) => c.json(await submitJob(ctx, body, { signal: c.req.raw.signal })),
   );
 
   routes.add(

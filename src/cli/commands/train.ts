@@ -8,7 +8,7 @@ import type { Context } from '../../context.js';
 import type { EngineEvent } from '../../engine/index.js';
 import { WeitiaoError } from '../../errors.js';
 import { createFile, deleteFile } from '../../files/index.js';
-import { createJob, pauseJob, planJob, resumeJob, retrieveJob, Worker, type CreateJobParams, type FineTuningJob, type JobPlan } from '../../jobs/index.js';
+import { pauseJob, resumeJob, retrieveJob, submitJob, Worker, type CreateJobParams, type FineTuningJob, type JobPlan } from '../../jobs/index.js';
 import { LoraConfig, TrainHyperparameters } from '../../engine/protocol.js';
 import { DEFAULT_DPO_BETA, describeTrainingControls, OptimizerSettings, resolveTrainingControls } from '../../hyperparameters/index.js';
 import { ProgressBar } from '../progress.js';
@@ -16,7 +16,7 @@ import { fmt, formatLabelMetrics, printJson } from '../output.js';
 import { printEstimate } from './estimate.js';
 import { autoOr, number, onOff, withContext } from './shared.js';
 import path from 'node:path';
-import { mixGeneralData, mixGeneralMetadata, runForgettingCheck } from '../../eval/job-checks.js';
+import { runForgettingCheck } from '../../eval/job-checks.js';
 import { formatForgetting } from './eval.js';
 
 // The defaults shown in --help are the engine protocol's, the ones a job gets for a flag left out.
@@ -85,11 +85,7 @@ export function registerTrainCommands(program: Command): void {
           jobId = job.id;
         } else {
           if (!o.model || !o.train) throw new WeitiaoError('invalid_request', '--model and --train are required / 需要 --model 和 --train', { param: o.model ? 'train' : 'model' });
-          // Mixed before upload: the job trains on (and stores) exactly the file it names.
-          const mix = o.mixGeneral !== undefined ? await mixGeneralData(ctx, { trainingFile: o.train, ratio: o.mixGeneral, seed: o.seed ?? 0 }) : null;
-          if (mix) process.stderr.write(`mixed ${mix.added} general examples into ${mix.training_examples} / 已混入通用样本\n`);
-          const trainFile = mix?.file ?? o.train;
-          const training = await createFile(ctx, { source: trainFile, filename: path.basename(trainFile), purpose: 'fine-tune' });
+          const training = await createFile(ctx, { source: o.train, filename: path.basename(o.train), purpose: 'fine-tune' });
           const validation = o.validation
             ? await createFile(ctx, { source: o.validation, filename: path.basename(o.validation), purpose: 'fine-tune' })
             : null;
@@ -106,8 +102,7 @@ export function registerTrainCommands(program: Command): void {
             training_file: training.id,
             validation_file: validation?.id ?? null,
             suffix: o.suffix ?? null,
-            seed: o.seed ?? (mix ? 0 : null),
-            ...(mix && { metadata: mixGeneralMetadata(mix) }),
+            seed: o.seed ?? null,
             method:
               o.method === 'dpo'
                 ? { type: 'dpo', dpo: { hyperparameters: { ...hyperparameters, ...(o.beta !== undefined && { beta: o.beta }) } } }
@@ -134,12 +129,14 @@ export function registerTrainCommands(program: Command): void {
               ...(o.longExamples !== undefined && { long_examples: o.longExamples }),
               ...(o.nproc !== undefined && { nproc: o.nproc }),
               label_set: o.labelMetrics ? 'auto' : null,
+              // Mixed by submitJob, as for the API: the job names (and trains on) the mixed copy.
+              ...(o.mixGeneral !== undefined && { mix_general: o.mixGeneral }),
             },
           };
           if (o.dryRun) {
             // The plan reads stored files: these uploads are scratch copies, removed again.
             try {
-              const plan = await planJob(ctx, { ...params, weitiao: { ...params.weitiao!, dry_run: true } });
+              const plan = (await submitJob(ctx, { ...params, weitiao: { ...params.weitiao!, dry_run: true } })) as JobPlan;
               if (o.json) printJson(plan);
               else printPlan(plan);
             } finally {
@@ -147,8 +144,13 @@ export function registerTrainCommands(program: Command): void {
             }
             return;
           }
-          const job = createJob(ctx, params);
+          const job = (await submitJob(ctx, params)) as FineTuningJob;
           jobId = job.id;
+          const mixed = job.metadata?.['weitiao.mix_general'];
+          if (mixed) {
+            const m = JSON.parse(mixed) as { added: number; training_examples: number };
+            process.stderr.write(`mixed ${m.added} general examples into ${m.training_examples} / 已混入通用样本\n`);
+          }
           process.stderr.write(`created job 已创建任务 ${job.id}\n`);
         }
         const job = await runInForeground(ctx, jobId, { json: Boolean(o.json) });
