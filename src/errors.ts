@@ -14,6 +14,8 @@ export const ERROR_CODES = {
   permission_denied: /* */ [403, 4, 'permission_error'],
   not_found: /*         */ [404, 5, 'invalid_request_error'],
   conflict: /*          */ [409, 6, 'invalid_request_error'],
+  /** A remote worker's call on a lease that no longer holds its job (expired, settled, cancelled): it drops the job (src/workers). */
+  lease_lost: /*        */ [409, 6, 'invalid_request_error'],
   payload_too_large: /* */ [413, 2, 'invalid_request_error'],
   /** A request body in another media type than the route takes (JSON, or multipart for uploads). */
   unsupported_media_type: [415, 2, 'invalid_request_error'],

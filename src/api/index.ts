@@ -39,6 +39,8 @@ import { projectRoutes } from './routes/projects.js';
 import { objectGuard, projectScope } from './internal/scope.js';
 import { consoleRoutes } from './routes/console.js';
 import { evalResultRoutes } from './routes/eval-results.js';
+import { isWorkerUpload, workerRoutes } from './routes/workers.js';
+import { leaseService } from '../workers/index.js';
 import { closeChatEngine } from '../chat/index.js';
 import { serveStatic } from '@hono/node-server/serve-static';
 import { existsSync } from 'node:fs';
@@ -75,7 +77,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   app.notFound(notFound);
   app.use('*', securityHeaders());
   app.use('/v1/*', retryAfterHeader());
-  app.use('/v1/*', requireContentType({ multipart: (method, p) => method === 'POST' && p === '/v1/files' }));
+  app.use('/v1/*', requireContentType({ multipart: (method, p) => method === 'POST' && p === '/v1/files', other: (method, p) => (isWorkerUpload(method, p) ? 'application/x-tar' : undefined) }));
   if (options.auth) app.use('/v1/*', apiKeyAuth({ verify: (key) => verifyKey(ctx, key) }));
   // The key's project and role (auth off: admin of 'default') for everything below; writes are audited.
   app.use('/v1/*', projectScope(ctx));
@@ -109,6 +111,7 @@ export function createApp(ctx: Context, options: AppOptions): Hono<ApiEnv> {
   exportRoutes(routes, ctx);
   teacherRunRoutes(routes, ctx);
   projectRoutes(routes, ctx);
+  workerRoutes(routes, ctx);
 
   let document: Record<string, unknown> | undefined;
   routes.add(
@@ -220,6 +223,9 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
   const worker = options.worker ? new Worker(ctx) : null;
   worker?.on('worker_error', (err) => log(`worker: ${err.code}: ${err.message}`));
   worker?.start();
+  // Remote workers' leases are reaped here whether or not this process runs jobs itself (src/workers).
+  const leases = leaseService(ctx);
+  leases.start(log);
   // Eval runs have no other runner (`weitiao worker` takes fine-tuning jobs only), so the server runs them
   // with or without --no-worker.
   const evalQueue = new EvalRunQueue(ctx, { judgeBaseUrl: `${url}/v1`, ...options.evalQueue });
@@ -240,6 +246,7 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
       server.closeIdleConnections();
       const streamsGrace = setTimeout(() => server.closeAllConnections(), 2000);
       await worker?.stop();
+      await leases.stop();
       await evalQueue.stop();
       await closeChatEngine();
       await stopped;

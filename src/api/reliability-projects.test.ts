@@ -177,6 +177,14 @@ const NAMES_NO_OBJECT: Record<string, string> = {
   'POST /v1/fine_tuning/alpha/graders/run': 'stateless',
   'POST /v1/fine_tuning/alpha/graders/validate': 'stateless',
   'POST /v1/weitiao/projects': 'operators only: tested below',
+  // Remote workers act across projects, so only worker keys (of default) and operators call these: 403 for others.
+  'POST /v1/weitiao/workers/claim': 'worker keys only: src/workers/leases.test.ts',
+  'GET /v1/weitiao/workers/leases/{lease}/inputs/{name}': 'worker keys only',
+  'POST /v1/weitiao/workers/leases/{lease}/events': 'worker keys only',
+  'POST /v1/weitiao/workers/leases/{lease}/heartbeat': 'worker keys only',
+  'PUT /v1/weitiao/workers/leases/{lease}/checkpoints/{step}': 'worker keys only',
+  'PUT /v1/weitiao/workers/leases/{lease}/result': 'worker keys only',
+  'POST /v1/weitiao/workers/leases/{lease}/finish': 'worker keys only',
 };
 
 describe('two projects never see each other (issue 13)', () => {

@@ -19,6 +19,7 @@
  *   reinforcement.ts  method.reinforcement: checks, `auto`, the engine's settings
  *   repository.ts     every SQL statement on jobs, job_events and checkpoints
  *   worker.ts         the queue loop (claim, heartbeat, recovery, stop); validate.ts and run.ts: one job's phases
+ *   (src/workers' remote leases run the same phases: startRun, prepareRun, recordEngineEvent, finishRun)
  */
 
 export {
@@ -49,3 +50,8 @@ export { JOB_STATUSES, TERMINAL, TRANSITIONS, canTransition, type JobStatus } fr
 export { STALE_WORKER_SECONDS } from './internal/process.js';
 export { Worker, type WorkerOptions } from './worker.js';
 export { checkpointProject, isJobUnfinished } from './repository.js';
+// One job's run, shared by the local worker and src/workers' remote leases (no second copy of the logic).
+export { checkpointDirName, finishRun, prepareRun, requestedStop, runState, startRun, type PreparedRun, type RunEnd, type StopReason } from './run.js';
+export { recordEngineEvent, type RunState } from './engine-events.js';
+export { fail, settleAbandoned, storeJournal, type JobJournal } from './outcomes.js';
+export { getJobRow, jobOfLease, REMOTE_WORKER_PREFIX, staleRemoteJobs, unclaimedQueuedJobs, beatHeart, type JobRow } from './repository.js';

@@ -7,7 +7,7 @@ import type { Context } from '../context.js';
 import type { EngineEvent } from '../engine/index.js';
 import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { now } from '../store/index.js';
-import { parseExtension, type JobError, type WireJobEvent } from './internal/records.js';
+import { addEvent, parseExtension, type JobError, type WireJobEvent } from './internal/records.js';
 import { crashLoopMessage } from './internal/recovery.js';
 import { transition, type JobStatus } from './internal/status.js';
 import { countCheckpoints, type EventLevel, type JobRow } from './repository.js';
@@ -81,4 +81,24 @@ export function lost(j: JobJournal, row: JobRow, maxCrashes: number, why: string
   const resumable = countCheckpoints(j.ctx.db, row.id) > 0;
   const message = crashLoopMessage({ jobId: row.id, streak, cause, output: hideServerPaths(detail ?? '', root), resumable });
   fail(j, row.id, { code: 'training_interrupted', message, param: null }, { attempts, extension: release.extension });
+}
+
+/**
+ * A running or pausing job whose worker is gone (a dead local worker, a remote lease not renewed): cancelled when
+ * that was asked, paused when pausing, else lost (queued again to resume from its checkpoint, or a crash loop).
+ */
+export function settleAbandoned(j: JobJournal, row: JobRow, maxCrashes: number, why: string): void {
+  const release = { worker_id: null, worker_pid: null, estimated_finish: null };
+  if (row.requested_action === 'cancel') {
+    settle(j, row.id, 'cancelled', { ...release, requested_action: null, finished_at: now() }, 'The job was cancelled / 任务已取消');
+  } else if (row.status === 'pausing') {
+    settle(j, row.id, 'paused', { ...release, requested_action: null }, 'The job was paused / 任务已暂停');
+  } else {
+    lost(j, row, maxCrashes, why);
+  }
+}
+
+/** A journal that only writes to the store (no listeners): remote leases' runs, whose events nobody in this process follows live. */
+export function storeJournal(ctx: Context): JobJournal {
+  return { ctx, event: (jobId, e) => void addEvent(ctx.db, jobId, e), replaced: () => {}, engine: () => {} };
 }

@@ -132,24 +132,27 @@ export function requestJobCancel(db: DB, id: string): void {
 
 // ------------------------------------------------------------------------------------ worker's claims
 
-/** Jobs claimed by a worker other than `workerId` and not settled (candidates for recovery). */
+/** Worker ids of remote workers' leases (src/workers) start with this; the local worker's recovery leaves them alone. */
+export const REMOTE_WORKER_PREFIX = 'remote:';
+
+/** Jobs claimed by a local worker other than `workerId` and not settled (candidates for recovery; remote leases have their reaper). */
 export function jobsClaimedByOthers(db: DB, workerId: string): JobRow[] {
   return db
     .prepare(
-      `SELECT * FROM jobs WHERE worker_id IS NOT NULL AND worker_id != ?
+      `SELECT * FROM jobs WHERE worker_id IS NOT NULL AND worker_id != ? AND worker_id NOT LIKE '${REMOTE_WORKER_PREFIX}%'
        AND status IN ('validating_files', 'queued', 'running', 'pausing')`,
     )
     .all(workerId) as JobRow[];
 }
 
 /**
- * Claims the oldest waiting job (or job `id` if it waits) for `workerId`, atomically across processes;
- * the claimed row, or null when none waits.
+ * Claims the oldest waiting job (or job `id` if it waits) in one of `statuses` for `workerId`, atomically across
+ * processes; the claimed row, or null when none waits.
  */
-export function claimWaitingJob(db: DB, workerId: string, id?: string): JobRow | null {
+export function claimWaitingJob(db: DB, workerId: string, id?: string, statuses: readonly ('validating_files' | 'queued')[] = ['validating_files', 'queued']): JobRow | null {
   return db
     .transaction((): JobRow | null => {
-      const waiting = `worker_id IS NULL AND status IN ('validating_files', 'queued')`;
+      const waiting = `worker_id IS NULL AND status IN (${statuses.map((s) => `'${s}'`).join(', ')})`;
       const row = (
         id === undefined
           ? db.prepare(`SELECT * FROM jobs WHERE ${waiting} ORDER BY rowid LIMIT 1`).get()
@@ -335,4 +338,25 @@ export function unfinishedJobUsingModels(db: DB, modelIds: string[], jobId: stri
 /** Removes the checkpoint row behind checkpoint model `checkpointModel` (its model was deleted). */
 export function deleteCheckpointOfModel(db: DB, checkpointModel: string): void {
   db.prepare('DELETE FROM checkpoints WHERE fine_tuned_model_checkpoint = ?').run(checkpointModel);
+}
+
+// ------------------------------------------------------------------------------------ remote leases
+
+/** Queued jobs no worker holds, oldest first (a remote claim picks the first whose method the worker runs). */
+export function unclaimedQueuedJobs(db: DB, limit: number): JobRow[] {
+  return db.prepare(`SELECT * FROM jobs WHERE status = 'queued' AND worker_id IS NULL ORDER BY rowid LIMIT ?`).all(limit) as JobRow[];
+}
+
+/** The running or pausing job a remote lease holds (`worker_id` ends in `:<lease>`), or undefined. */
+export function jobOfLease(db: DB, leaseId: string): JobRow | undefined {
+  return db
+    .prepare(`SELECT * FROM jobs WHERE worker_id LIKE ? AND substr(worker_id, -?) = ? AND status IN ('running', 'pausing')`)
+    .get(`${REMOTE_WORKER_PREFIX}%`, leaseId.length + 1, `:${leaseId}`) as JobRow | undefined;
+}
+
+/** Running or pausing jobs held by remote leases whose heartbeat is older than `cutoff` (epoch seconds). */
+export function staleRemoteJobs(db: DB, cutoff: number): JobRow[] {
+  return db
+    .prepare(`SELECT * FROM jobs WHERE worker_id LIKE ? AND status IN ('running', 'pausing') AND (heartbeat_at IS NULL OR heartbeat_at < ?)`)
+    .all(`${REMOTE_WORKER_PREFIX}%`, cutoff) as JobRow[];
 }

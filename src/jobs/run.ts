@@ -6,7 +6,8 @@
  */
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { runEngine, type TrainResult } from '../engine/index.js';
+import type { Context } from '../context.js';
+import { runEngine, type TrainRequest, type TrainResult } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
 import { runForgettingCheck } from '../eval/job-checks.js';
 import { createFile, fileContentPath } from '../files/index.js';
@@ -20,7 +21,7 @@ import { discardUnrecordedCheckpoints, newestCheckpoint } from './internal/recov
 import { transition } from './internal/status.js';
 import { lost, fail, settle, type JobJournal } from './outcomes.js';
 import { reinforcementRequest } from './reinforcement.js';
-import { getJobRow, getJobState, lastMetricsStep, metricsEventData, setEnginePid } from './repository.js';
+import { getJobRow, getJobState, lastMetricsStep, metricsEventData, setEnginePid, type JobRow } from './repository.js';
 import { DEFAULT_DPO_BETA } from './schemas.js';
 import { jobMethod, jobToWire } from './wire.js';
 
@@ -74,9 +75,8 @@ export class JobRun implements EngineOutcome {
 
   /** Checks the store for a cancel or pause request and acts on it. */
   watch(db: DB): void {
-    const row = getJobState(db, this.jobId);
-    if (!row || row.requested_action === 'cancel' || row.status === 'cancelled') this.stop('cancel');
-    else if (row.status === 'pausing' || row.requested_action === 'pause') this.stop('pause');
+    const stop = requestedStop(db, this.jobId);
+    if (stop) this.stop(stop);
   }
 
   /** The engine exited. */
@@ -88,25 +88,31 @@ export class JobRun implements EngineOutcome {
   }
 }
 
-/**
- * Runs a queued job's training to an outcome: running, the engine's `train` command in
- * `<home>/jobs/<job id>` (resuming from its newest checkpoint), its events into the store, then the next
- * status. `attach` receives the run as soon as it exists, so the worker can stop or kill its engine.
- */
-export async function trainJob(j: JobJournal, id: string, opts: RunOptions, attach: (run: JobRun) => void): Promise<void> {
-  const started = getJobRow(j.ctx.db, id)!;
+/** queued → running for `workerId` (the transition the local worker and a remote lease share); false when the job was cancelled or paused meanwhile. */
+export function startRun(db: DB, id: string, workerId: string): boolean {
+  const started = getJobRow(db, id)!;
   try {
-    transition(
-      j.ctx.db,
-      id,
-      'running',
-      { started_at: started.started_at ?? now(), worker_id: opts.workerId, heartbeat_at: now(), error: null },
-      { from: ['queued'] },
-    );
+    transition(db, id, 'running', { started_at: started.started_at ?? now(), worker_id: workerId, heartbeat_at: now(), error: null }, { from: ['queued'] });
+    return true;
   } catch (err) {
-    if (err instanceof WeitiaoError && err.code === 'conflict') return; // cancelled or paused meanwhile
+    if (err instanceof WeitiaoError && err.code === 'conflict') return false;
     throw err;
   }
+}
+
+/** A running job's engine request (this server's paths) and the state the translation of its events keeps. */
+export interface PreparedRun {
+  request: TrainRequest;
+  state: RunState;
+  /** The `checkpoints/step-N` directory the run resumes from, or null. */
+  resumeFrom: string | null;
+}
+
+/**
+ * Prepares a running job's engine run: the job's directory (unrecorded checkpoints discarded), the train request
+ * resuming from its newest checkpoint, and the "started"/"resuming" event. Local runs and remote leases call it.
+ */
+export async function prepareRun(j: JobJournal, id: string, threads: number | null): Promise<PreparedRun> {
   const row = getJobRow(j.ctx.db, id)!;
   const ext = parseExtension(row);
   if (!ext.resolved) throw new WeitiaoError('internal_error', `job ${id} reached the queue without resolved hyperparameters`);
@@ -114,13 +120,6 @@ export async function trainJob(j: JobJournal, id: string, opts: RunOptions, atta
   const model = resolveModel(j.ctx, row.model);
   const method = jobMethod(row);
   const outputDir = path.join(j.ctx.home.jobs, id);
-  // Continued fine-tuning of an adapter: the engine merges it into <outputDir>/base, which the new weights build on.
-  const fullWeights = method === 'full' || (method === 'reinforcement' && ext.settings.method === 'full');
-  const weights: Weights = {
-    method,
-    format: fullWeights ? 'full' : 'lora',
-    ...(model.adapterPath && !fullWeights ? { base_path: path.join(outputDir, 'base') } : {}),
-  };
   await mkdir(outputDir, { recursive: true });
   const discarded = await discardUnrecordedCheckpoints(j.ctx, id, outputDir);
   if (discarded.length) {
@@ -130,6 +129,8 @@ export async function trainJob(j: JobJournal, id: string, opts: RunOptions, atta
     });
   }
   const newest = newestCheckpoint(outputDir);
+  const state = runState(j.ctx, row, newest ? Number(newest.slice(5)) : null);
+  const fullWeights = state.weights.format === 'full';
   const request = buildTrainRequest({
     basePath: model.basePath,
     outputDir,
@@ -151,7 +152,7 @@ export async function trainJob(j: JobJournal, id: string, opts: RunOptions, atta
     // Stored with the job, so a resumed or recovered run gets the same controls as its first start.
     controls: pickTrainingControls(ext.settings),
     resume: newest !== null,
-    threads: opts.threads ?? null,
+    threads,
   });
   const controls = resolveTrainingControls(pickTrainingControls(ext.settings));
   j.event(id, {
@@ -160,20 +161,61 @@ export async function trainJob(j: JobJournal, id: string, opts: RunOptions, atta
       `; ${describeTrainingControls(controls)}`,
     data: { controls, ...(newest ? { resumed_from: newest } : {}) },
   });
+  return { request, state, resumeFrom: newest };
+}
 
-  const run = new JobRun(id, opts);
-  attach(run);
-  const ftName = fineTunedModelName(row);
-  const state: RunState = {
+/**
+ * What the translation of a running job's events keeps, from its row: `resumeFrom` is the checkpoint step the
+ * run started from (null: from the start, or unknown — a remote lease's state rebuilt after a server restart).
+ */
+export function runState(ctx: Context, row: JobRow, resumeFrom: number | null): RunState {
+  const ext = parseExtension(row);
+  const model = resolveModel(ctx, row.model);
+  const method = jobMethod(row);
+  const outputDir = path.join(ctx.home.jobs, row.id);
+  // Continued fine-tuning of an adapter: the engine merges it into <outputDir>/base, which the new weights build on.
+  const fullWeights = method === 'full' || (method === 'reinforcement' && ext.settings.method === 'full');
+  const weights: Weights = {
+    method,
+    format: fullWeights ? 'full' : 'lora',
+    ...(model.adapterPath && !fullWeights ? { base_path: path.join(outputDir, 'base') } : {}),
+  };
+  return {
     ext,
-    ftName,
+    ftName: fineTunedModelName(row),
     outputDir,
     weights,
-    resumeFrom: newest ? Number(newest.slice(5)) : null,
-    reportedUpTo: lastMetricsStep(j.ctx.db, id) ?? 0,
+    resumeFrom,
+    reportedUpTo: lastMetricsStep(ctx.db, row.id) ?? 0,
     sawMetrics: false,
     sawSkip: false,
   };
+}
+
+/** A checkpoint's directory name under `<job dir>/checkpoints`, as the engine writes it (engine/weitiao_engine/training/checkpoints.py). */
+export function checkpointDirName(step: number): string {
+  return `step-${String(step).padStart(6, '0')}`;
+}
+
+/** Whether the store asks the job's run to stop: cancel (also when the job is gone or cancelled) or pause. */
+export function requestedStop(db: DB, id: string): 'cancel' | 'pause' | null {
+  const row = getJobState(db, id);
+  if (!row || row.requested_action === 'cancel' || row.status === 'cancelled') return 'cancel';
+  if (row.status === 'pausing' || row.requested_action === 'pause') return 'pause';
+  return null;
+}
+
+/**
+ * Runs a queued job's training to an outcome: running, the engine's `train` command in
+ * `<home>/jobs/<job id>` (resuming from its newest checkpoint), its events into the store, then the next
+ * status. `attach` receives the run as soon as it exists, so the worker can stop or kill its engine.
+ */
+export async function trainJob(j: JobJournal, id: string, opts: RunOptions, attach: (run: JobRun) => void): Promise<void> {
+  if (!startRun(j.ctx.db, id, opts.workerId)) return; // cancelled or paused meanwhile
+  const { request, state } = await prepareRun(j, id, opts.threads ?? null);
+
+  const run = new JobRun(id, opts);
+  attach(run);
   const watch = setInterval(() => run.watch(j.ctx.db), opts.pollMs);
   watch.unref();
 
@@ -197,14 +239,24 @@ export async function trainJob(j: JobJournal, id: string, opts: RunOptions, atta
     setEnginePid(j.ctx.db, id, null);
   }
   run.watch(j.ctx.db); // a request that arrived in the last moments still decides the outcome
-  await finish(j, opts, run, state, result, failure);
+  await finishRun(j, opts.maxCrashes, run, state, result, failure);
 }
 
-/** Turns the engine's outcome into the job's next status. */
-async function finish(
+/** How a run ended, as its outcome needs it: why it was stopped and whether the engine reported an error. */
+export interface RunEnd {
+  readonly jobId: string;
+  readonly reason: StopReason | null;
+  readonly sawEngineError: boolean;
+}
+
+/**
+ * Turns the engine's outcome into the job's next status (local runs and remote leases alike): succeeded (the
+ * model registered, the metrics CSV, the forgetting check), cancelled, paused, queued again, failed, or lost.
+ */
+export async function finishRun(
   j: JobJournal,
-  opts: RunOptions,
-  run: JobRun,
+  maxCrashes: number,
+  run: RunEnd,
   state: RunState,
   result: TrainResult | null,
   failure: WeitiaoError | null,
@@ -238,7 +290,7 @@ async function finish(
   }
   // The engine died without saying why (killed, out of memory) or was stopped from outside: try again from the checkpoint.
   const why = failure ? failure.message.split('\n')[0] : 'the engine was interrupted';
-  lost(j, getJobRow(j.ctx.db, id)!, opts.maxCrashes, why, failure?.message.split('\n').slice(1).join('\n'));
+  lost(j, getJobRow(j.ctx.db, id)!, maxCrashes, why, failure?.message.split('\n').slice(1).join('\n'));
 }
 
 async function succeed(j: JobJournal, id: string, state: RunState, result: TrainResult): Promise<void> {

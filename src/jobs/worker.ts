@@ -19,11 +19,11 @@ import { EventEmitter } from 'node:events';
 import type { Context } from '../context.js';
 import type { EngineEvent } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
-import { newId, now } from '../store/index.js';
+import { newId } from '../store/index.js';
 import { isGroupAlive, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
 import { addEvent } from './internal/records.js';
 import { defaultMaxCrashes } from './internal/recovery.js';
-import { fail, lost, settle, type JobJournal, type NewJobEvent } from './outcomes.js';
+import { fail, settleAbandoned, type JobJournal, type NewJobEvent } from './outcomes.js';
 import { beatHeart, claimWaitingJob, getJobRow, jobsClaimedByOthers, releaseJob, type JobRow } from './repository.js';
 import { trainJob, type JobRun, type RunOptions } from './run.js';
 import type { FineTuningJob, FineTuningJobEvent } from './schemas.js';
@@ -53,6 +53,8 @@ export interface WorkerOptions {
   onEvent?: (jobId: string, event: FineTuningJobEvent) => void;
   /** Every raw engine event (progress bars want these: step, loss, tokens/s, ETA). */
   onEngineEvent?: (jobId: string, event: EngineEvent) => void;
+  /** False: only validate jobs' files (validating_files → queued) and leave the training to remote workers (src/workers). */
+  train?: boolean;
 }
 
 export interface WorkerEvents {
@@ -65,7 +67,7 @@ export interface WorkerEvents {
 
 export class Worker extends EventEmitter<WorkerEvents> {
   readonly id: string;
-  private readonly opts: Required<Omit<WorkerOptions, 'id' | 'onEvent' | 'onEngineEvent' | 'threads'>> & WorkerOptions;
+  private readonly opts: Required<Omit<WorkerOptions, 'id' | 'onEvent' | 'onEngineEvent' | 'threads' | 'train'>> & WorkerOptions;
   private loop: Promise<void> | null = null;
   private stopping = false;
   private wake: (() => void) | null = null;
@@ -183,17 +185,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // Its engine runs in its own process group and may have outlived the worker: two engines must
       // never write one job directory.
       if (isGroupAlive(row.worker_pid)) await stopGroup(row.worker_pid!, 10_000);
-      const release = { worker_id: null, worker_pid: null, estimated_finish: null };
       try {
-        if (row.status === 'validating_files' || row.status === 'queued') {
-          releaseJob(this.ctx.db, row.id, row.worker_id!);
-        } else if (row.requested_action === 'cancel') {
-          settle(this.journal, row.id, 'cancelled', { ...release, requested_action: null, finished_at: now() }, 'The job was cancelled / 任务已取消');
-        } else if (row.status === 'pausing') {
-          settle(this.journal, row.id, 'paused', { ...release, requested_action: null }, 'The job was paused / 任务已暂停');
-        } else {
-          lost(this.journal, row, this.opts.maxCrashes, `its worker ${row.worker_id} stopped / 运行它的 worker 已停止`);
-        }
+        if (row.status === 'validating_files' || row.status === 'queued') releaseJob(this.ctx.db, row.id, row.worker_id!);
+        else settleAbandoned(this.journal, row, this.opts.maxCrashes, `its worker ${row.worker_id} stopped / 运行它的 worker 已停止`);
         touched.push(row.id);
       } catch (err) {
         // Another worker got there first: fine.
@@ -206,7 +200,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   // ---------------------------------------------------------------------------------------------- claim
 
   private claim(id?: string): JobRow | null {
-    return claimWaitingJob(this.ctx.db, this.id, id);
+    return claimWaitingJob(this.ctx.db, this.id, id, this.opts.train === false ? ['validating_files'] : undefined);
   }
 
   private async execute(claimed: JobRow): Promise<void> {
@@ -222,7 +216,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     try {
       const validating = { pollMs: this.opts.pollMs, stopping: () => this.stopping };
       if (claimed.status === 'validating_files' && !(await validateJobFiles(this.journal, claimed.id, validating))) return;
-      if (this.stopping) {
+      if (this.stopping || this.opts.train === false) {
         this.release(claimed.id);
         return;
       }

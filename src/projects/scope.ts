@@ -8,7 +8,8 @@ import type Database from 'better-sqlite3';
 import { WeitiaoError } from '../errors.js';
 
 export const DEFAULT_PROJECT = 'default';
-export const Role = z.enum(['admin', 'member', 'read-only']);
+/** `worker`: a remote GPU worker's key, which may only call /v1/weitiao/workers/* (src/workers). */
+export const Role = z.enum(['admin', 'member', 'read-only', 'worker']);
 export type Role = z.infer<typeof Role>;
 
 export interface Scope {
@@ -27,6 +28,11 @@ const storage = new AsyncLocalStorage<Scope>();
 /** Runs `fn` (and everything it awaits or schedules) inside `scope`. */
 export function runInScope<T>(scope: Scope, fn: () => T): T {
   return storage.run(scope, fn);
+}
+
+/** Runs `fn` outside any scope, as the local worker runs: it sees every project's rows (remote workers' leases). */
+export function runUnscoped<T>(fn: () => T): T {
+  return storage.exit(fn);
 }
 
 /** The active scope, or undefined outside any (the worker's own bookkeeping, start-up checks). */
@@ -73,7 +79,7 @@ export function isOperator(scope: Scope | undefined = activeScope()): boolean {
 export function parseRole(value: unknown): Role {
   const parsed = Role.safeParse(value);
   if (!parsed.success) {
-    throw new WeitiaoError('invalid_request', `unknown role '${String(value)}': admin, member or read-only / 未知角色`, { param: 'role' });
+    throw new WeitiaoError('invalid_request', `unknown role '${String(value)}': admin, member, read-only or worker / 未知角色`, { param: 'role' });
   }
   return parsed.data;
 }

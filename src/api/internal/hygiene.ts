@@ -40,6 +40,8 @@ export function securityHeaders(): MiddlewareHandler<ApiEnv> {
 export interface ContentTypeOptions {
   /** Routes that take multipart/form-data instead of JSON (the upload). */
   multipart: (method: string, path: string) => boolean;
+  /** Routes that take yet another media type, named (a remote worker's tar uploads: application/x-tar). */
+  other?: (method: string, path: string) => string | undefined;
 }
 
 const UNSAFE = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
@@ -53,7 +55,7 @@ export function requireContentType(options: ContentTypeOptions): MiddlewareHandl
     const hasBody = type !== '' || Number(c.req.header('content-length') ?? 0) > 0 || c.req.header('transfer-encoding') !== undefined;
     if (!hasBody) return next();
     const multipart = options.multipart(method, c.req.path);
-    const expected = multipart ? 'multipart/form-data' : 'application/json';
+    const expected = multipart ? 'multipart/form-data' : (options.other?.(method, c.req.path) ?? 'application/json');
     if (type !== expected) {
       throw unsupported(`${method} ${c.req.path} takes ${expected}, not ${type || 'a body without Content-Type'} / 请求体须为 ${expected}`);
     }

@@ -17,7 +17,7 @@ export interface RouteInput<P extends MaybeSchema, Q extends MaybeSchema, B exte
 }
 
 export interface RouteSpec<P extends MaybeSchema, Q extends MaybeSchema, B extends MaybeSchema> {
-  method: 'get' | 'post' | 'delete';
+  method: 'get' | 'post' | 'put' | 'delete';
   /** Hono's syntax; `:model{.+}` for a param that may contain '/' (model ids do). */
   path: string;
   operationId: string;

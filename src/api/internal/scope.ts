@@ -37,13 +37,18 @@ export function projectScope(ctx: Context): MiddlewareHandler<ApiEnv> {
         if (mutating && scope.role === 'read-only' && !READ_ONLY_POSTS.has(c.req.path)) {
           throw new WeitiaoError('permission_denied', `a read-only key cannot ${c.req.method} ${c.req.path} / 只读密钥不能修改数据`);
         }
+        // A remote worker's key does that and nothing else (least privilege).
+        if (scope.role === 'worker' && !c.req.path.startsWith('/v1/weitiao/workers/')) {
+          throw new WeitiaoError('permission_denied', `a worker key may only call /v1/weitiao/workers/*, not ${c.req.method} ${c.req.path} / worker 密钥只能调用远程 worker 接口`);
+        }
         await next();
       });
     } catch (err) {
       failure = WeitiaoError.from(err);
       throw err;
     } finally {
-      if (mutating) {
+      // A lease's events and heartbeats are its progress, not changes worth a row each (claims, uploads and finishes are audited).
+      if (mutating && !/^\/v1\/weitiao\/workers\/leases\/[^/]+\/(events|heartbeat)$/.test(c.req.path)) {
         const status = failure?.httpStatus ?? c.res.status;
         writeAudit(ctx, {
           scope,
