@@ -227,6 +227,9 @@ export function getRun(ctx: Context, id: string): RunObject | null {
  */
 export function claimRun(ctx: Context, workerId: string, id?: string): RunRow | null {
   const db = ctx.db;
+  // An idle queue polls: look without the write lock first, take it only when something waits.
+  const any = id === undefined ? db.prepare("SELECT 1 FROM eval_runs WHERE status = 'queued' AND worker_id IS NULL LIMIT 1").get() : true;
+  if (!any) return null;
   return db
     .transaction((): RunRow | null => {
       const waiting = "status = 'queued' AND worker_id IS NULL";
