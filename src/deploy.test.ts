@@ -3,11 +3,11 @@
  * containers of deploy/compose.yaml and deploy/k8s/, the commands their comments and docs/DEPLOY.md tell people
  * to type. Each must name a command the CLI has, with options it defines, so that renaming a command or a flag
  * fails here and not at someone's `docker compose up`. The YAML files must also parse, and their weitiao
- * containers must still start the API and a worker.
+ * containers must still start the API and a worker, and the Dockerfile must still run every step of `make setup`.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, type Option } from 'commander';
@@ -160,12 +160,19 @@ function strings(value: unknown): string[] {
   return [];
 }
 
-/** The comments of a YAML file or Dockerfile: text after a `#` that starts a line or follows a space. */
-function comments(text: string): string {
-  return text
-    .split('\n')
-    .map((line) => line.match(/(?:^|\s)#(.*)$/)?.[1] ?? '')
-    .join('\n');
+/**
+ * The commands written in the comments of a YAML file or Dockerfile: a comment line indented as code
+ * (`#   docker compose … exec api weitiao keys create alice`) and every `backquoted` span; prose is left alone.
+ */
+function commentedCommands(text: string): string {
+  const code: string[] = [];
+  for (const line of text.split('\n')) {
+    const comment = line.match(/(?:^|\s)#(.*)$/)?.[1];
+    if (comment === undefined) continue;
+    if (/^\s{2,}\S/.test(comment)) code.push(comment);
+    code.push(...[...comment.matchAll(/`([^`]+)`/g)].map((m) => m[1]));
+  }
+  return code.join('\n');
 }
 
 /** Lines inside the fenced code blocks of a Markdown file, shell comments dropped, synopsis continuations joined. */
@@ -239,9 +246,9 @@ test('every weitiao command in the deployment files and docs/DEPLOY.md exists in
   for (const file of ['deploy/compose.yaml', ...K8S_FILES]) {
     const text = read(file);
     const parsed = YAML.parseAllDocuments(text).map((d) => d.toJS());
-    strict.push(...invocationsInText(strings(parsed).join('\n'), file), ...invocationsInText(comments(text), `${file} (comments)`));
+    strict.push(...invocationsInText(strings(parsed).join('\n'), file), ...invocationsInText(commentedCommands(text), `${file} (comments)`));
   }
-  strict.push(...invocationsInText(comments(read('Dockerfile')), 'Dockerfile (comments)'));
+  strict.push(...invocationsInText(commentedCommands(read('Dockerfile')), 'Dockerfile (comments)'));
   const docs = ['docs/DEPLOY.md', 'deploy/k8s/README.md'].flatMap((f) => invocationsInText(codeBlocks(read(f)), f));
 
   const problems = [
@@ -253,5 +260,61 @@ test('every weitiao command in the deployment files and docs/DEPLOY.md exists in
   const seen = new Set([...strict, ...docs].map((inv) => inv.argv.slice(0, 2).join(' ')));
   for (const expected of ['serve --host', 'worker --server', 'keys create', 'models deploy', 'export ft:qwen2.5-7b:waimai:abc']) {
     assert.ok(seen.has(expected), `no 'weitiao ${expected}' found; seen: ${[...seen].join(', ')}`);
+  }
+});
+
+/** `make setup`'s steps that the image does its own way (or not at all), with the reason. */
+const SETUP_NOT_IN_IMAGE: Record<string, string> = {
+  malloc: 'the Dockerfile installs tcmalloc with apt-get itself (libtcmalloc-minimal4 or its t64 name)',
+  'check-python': 'the base image brings python3 (>= 3.11 for the pinned numpy)',
+};
+/** Make's own bookkeeping in recipes: stamp files and existence tests. */
+const MAKE_BOOKKEEPING = new Set(['touch', 'test']);
+
+/** The words that identify a shell command: its first two words and the repository files it names. */
+function signature(command: string): string[] {
+  const words = command
+    .replace(/\$\([^)]*\)/g, ' ')
+    .split(/\s+/)
+    .filter((w) => w && !w.startsWith('-'));
+  return words.filter((w, i) => i < 2 || ((w.includes('/') || w.includes('.')) && existsSync(path.join(ROOT, w))));
+}
+
+test('the Dockerfile runs every step of `make setup` (npm ci, the venv from engine/requirements.txt, tsc, the console build)', () => {
+  const makefile = read('Makefile');
+  const recipes = new Map<string, string[]>();
+  let current: string[] | null = null;
+  for (const line of makefile.split('\n')) {
+    const target = /^([^\s#:][^:=]*):(?!=)/.exec(line);
+    if (target) recipes.set(target[1].trim(), (current = []));
+    else if (line.startsWith('\t') && current) current.push(line.trim().replace(/^@/, ''));
+    else if (!line.startsWith('\t')) current = null;
+  }
+  const steps = /^setup:(.*)$/m.exec(makefile)![1].trim().split(/\s+/);
+  const commands = steps
+    .filter((step) => !(step in SETUP_NOT_IN_IMAGE))
+    .flatMap((step) => {
+      assert.ok(recipes.has(step), `make setup's step '${step}' has no recipe here: mirror it in the Dockerfile, or list it in SETUP_NOT_IN_IMAGE`);
+      return recipes.get(step)!;
+    })
+    .flatMap((line) => line.split(/&&|\|\|/).map((c) => c.trim()))
+    .filter((c) => c && !MAKE_BOOKKEEPING.has(c.split(/\s+/)[0]));
+  assert.ok(commands.length >= 4, `too few setup commands found: ${commands.join(' | ')}`);
+
+  const dockerCommands = read('Dockerfile')
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .filter((l) => /^RUN\s/.test(l))
+    .flatMap((l) => l.slice(4).split(/&&|\|\|/))
+    .map((c) => c.replace(/^\s*[({]\s*/, '').trim());
+  for (const command of commands) {
+    const want = signature(command);
+    const found = dockerCommands.some((c) => {
+      const words = c.replace(/"\$\{?\w+\}?"/g, ' ').split(/\s+/);
+      let at = 0;
+      for (const w of words) if (at < want.length && (w === want[at] || w.endsWith(`/${want[at]}`))) at++;
+      return at === want.length;
+    });
+    assert.ok(found, `make setup runs \`${command}\` but no RUN in the Dockerfile has ${JSON.stringify(want)}`);
   }
 });
