@@ -51,6 +51,17 @@ def test_the_whole_layer_step_decides_over_the_bare_matmuls():
     assert pp.decide(large_model, bf16_checkpoint=True)["precision"] == "bf16"
 
 
+def test_a_layer_probed_at_the_runs_tokens_decides_in_both_directions():
+    # bf16 won clearly, so bf16-stored weights were not timed: bf16, and the reason names the layer's rows.
+    won = figures(1.0, 2.0, 2.0, native=True, layer_tokens=256, layer_seconds={"fp32": 0.9, "bf16": 0.33})
+    choice = pp.decide(won, bf16_checkpoint=True)
+    assert choice["precision"] == "bf16" and "one layer's step at 256 tokens: bf16 2.73x fp32" in choice["reason"]
+    # The same products, but the layer with LoRA at the run's rows is slower in bf16: bf16-stored weights at fp32 speed.
+    lost = figures(1.0, 0.4, 2.0, native=True, layer_tokens=256, layer_seconds={"fp32": 0.9, "bf16": 1.2, "bf16-weights": 0.92})
+    assert pp.decide(lost, bf16_checkpoint=True)["precision"] == "bf16-weights"
+    assert pp.decide(lost, bf16_checkpoint=False)["precision"] == "fp32"
+
+
 def test_threads_all_logical_cpus_only_when_clearly_faster():
     faster = figures(1.0, 2.0, 2.0, threads_all={"threads": 4, "dtype": "fp32", "seconds": 0.8})
     assert pp.decide(faster, bf16_checkpoint=False)["threads"] == 4
@@ -137,7 +148,9 @@ def test_real_probe_on_a_tiny_model_config(tmp_path, monkeypatch):
     assert choice["precision"] in ("bf16", "bf16-weights", "fp32") and choice["source"] == "probe"
     assert set(pp.VARIANTS) <= set(f["seconds"]) and all(s > 0 for s in f["seconds"].values())
     assert f["bf16_safe"] and f["bf16_error"] < 0.02 and f["tokens"] == 16
-    assert set(f["layer_seconds"]) == set(pp.VARIANTS) and all(s > 0 for s in f["layer_seconds"].values())
+    layer = f["layer_seconds"]
+    assert {"fp32", "bf16"} <= set(layer) <= set(pp.VARIANTS) and all(s > 0 for s in layer.values())
+    assert "bf16-weights" in layer or layer["fp32"] >= layer["bf16"] * pp.BF16_MARGIN  # measured unless bf16 clearly won
     assert f["layer_tokens"] == 16 and 0 <= f["cpu_wait"] and f["contended"] is False
     assert "probe" in pp.describe(choice) and "GFLOP/s" in pp.describe(choice) and "at 16 tokens" in pp.describe(choice)
     # on/off are the job's: taken as set, the (now cached) figures attached for the record.
@@ -146,7 +159,7 @@ def test_real_probe_on_a_tiny_model_config(tmp_path, monkeypatch):
     assert pp.choose("on", config, bf16_checkpoint=False, cache_dir=tmp_path)["precision"] == "bf16"
     # A run's micro-batch and LoRA rank: the layer carries LoRA and is timed at the tokens' bucket, a new entry.
     lora = pp.choose("auto", config, bf16_checkpoint=True, cache_dir=tmp_path, tokens=40, lora_rank=4)["figures"]
-    assert lora["cached"] is False and lora["layer_tokens"] == 64 and set(lora["layer_seconds"]) == set(pp.VARIANTS)
+    assert lora["cached"] is False and lora["layer_tokens"] == 64 and {"fp32", "bf16"} <= set(lora["layer_seconds"])
 
 
 def test_full_fine_tuning_probes_a_training_layer_and_never_keeps_bf16_weights(tmp_path):
@@ -200,8 +213,8 @@ def test_every_recipe_decides_auto_through_choose_for_run(tiny_model, tmp_path, 
                               lora=SimpleNamespace(r=4))  # fmt: skip
     choice = precision.choose_for_run(request, full=full)
     assert (choice["precision"], choice["source"], measured) == (expected, "probe", [full])
-    # 64 short examples per micro-batch: some hundreds of tokens (a power of two); LoRA's rank where LoRA trains.
-    assert layers[0][1] in (256, 512) and layers[0][2] == (None if full else 4)
+    # 64 short examples per micro-batch: some hundreds of tokens, the probe's largest bucket; LoRA's rank where LoRA trains.
+    assert layers[0][1] == 256 and layers[0][2] == (None if full else 4)
     assert "precision " + expected in protocol._out.getvalue()  # logged with the probe's figures
     assert precision.choose_for_run(request, full=full)["figures"]["cached"] and measured == [full]  # once per machine
     off = SimpleNamespace(**{**vars(request), "hyperparameters": SimpleNamespace(**{**vars(hp), "bf16": "off"})})
@@ -209,7 +222,7 @@ def test_every_recipe_decides_auto_through_choose_for_run(tiny_model, tmp_path, 
 
 
 def test_layer_tokens_round_to_a_power_of_two_within_the_probe_range():
-    assert [pp.token_bucket(t) for t in (None, 0, 10, 90, 100, 462, 600, 5000)] == [pp.PROBE_TOKENS, pp.PROBE_TOKENS, 64, 64, 128, 512, 512, 512]
+    assert [pp.token_bucket(t) for t in (None, 0, 10, 90, 100, 200, 462, 5000)] == [pp.PROBE_TOKENS, pp.PROBE_TOKENS, 64, 64, 128, 256, 256, 256]
 
 
 def test_cache_key_includes_the_token_bucket_and_the_lora_rank(tmp_path):
@@ -217,13 +230,13 @@ def test_cache_key_includes_the_token_bucket_and_the_lora_rank(tmp_path):
                          num_hidden_layers=2, vocab_size=256)  # fmt: skip
     measure = CountingMeasure()
     probe = lambda **kw: pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure, config=config, **kw)  # noqa: E731
-    assert probe(tokens=462, lora_rank=8)["cached"] is False
-    assert probe(tokens=500, lora_rank=8)["cached"] is True  # same bucket (512): one entry
+    assert probe(tokens=230, lora_rank=8)["cached"] is False
+    assert probe(tokens=280, lora_rank=8)["cached"] is True  # same bucket (256): one entry
     assert probe(tokens=100, lora_rank=8)["cached"] is False  # 128 tokens: another
-    assert probe(tokens=462, lora_rank=16)["cached"] is False  # another rank
-    assert probe(tokens=462)["cached"] is False  # no LoRA
+    assert probe(tokens=230, lora_rank=16)["cached"] is False  # another rank
+    assert probe(tokens=230)["cached"] is False  # no LoRA
     keys = list(json.loads((tmp_path / "precision-probe.json").read_text()))
-    assert measure.calls == 4 and sum("|512 tokens|lora r8" in k for k in keys) == 1 and sum("|128 tokens|" in k for k in keys) == 1
+    assert measure.calls == 4 and sum("|256 tokens|lora r8" in k for k in keys) == 1 and sum("|128 tokens|" in k for k in keys) == 1
 
 
 class ContendedMeasure:
