@@ -133,8 +133,9 @@ test('distillation: the demo model served by weitiao serve labels 500 reviews; a
   // The student: the demo's base model trained only on the teacher's labels, in a home of its own.
   const studentHome = path.join(OUT, 'student-home');
   await weitiao(['data', 'prepare', path.join(OUT, 'labelled.jsonl'), '-o', path.join(OUT, 'student-data'), '--system', system, '--user', '{review}', '--assistant', '{label}', '--seed', '100'], studentHome);
+  await weitiao(['models', 'add', path.join(DEMO_HOME, 'models', 'tiny-qwen2'), '--name', 'tiny-qwen2'], studentHome);
   await weitiao(
-    ['train', '--model', path.join(DEMO_HOME, 'models', 'tiny-qwen2'), '--train', path.join(OUT, 'student-data', 'train.jsonl'), '--suffix', 'student', '--epochs', '6', '--batch-size', '16', '--learning-rate', '3e-3', '--lora-r', '16', '--lora-alpha', '32', '--modules-to-save', 'embed_tokens', '--seed', '100'],
+    ['train', '--model', 'tiny-qwen2', '--train', path.join(OUT, 'student-data', 'train.jsonl'), '--suffix', 'student', '--epochs', '6', '--batch-size', '16', '--learning-rate', '3e-3', '--lora-r', '16', '--lora-alpha', '32', '--modules-to-save', 'embed_tokens', '--seed', '100'],
     studentHome,
   );
   const student = (JSON.parse(await weitiao(['jobs', 'list', '--json', '--limit', '1'], studentHome)) as { data: { fine_tuned_model: string }[] }).data[0].fine_tuned_model;

@@ -6,8 +6,6 @@
  * file, `GET /files/{id}/content` gives its first examples. Any other endpoint (Ollama, vLLM, a hosted API)
  * answers those with 404, and labelling keeps the generic prompt.
  */
-import { createInterface } from 'node:readline';
-import { Readable } from 'node:stream';
 import { z } from 'zod';
 import type { TeacherClient } from './endpoint.js';
 
@@ -45,10 +43,9 @@ export async function trainedPrompt(teacher: TeacherClient, labels: readonly str
   if (!fileRes?.body) return null;
   const systems = new Set<string | null>();
   const answers = new Set<string>();
-  const lines = createInterface({ input: Readable.fromWeb(fileRes.body as import('node:stream/web').ReadableStream), crlfDelay: Infinity });
   let read = 0;
   try {
-    for await (const line of lines) {
+    for await (const line of firstLines(fileRes.body, SAMPLE_LINES)) {
       if (line.trim() === '') continue;
       let value: unknown;
       try {
@@ -66,13 +63,42 @@ export async function trainedPrompt(teacher: TeacherClient, labels: readonly str
       answers.add(m.at(-1)!.content.trim());
       if (++read >= SAMPLE_LINES) break;
     }
-  } finally {
-    lines.close();
-    await fileRes.body.cancel().catch(() => {});
+  } catch (err) {
+    if (signal?.aborted) throw err;
+    return null; // the file stopped half-way (timeout, server gone): no prompt to go by
   }
   if (read === 0 || systems.size !== 1) return null;
   // The teacher must have been trained to answer with these labels (its recorded label set when the job kept one).
   const trainedLabels = Array.isArray(label_set) ? label_set.map(String) : [...answers];
   if (!trainedLabels.every((l) => labels.includes(l))) return null;
   return { training_file, system: [...systems][0] };
+}
+
+/**
+ * The first `max` lines of a response body (a training file may be large: the rest is never downloaded).
+ * The reader is cancelled when done, which ends the download; a later timeout then has nothing to abort.
+ */
+async function* firstLines(body: ReadableStream<Uint8Array>, max: number): AsyncGenerator<string> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = '';
+  let given = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      buffered += decoder.decode(value, { stream: !done });
+      let at: number;
+      while ((at = buffered.indexOf('\n')) >= 0) {
+        yield buffered.slice(0, at);
+        buffered = buffered.slice(at + 1);
+        if (++given >= max) return;
+      }
+      if (done) {
+        if (buffered) yield buffered;
+        return;
+      }
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
 }
