@@ -16,7 +16,7 @@ import { fileContentPath } from '../files/index.js';
 import { submitJob, type FineTuningJob } from '../jobs/index.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
-import { cancelRun, createEval, createRun, EvalRunQueue, listOutputItems, listRunEvents, retrieveRun } from './index.js';
+import { cancelRun, createEval, createRun, EvalRunQueue, listOutputItems, listRunEvents, retrieveRun, waitForRun } from './index.js';
 import * as repo from './internal/repository.js';
 import { meanWithInterval, renderTemplate } from './internal/runner.js';
 
@@ -293,6 +293,27 @@ describe('eval runs in the durable queue', () => {
     const messages = listRunEvents(ctx, ev.id, running.id).data.map((e) => e.message);
     assert.match(messages.at(-1)!, /cancelled/);
     assert.equal(repo.getRunRow(ctx, running.id)!.worker_id, null);
+  });
+
+  test('a queue that stops mid-run queues the run again; the next queue finishes it after the stored rows', async () => {
+    const ev = createEval(ctx, { data_source_config: { type: 'custom', item_schema: {} }, testing_criteria: [criteria[0]] });
+    const run = createRun(ctx, ev.id, jsonlRun(2));
+    const queue = new EvalRunQueue(other, { chunkSize: 1 });
+    let stopped: Promise<void> | null = null;
+    queue.on('event', (id, e) => {
+      if (id === run.id && e.data?.current === 1) stopped ??= queue.stop();
+    });
+    assert.equal(await queue.runNext(run.id), run.id);
+    await stopped;
+    const row = repo.getRunRow(ctx, run.id)!;
+    // Queued again (the server's queue may already have taken it up: then it is in progress or done).
+    assert.ok(row.status !== 'canceled' && row.status !== 'failed', row.status);
+    assert.ok(listRunEvents(ctx, ev.id, run.id).data.some((e) => /^Stopped with its process; queued again/.test(e.message)));
+    if (row.status === 'queued') await new EvalRunQueue(other, { chunkSize: 1 }).runNext(run.id);
+    const done = await waitForRun(ctx, ev.id, run.id, 100);
+    assert.equal(done.status, 'completed', JSON.stringify(done.error));
+    assert.deepEqual(listOutputItems(ctx, ev.id, run.id).data.map((i) => i.datasource_item_id), [0, 1]);
+    assert.equal(done.weitiao.attempts, 2);
   });
 });
 

@@ -33,7 +33,7 @@ export interface EvalRunQueueOptions {
   chunkSize?: number;
   /** A run lost this many times (its worker died each time) fails instead of being queued again. */
   maxAttempts?: number;
-  /** The judge endpoint for runs whose creator named none (the API server passes its own /v1). */
+  /** The judge endpoint for score_model criteria that name none (the API server passes its own /v1); else the one stored with the run. */
   judgeBaseUrl?: string | null;
   /** The judge's key when the run's creator gave none to this process (default WEITIAO_JUDGE_API_KEY). */
   judgeApiKey?: string | null;
@@ -200,7 +200,8 @@ export class EvalRunQueue extends EventEmitter<EvalRunQueueEvents> {
         workerId: this.id,
         signal: controller.signal,
         judge: {
-          base_url: row.judge_base_url ?? this.opts.judgeBaseUrl ?? null,
+          // This queue's own endpoint first (a server's is current; the creator's may have moved since).
+          base_url: this.opts.judgeBaseUrl ?? row.judge_base_url ?? null,
           api_key: judgeKeys.get(row.id) ?? this.opts.judgeApiKey ?? process.env.WEITIAO_JUDGE_API_KEY ?? null,
         },
         chunkSize: this.opts.chunkSize,
