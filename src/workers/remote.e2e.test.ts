@@ -1,0 +1,180 @@
+/**
+ * Scale-out end to end (issue 19's done-when): the API runs as its own process with no local worker, two
+ * `weitiao worker` processes (each with its own home, reaching the API only over HTTP) run three jobs; worker 1
+ * is SIGKILLed (its process group and its engine's) mid-training after a checkpoint was uploaded. The reaper
+ * requeues the job when its lease expires, another worker claims it and resumes from the uploaded checkpoint,
+ * every job succeeds with each step once in its history, and a fine-tuned model answers through the API.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { after, before, test } from 'node:test';
+import OpenAI from 'openai';
+import { openContext, type Context } from '../context.js';
+import { signalGroup } from '../engine/process.js';
+import { createKey } from '../keys/index.js';
+import { createTinyModel } from '../models/index.js';
+import { REPO_ROOT, TINY_WAIMAI, writeWaimaiJsonl } from '../testing/waimai.js';
+
+const LEASE_SECONDS = 3;
+// 40 examples, batch 1, two epochs: room between the first checkpoint and the end for the kill (steps take ms; engine starts take seconds).
+const EXAMPLES = 40;
+const STEPS = 2 * EXAMPLES;
+const DEADLINE_MS = 480_000;
+
+let dir: string;
+let ctx: Context;
+let key: string;
+/** The workers' key: role `worker`, which may call nothing but /v1/weitiao/workers. */
+let workerKey: string;
+let model: string;
+const children: ChildProcess[] = [];
+const outputs: { name: string; lines: string[] }[] = [];
+
+interface Proc {
+  child: ChildProcess;
+  lines: string[];
+}
+
+/** A child in its own process group (so the test can kill it with everything it started), its output lines kept. */
+function start(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+  const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+    detached: true,
+  });
+  children.push(child);
+  const lines: string[] = [];
+  outputs.push({ name, lines });
+  for (const stream of [child.stdout!, child.stderr!]) readline.createInterface({ input: stream }).on('line', (l) => lines.push(l));
+  return { child, lines };
+}
+
+function startWorker(url: string, name: string): Proc {
+  const home = path.join(dir, `worker-${name}`); // never the API's home
+  return start(name, [path.join(REPO_ROOT, 'src', 'cli', 'main.ts'), '--home', home, 'worker', '--server', url, '--token', workerKey, '--name', name, '--threads', '1', '--poll-ms', '200']);
+}
+
+/** Polls `check` until it returns a value (not undefined/false) or the deadline passes. */
+async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, deadlineMs = DEADLINE_MS): Promise<T> {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) {
+      const logs = outputs.map((o) => `--- ${o.name}\n${o.lines.slice(-40).join('\n')}`).join('\n');
+      throw new Error(`timed out waiting for ${what}\n${logs}`);
+    }
+    await new Promise((r) => setTimeout(r, 150));
+  }
+}
+
+const exited = (child: ChildProcess) =>
+  child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => child.once('exit', () => r()));
+
+before(async () => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-remote-'));
+  ctx = openContext({ home: path.join(dir, 'api') });
+  key = createKey(ctx, { name: 'remote-e2e' }).key;
+  workerKey = createKey(ctx, { name: 'remote-e2e-workers', role: 'worker' }).key;
+  model = (await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI })).id;
+});
+
+after(async () => {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const killed = setTimeout(() => child.pid && signalGroup(child.pid, 'SIGKILL'), 30_000);
+      await exited(child);
+      clearTimeout(killed);
+    }
+  }
+  ctx?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('two remote workers, one SIGKILLed mid-training: its job is re-leased, resumes from its checkpoint, all three succeed', { timeout: 600_000 }, async () => {
+  const api = start('api', [path.join(REPO_ROOT, 'src', 'api', 'serve-main.ts'), '--home', ctx.home.root, '--port', '0', '--no-worker'], {
+    WEITIAO_LEASE_SECONDS: String(LEASE_SECONDS),
+  });
+  const { url } = await waitFor('the API to listen', () => {
+    const line = api.lines.find((l) => l.startsWith('{"url"'));
+    return line ? (JSON.parse(line) as { url: string }) : api.child.exitCode !== null ? assert.fail(`API exited:\n${api.lines.join('\n')}`) : undefined;
+  }, 120_000);
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+
+  const data = writeWaimaiJsonl(dir, EXAMPLES, 2);
+  const train = await client.files.create({ file: createReadStream(data.train), purpose: 'fine-tune' });
+  const jobs = [];
+  for (let i = 0; i < 3; i++) {
+    jobs.push(
+      await client.fineTuning.jobs.create({
+        model,
+        training_file: train.id,
+        seed: 10 + i,
+        method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 2, batch_size: 1 } } },
+        weitiao: { save_every_steps: 8, lora: { r: 4, alpha: 8 } },
+      } as OpenAI.FineTuning.JobCreateParams),
+    );
+  }
+  const ids = new Set(jobs.map((j) => j.id));
+  let w1 = startWorker(url, 'w1');
+  startWorker(url, 'w2');
+
+  // A job of worker 1 with an uploaded (recorded) checkpoint, still training.
+  const victim = await waitFor('a job training on worker 1 with a recorded checkpoint', () => {
+    const row = ctx.db
+      .prepare(
+        `SELECT j.id, j.worker_id, j.extension FROM jobs j WHERE j.status = 'running' AND j.worker_id LIKE 'remote:w1:%'
+         AND EXISTS (SELECT 1 FROM checkpoints c WHERE c.job_id = j.id)`,
+      )
+      .get() as { id: string; worker_id: string; extension: string } | undefined;
+    const progress = row && (JSON.parse(row.extension) as { progress?: { step: number; total_steps: number } }).progress;
+    return row && progress && progress.step < progress.total_steps ? row : undefined;
+  });
+  const enginePid = Number(
+    [...w1.lines].reverse().find((l) => l.includes(`job ${victim.id}: engine started`))?.match(/pid (\d+)/)?.[1],
+  );
+  assert.ok(enginePid > 0, `worker 1 said its engine's pid:\n${w1.lines.join('\n')}`);
+  signalGroup(w1.child.pid!, 'SIGKILL');
+  signalGroup(enginePid, 'SIGKILL');
+  const killedAt = Date.now();
+  await exited(w1.child);
+  const checkpointsBefore = (ctx.db.prepare('SELECT step FROM checkpoints WHERE job_id = ? ORDER BY step').all(victim.id) as { step: number }[]).map((c) => c.step);
+
+  // A restarted worker 1 (same home: its base-model cache is reused) and worker 2 compete for the requeued job.
+  w1 = startWorker(url, 'w1');
+  const reclaimed = await waitFor('the killed job to be claimed again', () => {
+    const row = ctx.db.prepare('SELECT worker_id FROM jobs WHERE id = ?').get(victim.id) as { worker_id: string | null };
+    return row.worker_id && row.worker_id !== victim.worker_id ? row.worker_id : undefined;
+  });
+  console.log(`time to re-lease (SIGKILL → claimed again by ${reclaimed.split(':')[1]}): ${((Date.now() - killedAt) / 1000).toFixed(1)} s (lease ${LEASE_SECONDS} s)`);
+
+  const done = await waitFor('all three jobs to finish', async () => {
+    const all = await Promise.all([...ids].map((id) => client.fineTuning.jobs.retrieve(id)));
+    return all.every((j) => ['succeeded', 'failed', 'cancelled'].includes(j.status)) ? all : undefined;
+  });
+  for (const job of done) assert.equal(job.status, 'succeeded', `${job.id}: ${JSON.stringify(job.error)}`);
+
+  for (const job of done) {
+    const events: OpenAI.FineTuning.FineTuningJobEvent[] = [];
+    for await (const e of client.fineTuning.jobs.listEvents(job.id, { limit: 100 })) events.push(e);
+    const steps = events.filter((e) => e.type === 'metrics').map((e) => (e.data as { step: number }).step).sort((a, b) => a - b);
+    assert.deepEqual(steps, Array.from({ length: STEPS }, (_, i) => i + 1), `${job.id}: every step exactly once`);
+    if (job.id !== victim.id) continue;
+    const resumed = events.find((e) => /^Resuming fine-tuning from checkpoint step-\d+/.test(e.message));
+    assert.ok(resumed, `${job.id} resumed from its checkpoint: ${events.map((e) => e.message).join(' | ')}`);
+    const from = Number(/step-(\d+)/.exec(resumed.message)![1]);
+    assert.ok(checkpointsBefore.includes(from), `resumed from an uploaded checkpoint (step ${from}; recorded before the kill: ${checkpointsBefore})`);
+    assert.ok((job as unknown as { weitiao: { attempts: number } }).weitiao.attempts >= 1, 'the lost run is counted');
+  }
+
+  const victimJob = done.find((j) => j.id === victim.id)!;
+  const answer = await client.chat.completions.create({ model: victimJob.fine_tuned_model!, messages: [{ role: 'user', content: '味道很好，送得也快' }], max_tokens: 4 });
+  assert.equal(answer.object, 'chat.completion');
+  assert.equal(typeof answer.choices[0].message.content, 'string');
+});
