@@ -10,7 +10,7 @@
  * Exports run one at a time in the process that created them, after `createExport` returns. An export
  * found `running` whose process is gone is marked failed (`recoverExports`).
  */
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { createReadStream, existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import { GgufQuantization, type ExportResult } from '../engine/index.js';
@@ -18,11 +18,14 @@ import { WeitiaoError } from '../errors.js';
 import { resolveModel } from '../models/index.js';
 import { listPage, newId, type ListPage } from '../store/index.js';
 import * as repo from './internal/repository.js';
+import { openStoredExport, type StoredDownload } from './internal/stored.js';
 import { checkError, locateData, ollamaFacts, postExportCheck, runnerFor } from './runner.js';
+import { tarDirectory } from './internal/tar.js';
 import { ExportFormat, toWire, type CreateExportOptions, type ExportObject, type StoredOptions } from './wire.js';
 
 export type { CheckReport } from './internal/check.js';
 export { tarDirectory } from './internal/tar.js';
+export type { StoredDownload as ExportDownload } from './internal/stored.js';
 export { recoverExports } from './runner.js';
 export { CheckReportSchema, ExportFormat, ExportObject, ExportStatus, ollamaCommand, type CreateExportOptions } from './wire.js';
 
@@ -151,24 +154,43 @@ export async function checkExport(
     check_threshold: options.checkThreshold ?? stored.check_threshold,
   };
   const result = record.result as ExportResult;
-  const ollama = record.format === 'ollama' ? ollamaFacts(ctx, record.model, result) : undefined;
+  const ollama = record.format === 'ollama' ? await ollamaFacts(ctx, record.model, result) : undefined;
   const check = await postExportCheck(ctx, record, options2, resolveModel(ctx, record.model), result, ollama, () => {}, options.signal ?? new AbortController().signal);
   repo.setCheck(ctx, id, check as unknown as Record<string, unknown>);
   repo.setOutcome(ctx, id, check.status === 'failed' ? 'failed' : 'succeeded', check.status === 'failed' ? checkError(check) : null);
   return retrieveExport(ctx, id);
 }
 
-/** What `/content` sends: the .gguf itself for a GGUF export, else the folder (as a tar). */
+/** The export's files on this host: the .gguf itself for a GGUF export, else the folder. */
 export function exportContent(ctx: Context, id: string): { kind: 'file' | 'directory'; path: string; name: string } {
   const record = requireExport(ctx, id);
-  if (record.status !== 'succeeded' && !(record.status === 'failed' && record.result)) {
-    throw new WeitiaoError('conflict', `export ${id} has no files (${record.status}) / 导出尚无文件`, { param: 'export_id' });
-  }
-  const result = record.result as ExportResult | null;
-  if (!result || !existsSync(result.path)) throw new WeitiaoError('not_found', `the files of export ${id} are gone / 导出的文件已不存在`, { param: 'export_id' });
+  const result = finishedResult(record);
+  if (!existsSync(result.path)) throw new WeitiaoError('not_found', `the files of export ${id} are gone / 导出的文件已不存在`, { param: 'export_id' });
   if (record.format === 'gguf' && statSync(result.path).isFile()) return { kind: 'file', path: result.path, name: path.basename(result.path) };
   const dir = statSync(result.path).isFile() ? path.dirname(result.path) : result.path;
   return { kind: 'directory', path: dir, name: id };
+}
+
+/**
+ * What `/content` sends, as a stream: the .gguf of a GGUF export, else a tar of its folder; from object
+ * storage when the export was uploaded there (each object's sha256 checked as it streams), else from this host.
+ */
+export async function openExportContent(ctx: Context, id: string): Promise<StoredDownload> {
+  const record = requireExport(ctx, id);
+  const stored = await openStoredExport(ctx, id, record.format, finishedResult(record));
+  if (stored) return stored;
+  const local = exportContent(ctx, id);
+  if (local.kind === 'file') return { kind: 'file', name: local.name, size: statSync(local.path).size, body: createReadStream(local.path) };
+  return { kind: 'directory', name: local.name, body: tarDirectory(local.path, local.name) };
+}
+
+function finishedResult(record: repo.ExportRecord): ExportResult {
+  if (record.status !== 'succeeded' && !(record.status === 'failed' && record.result)) {
+    throw new WeitiaoError('conflict', `export ${record.id} has no files (${record.status}) / 导出尚无文件`, { param: 'export_id' });
+  }
+  const result = record.result as ExportResult | null;
+  if (!result) throw new WeitiaoError('not_found', `the files of export ${record.id} are gone / 导出的文件已不存在`, { param: 'export_id' });
+  return result;
 }
 
 function requireExport(ctx: Context, id: string): repo.ExportRecord {

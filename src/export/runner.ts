@@ -7,13 +7,14 @@ import path from 'node:path';
 import type { Context } from '../context.js';
 import { runEngine, type ExportResult, type GgufQuantization } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
-import { fileContentPath } from '../files/index.js';
+import { fileContentPath, materializeFile } from '../files/index.js';
 import { retrieveJob } from '../jobs/index.js';
 import { llamaLibraryPath } from '../llamacpp/index.js';
 import { resolveModel, retrieveModel } from '../models/index.js';
 import { runCheck, skippedCheck, type CheckReport } from './internal/check.js';
 import { modelfile, ollamaTemplate } from './internal/ollama.js';
 import * as repo from './internal/repository.js';
+import { uploadExport } from './internal/stored.js';
 import { ollamaCommand, type StoredOptions } from './wire.js';
 import { isAlive } from '../engine/process.js';
 
@@ -98,7 +99,7 @@ async function runExport(ctx: Context, record: repo.ExportRecord, signal: AbortS
 
     let ollama: { template: string; system: string | null; chatTemplate: string } | undefined;
     if (record.format === 'ollama') {
-      const system = trainingSystemPrompt(ctx, record.model);
+      const system = await trainingSystemPrompt(ctx, record.model);
       const dir = path.dirname(result.path);
       const text = modelfile({ chatTemplate: result.chat_template, stopTokens: result.stop_tokens, system, gguf: path.basename(result.path) });
       writeFileSync(path.join(dir, 'Modelfile'), text);
@@ -106,18 +107,18 @@ async function runExport(ctx: Context, record: repo.ExportRecord, signal: AbortS
         path.join(dir, 'README.md'),
         `# ${record.model}\n\nImport into Ollama / 导入 Ollama:\n\n    ${ollamaCommand(record.model)}\n`,
       );
-      ollama = ollamaFacts(ctx, record.model, result);
+      ollama = await ollamaFacts(ctx, record.model, result);
     }
 
+    let failed: repo.ExportError | null = null;
     if (options.check) {
       const check = await postExportCheck(ctx, record, options, resolved, result, ollama, progress, signal);
       repo.setCheck(ctx, record.id, check as unknown as Record<string, unknown>);
-      if (check.status === 'failed') {
-        repo.finishExport(ctx, record.id, 'failed', checkError(check));
-        return;
-      }
+      if (check.status === 'failed') failed = checkError(check);
     }
-    repo.finishExport(ctx, record.id, 'succeeded');
+    // A failed check's files are still downloadable (to look at), so they are uploaded too.
+    await uploadExport(ctx, record.id, result, progress, signal);
+    repo.finishExport(ctx, record.id, failed ? 'failed' : 'succeeded', failed);
   } catch (err) {
     if (signal.aborted) {
       repo.finishExport(ctx, record.id, 'cancelled');
@@ -152,7 +153,7 @@ export async function postExportCheck(
       : { kind: 'gguf' as const, file: result.path };
   try {
     return await runCheck({
-      dataFile: locateData(ctx, data),
+      dataFile: await materializeData(ctx, data),
       dataName: /^file-/.test(data) ? data : path.basename(data),
       maxExamples: options.check_max_examples,
       threshold,
@@ -178,16 +179,16 @@ export function checkError(check: CheckReport): repo.ExportError {
   return { code: 'unprocessable', message: `post-export check failed: ${check.reason} / 导出检查未通过`, param: null };
 }
 
-export function ollamaFacts(ctx: Context, model: string, result: ExportResult) {
-  return { template: ollamaTemplate(result.chat_template ?? ''), system: trainingSystemPrompt(ctx, model), chatTemplate: result.chat_template ?? '' };
+export async function ollamaFacts(ctx: Context, model: string, result: ExportResult) {
+  return { template: ollamaTemplate(result.chat_template ?? ''), system: await trainingSystemPrompt(ctx, model), chatTemplate: result.chat_template ?? '' };
 }
 
 /** The system message of the first training example of the job that made `model`, or null. */
-function trainingSystemPrompt(ctx: Context, model: string): string | null {
+async function trainingSystemPrompt(ctx: Context, model: string): Promise<string | null> {
   const file = jobFiles(ctx, model)?.training_file;
   if (!file) return null;
   try {
-    const first = readFileSync(fileContentPath(ctx, file), 'utf8').replace(/^\uFEFF/, '').split('\n').find((l) => l.trim());
+    const first = readFileSync(await materializeFile(ctx, file), 'utf8').replace(/^\uFEFF/, '').split('\n').find((l) => l.trim());
     const messages = first ? (JSON.parse(first) as { messages?: { role: string; content: string }[] }).messages : undefined;
     return messages?.[0]?.role === 'system' ? messages[0].content : null;
   } catch {
@@ -214,7 +215,12 @@ function jobFiles(ctx: Context, model: string): { training_file: string; validat
   }
 }
 
-/** A chat file path, or an uploaded file's stored copy for a `file-…` id. */
+/** A chat file path, or an uploaded file's local copy (downloaded from object storage when missing). */
+async function materializeData(ctx: Context, data: string): Promise<string> {
+  return /^file-[0-9a-z]+$/i.test(data) ? materializeFile(ctx, data) : locateData(ctx, data);
+}
+
+/** A chat file path, or where an uploaded file's copy is on this host for a `file-…` id (`not_found` for neither). */
 export function locateData(ctx: Context, data: string): string {
   if (/^file-[0-9a-z]+$/i.test(data)) return fileContentPath(ctx, data);
   if (existsSync(data)) return path.resolve(data);

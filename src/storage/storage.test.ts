@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -9,7 +9,10 @@ import { buffer } from 'node:stream/consumers';
 import { after, before, describe, test } from 'node:test';
 import { openContext } from '../context.js';
 import { WeitiaoError } from '../errors.js';
+import { createExport, openExportContent, waitForExport } from '../export/index.js';
 import { createFile, deleteFile, fileContentPath, materializeFile, openFileContent, retrieveFile } from '../files/index.js';
+import { createTinyModel } from '../models/index.js';
+import { TINY_WAIMAI } from '../testing/waimai.js';
 import { MIN_PART_SIZE, openStore, parseStorageUrl, storageFor, type ObjectStore } from './index.js';
 
 // s3rver ships no types: the little of it the tests use.
@@ -172,6 +175,9 @@ for (const make of [localBackend, s3Backend]) {
       assert.equal(await b.store.head('runs/r1/b.txt'), null);
       assert.ok(!existsSync(b.store.localPath('runs/r1/b.txt')));
       assert.deepEqual((await b.store.list('runs/r1/')).map((o) => o.key), ['runs/r1/a.txt', 'runs/r1/sub/c.txt']);
+      await b.store.delete('runs/r2/d.txt');
+      assert.ok(!existsSync(path.dirname(b.store.localPath('runs/r2/d.txt'))), 'a folder left empty goes');
+      assert.ok(existsSync(path.dirname(path.dirname(b.store.localPath('runs/r2/d.txt')))), 'the top folder (like files/) stays');
       await assert.rejects(b.store.put('../escape.txt', Readable.from([Buffer.from('x')])), (e) => e instanceof WeitiaoError && e.code === 'invalid_request');
     });
 
@@ -215,5 +221,59 @@ describe('WEITIAO_STORAGE_URL', () => {
     assert.deepEqual(parseStorageUrl('s3://bucket', '/h'), { kind: 's3', bucket: 'bucket', prefix: '' });
     assert.deepEqual(parseStorageUrl('file:///data/objects', '/h'), { kind: 'local', root: '/data/objects' });
     assert.throws(() => parseStorageUrl('minio://x', '/h'), (e) => e instanceof WeitiaoError && e.param === 'WEITIAO_STORAGE_URL');
+  });
+});
+
+/** The files of a ustar stream (as tarEntries writes it): name → bytes. */
+function untar(tar: Buffer): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (let at = 0; at + 512 <= tar.length && tar[at] !== 0; ) {
+    const field = (from: number, len: number) => tar.subarray(at + from, at + from + len).toString('utf8').replace(/\0.*$/s, '');
+    const prefix = field(345, 155);
+    const name = (prefix ? `${prefix}/` : '') + field(0, 100);
+    const size = parseInt(field(124, 12), 8);
+    out.set(name, tar.subarray(at + 512, at + 512 + size));
+    at += 512 + Math.ceil(size / 512) * 512;
+  }
+  return out;
+}
+
+const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+
+describe('exports in object storage', () => {
+  let tmp: string;
+  let b: Backend;
+  before(async () => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-storage-export-'));
+    b = await s3Backend(tmp);
+    process.env.WEITIAO_STORAGE_URL = b.url;
+  });
+  after(async () => {
+    delete process.env.WEITIAO_STORAGE_URL;
+    await b.close();
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test('a finished Ollama export is uploaded and its download is streamed from the store, not the local folder', async () => {
+    const ctx = openContext({ home: path.join(tmp, 'home') });
+    try {
+      const model = await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI });
+      const done = await waitForExport(ctx, createExport(ctx, { model: model.id, format: 'ollama', quantize: 'f16', check: false }).id, undefined, 100);
+      assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
+      const folder = path.join(ctx.home.root, 'exports', done.id);
+      const local = new Map(['Modelfile', 'README.md', 'model.gguf'].map((n) => [n, readFileSync(path.join(folder, n))]));
+      const stored = await storageFor(ctx).list(`exports/${done.id}/`);
+      assert.deepEqual(stored.map((o) => o.key), [...local.keys()].map((n) => `exports/${done.id}/${n}`).sort());
+      for (const o of stored) assert.equal((await storageFor(ctx).head(o.key))?.sha256, sha256(local.get(path.basename(o.key))!));
+
+      rmSync(folder, { recursive: true }); // as on an API host that did not run the export
+      const content = await openExportContent(ctx, done.id);
+      assert.equal(content.kind, 'directory');
+      const files = untar(await buffer(content.body));
+      assert.deepEqual([...files.keys()].sort(), [...local.keys()].map((n) => `${done.id}/${n}`).sort());
+      for (const [name, bytes] of local) assert.equal(sha256(files.get(`${done.id}/${name}`)!), sha256(bytes), name);
+    } finally {
+      ctx.close();
+    }
   });
 });

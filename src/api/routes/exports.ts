@@ -4,7 +4,6 @@
  * The check's data over HTTP is an uploaded file id, never a server path; output goes under the home.
  */
 import { Readable } from 'node:stream';
-import { createReadStream, statSync } from 'node:fs';
 import { z } from 'zod';
 import type { Context } from '../../context.js';
 import { GgufQuantization } from '../../engine/index.js';
@@ -13,11 +12,10 @@ import {
   createExport,
   ExportFormat,
   ExportObject,
-  exportContent,
   listExports,
+  openExportContent,
   recoverExports,
   retrieveExport,
-  tarDirectory,
 } from '../../export/index.js';
 import type { ApiEnv } from '../internal/auth.js';
 import type { RouteTable } from '../internal/routes.js';
@@ -134,17 +132,18 @@ export function exportRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       params: ExportParams,
       response: { description: 'The file or the tar', contentType: 'application/octet-stream', alternatives: { 'application/x-tar': 'a tar of the folder' } },
     },
-    (c, { params }) => {
-      const content = exportContent(ctx, params.export_id);
+    async (c, { params }) => {
+      // From object storage when the export was uploaded there, else from this host's folder.
+      const content = await openExportContent(ctx, params.export_id);
       if (content.kind === 'file') {
-        const body = Readable.toWeb(createReadStream(content.path)) as ReadableStream;
+        const body = Readable.toWeb(content.body) as ReadableStream;
         return c.body(body, 200, {
           'content-type': 'application/octet-stream',
-          'content-length': String(statSync(content.path).size),
+          'content-length': String(content.size),
           'content-disposition': `attachment; filename="${content.name}"`,
         });
       }
-      const body = Readable.toWeb(tarDirectory(content.path, content.name)) as ReadableStream;
+      const body = Readable.toWeb(content.body) as ReadableStream;
       return c.body(body, 200, { 'content-type': 'application/x-tar', 'content-disposition': `attachment; filename="${content.name}.tar"` });
     },
   );

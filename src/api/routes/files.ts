@@ -2,7 +2,7 @@
  * /v1/files: upload (multipart, streamed to disk, never whole in memory), list, retrieve, content, delete.
  */
 import { randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
@@ -14,11 +14,11 @@ import {
   CLIENT_PURPOSES,
   createFile,
   deleteFile,
-  fileContentPath,
   FileDeleted,
   FileObject,
   listFiles,
   ListFilesParams,
+  openFileContent,
   retrieveFile,
 } from '../../files/index.js';
 import type { ApiEnv } from '../internal/auth.js';
@@ -141,9 +141,10 @@ export function fileRoutes(routes: RouteTable<ApiEnv>, ctx: Context, options: { 
       params: FileIdParams,
       response: { description: 'The file as stored', contentType: 'application/octet-stream' },
     },
-    (c, { params }) => {
+    async (c, { params }) => {
       const file = retrieveFile(ctx, params.file_id);
-      const stream = Readable.toWeb(createReadStream(fileContentPath(ctx, params.file_id))) as ReadableStream<Uint8Array>;
+      // From the store (object storage or the home), its sha256 checked as it streams.
+      const stream = Readable.toWeb(await openFileContent(ctx, params.file_id)) as ReadableStream<Uint8Array>;
       return new Response(stream, {
         headers: {
           'Content-Type': 'application/octet-stream',

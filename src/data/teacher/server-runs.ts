@@ -19,7 +19,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { Context } from '../../context.js';
 import { parseOrThrow, WeitiaoError } from '../../errors.js';
-import { fileContentPath } from '../../files/index.js';
+import { fileContentPath, materializeFile } from '../../files/index.js';
 import { activeScope, DEFAULT_PROJECT } from '../../projects/index.js';
 import { listPage, newId, type ListPage } from '../../store/index.js';
 import { writeFileAtomic } from '../internal/atomic.js';
@@ -149,17 +149,17 @@ function toWire(run: StoredRun): TeacherRunObject {
 const active = new Map<string, { run: StoredRun; stop: AbortController; abort: AbortController; done: Promise<void> }>();
 
 /** The run's work: the same service calls as the CLI's, with the input file ids resolved to their bytes. */
-function start(ctx: Context, spec: RunSpec, c: RunControls): Promise<RunSummary> {
+async function start(ctx: Context, spec: RunSpec, c: RunControls): Promise<RunSummary> {
   if (spec.kind === 'label') {
     const { kind: _k, teacher: _t, input, ...o } = spec;
-    return labelFile({ ...o, input: fileContentPath(ctx, input) }, c);
+    return labelFile({ ...o, input: await materializeFile(ctx, input) }, c);
   }
   if (spec.kind === 'synthesize') {
     const { kind: _k, teacher: _t, seeds, ...o } = spec;
-    return synthesizeFile({ ...o, seeds_file: fileContentPath(ctx, seeds) }, c);
+    return synthesizeFile({ ...o, seeds_file: await materializeFile(ctx, seeds) }, c);
   }
   const { kind: _k, teacher: _t, input, ...o } = spec;
-  return pairsFile({ ...o, input: fileContentPath(ctx, input) }, c);
+  return pairsFile({ ...o, input: await materializeFile(ctx, input) }, c);
 }
 
 /** The cost estimate of a run before it starts: requests, estimated prompt tokens, the completion tokens' bound. */

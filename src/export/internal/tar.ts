@@ -37,7 +37,7 @@ function header(name: string, size: number, mtime: number): Buffer {
   return h;
 }
 
-function listFiles(dir: string, rel = ''): string[] {
+export function listFiles(dir: string, rel = ''): string[] {
   return readdirSync(path.join(dir, rel), { withFileTypes: true })
     .sort((a, b) => a.name.localeCompare(b.name))
     .flatMap((e) => {
@@ -47,21 +47,37 @@ function listFiles(dir: string, rel = ''): string[] {
     });
 }
 
+/** One file of a tar: its path inside the tar, size and mtime (for the header), and its bytes, opened when their turn comes. */
+export interface TarEntry {
+  name: string;
+  size: number;
+  mtimeMs: number;
+  open(): Readable | Promise<Readable>;
+}
+
 /** `dir`'s regular files under `root/` in a tar stream. */
 export function tarDirectory(dir: string, root: string): Readable {
-  const files = listFiles(dir);
-  async function* chunks(): AsyncGenerator<Buffer> {
-    for (const rel of files) {
+  return tarEntries(
+    listFiles(dir).map((rel) => {
       const file = path.join(dir, rel);
       const st = statSync(file);
-      yield header(`${root}/${rel}`, st.size, st.mtimeMs / 1000);
+      return { name: `${root}/${rel}`, size: st.size, mtimeMs: st.mtimeMs, open: () => createReadStream(file) };
+    }),
+  );
+}
+
+/** Entries (local files or stored objects) in a tar stream, each read one chunk at a time. */
+export function tarEntries(entries: TarEntry[]): Readable {
+  async function* chunks(): AsyncGenerator<Buffer> {
+    for (const entry of entries) {
+      yield header(entry.name, entry.size, entry.mtimeMs / 1000);
       let written = 0;
-      for await (const chunk of createReadStream(file)) {
+      for await (const chunk of await entry.open()) {
         written += (chunk as Buffer).length;
         yield chunk as Buffer;
       }
-      if (written !== st.size) throw new Error(`${rel} changed while it was being sent`);
-      if (st.size % BLOCK) yield Buffer.alloc(BLOCK - (st.size % BLOCK));
+      if (written !== entry.size) throw new Error(`${entry.name} changed while it was being sent`);
+      if (entry.size % BLOCK) yield Buffer.alloc(BLOCK - (entry.size % BLOCK));
     }
     yield Buffer.alloc(BLOCK * 2);
   }

@@ -84,11 +84,14 @@ export async function writeAtomic(
   }
 }
 
-/** Removes `file`, its meta, and the folders it leaves empty up to (not including) `root`. */
+/**
+ * Removes `file`, its meta, and the folders it leaves empty, short of the key's top folder (`files/`,
+ * `exports/`: the home's standard folders stay).
+ */
 export async function removeFile(root: string, file: string): Promise<void> {
   await rm(file, { force: true });
   await rm(file + META_SUFFIX, { force: true });
-  for (let dir = path.dirname(file); dir.startsWith(root + path.sep); dir = path.dirname(dir)) {
+  for (let dir = path.dirname(file); dir.startsWith(root + path.sep) && path.dirname(dir) !== root; dir = path.dirname(dir)) {
     if (!(await rmdir(dir).then(() => true, () => false))) break; // not empty (or gone): stop
   }
 }
