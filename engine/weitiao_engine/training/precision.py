@@ -19,8 +19,9 @@ from . import precision_probe
 
 def choose_for_run(request, full: bool = False) -> dict[str, Any]:
     """The run's precision, one rule for every recipe: `bf16` on/off, or auto by measurement (precision_probe.choose:
-    this model's linear shapes and one of its layers in fp32 and bf16, cached per machine) — its layer frozen as under
-    LoRA/DPO/GRPO, or training as under full fine-tuning (`full`). Every rank of a torchrun takes rank 0's choice;
+    this model's linear shapes and one of its layers in fp32 and bf16, cached per machine) — its layer frozen with the
+    run's LoRA as under LoRA/DPO/GRPO, or training as under full fine-tuning (`full`), at about the run's tokens per
+    micro-batch (micro_batch_tokens). Every rank of a torchrun takes rank 0's choice;
     it is logged with the probe's figures; the probe's thread count applies unless the job set one.
 
     choice["precision"] is what this run uses: "bf16" (bf16 autocast; frozen weights stored in bf16), "bf16-weights"
