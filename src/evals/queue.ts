@@ -29,7 +29,10 @@ export interface EvalRunQueueOptions {
   heartbeatMs?: number;
   /** A claimed run whose queue has not beaten for this long is taken over. */
   staleSeconds?: number;
-  /** Rows generated, graded and stored together; at most this many are scored again after a crash. */
+  /**
+   * Rows generated, graded and stored together; at most this many are scored again after a crash. Each chunk
+   * starts the engine twice (generate, grade: seconds each on a CPU), so the default keeps a 500-row run to two chunks.
+   */
   chunkSize?: number;
   /** A run lost this many times (its worker died each time) fails instead of being queued again. */
   maxAttempts?: number;
@@ -81,7 +84,7 @@ export class EvalRunQueue extends EventEmitter<EvalRunQueueEvents> {
   ) {
     super();
     this.id = `${options.id ?? newId('evalqueue')}:${process.pid}`;
-    this.opts = { pollMs: 1000, heartbeatMs: 5000, staleSeconds: STALE_WORKER_SECONDS, chunkSize: 32, maxAttempts: 3, ...options };
+    this.opts = { pollMs: 1000, heartbeatMs: 5000, staleSeconds: STALE_WORKER_SECONDS, chunkSize: 256, maxAttempts: 3, ...options };
   }
 
   /** Recovers runs left by dead queues, then executes queued runs one after another until `stop()`. */
