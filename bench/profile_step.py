@@ -2,11 +2,17 @@
 
     .venv/bin/python bench/profile_step.py --shape qwen2.5-0.5b            (the bench's 0.5B shape, random bf16 weights)
     .venv/bin/python bench/profile_step.py --shape tiny --batch 4
+    .venv/bin/python bench/profile_step.py --compare-precision 5      (bf16 on vs off: one real layer's step and whole steps)
 
 Builds the shape as bench/run.py does (same work dir, reused), runs the recipe's setup with `bf16: auto` (the
 precision probe decides), one warm-up step, then profiles `--steps` steps (forward, backward, AdamW). Each op's
 self CPU time goes to one category; what no op covers (wall time minus the ops' self time) is Python and
 dispatch between them. On a shared machine the absolute times are noise: read the shares.
+
+--compare-precision N builds the recipe twice in one process (`bf16: on` and `off`) and times, in interleaved rounds,
+(c) the first decoder layer's forward + backward as the recipe built it (LoRA, checkpointing, its real inputs from a
+step) 4N times and (d) N whole steps; it prints the fp32/bf16 ratios (median, spread) and what the precision probe
+decides for this run (`auto`), so a probe that disagrees with the real step shows at once. Ratios, not times.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=1, help="profiled steps after one warm-up step")
     parser.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--compare-precision", type=int, default=0, metavar="ROUNDS", help="bf16 on vs off, interleaved rounds")
     args = parser.parse_args()
     from weitiao_engine import allocator
 
@@ -67,7 +74,7 @@ def main() -> None:
     if not corpus.exists():
         corpus.write_text("\n".join(r["review"] for r in rows[:2000]) + "\n", encoding="utf-8")
     model = make_model(work, args.shape, SHAPES[args.shape][0], corpus)
-    n = args.batch * (args.steps + 1)
+    n = args.batch * (max(args.steps, args.compare_precision) + 1)
     train = write_jsonl(work / f"profile-{args.shape}.jsonl", [chat(r) for r in rows[:n]])
 
     logs: list[str] = []
@@ -84,12 +91,18 @@ def main() -> None:
             pass
 
     protocol._out = Events()
-    request = TrainRequest.model_validate({
-        "base_model": model, "output_dir": str(work / "profile-run"), "training_file": train,
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
-        "hyperparameters": {"n_epochs": 1, "batch_size": args.batch, "learning_rate": 1e-3, "seed": SEED, "bf16": args.bf16},
-    })  # fmt: skip
-    state = lora_finetune.setup(request)
+
+    def request_for(bf16: str) -> TrainRequest:
+        return TrainRequest.model_validate({
+            "base_model": model, "output_dir": str(work / f"profile-run-{bf16}"), "training_file": train,
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
+            "hyperparameters": {"n_epochs": 1, "batch_size": args.batch, "learning_rate": 1e-3, "seed": SEED, "bf16": bf16},
+        })  # fmt: skip
+
+    if args.compare_precision:
+        compare_precision(request_for, args.batch, args.compare_precision)
+        return
+    state = lora_finetune.setup(request_for(args.bf16))
     print(f"allocator: {allocator.in_use()}")
     for line in logs:
         print(line)
@@ -133,6 +146,76 @@ def main() -> None:
     print("\nlargest ops by self time:")
     for key, seconds in sorted(top.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {key:40s} {100 * seconds / total:5.1f}%")
+
+
+def compare_precision(request_for, batch: int, rounds: int) -> None:
+    """(c) one real decoder layer's step and (d) whole steps, `bf16: off` over `on`, in interleaved rounds (module docstring)."""
+    import statistics
+
+    from run import SEED
+    from weitiao_engine import distributed
+    from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training import batching, precision, precision_probe
+    from weitiao_engine.training.sft import sft_step
+    from weitiao_engine.training.step_metrics import Throughput
+
+    states = {b: lora_finetune.setup(request_for(b)) for b in ("on", "off")}
+    lengths = [len(e.input_ids) for e in states["on"].train_data]
+    batches = batching.epoch_batches(SEED, 0, lengths, batch, False)
+    calls = {b: distributed.data_parallel(s.model) for b, s in states.items()}
+    params = {b: [p for p in s.model.parameters() if p.requires_grad] for b, s in states.items()}
+    meter, inputs = Throughput(), {}
+
+    def step(b: str, indices: list[int]) -> None:
+        s = states[b]
+        sft_step(s, calls[b], [s.train_data[i] for i in indices], params[b], meter)
+
+    def layer0(b: str):
+        return states[b].model.get_base_model().get_decoder().layers[0]
+
+    for b in states:  # warm-up step; it also records what the first layer is called with
+        hook = layer0(b).register_forward_pre_hook(lambda _m, a, k, b=b: inputs.setdefault(b, (a, k)), with_kwargs=True)
+        step(b, batches[0])
+        hook.remove()
+
+    def layer_step(b: str) -> None:
+        args, kwargs = inputs[b]
+        kwargs = dict(kwargs)
+        hidden = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach().requires_grad_(True)
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"], args = hidden, ()
+        else:
+            args = (hidden, *args[1:])
+        with precision.autocast(states[b]):
+            out = layer0(b)(*args, **kwargs)
+        (out[0] if isinstance(out, tuple) else out).float().sum().backward()
+        states[b].model.zero_grad(set_to_none=True)
+
+    def ratios(fn, n: int, arg=lambda r: ()) -> list[float]:
+        found = []
+        for r in range(n):
+            seconds = {}
+            for b in ("off", "on") if r % 2 == 0 else ("on", "off"):  # alternate which goes first
+                start = time.perf_counter()
+                fn(b, *arg(r))
+                seconds[b] = time.perf_counter() - start
+            found.append(seconds["off"] / seconds["on"])
+        return sorted(found)
+
+    def show(name: str, found: list[float]) -> None:
+        print(f"{name}: fp32/bf16 median {statistics.median(found):.2f} (min {found[0]:.2f}, max {found[-1]:.2f}, n {len(found)})", flush=True)
+
+    tokens = [sum(lengths[i] for i in b) for b in batches]
+    print(f"tokens per micro-batch: median {statistics.median(tokens):.0f}; checkpointing {states['on'].checkpointing}, packed {states['on'].packed}")
+    [layer_step(b) for b in states]
+    args, kwargs = inputs["on"]
+    shape = tuple((kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).shape)
+    show(f"(c) the first decoder layer as built, hidden states {shape}", ratios(layer_step, 4 * rounds))
+    show("(d) whole training steps", ratios(step, rounds, lambda r: (batches[1 + r % (len(batches) - 1)],)))
+    request = request_for("auto")
+    config = states["on"].model.get_base_model().config
+    choice = precision_probe.choose("auto", config, True, tokens=precision.micro_batch_tokens(request), lora_rank=request.lora.r)
+    print(precision_probe.describe(choice))
 
 
 if __name__ == "__main__":
