@@ -15,8 +15,9 @@ weight each call).
 
 A probe taken while other processes held the CPU is marked `contended` (its threads waited for a CPU more than
 CONTENDED_WAIT of the time, /proc schedstat): it serves the run, and the next run probes again (up to
-MAX_ATTEMPTS), keeping the least contended figures. (A one-off probe under a load of 15 was cached with bf16's
-layer step at 0.89x fp32, and every later run on that machine trained in fp32 at 0.63x bf16's speed, issue 17.)
+MAX_ATTEMPTS), keeping the least contended figures. (A one-off probe on a busy machine, its fp32 layer step 2.3 s
+where a fresh probe took 0.5 s under a load of 16, was cached with bf16 at 0.89x fp32; every later run on that machine
+trained the 0.5B shape in fp32 at 0.63x bf16's speed, while fresh probes measured bf16 at 2.4-3.7x, issue 17.)
 
     choice = choose("auto", config, bf16_checkpoint=True, tokens=462, lora_rank=8)   # {"precision": "bf16", "figures": {...}}
     choice = choose("auto", config, False, full=True)       # every weight trains: "bf16" (autocast) or "fp32"
