@@ -238,8 +238,9 @@ export async function deleteFile(ctx: Context, id: string): Promise<FileDeleted>
       param: 'file_id',
     });
   }
-  ctx.db.prepare('DELETE FROM files WHERE id = ?').run(id);
+  // The object first: should object storage fail, the file is still listed and the delete can be retried.
   await storageFor(ctx).delete(objectKey(row));
+  ctx.db.prepare('DELETE FROM files WHERE id = ?').run(id);
   await rm(path.dirname(row.path), { recursive: true, force: true });
   return { id, object: 'file', deleted: true };
 }

@@ -214,6 +214,26 @@ for (const make of [localBackend, s3Backend]) {
   });
 }
 
+describe('object storage that cannot be reached', () => {
+  test('an upload fails with unavailable, naming the store and the object', async () => {
+    const saved = { ...process.env };
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-storage-down-'));
+    try {
+      // Port 1 on loopback: nothing listens, so the connection is refused at once.
+      Object.assign(process.env, { AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:1', AWS_REGION: 'us-east-1', AWS_ACCESS_KEY_ID: 'x', AWS_SECRET_ACCESS_KEY: 'x', AWS_MAX_ATTEMPTS: '1' });
+      const store = openStore({ kind: 's3', bucket: BUCKET, prefix: '' }, { cache: tmp });
+      await assert.rejects(
+        store.put('files/file-9/数据.jsonl', Readable.from([Buffer.from('{}\n')])),
+        (e) => e instanceof WeitiaoError && e.code === 'unavailable' && e.message.includes(`s3://${BUCKET}/`) && e.message.includes('files/file-9/数据.jsonl'),
+      );
+      assert.ok(!existsSync(store.localPath('files/file-9/数据.jsonl')), 'no local copy of what was not stored');
+    } finally {
+      process.env = saved;
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('WEITIAO_STORAGE_URL', () => {
   test('unset is the home, s3:// names a bucket and prefix, anything else is refused naming the variable', () => {
     assert.deepEqual(parseStorageUrl(undefined, '/h'), { kind: 'local', root: '/h' });

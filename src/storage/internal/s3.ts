@@ -57,7 +57,12 @@ export class S3Store implements ObjectStore {
   async put(key: string, body: Readable): Promise<ObjectInfo> {
     const file = keyPath(this.options.cache, key);
     const { sha256, size } = await writeAtomic(file, body);
-    await this.upload(key, file, sha256, size);
+    try {
+      await this.upload(key, file, sha256, size);
+    } catch (err) {
+      await removeFile(this.options.cache, file); // no local copy of an object that was not stored
+      throw err;
+    }
     await writeMeta(file, sha256);
     return { key, size, sha256, modified: new Date() };
   }
