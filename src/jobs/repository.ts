@@ -342,9 +342,18 @@ export function deleteCheckpointOfModel(db: DB, checkpointModel: string): void {
 
 // ------------------------------------------------------------------------------------ remote leases
 
-/** Queued jobs no worker holds, oldest first (a remote claim picks the first whose method the worker runs). */
-export function unclaimedQueuedJobs(db: DB, limit: number): JobRow[] {
-  return db.prepare(`SELECT * FROM jobs WHERE status = 'queued' AND worker_id IS NULL ORDER BY rowid LIMIT ?`).all(limit) as JobRow[];
+/**
+ * Queued jobs no worker holds, oldest first, read a page at a time (a remote claim picks the first whose method
+ * the worker runs, usually on the first page).
+ */
+export function* unclaimedQueuedJobs(db: DB, pageSize = 16): Generator<JobRow> {
+  const page = db.prepare(`SELECT rowid AS row_number, * FROM jobs WHERE status = 'queued' AND worker_id IS NULL AND rowid > ? ORDER BY rowid LIMIT ?`);
+  for (let after = 0; ; ) {
+    const rows = page.all(after, pageSize) as (JobRow & { row_number: number })[];
+    for (const { row_number: _n, ...row } of rows) yield row as JobRow;
+    if (rows.length < pageSize) return;
+    after = rows[rows.length - 1].row_number;
+  }
 }
 
 /** The running or pausing job a remote lease holds (`worker_id` ends in `:<lease>`), or undefined. */

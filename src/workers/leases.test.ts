@@ -63,7 +63,8 @@ async function tarOf(dir: string): Promise<{ body: Buffer; sha: string }> {
 /** Every input of a claim into `workDir` at its name: files checked against their sha256, dirs extracted. */
 async function download(c: ClaimResponse, workDir: string): Promise<void> {
   for (const input of c.inputs) {
-    const res = await call('GET', `${lease(c)}/inputs/${input.name}`);
+    // Names as path segments either way: encoded (files here, as the worker client sends them) or plain (dirs).
+    const res = await call('GET', `${lease(c)}/inputs/${input.kind === 'file' ? encodeURIComponent(input.name) : input.name}`);
     assert.equal(res.status, 200, input.name);
     const bytes = Buffer.from(await res.arrayBuffer());
     const target = path.join(workDir, input.name);

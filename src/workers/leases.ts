@@ -81,8 +81,6 @@ interface LeaseRun {
 }
 
 const SUPERVISED = new Set(['lora', 'qlora', 'full']);
-/** Queued jobs a claim looks through for one the worker can run. */
-const CLAIM_WINDOW = 500;
 
 export class LeaseService {
   readonly journal: JobJournal;
@@ -91,6 +89,7 @@ export class LeaseService {
   private reaper: NodeJS.Timeout | null = null;
   private readonly validator: Worker;
   private validating: Promise<void> | null = null;
+  private lastRecovery = 0;
 
   constructor(private readonly ctx: Context) {
     this.journal = storeJournal(ctx);
@@ -114,7 +113,7 @@ export class LeaseService {
     const db = this.ctx.db;
     const row = db
       .transaction((): JobRow | null => {
-        for (const candidate of unclaimedQueuedJobs(db, CLAIM_WINDOW)) {
+        for (const candidate of unclaimedQueuedJobs(db)) {
           if (!this.canRun(body.worker, candidate)) continue;
           if (startRun(db, candidate.id, workerId)) return candidate;
         }
@@ -345,11 +344,19 @@ export class LeaseService {
     await this.validating;
   }
 
-  /** Validates waiting jobs in the background, one after another, unless that already runs. */
+  /**
+   * Validates waiting jobs in the background, one after another, unless that already runs. Jobs a dead local
+   * process held (a validator or worker of an earlier API process) are released first, every 30 s at most: with
+   * no local worker nobody else would.
+   */
   private validateWaiting(): void {
     if (this.validating) return;
     this.validating = (async () => {
       try {
+        if (Date.now() - this.lastRecovery > 30_000) {
+          this.lastRecovery = Date.now();
+          await this.validator.recover();
+        }
         while ((await this.validator.runNext()) !== null) {
           /* next */
         }
