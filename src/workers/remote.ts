@@ -329,7 +329,7 @@ class LeaseSession {
     if (this.gone) return;
     this.gone = true;
     this.run.kill();
-    this.log(`lease lost, engine stopped and the job dropped: ${why} / 租约已失效，已停止训练并放弃该任务`);
+    this.log(`lease lost: engine killed, job dropped / 租约已失效，已停止训练并放弃该任务 (${why})`);
   }
 
   private async heartbeat(everyMs: number): Promise<void> {
