@@ -4,7 +4,7 @@
  * its metadata, and every read checks it. Objects the engine needs are downloaded into a local copy
  * (`materialize`) laid out like the local backend, reused while its recorded sha256 matches the object's.
  */
-import { createReadStream, existsSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { mkdir, rename } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -140,11 +140,6 @@ export class S3Store implements ObjectStore {
 
   localPath(key: string): string {
     return keyPath(this.options.cache, key);
-  }
-
-  /** True when a local copy exists (it may still be stale; `materialize` checks). */
-  hasLocalCopy(key: string): boolean {
-    return existsSync(keyPath(this.options.cache, key));
   }
 
   private async upload(key: string, file: string, sha256: string, size: number): Promise<void> {
