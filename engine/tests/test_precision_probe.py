@@ -251,7 +251,8 @@ class ContendedMeasure:
         return {**figures(1.0, 0.5 + wait, 1.2, **described), "cpu_wait": wait}  # a busier probe: another bf16 time, to tell them apart
 
 
-def test_a_contended_probe_is_measured_again_and_the_least_contended_figures_stay(tmp_path):
+def test_a_contended_probe_is_measured_again_and_the_least_contended_figures_stay(tmp_path, monkeypatch):
+    monkeypatch.setattr(pp, "machine_idle", lambda: False)
     measure = ContendedMeasure(0.6, 0.1, 0.9)
     first = pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure)
     assert first["contended"] is True and first["cached"] is False
@@ -261,12 +262,18 @@ def test_a_contended_probe_is_measured_again_and_the_least_contended_figures_sta
     assert third["cached"] is True and third["seconds"]["bf16"] == 0.6 and measure.calls == 2
 
 
-def test_a_busier_probe_does_not_replace_a_less_contended_one_and_probing_stops_after_max_attempts(tmp_path):
+def test_a_busier_probe_does_not_replace_a_less_contended_one_and_probing_stops_after_max_attempts(tmp_path, monkeypatch):
+    monkeypatch.setattr(pp, "machine_idle", lambda: False)  # a machine busy throughout
     measure = ContendedMeasure(0.5, 0.8, 0.7, 0.1)
     results = [pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure) for _ in range(pp.MAX_ATTEMPTS + 1)]
     assert [r["seconds"]["bf16"] for r in results] == [1.0, 1.0, 1.0, 1.0]  # the 0.5-wait figures each time
     assert [r["cached"] for r in results] == [False] * pp.MAX_ATTEMPTS + [True] and measure.calls == pp.MAX_ATTEMPTS
     assert "waited for a CPU 50% of the probe" in pp.describe({**pp.decide(results[-1], False), "figures": results[-1]})
+    # Once the machine is idle, the contended figures are measured again and the quiet ones replace them.
+    monkeypatch.setattr(pp, "machine_idle", lambda: True)
+    quiet = pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure)
+    assert (quiet["cached"], quiet["contended"], quiet["seconds"]["bf16"]) == (False, False, 0.6)
+    assert pp.probe([(64, 64)], cache_dir=tmp_path, measure=measure)["cached"] is True and measure.calls == pp.MAX_ATTEMPTS + 1
 
 
 def test_micro_batch_tokens_follow_the_training_file_batch_and_accumulation(tiny_model, tmp_path):

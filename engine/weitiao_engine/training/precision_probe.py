@@ -15,7 +15,7 @@ weight each call).
 
 A probe taken while other processes held the CPU is marked `contended` (its threads waited for a CPU more than
 CONTENDED_WAIT of the time, /proc schedstat): it serves the run, and the next run probes again (up to
-MAX_ATTEMPTS), keeping the least contended figures. (A one-off probe on a busy machine, its fp32 layer step 2.3 s
+MAX_ATTEMPTS, then whenever the machine is idle), keeping the least contended figures. (A one-off probe on a busy machine, its fp32 layer step 2.3 s
 where a fresh probe took 0.5 s under a load of 16, was cached with bf16 at 0.89x fp32; every later run on that machine
 trained the 0.5B shape in fp32 at 0.63x bf16's speed, while fresh probes measured bf16 at 2.4-3.7x, issue 17.)
 
@@ -174,8 +174,17 @@ def token_bucket(tokens: Optional[int]) -> int:
 
 
 def _measure_again(entry: dict[str, Any]) -> bool:
-    """A cached probe that ran contended is measured again, until MAX_ATTEMPTS probes of its key."""
-    return bool(entry.get("contended")) and entry.get("attempts", 1) < MAX_ATTEMPTS
+    """A cached probe that ran contended is measured again, until MAX_ATTEMPTS probes of its key, and after that
+    whenever the machine looks idle (so a busy day's figures do not stay for good)."""
+    return bool(entry.get("contended")) and (entry.get("attempts", 1) < MAX_ATTEMPTS or machine_idle())
+
+
+def machine_idle() -> bool:
+    """Fewer runnable processes over the last minute than logical CPUs (os.getloadavg); False where unknown."""
+    try:
+        return os.getloadavg()[0] < (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return False
 
 
 def _cpu_wait():
