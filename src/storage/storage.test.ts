@@ -10,6 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { openContext } from '../context.js';
 import { WeitiaoError } from '../errors.js';
 import { createExport, openExportContent, waitForExport } from '../export/index.js';
+import { checkIntegrity, repairIntegrity } from '../store/integrity.js';
 import { createFile, deleteFile, fileContentPath, materializeFile, openFileContent, retrieveFile } from '../files/index.js';
 import { createTinyModel } from '../models/index.js';
 import { TINY_WAIMAI } from '../testing/waimai.js';
@@ -197,6 +198,10 @@ for (const make of [localBackend, s3Backend]) {
         if (b.name === 's3') {
           rmSync(path.dirname(fileContentPath(ctx, file.id)), { recursive: true }); // as on a host that did not upload it
           assert.ok(!existsSync(fileContentPath(ctx, file.id)));
+          // The bucket holds the bytes: doctor finds nothing lost here and --repair keeps the row.
+          assert.deepEqual(checkIntegrity(ctx).findings.filter((f) => f.kind === 'file_missing'), []);
+          repairIntegrity(ctx);
+          assert.equal(retrieveFile(ctx, file.id).id, file.id);
         }
         const local = await materializeFile(ctx, file.id);
         assert.equal(readFileSync(local, 'utf8'), line.repeat(8));

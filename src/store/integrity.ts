@@ -16,6 +16,7 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from '../context.js';
+import { storageFor } from '../storage/index.js';
 import { allCheckpoints, deleteCheckpointRow, isJobUnfinished, jobStatuses, unfinishedJobUsingFileOrModel } from '../jobs/repository.js';
 
 export type FindingKind =
@@ -101,9 +102,11 @@ function plan(ctx: Context, options: IntegrityOptions): Planned[] {
   const lostFound = (p: string) => () => moveToLostFound(ctx.home.root, p);
   const db = ctx.db;
 
-  // Rows whose files are gone.
+  // Rows whose files are gone. With object storage (WEITIAO_STORAGE_URL=s3://…) the bucket holds the bytes and
+  // this host only a cache of them: a missing local copy is not a lost file, and --repair must never delete its row.
+  const remoteFiles = storageFor(ctx).kind === 's3';
   for (const f of db.prepare('SELECT id, path FROM files ORDER BY rowid').all() as { id: string; path: string }[]) {
-    if (existsSync(f.path)) continue;
+    if (remoteFiles || existsSync(f.path)) continue;
     const job = unfinishedJobUsingFileOrModel(db, f.id);
     out.push({
       kind: 'file_missing',
