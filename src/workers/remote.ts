@@ -140,7 +140,7 @@ export class RemoteWorker {
     const { lease } = claim;
     const jobId = lease.job_id;
     const log = (line: string) => this.opts.log(`job ${jobId}: ${line}`);
-    const workDir = path.join(this.opts.home, 'jobs', jobId);
+    const workDir = path.resolve(this.opts.home, 'jobs', jobId);
     const run = new JobRun(jobId, this.opts);
     this.run = run;
     if (this.stopping) run.stop('shutdown');
