@@ -89,7 +89,12 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     # As the recipe: bf16 on/off, or auto by the probe of this model's linear shapes (cached per machine; its figures
     # also give the matmul rate below); a bf16 checkpoint keeps bf16 frozen weights where compute is fp32; QLoRA's
     # dense rest stays fp32.
-    choice = precision_probe.choose(request.bf16, config, checkpoint_dtype(base) == torch.bfloat16)
+    # The same cache entry as the run's (training/precision.choose_for_run): its LoRA rank (none under QLoRA) at
+    # about its tokens per micro-batch, here from the real tokenized lengths.
+    micro_tokens = round(rows * sum(lengths) / len(lengths)) if lengths else None
+    choice = precision_probe.choose(
+        request.bf16, config, checkpoint_dtype(base) == torch.bfloat16, tokens=micro_tokens, lora_rank=None if qlora else request.lora.r
+    )
     precision = choice["precision"]
     if qlora and precision == "bf16-weights":
         precision = "fp32"

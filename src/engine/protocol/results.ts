@@ -25,6 +25,13 @@ export const PrecisionChoice = z.object({
       bf16_error: z.number().nullable(),
       bf16_safe: z.boolean(),
       cached: z.boolean().optional(),
+      /** One decoder layer's step per variant (what `auto` decides on), at `layer_tokens` rows. */
+      layer_seconds: z.record(z.string(), z.number()).optional(),
+      layer_tokens: z.number().int().optional(),
+      /** Share of the probe's time its threads waited for a CPU; `contended` figures are measured again later. */
+      cpu_wait: z.number().optional(),
+      contended: z.boolean().optional(),
+      attempts: z.number().int().optional(),
     })
     .optional(),
 });
