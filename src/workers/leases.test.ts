@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import * as tar from 'tar';
 import { startServer, type RunningServer } from '../api/index.js';
 import { runEngine, type EngineEvent } from '../engine/index.js';
-import { createJob, listJobCheckpoints, listJobEvents, retrieveJob, Worker, type FineTuningJob } from '../jobs/index.js';
+import { createJob, listJobCheckpoints, listJobEvents, retrieveJob, type FineTuningJob } from '../jobs/index.js';
 import { createKey } from '../keys/index.js';
 import { retrieveModel } from '../models/index.js';
 import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
@@ -115,10 +115,15 @@ before(async () => {
     });
     jobs.push(job.id);
   }
-  // Their files validated as the API's validator does (src/jobs Worker without training): they are queued.
-  const validator = new Worker(fx.ctx, { train: false });
-  while ((await validator.runNext()) !== null);
-  for (const id of jobs) assert.equal(retrieveJob(fx.ctx, id).status, 'queued');
+  // With the worker off, the API validates the jobs' files itself once remote workers ask for work: a claim for a
+  // method no job has starts that (and gets 204) until all three are queued.
+  const end = Date.now() + 600_000;
+  while (!jobs.every((id) => retrieveJob(fx.ctx, id).status === 'queued')) {
+    for (const id of jobs) assert.ok(['validating_files', 'queued'].includes(retrieveJob(fx.ctx, id).status), JSON.stringify(retrieveJob(fx.ctx, id).error));
+    assert.ok(Date.now() < end, 'timed out waiting for the API to validate the jobs');
+    assert.equal(await claim(['dpo']), null);
+    await new Promise((r) => setTimeout(r, 300));
+  }
 });
 
 after(async () => {

@@ -87,13 +87,13 @@ export class LeaseService {
   private readonly runs = new Map<string, LeaseRun>();
   private readonly noted = new Set<string>();
   private reaper: NodeJS.Timeout | null = null;
-  private readonly validator: Worker;
+  /** Validates waiting jobs' files (made on demand: a stopped one stays stopped, so a restarted server makes another). */
+  private validator: Worker | null = null;
   private validating: Promise<void> | null = null;
   private lastRecovery = 0;
 
   constructor(private readonly ctx: Context) {
     this.journal = storeJournal(ctx);
-    this.validator = new Worker(ctx, { id: 'validator', train: false });
   }
 
   // ------------------------------------------------------------------------------------------- claim
@@ -340,7 +340,9 @@ export class LeaseService {
   async stop(): Promise<void> {
     if (this.reaper) clearInterval(this.reaper);
     this.reaper = null;
-    await this.validator.stop();
+    const validator = this.validator;
+    this.validator = null;
+    await validator?.stop();
     await this.validating;
   }
 
@@ -351,13 +353,14 @@ export class LeaseService {
    */
   private validateWaiting(): void {
     if (this.validating) return;
+    const validator = (this.validator ??= new Worker(this.ctx, { id: 'validator', train: false }));
     this.validating = (async () => {
       try {
         if (Date.now() - this.lastRecovery > 30_000) {
           this.lastRecovery = Date.now();
-          await this.validator.recover();
+          await validator.recover();
         }
-        while ((await this.validator.runNext()) !== null) {
+        while ((await validator.runNext()) !== null) {
           /* next */
         }
       } catch {
