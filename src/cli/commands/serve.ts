@@ -36,7 +36,7 @@ export function registerServeCommands(program: Command): void {
   keys
     .command('create <name>')
     .description('create an API key in --project (default: default); it is shown once')
-    .option('--role <role>', 'admin | member | read-only', 'admin')
+    .option('--role <role>', 'admin | member | read-only | worker (a remote worker: only /v1/weitiao/workers/*)', 'admin')
     .action(async (name: string, o, cmd: Command) => {
       await withContext(cmd, (ctx) => {
         const key = createKey(ctx, { name, role: parseRole(o.role) });

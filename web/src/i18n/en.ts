@@ -14,6 +14,7 @@ export const en = {
   'role.admin': 'admin',
   'role.member': 'member',
   'role.read-only': 'read-only',
+  'role.worker': 'worker',
   'lang.switch': '中文',
 
   'common.loading': 'Loading…',

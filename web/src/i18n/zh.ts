@@ -16,6 +16,7 @@ export const zh: Record<MessageKey, string> = {
   'role.admin': '管理员',
   'role.member': '成员',
   'role.read-only': '只读',
+  'role.worker': '工作节点',
   'lang.switch': 'English',
 
   'common.loading': '加载中…',
