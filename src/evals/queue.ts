@@ -16,7 +16,8 @@
 import { EventEmitter } from 'node:events';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
-import { STALE_WORKER_SECONDS, workerGone } from '../jobs/internal/process.js';
+import { IdleWait } from '../idle.js';
+import { STALE_WORKER_SECONDS, workerGone } from '../jobs/index.js';
 import { newId } from '../store/index.js';
 import * as repo from './internal/repository.js';
 import { executeRun } from './internal/runner.js';
@@ -74,7 +75,7 @@ export class EvalRunQueue extends EventEmitter<EvalRunQueueEvents> {
   private readonly opts: Required<Omit<EvalRunQueueOptions, 'id' | 'judgeBaseUrl' | 'judgeApiKey'>> & EvalRunQueueOptions;
   private loop: Promise<void> | null = null;
   private stopping = false;
-  private sleeping: (() => void) | null = null;
+  private readonly idle = new IdleWait();
   private current: { runId: string; controller: AbortController } | null = null;
   private lastRecovery = 0;
 
@@ -101,14 +102,7 @@ export class EvalRunQueue extends EventEmitter<EvalRunQueueEvents> {
           this.emit('queue_error', WeitiaoError.from(err));
         }
         if (this.stopping) break;
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, this.opts.pollMs);
-          this.sleeping = () => {
-            clearTimeout(t);
-            resolve();
-          };
-        });
-        this.sleeping = null;
+        await this.idle.sleep(this.opts.pollMs);
       }
     })();
   }
@@ -116,7 +110,7 @@ export class EvalRunQueue extends EventEmitter<EvalRunQueueEvents> {
   /** Stops polling; a run in progress is queued again and continues after its last stored row on the next start. */
   async stop(): Promise<void> {
     this.stopping = true;
-    this.sleeping?.();
+    this.idle.wake();
     this.current?.controller.abort('shutdown');
     await this.loop;
     this.loop = null;
@@ -135,7 +129,7 @@ export class EvalRunQueue extends EventEmitter<EvalRunQueueEvents> {
   }
 
   wake(): void {
-    this.sleeping?.();
+    this.idle.wake();
   }
 
   abort(runId: string): void {

@@ -47,11 +47,11 @@ export { followJobEvents, listJobCheckpoints, listJobEvents, type FollowOptions 
 export { jobMethod, jobToWire, reinforcementWire } from './wire.js';
 export { resolveReinforcement } from './reinforcement.js';
 export { JOB_STATUSES, TERMINAL, TRANSITIONS, canTransition, type JobStatus } from './internal/status.js';
-export { STALE_WORKER_SECONDS } from './internal/process.js';
+export { STALE_WORKER_SECONDS, workerGone } from './internal/process.js';
 export { Worker, type WorkerOptions } from './worker.js';
 export { checkpointProject, isJobUnfinished } from './repository.js';
 // One job's run, shared by the local worker and src/workers' remote leases (no second copy of the logic).
-export { checkpointDirName, finishRun, prepareRun, requestedStop, runState, startRun, type PreparedRun, type RunEnd, type StopReason } from './run.js';
+export { checkpointDirName, finishRun, JobRun, prepareRun, requestedStop, runState, startRun, type PreparedRun, type RunEnd, type StopReason } from './run.js';
 export { recordEngineEvent, type RunState } from './engine-events.js';
 export { fail, settleAbandoned, storeJournal, type JobJournal } from './outcomes.js';
 export { getJobRow, jobOfLease, REMOTE_WORKER_PREFIX, staleRemoteJobs, unclaimedQueuedJobs, beatHeart, type JobRow } from './repository.js';

@@ -19,6 +19,7 @@ import { EventEmitter } from 'node:events';
 import type { Context } from '../context.js';
 import type { EngineEvent } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
+import { IdleWait } from '../idle.js';
 import { newId } from '../store/index.js';
 import { isGroupAlive, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
 import { addEvent } from './internal/records.js';
@@ -70,7 +71,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly opts: Required<Omit<WorkerOptions, 'id' | 'onEvent' | 'onEngineEvent' | 'threads' | 'train'>> & WorkerOptions;
   private loop: Promise<void> | null = null;
   private stopping = false;
-  private wake: (() => void) | null = null;
+  private readonly idle = new IdleWait();
   private busy = false;
   private run: JobRun | null = null;
   private lastRecovery = 0;
@@ -117,14 +118,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
           this.emit('worker_error', WeitiaoError.from(err));
         }
         if (this.stopping) break;
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, this.opts.pollMs);
-          this.wake = () => {
-            clearTimeout(t);
-            resolve();
-          };
-        });
-        this.wake = null;
+        await this.idle.sleep(this.opts.pollMs);
       }
     })();
   }
@@ -132,7 +126,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   /** Stops polling; a running job's engine saves a checkpoint and the job is queued again for the next start. */
   async stop(): Promise<void> {
     this.stopping = true;
-    this.wake?.();
+    this.idle.wake();
     this.run?.stop('shutdown');
     await this.loop;
     this.loop = null;

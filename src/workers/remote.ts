@@ -18,7 +18,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { runEngine, type EngineEvent, type TrainRequest, type TrainResult } from '../engine/index.js';
 import { hideServerPaths, WeitiaoError } from '../errors.js';
-import { JobRun } from '../jobs/run.js';
+import { IdleWait } from '../idle.js';
+import { JobRun } from '../jobs/index.js';
 import {
   ClaimResponse,
   FinishResponse,
@@ -68,7 +69,7 @@ export class RemoteWorker {
   private stopping = false;
   private run: JobRun | null = null;
   private loop: Promise<void> | null = null;
-  private wake: (() => void) | null = null;
+  private readonly idle = new IdleWait();
 
   constructor(options: RemoteWorkerOptions) {
     this.name = options.name ?? os.hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
@@ -102,14 +103,7 @@ export class RemoteWorker {
           await this.execute(claim);
           continue;
         }
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, this.opts.pollMs);
-          this.wake = () => {
-            clearTimeout(t);
-            resolve();
-          };
-        });
-        this.wake = null;
+        await this.idle.sleep(this.opts.pollMs);
       }
     })();
     return this.loop;
@@ -118,7 +112,7 @@ export class RemoteWorker {
   /** Stops claiming; a running engine saves a checkpoint, which is uploaded, and the job is queued again (`shutdown`). */
   async stop(): Promise<void> {
     this.stopping = true;
-    this.wake?.();
+    this.idle.wake();
     this.run?.stop('shutdown');
     await this.loop?.catch(() => {});
   }
