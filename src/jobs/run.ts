@@ -10,7 +10,7 @@ import type { Context } from '../context.js';
 import { runEngine, type TrainRequest, type TrainResult } from '../engine/index.js';
 import { WeitiaoError } from '../errors.js';
 import { runForgettingCheck } from '../eval/job-checks.js';
-import { createFile, fileContentPath } from '../files/index.js';
+import { createFile, materializeFile } from '../files/index.js';
 import { registerModel, resolveModel } from '../models/index.js';
 import { now, type DB } from '../store/index.js';
 import { buildTrainRequest, describeTrainingControls, pickTrainingControls, resolveTrainingControls } from '../hyperparameters/index.js';
@@ -131,11 +131,14 @@ export async function prepareRun(j: JobJournal, id: string, threads: number | nu
   const newest = newestCheckpoint(outputDir);
   const state = runState(j.ctx, row, newest ? Number(newest.slice(5)) : null);
   const fullWeights = state.weights.format === 'full';
+  // With object storage the files may not be on this host yet: a checked local copy (the stored file itself when local).
+  const trainingFile = await materializeFile(j.ctx, row.training_file);
+  const validationFile = row.validation_file ? await materializeFile(j.ctx, row.validation_file) : null;
   const request = buildTrainRequest({
     basePath: model.basePath,
     outputDir,
-    trainingFile: fileContentPath(j.ctx, row.training_file),
-    validationFile: row.validation_file ? fileContentPath(j.ctx, row.validation_file) : null,
+    trainingFile,
+    validationFile,
     hyperparameters: ext.resolved,
     seed: row.seed,
     lora: ext.settings.lora,

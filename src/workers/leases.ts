@@ -15,7 +15,7 @@ import type { Readable } from 'node:stream';
 import type { Context } from '../context.js';
 import type { EngineEvent } from '../engine/index.js';
 import { ERROR_CODES, WeitiaoError, type ErrorCode } from '../errors.js';
-import { fileContentPath } from '../files/index.js';
+import { materializeFile } from '../files/index.js';
 import {
   beatHeart,
   checkpointDirName,
@@ -172,7 +172,7 @@ export class LeaseService {
   }
 
   /** Where input `name` of the lease's job is on this server; `not_found` for a name the job does not have. */
-  input(leaseId: string, name: string): InputSource {
+  async input(leaseId: string, name: string): Promise<InputSource> {
     const row = this.hold(leaseId);
     const missing = () => new WeitiaoError('not_found', `job ${row.id} has no input '${name}' / 任务没有输入 '${name}'`, { param: 'name' });
     switch (name) {
@@ -184,10 +184,10 @@ export class LeaseService {
         return { kind: 'dir', path: adapter };
       }
       case 'inputs/training.jsonl':
-        return { kind: 'file', path: fileContentPath(this.ctx, row.training_file) };
+        return { kind: 'file', path: await materializeFile(this.ctx, row.training_file) };
       case 'inputs/validation.jsonl':
         if (!row.validation_file) throw missing();
-        return { kind: 'file', path: fileContentPath(this.ctx, row.validation_file) };
+        return { kind: 'file', path: await materializeFile(this.ctx, row.validation_file) };
     }
     const m = /^output\/checkpoints\/(step-\d+)$/.exec(name);
     const dir = m ? path.join(this.ctx.home.jobs, row.id, 'checkpoints', m[1]) : null;

@@ -91,7 +91,7 @@ export function workerRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
       response: { description: 'The bytes', contentType: 'application/octet-stream', alternatives: { 'application/x-tar': 'a directory' } },
     },
     async (c, { params }) => {
-      const source = asWorker(() => service.input(params.lease, params.name));
+      const source = await asWorker(() => service.input(params.lease, params.name));
       if (source.kind === 'dir') {
         return new Response(Readable.toWeb(tarStream(source.path)) as ReadableStream, { headers: { 'content-type': 'application/x-tar' } });
       }
