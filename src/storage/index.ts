@@ -22,6 +22,7 @@ import { LocalStore } from './internal/local.js';
 import { S3Store } from './internal/s3.js';
 
 export { MIN_PART_SIZE } from './internal/s3.js';
+export { hashFile } from './internal/checksum.js';
 
 export interface ObjectInfo {
   key: string;

@@ -12,6 +12,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
 import { WeitiaoError } from '../errors.js';
+import { hashFile } from '../storage/index.js';
 
 /** A directory as a tar stream (every entry relative to it). */
 export function tarStream(dir: string): Readable {
@@ -27,9 +28,7 @@ export async function fileDigest(file: string): Promise<{ bytes: number; sha256:
   const key = `${s.size}:${s.mtimeMs}`;
   const known = fileHashes.get(file);
   if (known?.key === key) return { bytes: s.size, sha256: known.sha256 };
-  const hash = createHash('sha256');
-  await pipeline(createReadStream(file), hash);
-  const sha256 = hash.digest('hex');
+  const { sha256 } = await hashFile(file);
   fileHashes.set(file, { key, sha256 });
   return { bytes: s.size, sha256 };
 }
