@@ -3,6 +3,8 @@
     .venv/bin/python bench/profile_step.py --shape qwen2.5-0.5b            (the bench's 0.5B shape, random bf16 weights)
     .venv/bin/python bench/profile_step.py --shape tiny --batch 4
     .venv/bin/python bench/profile_step.py --compare-precision 5      (bf16 on vs off: one real layer's step and whole steps)
+    .venv/bin/python bench/profile_step.py --compare packed-attention --rounds 7   (a recipe switch off vs on: whole steps)
+    .venv/bin/python bench/profile_step.py --sources                  (also: which module/function each large op comes from)
 
 Builds the shape as bench/run.py does (same work dir, reused), runs the recipe's setup with `bf16: auto` (the
 precision probe decides), one warm-up step, then profiles `--steps` steps (forward, backward, AdamW). Each op's
@@ -13,6 +15,14 @@ dispatch between them. On a shared machine the absolute times are noise: read th
 (c) the first decoder layer's forward + backward as the recipe built it (LoRA, checkpointing, its real inputs from a
 step) 4N times and (d) N whole steps; it prints the fp32/bf16 ratios (median, spread) and what the precision probe
 decides for this run (`auto`), so a probe that disagrees with the real step shows at once. Ratios, not times.
+
+--compare VARIANT builds the recipe twice in one process, with one of its switches (VARIANTS) off and on, and times
+whole steps in interleaved rounds (which goes first alternates): off/on time ratios, median and spread, and the
+loss of the same batch each way (the switches change speed, not what is computed).
+
+--sources records Python stacks too and lists, for each op above 1% of the ops' time, where it is called from: the
+first engine/transformers/PEFT frame, or in backward the autograd node, and whether in forward, in backward or in
+checkpointing's recomputation.
 """
 
 from __future__ import annotations
@@ -48,6 +58,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="profiled steps after one warm-up step")
     parser.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--compare-precision", type=int, default=0, metavar="ROUNDS", help="bf16 on vs off, interleaved rounds")
+    parser.add_argument("--compare", choices=sorted(VARIANTS), help="a recipe switch off vs on, whole steps in interleaved rounds")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare")
+    parser.add_argument("--sources", action="store_true", help="attribute the largest ops to the code that calls them")
     args = parser.parse_args()
     from weitiao_engine import allocator
 
@@ -74,7 +87,7 @@ def main() -> None:
     if not corpus.exists():
         corpus.write_text("\n".join(r["review"] for r in rows[:2000]) + "\n", encoding="utf-8")
     model = make_model(work, args.shape, SHAPES[args.shape][0], corpus)
-    n = args.batch * (max(args.steps, args.compare_precision) + 1)
+    n = args.batch * (max(args.steps, args.compare_precision, args.rounds if args.compare else 0) + 1)
     train = write_jsonl(work / f"profile-{args.shape}.jsonl", [chat(r) for r in rows[:n]])
 
     logs: list[str] = []
@@ -102,6 +115,9 @@ def main() -> None:
     if args.compare_precision:
         compare_precision(request_for, args.batch, args.compare_precision)
         return
+    if args.compare:
+        compare_switch(request_for, args.batch, args.compare, args.rounds, args.bf16)
+        return
     state = lora_finetune.setup(request_for(args.bf16))
     print(f"allocator: {allocator.in_use()}")
     for line in logs:
@@ -118,7 +134,7 @@ def main() -> None:
     step(batches[0])  # warm-up: thread pools, oneDNN primitives, allocator arenas
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_stack=args.sources) as prof:
         start = time.perf_counter()
         for indices in batches[1 : 1 + args.steps]:
             step(indices)
@@ -146,6 +162,106 @@ def main() -> None:
     print("\nlargest ops by self time:")
     for key, seconds in sorted(top.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {key:40s} {100 * seconds / total:5.1f}%")
+    if args.sources:
+        print_sources(prof, total)
+
+
+# --compare: a recipe switch (module, attribute) and what it is.
+VARIANTS = {
+    "packed-attention": ("weitiao_engine.training.packed_attention", "PACKED_ATTENTION", "packed rows' attention one sequence at a time, fp32"),
+    "folded-dropout": ("weitiao_engine.training.lora_dropout", "FOLD_INTO_LORA_A", "LoRA dropout folded into lora_A (sparse)"),
+    "fast-dropout": ("weitiao_engine.training.lora", "FAST_LORA_DROPOUT", "geometric-mask LoRA dropout (off: nn.Dropout)"),
+}
+
+
+def compare_switch(request_for, batch: int, variant: str, rounds: int, bf16: str) -> None:
+    """Whole steps with the switch off over on, in interleaved rounds (module docstring)."""
+    import importlib
+    import statistics
+
+    import torch
+
+    from run import SEED
+    from weitiao_engine import distributed
+    from weitiao_engine.recipes import lora_finetune
+    from weitiao_engine.training import batching
+    from weitiao_engine.training.sft import sft_step
+    from weitiao_engine.training.step_metrics import Throughput
+
+    module_name, attribute, what = VARIANTS[variant]
+    module = importlib.import_module(module_name)
+    states = {}
+    for value in (True, False):  # the switch is read while the recipe sets the model up
+        setattr(module, attribute, value)
+        states[value] = lora_finetune.setup(request_for(bf16))
+    setattr(module, attribute, True)
+    lengths = [len(e.input_ids) for e in states[True].train_data]
+    batches = batching.epoch_batches(SEED, 0, lengths, batch, False)
+    calls = {v: distributed.data_parallel(s.model) for v, s in states.items()}
+    params = {v: [p for p in s.model.parameters() if p.requires_grad] for v, s in states.items()}
+    losses: dict[bool, list[float]] = {True: [], False: []}
+
+    def step(v: bool, indices: list[int], seed: int) -> None:
+        s = states[v]
+        torch.manual_seed(seed)  # the same dropout masks both ways (one generator serves both models)
+        sft_step(s, calls[v], [s.train_data[i] for i in indices], params[v], Throughput())
+        losses[v].append(s.train_loss)
+
+    print(f"{variant}: {what}; precision {states[True].precision}, checkpointing {states[True].checkpointing}, packed {states[True].packed}")
+    for v in states:  # warm-up
+        step(v, batches[0], SEED)
+    found = []
+    for r in range(rounds):
+        indices, seconds = batches[1 + r % (len(batches) - 1)], {}
+        for v in (False, True) if r % 2 == 0 else (True, False):
+            start = time.perf_counter()
+            step(v, indices, SEED + 1 + r)
+            seconds[v] = time.perf_counter() - start
+        found.append(seconds[False] / seconds[True])
+        print(f"  round {r + 1}: off {seconds[False]:.2f} s, on {seconds[True]:.2f} s", flush=True)
+    found.sort()
+    print(f"whole steps, off/on: median {statistics.median(found):.2f} (min {found[0]:.2f}, max {found[-1]:.2f}, n {len(found)})")
+    drift = max(abs(a - b) / abs(b) for a, b in zip(losses[True], losses[False]))
+    print(f"training loss, same batches and masks: on {losses[True][-1]:.4f}, off {losses[False][-1]:.4f} after {len(losses[True])} steps;"
+          f" largest relative difference of a step's loss {100 * drift:.3f}%")
+
+
+def print_sources(prof, total: float) -> None:
+    """For each op above 1% of the ops' self time: its share by (phase, first engine/transformers/PEFT frame or
+    autograd node). Phases: fwd, bwd, recompute (gradient checkpointing's second forward)."""
+    import re
+    from collections import Counter, defaultdict
+
+    frame = re.compile(r"(weitiao_engine/[^ ]*|(transformers|peft)/[^ ]*)\.py\(\d+\): \w+")
+    by_op: Counter = Counter()
+    where: dict[str, Counter] = defaultdict(Counter)
+    for event in prof.events():
+        if not event.name.startswith("aten::") or event.self_cpu_time_total <= 0:
+            continue
+        phase, source, parent = "fwd", None, event.cpu_parent
+        while parent is not None:
+            name = parent.name
+            if "checkpoint.py" in name and ("recompute" in name or "unpack" in name):
+                phase = "recompute"
+            if name.startswith("autograd::engine::evaluate_function:"):
+                phase = "recompute" if phase == "recompute" else "bwd"
+                source = source or name.split(": ", 1)[1]
+                break
+            match = frame.search(name)
+            if match and source is None:
+                source = match.group(0).split("site-packages/")[-1]
+            parent = parent.cpu_parent
+        by_op[event.name] += event.self_cpu_time_total
+        where[event.name][f"{phase:9s} {source or '?'}"] += event.self_cpu_time_total
+    ops = sum(by_op.values())
+    print("\nwhere the largest ops come from (% of the ops' self time; phase, caller):")
+    for name, t in by_op.most_common():
+        if t < 0.01 * ops:
+            break
+        print(f"  {name:40s} {100 * t / ops:5.1f}%")
+        for place, tt in where[name].most_common(4):
+            if tt >= 0.002 * ops:
+                print(f"      {100 * tt / ops:5.1f}%  {place}")
 
 
 def compare_precision(request_for, batch: int, rounds: int) -> None:

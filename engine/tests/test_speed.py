@@ -1,5 +1,6 @@
-"""The LoRA recipe's speed techniques change how fast, not what is computed: padding-free packing, the
-geometric LoRA dropout mask and selective gradient checkpointing (the benchmark measures how much faster)."""
+"""The LoRA recipe's speed techniques change how fast, not what is computed: padding-free packing and its
+attention one sequence at a time, the geometric LoRA dropout mask folded into lora_A and selective gradient
+checkpointing (the benchmark and bench/profile_step.py --compare measure how much faster)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 
 from weitiao_engine.training import activation_checkpointing as checkpointing, batching
 from weitiao_engine.chat_format import tokenize_examples
-from weitiao_engine.training.lora_dropout import LoraDropout, drop_mask, use_lora_dropout
+from weitiao_engine.training.lora_dropout import FoldedIntoLoraA, LoraDropout, drop_mask, use_lora_dropout
+from weitiao_engine.training.packed_attention import sequence_layout, use_packed_attention
 from weitiao_engine.training.batching import collate, pack, packing_supported
 from weitiao_engine.training.data import load_examples
 from weitiao_engine.training.lora import linear_module_names
@@ -84,6 +86,36 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model, batch) -> 
         torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6)
 
 
+def test_packed_attention_gives_the_masked_attention_loss_and_gradients(tiny_model, batch, monkeypatch) -> None:
+    """Each sequence attended alone (padded to the longest, causal, no mask) equals SDPA over the row with
+    transformers' block-diagonal mask; rows of several lengths, each ending in a padding block."""
+    examples, pad = batch
+    monkeypatch.setattr(batching, "PACKED_ROW_TOKENS", 300)
+    model = lora_model(tiny_model)
+    args, n = pack(examples, pad), sum(e.n_trained for e in examples)
+    assert args[0].shape[0] > 1
+    want_loss, want = loss_and_grads(model, args, n)
+    assert use_packed_attention(model) and model.get_base_model().config._attn_implementation == "weitiao_packed_sdpa"
+    got_loss, got = loss_and_grads(model, args, n)
+    assert got_loss == pytest.approx(want_loss, rel=1e-5)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6)
+    assert packing_supported(model, examples[0].input_ids) is True
+
+
+def test_sequence_layout_cuts_rows_at_restarting_positions() -> None:
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]])
+    gather, scatter, n_seq, longest = sequence_layout(positions)
+    assert (n_seq, longest) == (5, 6)
+    tokens = torch.arange(24.0)
+    by_sequence = tokens[gather].view(n_seq, longest)
+    assert by_sequence[:, 0].tolist() == [0, 4, 9, 12, 18]  # each sequence's first token
+    assert by_sequence[3].tolist() == [12, 13, 14, 15, 16, 17] and by_sequence[0, :4].tolist() == [0, 1, 2, 3]
+    assert torch.equal(by_sequence.flatten()[scatter], tokens), "scatter puts every token back where it was"
+    assert sequence_layout(torch.arange(6).repeat(2, 1)) is None, "one sequence per row: nothing packed"
+    assert sequence_layout(torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0]])) is None, "padding would cost more than the mask"
+
+
 def test_packing_is_checked_on_the_model(tiny_model, batch) -> None:
     """A model that lets packed sequences see each other (here: a decoder given an all-ones mask) is caught."""
     examples, _ = batch
@@ -145,6 +177,30 @@ def test_peft_dropouts_are_replaced(tiny_model) -> None:
     n_lora = sum(1 for m in model.modules() if hasattr(m, "lora_A") and isinstance(m.lora_dropout, torch.nn.ModuleDict))
     assert use_lora_dropout(model) == n_lora > 0
     assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0)
+    assert sum(isinstance(m, FoldedIntoLoraA) for m in model.modules()) == n_lora, "plain LoRA: folded into lora_A"
+
+
+def test_dropout_folded_into_lora_a_computes_what_dropout_then_lora_a_does(tiny_model, batch, monkeypatch) -> None:
+    """Same masks (same generator draws), same loss and gradients as LoraDropout in front of an unchanged lora_A."""
+    from weitiao_engine.training import lora_dropout
+
+    examples, pad = batch
+    args, n = pack(examples, pad), sum(e.n_trained for e in examples)
+    results = []
+    for fold in (False, True):
+        monkeypatch.setattr(lora_dropout, "FOLD_INTO_LORA_A", fold)
+        model = lora_model(tiny_model, dropout=0.2)
+        use_lora_dropout(model)
+        torch.manual_seed(11)
+        results.append(loss_and_grads(model, args, n))
+    (want_loss, want), (got_loss, got) = results
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7)
+    model.eval()
+    torch.manual_seed(0)
+    assert torch.equal(model.get_base_model().get_decoder()(input_ids=args[0][:, :8]).last_hidden_state,
+                       model.get_base_model().get_decoder()(input_ids=args[0][:, :8]).last_hidden_state), "eval: no dropout"  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- gradient checkpointing
@@ -153,12 +209,13 @@ def test_peft_dropouts_are_replaced(tiny_model) -> None:
 @pytest.mark.parametrize("mode", ["full", "selective"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_checkpointing_gives_the_gradients_of_none(tiny_model, batch, mode, dtype) -> None:
-    """With LoRA dropout on (the recomputation must redraw the same mask) and, for bf16 weights, fp32 compute
-    from upcast weights (backward reusing the recomputation's upcast)."""
+    """With LoRA dropout on (the recomputation must redraw the same mask), packed attention, and, for bf16 weights,
+    fp32 compute from upcast weights (backward reusing the recomputation's upcast)."""
     examples, pad = batch
     args, n = pack(examples, pad), sum(e.n_trained for e in examples)
     model = lora_model(tiny_model, dropout=0.1, dtype=dtype)
     use_lora_dropout(model)
+    use_packed_attention(model)  # its sequence layout is computed once, reused by the recomputation
     if dtype == torch.bfloat16:
         compute_in_fp32(model, keep_upcast=True)
     torch.manual_seed(3)

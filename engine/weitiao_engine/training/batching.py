@@ -110,8 +110,18 @@ def batch_layout(packed: bool):
 
 
 def use_packing(model, sample: list[int]) -> bool:
-    """Whether a run trains on packed batches: PACKING (the benchmark's switch) and the model keeps them apart."""
-    return PACKING and packing_supported(model, sample)
+    """Whether a run trains on packed batches: PACKING (the benchmark's switch) and the model keeps them apart.
+    On a CPU a packed batch's attention runs one sequence at a time (packed_attention.py), checked here too:
+    if it failed the check, transformers' SDPA attention is checked instead."""
+    from .packed_attention import use_packed_attention, use_sdpa_attention
+
+    if not PACKING:
+        return False
+    if use_packed_attention(model):
+        if packing_supported(model, sample):
+            return True
+        use_sdpa_attention(model)
+    return packing_supported(model, sample)
 
 
 @torch.no_grad()
