@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 PIP_FLAGS ?= --retries 0 --disable-pip-version-check
 export WEITIAO_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: setup demo test test-node test-engine test-distill typecheck bench bench-upload clean check-python browser malloc
+.PHONY: setup demo test test-node test-engine test-distill typecheck bench bench-upload clean check-python browser malloc postgres
 
 setup: node_modules/.stamp $(VENV)/.stamp dist/.stamp dist/web/index.html malloc
 
@@ -73,8 +73,21 @@ typecheck: node_modules/.stamp
 test-engine: $(VENV)/.stamp
 	cd engine && ../$(VPY) -m pytest -q --durations=15 tests
 
-test-node: setup browser
+# The store and queue suites run a second time on PostgreSQL (a throwaway server per test process, started as an
+# unprivileged user in a temp dir: src/testing/postgres.ts). Debian's package provides the server binaries.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing postgresql (apt-get) for the PostgreSQL store tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null); \
+	  else \
+	    echo "error: the PostgreSQL store tests need the server binaries: sudo apt-get install postgresql" >&2; exit 1; \
+	  fi; \
+	fi
+
+test-node: setup browser postgres
 	node scripts/run-node-tests.mjs
+	node scripts/run-node-tests.mjs --postgres
 
 test: setup typecheck test-engine test-node
 

@@ -14,9 +14,24 @@ function find(dir) {
   });
 }
 
-const filters = process.argv.slice(2);
+// `--postgres`: the store and queue suites again, on a PostgreSQL server each test process starts
+// (src/testing/postgres.ts): the same tests, the same code, the other back end.
+const POSTGRES_SUITES = [
+  'src/store/store.test.ts',
+  'src/store/queue.test.ts',
+  'src/jobs/jobs.test.ts',
+  'src/files/files.test.ts',
+  'src/keys/keys.test.ts',
+  'src/evals/evals.test.ts',
+  'src/api/reliability-projects.test.ts',
+  'src/workers/leases.test.ts',
+  'src/workers/remote.e2e.test.ts',
+];
+const postgres = process.argv.includes('--postgres');
+const filters = process.argv.slice(2).filter((a) => a !== '--postgres');
 const files = [...find('src'), ...find('web')]
   .sort()
+  .filter((f) => !postgres || POSTGRES_SUITES.includes(f))
   .filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)));
 if (files.length === 0) {
   console.error('no test files match', filters);
@@ -31,7 +46,16 @@ const child = spawn(
   ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-reporter=spec', ...files],
   // One torch thread per engine unless a request says otherwise: test files run two at a time on 2 cores (engine/weitiao_engine/loading.py).
   // The precision probe's figures are shared the same way: one probe per run, not one per test home (training/precision_probe.py).
-  { stdio: 'inherit', env: { WEITIAO_ENGINE_THREADS: '1', ...process.env, WEITIAO_TINY_CACHE: tinyCache, WEITIAO_PROBE_SHARED_CACHE: tinyCache } },
+  {
+    stdio: 'inherit',
+    env: {
+      WEITIAO_ENGINE_THREADS: '1',
+      ...process.env,
+      WEITIAO_TINY_CACHE: tinyCache,
+      WEITIAO_PROBE_SHARED_CACHE: tinyCache,
+      ...(postgres ? { WEITIAO_TEST_DATABASE: 'postgres' } : {}),
+    },
+  },
 );
 // A stopped run (Ctrl-C, kill) stops the tests too and still removes the cache.
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => child.kill(signal));

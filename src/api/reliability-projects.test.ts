@@ -13,12 +13,13 @@ import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { after, before, describe, test } from 'node:test';
-import { openContext, type Context } from '../context.js';
+import type { Context } from '../context.js';
+import { openTestContext, testStoreEnv } from '../testing/postgres.js';
 import { insertExport } from '../export/internal/repository.js';
 import { createKey, verifyKey } from '../keys/index.js';
 import { registerModel } from '../models/index.js';
 import { createProject, runInScope } from '../projects/index.js';
-import { openDatabase } from '../store/index.js';
+import { openDatabase, sqliteOnly, type DB } from '../store/index.js';
 import { MIGRATIONS } from '../store/migrations.js';
 import { createApp, startServer, type RunningServer } from './index.js';
 import { createTestModel, REPO_ROOT, writeWaimaiJsonl } from '../testing/waimai.js';
@@ -69,13 +70,18 @@ function upload(text: string, filename: string): FormData {
 }
 
 function weitiao(args: string[], home = ctx.home.root): { status: number | null; out: string; stdout: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', MAIN, '--home', home, ...args], { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', MAIN, '--home', home, ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    cwd: REPO_ROOT,
+    env: { ...process.env, ...testStoreEnv(home) },
+  });
   return { status: r.status, out: r.stdout + r.stderr, stdout: r.stdout };
 }
 
 before(async () => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-projects-'));
-  ctx = openContext({ home: path.join(dir, 'home') });
+  ctx = openTestContext(path.join(dir, 'home'));
   base = await createTestModel(ctx);
   createProject(ctx, { id: 'alpha', description: '外卖 team' });
   createProject(ctx, { id: 'beta' });
@@ -403,12 +409,12 @@ describe('migration of a home made before projects (issue 13)', () => {
     // A key as weitiao made them before projects: the columns of migration 1 only.
     const key = 'wt-' + 'A'.repeat(40);
     old.prepare("INSERT INTO api_keys (id, name, prefix, hash, created_at) VALUES ('key-old', 'me', 'wt-AAAAAA', ?, 1)").run(createHash('sha256').update(key).digest('hex'));
-    const counts = (db: Database.Database) =>
+    const counts = (db: Pick<Database.Database, 'prepare'>) =>
       ['files', 'models', 'jobs', 'exports', 'evals', 'eval_runs', 'api_keys'].map((t) => (db.prepare(`SELECT count(*) AS n FROM ${t}`).get() as { n: number }).n);
     const before = counts(old);
     old.close();
 
-    const db = openDatabase(file);
+    const db = sqliteOnly(openDatabase(file), 'test');
     assert.equal(db.pragma('user_version', { simple: true }), MIGRATIONS.length);
     assert.deepEqual(counts(db), before);
     for (const t of ['files', 'models', 'jobs', 'exports', 'evals', 'eval_runs', 'api_keys']) {
@@ -416,7 +422,7 @@ describe('migration of a home made before projects (issue 13)', () => {
     }
     assert.deepEqual(db.prepare('SELECT role FROM api_keys').all(), [{ role: 'admin' }]);
     assert.deepEqual(db.prepare('SELECT id FROM projects').all(), [{ id: 'default' }]);
-    const record = verifyKey({ db } as Context, key);
+    const record = verifyKey({ db: db as DB } as Context, key);
     assert.deepEqual([record?.project, record?.role], ['default', 'admin']);
     db.close();
   });

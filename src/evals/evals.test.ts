@@ -10,7 +10,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import OpenAI, { toFile } from 'openai';
 import { startServer, type RunningServer } from '../api/index.js';
-import { openContext, type Context } from '../context.js';
+import type { Context } from '../context.js';
+import { openTestContext } from '../testing/postgres.js';
 import { mixGeneralData } from '../eval/job-checks.js';
 import { fileContentPath } from '../files/index.js';
 import { submitJob, type FineTuningJob } from '../jobs/index.js';
@@ -32,8 +33,8 @@ let client: OpenAI;
 
 before(async () => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-evals-'));
-  ctx = openContext({ home: path.join(dir, 'home') });
-  other = openContext({ home: path.join(dir, 'home') });
+  ctx = openTestContext(path.join(dir, 'home'));
+  other = openTestContext(path.join(dir, 'home'));
   await createTinyModel(ctx, { name: 'tiny', corpusFiles: [WAIMAI], hiddenSize: 64, layers: 2, vocabSize: 1024 });
   const key = createKey(ctx, { name: 'evals' }).key;
   server = await startServer(ctx, { host: '127.0.0.1', port: 0, auth: true, worker: false, handleSignals: false, log: () => {}, webDir: null });

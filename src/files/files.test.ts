@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
-import { openContext, type Context } from '../context.js';
+import type { Context } from '../context.js';
+import { openTestContext } from '../testing/postgres.js';
 import { WeitiaoError } from '../errors.js';
 import { createFile, deleteFile, fileContentPath, FileObject, listFiles, retrieveFile } from './index.js';
 
@@ -13,7 +14,7 @@ let ctx: Context;
 
 before(() => {
   tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-files-'));
-  ctx = openContext({ home: path.join(tmp, 'home') });
+  ctx = openTestContext(path.join(tmp, 'home'));
 });
 after(() => {
   ctx.close();
@@ -91,7 +92,7 @@ describe('files', () => {
 
   test('listFiles pages newest first with has_more, first_id, last_id and after; filters by purpose', async () => {
     const home = mkdtempSync(path.join(tmp, 'list-'));
-    const c = openContext({ home });
+    const c = openTestContext(home);
     try {
       const ids: string[] = [];
       for (let i = 0; i < 5; i++) {

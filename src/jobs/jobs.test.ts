@@ -6,7 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
-import { openContext, type Context } from '../context.js';
+import type { Context } from '../context.js';
+import { openTestContext } from '../testing/postgres.js';
 import { createFile } from '../files/index.js';
 import { registerModel } from '../models/index.js';
 import {
@@ -39,7 +40,7 @@ const example = JSON.stringify({ messages: [{ role: 'user', content: '很好吃'
 
 before(async () => {
   tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-jobs-'));
-  ctx = openContext({ home: path.join(tmp, 'home') });
+  ctx = openTestContext(path.join(tmp, 'home'));
   const modelDir = path.join(tmp, 'base');
   mkdirSync(modelDir);
   writeFileSync(path.join(modelDir, 'config.json'), '{"model_type":"qwen2"}');
@@ -230,7 +231,7 @@ describe('status transitions', () => {
 describe('lists', () => {
   test('listJobs pages newest first by `after`, with has_more, first_id, last_id and a metadata filter', () => {
     const home = mkdtempSync(path.join(tmp, 'list-'));
-    const c = openContext({ home });
+    const c = openTestContext(home);
     try {
       const modelDir = path.join(tmp, 'base');
       registerModel(c, { id: 'b', kind: 'base', path: modelDir, source: 'local' });

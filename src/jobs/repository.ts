@@ -5,7 +5,7 @@
  * the modules below the jobs service that must ask about jobs (src/files, the store's integrity check and
  * backup): they import this module, which depends only on the store, never the service.
  */
-import { newId, now, selectPage, type DB } from '../store/index.js';
+import { jsonNumber, newId, now, selectPage, skipLocked, type DB } from '../store/index.js';
 import type { JobStatus } from './internal/status.js';
 
 // ----------------------------------------------------------------------------------------------- rows
@@ -97,7 +97,11 @@ export function selectJobsPage(db: DB, q: { metadata?: Record<string, string>; a
   const where: string[] = [];
   const args: unknown[] = [];
   for (const [key, value] of Object.entries(q.metadata ?? {})) {
-    where.push(`EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE json_each.key = ? AND json_each.value = ?)`);
+    where.push(
+      db.dialect === 'postgres'
+        ? `jsonb_typeof(jobs.metadata::jsonb) = 'object' AND (jobs.metadata::jsonb ->> ?) = ?`
+        : `EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE json_each.key = ? AND json_each.value = ?)`,
+    );
     args.push(key, value);
   }
   return selectPage<JobRow>(db, { table: 'jobs', where, params: args, after: q.after, limit: q.limit });
@@ -155,8 +159,8 @@ export function claimWaitingJob(db: DB, workerId: string, id?: string, statuses:
       const waiting = `worker_id IS NULL AND status IN (${statuses.map((s) => `'${s}'`).join(', ')})`;
       const row = (
         id === undefined
-          ? db.prepare(`SELECT * FROM jobs WHERE ${waiting} ORDER BY rowid LIMIT 1`).get()
-          : db.prepare(`SELECT * FROM jobs WHERE id = ? AND ${waiting}`).get(id)
+          ? db.prepare(`SELECT * FROM jobs WHERE ${waiting} ORDER BY rowid LIMIT 1${skipLocked(db)}`).get()
+          : db.prepare(`SELECT * FROM jobs WHERE id = ? AND ${waiting}${skipLocked(db)}`).get(id)
       ) as JobRow | undefined;
       if (!row) return null;
       db.prepare('UPDATE jobs SET worker_id = ?, heartbeat_at = ? WHERE id = ?').run(workerId, now(), row.id);
@@ -183,13 +187,13 @@ export function setEnginePid(db: DB, id: string, pid: number | null): void {
 
 /** Appends one event to a job's log; its `seq`. */
 export function insertEvent(db: DB, row: Omit<EventRow, 'seq'>): number {
-  const info = db
+  const inserted = db
     .prepare(
       `INSERT INTO job_events (id, job_id, created_at, level, type, message, data)
-       VALUES (@id, @job_id, @created_at, @level, @type, @message, @data)`,
+       VALUES (@id, @job_id, @created_at, @level, @type, @message, @data) RETURNING seq`,
     )
-    .run(row);
-  return Number(info.lastInsertRowid);
+    .get(row) as { seq: number };
+  return inserted.seq;
 }
 
 /** A job's events in cursor pages by `seq`; null when `after` names no event. */
@@ -209,7 +213,7 @@ export function eventsAfter(db: DB, jobId: string, seq: number, limit: number): 
 
 /** The highest step a metrics event of the job reports, or null. */
 export function lastMetricsStep(db: DB, jobId: string): number | null {
-  const row = db.prepare(`SELECT MAX(json_extract(data, '$.step')) AS step FROM job_events WHERE job_id = ? AND type = 'metrics'`).get(jobId) as { step: number | null };
+  const row = db.prepare(`SELECT MAX(${jsonNumber(db, 'data', 'step')}) AS step FROM job_events WHERE job_id = ? AND type = 'metrics'`).get(jobId) as { step: number | null };
   return row.step;
 }
 
@@ -222,8 +226,8 @@ export function metricsEventData(db: DB, jobId: string): string[] {
 export function findMetricsEvent(db: DB, jobId: string, step: number, training: boolean): EventRow | undefined {
   return db
     .prepare(
-      `SELECT * FROM job_events WHERE job_id = ? AND type = 'metrics' AND json_extract(data, '$.step') = ?
-       AND (json_extract(data, '$.train_loss') IS NOT NULL) = ? ORDER BY seq DESC LIMIT 1`,
+      `SELECT * FROM job_events WHERE job_id = ? AND type = 'metrics' AND ${jsonNumber(db, 'data', 'step')} = ?
+       AND (CASE WHEN ${jsonNumber(db, 'data', 'train_loss')} IS NOT NULL THEN 1 ELSE 0 END) = ? ORDER BY seq DESC LIMIT 1`,
     )
     .get(jobId, step, training ? 1 : 0) as EventRow | undefined;
 }
@@ -359,8 +363,8 @@ export function* unclaimedQueuedJobs(db: DB, pageSize = 16): Generator<JobRow> {
 /** The running or pausing job a remote lease holds (`worker_id` ends in `:<lease>`), or undefined. */
 export function jobOfLease(db: DB, leaseId: string): JobRow | undefined {
   return db
-    .prepare(`SELECT * FROM jobs WHERE worker_id LIKE ? AND substr(worker_id, -?) = ? AND status IN ('running', 'pausing')`)
-    .get(`${REMOTE_WORKER_PREFIX}%`, leaseId.length + 1, `:${leaseId}`) as JobRow | undefined;
+    .prepare(`SELECT * FROM jobs WHERE worker_id LIKE ? AND status IN ('running', 'pausing')`)
+    .get(`${REMOTE_WORKER_PREFIX}%:${leaseId}`) as JobRow | undefined;
 }
 
 /** Running or pausing jobs held by remote leases whose heartbeat is older than `cutoff` (epoch seconds). */

@@ -11,8 +11,7 @@
 import { createHash, randomInt } from 'node:crypto';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
-import type { Statement } from 'better-sqlite3';
-import { newId, now, type DB } from '../store/index.js';
+import { newId, now, type DB, type Statement } from '../store/index.js';
 import { activeScope, DEFAULT_PROJECT, parseRole, runInScope, type Role } from '../projects/scope.js';
 
 export const KEY_PREFIX = 'wt-';

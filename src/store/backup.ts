@@ -18,7 +18,7 @@ import { WeitiaoError } from '../errors.js';
 import { resolveHome } from '../home.js';
 import type { Context } from '../context.js';
 import { jobsSummary } from '../jobs/repository.js';
-import { openDatabase } from './index.js';
+import { openDatabase, sqliteOnly, type DB } from './index.js';
 
 export interface BackupManifest {
   object: 'weitiao.backup';
@@ -49,16 +49,17 @@ export async function backupHome(ctx: Context, dir: string): Promise<BackupManif
   if (existsSync(target) && readdirSync(target).length) {
     throw new WeitiaoError('conflict', `the backup folder ${dir} is not empty; pick a new or empty folder / 备份目录非空`, { param: 'dir' });
   }
+  const db = sqliteOnly(ctx.db, 'weitiao backup');
   mkdirSync(target, { recursive: true });
-  await ctx.db.backup(path.join(target, STORE));
+  await db.backup(path.join(target, STORE));
 
   // Copy what the snapshot's rows name, so the copy agrees with the snapshot (later uploads are not in it).
-  const snapshot = new Database(path.join(target, STORE), { readonly: true });
+  const snapshot = Object.assign(new Database(path.join(target, STORE), { readonly: true }), { dialect: 'sqlite' as const });
   try {
     const rows = {
       files: snapshot.prepare('SELECT path FROM files').all() as { path: string }[],
       models: snapshot.prepare('SELECT path FROM models').all() as { path: string }[],
-      ...jobsSummary(snapshot),
+      ...jobsSummary(snapshot as DB),
     };
     const folders = new Set<string>();
     const external: string[] = [];
@@ -147,7 +148,7 @@ export function restoreHome(homeDir: string | undefined, backupDir: string, opti
 
 /** Every text value of every table that holds `from/…` gets `to/…` (paths in columns and inside JSON alike). */
 function rewritePaths(dbFile: string, from: string, to: string): void {
-  const db = openDatabase(dbFile); // migrates a backup taken by an older weitiao
+  const db = sqliteOnly(openDatabase(dbFile), 'weitiao restore'); // migrates a backup taken by an older weitiao
   try {
     if (from === to) return;
     const tables = db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`).all() as { name: string }[];

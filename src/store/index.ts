@@ -1,38 +1,118 @@
 /**
- * The embedded store: one SQLite file (WAL mode, so the API reads while the worker writes).
- * Opening it runs any pending migrations. Each domain keeps the SQL of the tables it owns in one repository
- * module (src/jobs/repository.ts: jobs, job_events, checkpoints; src/evals/internal/repository.ts; …).
+ * The store: one SQLite file by default (WAL mode, so the API reads while the worker writes), or PostgreSQL
+ * when `WEITIAO_DATABASE_URL=postgres://…` names one (src/store/postgres), for a team whose API, workers and
+ * console run on several hosts. Both sit behind the small synchronous interface `DB` below, and one list of
+ * migrations (migrations.ts) makes the same schema on both. Opening the store runs any pending migrations.
+ * Each domain keeps the SQL of the tables it owns in one repository module (src/jobs/repository.ts: jobs,
+ * job_events, checkpoints; src/evals/internal/repository.ts; …), written in the SQL both back ends run.
  */
 import Database from 'better-sqlite3';
-import { MIGRATIONS } from './migrations.js';
+import { MIGRATIONS, postgresMigration } from './migrations.js';
+import { PostgresDatabase } from './postgres/database.js';
 import { PROJECT_TABLES, registerScopeFunctions } from '../projects/scope.js';
+import { WeitiaoError } from '../errors.js';
 
-export type DB = Database.Database;
+export interface RunResult {
+  changes: number;
+  lastInsertRowid: number | bigint;
+}
 
-export function openDatabase(file: string): DB {
-  const db = new Database(file);
+/** A prepared statement: `?` placeholders, or `@name` ones bound from one object. */
+export interface Statement {
+  get(...params: unknown[]): unknown;
+  all(...params: unknown[]): unknown[];
+  run(...params: unknown[]): RunResult;
+}
+
+/** `db.transaction(fn)` as better-sqlite3 has it: nested calls become savepoints; a throw rolls back. */
+export type TransactionFn = (...args: never[]) => unknown;
+export type Transaction<F extends TransactionFn> = Database.Transaction<F>;
+
+/** What the repositories use of a store, on either back end. */
+export interface DB {
+  readonly dialect: 'sqlite' | 'postgres';
+  prepare(sql: string): Statement;
+  exec(sql: string): unknown;
+  transaction<F extends TransactionFn>(fn: F): Transaction<F>;
+  close(): unknown;
+}
+
+export type SqliteDB = Database.Database & { readonly dialect: 'sqlite' };
+
+/** Opens the store at `location`: a postgres:// URL, or the path of the SQLite file. */
+export function openDatabase(location: string): DB {
+  return /^postgres(ql)?:\/\//.test(location) ? openPostgres(location) : openSqlite(location);
+}
+
+function openSqlite(file: string): SqliteDB {
+  const db = Object.assign(new Database(file), { dialect: 'sqlite' as const });
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 5000');
   // Before migrating: migration 4's triggers call these (the request's project, src/projects).
   registerScopeFunctions(db);
-  migrate(db);
-  return db;
-}
-
-function migrate(db: DB): void {
   const current = db.pragma('user_version', { simple: true }) as number;
-  if (current > MIGRATIONS.length) {
-    throw new Error(`the store is at schema version ${current}, newer than this weitiao (${MIGRATIONS.length}): upgrade weitiao`);
-  }
+  checkVersion(current);
   for (let v = current; v < MIGRATIONS.length; v++) {
     db.transaction(() => {
       db.exec(MIGRATIONS[v]);
       db.pragma(`user_version = ${v + 1}`);
     })();
   }
+  return db;
 }
+
+function openPostgres(url: string): DB {
+  const db = new PostgresDatabase(url);
+  try {
+    db.exec('CREATE TABLE IF NOT EXISTS weitiao_schema (version INTEGER NOT NULL)');
+  } catch (err) {
+    db.close();
+    throw new WeitiaoError('unavailable', `cannot open the PostgreSQL store ${redact(url)}: ${(err as Error).message} / 无法连接 PostgreSQL`);
+  }
+  // Processes starting together (the API and its workers) migrate one at a time: the lock is the transaction's.
+  db.transaction(() => {
+    db.prepare('SELECT pg_advisory_xact_lock(7727)').get();
+    const row = db.prepare('SELECT version FROM weitiao_schema').get() as { version: number } | undefined;
+    if (!row) db.prepare('INSERT INTO weitiao_schema (version) VALUES (0)').run();
+    const current = row?.version ?? 0;
+    checkVersion(current);
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      db.exec(postgresMigration(v));
+      db.prepare('UPDATE weitiao_schema SET version = ?').run(v + 1);
+    }
+  })();
+  return db;
+}
+
+function checkVersion(current: number): void {
+  if (current > MIGRATIONS.length) {
+    throw new Error(`the store is at schema version ${current}, newer than this weitiao (${MIGRATIONS.length}): upgrade weitiao`);
+  }
+}
+
+/** The URL without its password, for messages. */
+export const redact = (url: string): string => url.replace(/\/\/([^:/@]+):[^@/]*@/, '//$1:***@');
+
+/** The SQLite handle behind `db` for what only SQLite has (file backups, pragmas); a clear error on PostgreSQL. */
+export function sqliteOnly(db: DB, what: string): SqliteDB {
+  if (db.dialect !== 'sqlite') {
+    throw new WeitiaoError('invalid_request', `${what} works on the embedded SQLite store; on PostgreSQL use its own tools (pg_dump) / ${what} 仅适用于内置 SQLite`);
+  }
+  return db as SqliteDB;
+}
+
+/** SQL for the number at `key` of the JSON text in `column` (NULL when absent). */
+export function jsonNumber(db: DB, column: string, key: string): string {
+  return db.dialect === 'postgres' ? `(${column}::jsonb ->> '${key}')::double precision` : `json_extract(${column}, '$.${key}')`;
+}
+
+/**
+ * What a claim's SELECT ends with: PostgreSQL locks the row it picked and skips rows other claimers hold, so
+ * concurrent workers each take a different job at once; SQLite's claim transaction is IMMEDIATE (one writer).
+ */
+export const skipLocked = (db: DB): string => (db.dialect === 'postgres' ? ' FOR UPDATE SKIP LOCKED' : '');
 
 /** Unix seconds, OpenAI's time unit. */
 export const now = (): number => Math.floor(Date.now() / 1000);

@@ -1,6 +1,6 @@
 /**
  * The store's schema, as an append-only list of migrations. Never edit a migration that has shipped:
- * add a new one. `PRAGMA user_version` records how many have run.
+ * add a new one. `PRAGMA user_version` (SQLite) or the table weitiao_schema (PostgreSQL) records how many have run.
  *
  * Times are Unix seconds (OpenAI's `created_at`); JSON columns hold the wire objects as they are.
  */
@@ -266,3 +266,55 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX eval_run_events_run ON eval_run_events(run_id, seq);
   `,
 ];
+
+/**
+ * What PostgreSQL runs for migration `v` (0-based): the same statements with SQLite's types spelled as
+ * PostgreSQL's, a `rowid` column on every table (insertion order, which SQLite has built in and lists order
+ * by), and the migration's triggers in PostgreSQL's form (POSTGRES_TRIGGERS): SQLite's trigger syntax does
+ * not port, and its weitiao_project()/weitiao_visible() are functions registered by the process, where here
+ * they are SQL functions reading the session settings the connection sets (src/store/postgres/database.ts).
+ */
+export function postgresMigration(v: number): string {
+  const sql = MIGRATIONS[v]
+    .replace(/CREATE TRIGGER[\s\S]*?\bEND;/g, '')
+    .replace(/CREATE TABLE (\w+) \(/g, 'CREATE TABLE $1 (\n    rowid BIGSERIAL NOT NULL,')
+    .replace(/INTEGER PRIMARY KEY AUTOINCREMENT/g, 'BIGSERIAL PRIMARY KEY')
+    .replace(/\bINTEGER\b/g, 'BIGINT')
+    .replace(/\bREAL\b/g, 'DOUBLE PRECISION')
+    .replace("CAST(strftime('%s','now') AS BIGINT)", 'CAST(extract(epoch from now()) AS BIGINT)');
+  return sql + (POSTGRES_TRIGGERS[v] ?? '');
+}
+
+/** Migration index → its triggers (and the functions they call) on PostgreSQL; same effect as the SQLite ones. */
+const POSTGRES_TRIGGERS: Record<number, string> = {
+  3: `
+  CREATE FUNCTION weitiao_project() RETURNS text LANGUAGE sql STABLE AS
+    $$ SELECT COALESCE(NULLIF(current_setting('weitiao.project', true), ''), 'default') $$;
+  -- weitiao.scope is '' outside any request scope: every row is visible then.
+  CREATE FUNCTION weitiao_visible(p text) RETURNS boolean LANGUAGE sql STABLE AS
+    $$ SELECT COALESCE(NULLIF(current_setting('weitiao.scope', true), ''), p) = p $$;
+
+  CREATE FUNCTION weitiao_stamp_project() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN NEW.project := weitiao_project(); RETURN NEW; END $$;
+  CREATE TRIGGER files_project    BEFORE INSERT ON files    FOR EACH ROW EXECUTE FUNCTION weitiao_stamp_project();
+  CREATE TRIGGER jobs_project     BEFORE INSERT ON jobs     FOR EACH ROW EXECUTE FUNCTION weitiao_stamp_project();
+  CREATE TRIGGER exports_project  BEFORE INSERT ON exports  FOR EACH ROW EXECUTE FUNCTION weitiao_stamp_project();
+  CREATE TRIGGER evals_project    BEFORE INSERT ON evals    FOR EACH ROW EXECUTE FUNCTION weitiao_stamp_project();
+  CREATE TRIGGER api_keys_project BEFORE INSERT ON api_keys FOR EACH ROW EXECUTE FUNCTION weitiao_stamp_project();
+
+  CREATE FUNCTION weitiao_stamp_job_project() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN NEW.project := COALESCE((SELECT project FROM jobs WHERE id = NEW.job_id), weitiao_project()); RETURN NEW; END $$;
+  CREATE TRIGGER models_project BEFORE INSERT ON models FOR EACH ROW EXECUTE FUNCTION weitiao_stamp_job_project();
+
+  CREATE FUNCTION weitiao_stamp_eval_project() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN NEW.project := COALESCE((SELECT project FROM evals WHERE id = NEW.eval_id), weitiao_project()); RETURN NEW; END $$;
+  CREATE TRIGGER eval_runs_project BEFORE INSERT ON eval_runs FOR EACH ROW EXECUTE FUNCTION weitiao_stamp_eval_project();
+
+  CREATE FUNCTION weitiao_result_files_project() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN UPDATE files SET project = NEW.project WHERE id IN (SELECT jsonb_array_elements_text(NEW.result_files::jsonb)); RETURN NEW; END $$;
+  CREATE TRIGGER jobs_result_files_project AFTER UPDATE OF result_files ON jobs FOR EACH ROW EXECUTE FUNCTION weitiao_result_files_project();
+  `,
+  4: `
+  CREATE TRIGGER eval_results_project BEFORE INSERT ON eval_results FOR EACH ROW EXECUTE FUNCTION weitiao_stamp_job_project();
+  `,
+};

@@ -5,7 +5,8 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { openContext, type Context } from '../context.js';
+import type { Context } from '../context.js';
+import { openTestContext } from './postgres.js';
 import { prepareDataset } from '../data/index.js';
 import { createFile } from '../files/index.js';
 import { createTinyModel } from '../models/index.js';
@@ -28,7 +29,7 @@ export interface Fixture {
 export async function setUpFixture(name: string): Promise<Fixture> {
   if (!existsSync(WAIMAI_CSV)) throw new Error(`${WAIMAI_CSV} is missing: the worker tests need the waimai reviews`);
   const tmp = mkdtempSync(path.join(os.tmpdir(), `weitiao-${name}-`));
-  const ctx = openContext({ home: path.join(tmp, 'home') });
+  const ctx = openTestContext(path.join(tmp, 'home'));
   const prepared = await prepareDataset({
     input: WAIMAI_CSV,
     output_dir: path.join(tmp, 'prepared'),

@@ -13,7 +13,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
-import { openContext, type Context } from '../context.js';
+import type { Context } from '../context.js';
+import { openTestContext, testStoreEnv } from '../testing/postgres.js';
 import { signalGroup } from '../engine/process.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
@@ -78,7 +79,7 @@ const exited = (child: ChildProcess) =>
 
 before(async () => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-remote-'));
-  ctx = openContext({ home: path.join(dir, 'api') });
+  ctx = openTestContext(path.join(dir, 'api'));
   key = createKey(ctx, { name: 'remote-e2e' }).key;
   workerKey = createKey(ctx, { name: 'remote-e2e-workers', role: 'worker' }).key;
   model = (await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI })).id;
@@ -100,6 +101,7 @@ after(async () => {
 test('two remote workers, one SIGKILLed mid-training: its job is re-leased, resumes from its checkpoint, all three succeed', { timeout: 600_000 }, async () => {
   const api = start('api', [path.join(REPO_ROOT, 'src', 'api', 'serve-main.ts'), '--home', ctx.home.root, '--port', '0', '--no-worker'], {
     WEITIAO_LEASE_SECONDS: String(LEASE_SECONDS),
+    ...testStoreEnv(ctx.home.root),
   });
   const { url } = await waitFor('the API to listen', () => {
     const line = api.lines.find((l) => l.startsWith('{"url"'));

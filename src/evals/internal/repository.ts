@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import type { Context } from '../../context.js';
 import { WeitiaoError } from '../../errors.js';
 import { fileContentPath } from '../../files/index.js';
-import { newId, now } from '../../store/index.js';
+import { newId, now, skipLocked } from '../../store/index.js';
 
 export interface EvalObject {
   object: 'eval';
@@ -235,8 +235,8 @@ export function claimRun(ctx: Context, workerId: string, id?: string): RunRow | 
       const waiting = "status = 'queued' AND worker_id IS NULL";
       const row = (
         id === undefined
-          ? db.prepare(`SELECT id FROM eval_runs WHERE ${waiting} ORDER BY rowid LIMIT 1`).get()
-          : db.prepare(`SELECT id FROM eval_runs WHERE id = ? AND ${waiting}`).get(id)
+          ? db.prepare(`SELECT id FROM eval_runs WHERE ${waiting} ORDER BY rowid LIMIT 1${skipLocked(db)}`).get()
+          : db.prepare(`SELECT id FROM eval_runs WHERE id = ? AND ${waiting}${skipLocked(db)}`).get(id)
       ) as { id: string } | undefined;
       if (!row) return null;
       const claimed = db
@@ -315,7 +315,7 @@ export function finishRun(ctx: Context, id: string, end: { status: RunStatus; su
     ctx.db
       .prepare(
         `UPDATE eval_runs SET status = ?, summary = COALESCE(?, summary), error = ?, finished_at = ?, worker_id = NULL
-         WHERE id = ? AND status IN ('queued', 'in_progress') AND (? IS NULL OR worker_id = ?)`,
+         WHERE id = ? AND status IN ('queued', 'in_progress') AND (CAST(? AS TEXT) IS NULL OR worker_id = ?)`,
       )
       .run(end.status, end.summary ? JSON.stringify(end.summary) : null, end.error ? JSON.stringify(end.error) : null, now(), id, workerId ?? null, workerId ?? null).changes === 1
   );

@@ -3,7 +3,7 @@
  * the service sees plain objects.
  */
 import type { Context } from '../../context.js';
-import { now, selectPage } from '../../store/index.js';
+import { jsonNumber, now, selectPage } from '../../store/index.js';
 
 export type ExportStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
@@ -123,8 +123,11 @@ export function markRunning(ctx: Context, id: string, pid: number): boolean {
   return (
     ctx.db
       .prepare(
-        `UPDATE exports SET status = 'running', options = json_set(options, '$.runner_pid', ?)
-         WHERE id = ? AND status = 'queued'`,
+        ctx.db.dialect === 'postgres'
+          ? `UPDATE exports SET status = 'running', options = jsonb_set(options::jsonb, '{runner_pid}', to_jsonb(?::bigint))::text
+             WHERE id = ? AND status = 'queued'`
+          : `UPDATE exports SET status = 'running', options = json_set(options, '$.runner_pid', ?)
+             WHERE id = ? AND status = 'queued'`,
       )
       .run(pid, id).changes === 1
   );
@@ -160,7 +163,7 @@ export function finishExport(ctx: Context, id: string, status: Exclude<ExportSta
 /** Running exports and the pid of the process that runs each (null for rows without one). */
 export function runningExports(ctx: Context): { id: string; pid: number | null }[] {
   return ctx.db
-    .prepare("SELECT id, json_extract(options, '$.runner_pid') AS pid FROM exports WHERE status = 'running'")
+    .prepare(`SELECT id, ${jsonNumber(ctx.db, 'options', 'runner_pid')} AS pid FROM exports WHERE status = 'running'`)
     .all() as { id: string; pid: number | null }[];
 }
 
