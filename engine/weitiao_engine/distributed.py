@@ -11,8 +11,13 @@ runs the ordinary recipe; the recipe asks this module for its share of a global 
 and emit events. Every rank reads the whole data set and draws the same (seed, epoch) order, so no data
 is sent between processes, only gradients (DDP all-reduce, FSDP reduce-scatter) and a few scalars.
 
-Several hosts: torchrun reads its options from `PET_*` variables; when `PET_NNODES` is set the launcher
-drops `--standalone` and torchrun rendezvouses at `PET_RDZV_ENDPOINT` (untested here: one host only).
+Several hosts (issue 19): the same request is started on every host with torchrun's own `PET_*` variables in
+the environment — `PET_NNODES` (hosts), `PET_NODE_RANK` (this host's), `PET_MASTER_ADDR`/`PET_MASTER_PORT`
+(node 0's address: static rendezvous, node 0's launcher hosts the store there) or `PET_RDZV_ENDPOINT` (c10d).
+With `PET_NNODES` above 1 the launcher drops `--standalone`; the global batch is shared by nodes × nproc
+ranks. Only global rank 0 (on node 0) emits events and writes files: a launcher on another node emits no
+training events, only a log line at its end and a result with `model_dir: null` and `steps: 0` (node 0's
+result is the run's).
 """
 
 from __future__ import annotations
@@ -35,6 +40,21 @@ LAUNCHER_PID = "WEITIAO_LAUNCHER_PID"  # workers exit when the launcher is gone 
 
 
 # ------------------------------------------------------------------------------------------------ ranks
+
+
+def nodes() -> int:
+    """Hosts of the run: torchrun's `PET_NNODES` (`N` or an elastic `MIN:MAX`, its upper bound), else 1."""
+    raw = os.environ.get("PET_NNODES", "").strip()
+    return int(raw.split(":")[-1]) if raw else 1
+
+
+def node_rank() -> int:
+    return int(os.environ.get("PET_NODE_RANK", "0") or 0)
+
+
+def processes(request) -> int:
+    """Ranks of the whole run: `nproc` per host times the hosts; each takes an equal share of a batch."""
+    return request.nproc * nodes()
 
 
 def in_worker() -> bool:
@@ -264,13 +284,14 @@ def launch(request) -> dict[str, Any]:
     request_file = output_dir / "launch-request.json"
     request_file.write_text(request.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
-    rendezvous = [] if os.environ.get("PET_NNODES") else ["--standalone"]
+    rendezvous = _rendezvous()
     command = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", str(request.nproc),
                "-m", "weitiao_engine", "train", "--request-file", str(request_file)]  # fmt: skip
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, LAUNCHER_PID: str(os.getpid()), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}  # fmt: skip
-    log(f"launching {request.nproc} processes under torchrun / 启动 {request.nproc} 个训练进程")
+    where = f" on node {node_rank()} of {nodes()}" if nodes() > 1 else ""
+    log(f"launching {request.nproc} processes under torchrun{where} / 启动 {request.nproc} 个训练进程")
     # Its own session: a terminal's Ctrl-C or the control plane's group signal reaches only this process,
     # which relays it to the workers; torchrun itself would give them only 30 s to checkpoint, then kill.
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True)
@@ -302,6 +323,11 @@ def launch(request) -> dict[str, Any]:
             signal.signal(sig, handler)
     if final is not None and final["type"] == "result":
         return final["data"]
+    if final is None and code == 0 and node_rank() > 0:
+        # Rank 0 (on node 0) reported the run; this node only says that its share ended.
+        log(f"node {node_rank()} of {nodes()} finished; node 0 reports the run / 第 {node_rank()} 号节点已结束")
+        return {"model_dir": None, "interrupted": bool(signalled), "steps": 0, "total_steps": 0, "trained_tokens": 0,
+                "final_train_loss": None, "final_valid_loss": None, "last_checkpoint": None}  # fmt: skip
     if final is not None:
         raise EngineError(final.get("code", "engine_error"), final.get("message", ""), final.get("param"))
     if signalled:
@@ -310,6 +336,17 @@ def launch(request) -> dict[str, Any]:
         "engine_error",
         f"distributed training ended without a result (torchrun exit code {code}); see the engine's stderr / 分布式训练异常结束，详见日志",
     )
+
+
+def _rendezvous() -> list[str]:
+    """torchrun's rendezvous options: one host → `--standalone`; several → this node's place in the group,
+    static rendezvous at node 0's `PET_MASTER_ADDR:PET_MASTER_PORT` when given (else torchrun reads `PET_RDZV_*`)."""
+    if nodes() == 1:
+        return ["--standalone"]
+    options = ["--nnodes", str(nodes()), "--node-rank", str(node_rank())]
+    if os.environ.get("PET_MASTER_ADDR"):
+        options += ["--master-addr", os.environ["PET_MASTER_ADDR"], "--master-port", os.environ.get("PET_MASTER_PORT", "29500")]
+    return options
 
 
 def _signal_workers(torchrun_pid: int, signum: int) -> None:

@@ -42,13 +42,14 @@ def run(request) -> dict[str, Any]:
     module_name = RECIPES.get(request.method)
     if module_name is None:
         raise EngineError("invalid_request", f"no recipe for method '{request.method}' / 不支持的训练方法", "method")
-    if request.nproc > 1 and request.method == "dpo":
+    ranks = distributed.processes(request)  # nproc per host × hosts (torchrun's PET_NNODES)
+    if ranks > 1 and request.method == "dpo":
         raise EngineError("invalid_request", "dpo runs in one process: set nproc to 1 / DPO 仅支持单进程训练", "nproc")
-    if request.nproc > 1 and request.hyperparameters.batch_size % request.nproc:
+    if ranks > 1 and request.hyperparameters.batch_size % ranks:
         raise EngineError(
             "invalid_request",
-            f"batch_size {request.hyperparameters.batch_size} is not divisible by nproc {request.nproc}: each process takes"
-            f" an equal share of the batch / batch_size 必须能被进程数 {request.nproc} 整除",
+            f"batch_size {request.hyperparameters.batch_size} is not divisible by the {ranks} processes: each process takes"
+            f" an equal share of the batch / batch_size 必须能被进程数 {ranks} 整除",
             "hyperparameters.batch_size",
         )
     continued_from = None
@@ -56,10 +57,10 @@ def run(request) -> dict[str, Any]:
         continued_from = {"base_model": str(Path(request.base_model).resolve()), "adapter": str(Path(request.base_adapter).resolve())}
         merged = merge_adapter(request.base_model, request.base_adapter, Path(request.output_dir) / "base")
         request = request.model_copy(update={"base_model": merged, "base_adapter": None})
-    if request.nproc > 1 and not distributed.in_worker():
+    if ranks > 1 and not distributed.in_worker():
         # The launcher: the merge above ran once, here; the workers get the merged base.
         result = distributed.launch(request)
-    elif request.nproc > 1:
+    elif ranks > 1:
         with distributed.worker_session():
             result = importlib.import_module(module_name).run(request)
     else:
