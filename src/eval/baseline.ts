@@ -14,7 +14,7 @@ import { reportError, validateChatFile } from '../data/index.js';
 import type { ChatMessage, MetricValue, ScoreAnswersResult } from '../engine/protocol.js';
 import { WeitiaoError } from '../errors.js';
 import { retrieveJob } from '../jobs/index.js';
-import { resolveModel, retrieveModel } from '../models/index.js';
+import { materializeModel, retrieveModel } from '../models/index.js';
 import { now } from '../store/index.js';
 import { chooseLabels, evaluateModel, locateFile, type EvalReport } from './index.js';
 import { fewShotTurns, type FewShotExample } from './internal/few-shot.js';
@@ -110,7 +110,7 @@ export async function readChatExamples(file: string): Promise<FewShotExample[]> 
 /** Base zero-shot, base few-shot and the fine-tune on one file (see the module's docstring). */
 export async function compareWithBaselines(ctx: Context, options: BaselineOptions): Promise<BaselineComparison> {
   const file = locateFile(ctx, options.file);
-  const resolved = resolveModel(ctx, options.model);
+  const resolved = await materializeModel(ctx, options.model);
   if (resolved.kind === 'base') {
     throw new WeitiaoError('invalid_request', `'${options.model}' is a base model: give a fine-tuned one / '${options.model}' 是基础模型，请指定微调后的模型`, {
       param: 'model',

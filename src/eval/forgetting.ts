@@ -14,7 +14,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import type { MetricValue, ScoreAnswersResult } from '../engine/protocol.js';
-import { resolveModel } from '../models/index.js';
+import { materializeModel } from '../models/index.js';
 import { now } from '../store/index.js';
 import { GENERAL_SET_FILE, type GeneralItem } from './general/build.js';
 import { evaluateModel } from './index.js';
@@ -82,7 +82,7 @@ export function spreadSubset<T>(items: T[], max: number | null | undefined): T[]
 }
 
 export async function checkForgetting(ctx: Context, options: ForgettingOptions): Promise<ForgettingReport> {
-  const tuned = resolveModel(ctx, options.model);
+  const tuned = await materializeModel(ctx, options.model);
   const baseline = options.compareWith ?? tuned.baseId;
   const items = spreadSubset(await readGeneralSet(), options.maxExamples);
   // The engine reads plain chat lines; the set's own fields (category, language) stay here.

@@ -18,7 +18,7 @@ import { runEngine, type EvaluateResult } from '../engine/index.js';
 import type { ChatMessage } from '../engine/protocol.js';
 import { WeitiaoError } from '../errors.js';
 import { fileContentPath } from '../files/index.js';
-import { resolveModel } from '../models/index.js';
+import { materializeModel } from '../models/index.js';
 import { now } from '../store/index.js';
 
 export interface EvaluateOptions {
@@ -57,7 +57,7 @@ export interface EvalReport extends EvaluateResult {
 /** Evaluates one model on a chat file (the last message of each example is the expected answer). */
 export async function evaluateModel(ctx: Context, options: EvaluateOptions): Promise<EvalReport> {
   const file = locateFile(ctx, options.file);
-  const resolved = resolveModel(ctx, options.model);
+  const resolved = await materializeModel(ctx, options.model);
   const labels = await chooseLabels(file, options.labels === undefined ? 'auto' : options.labels);
   const result = await runEngine(
     'evaluate',

@@ -10,7 +10,7 @@ import { WeitiaoError } from '../errors.js';
 import { fileContentPath, materializeFile } from '../files/index.js';
 import { retrieveJob } from '../jobs/index.js';
 import { llamaLibraryPath } from '../llamacpp/index.js';
-import { resolveModel, retrieveModel } from '../models/index.js';
+import { materializeModel, resolveModel, retrieveModel } from '../models/index.js';
 import { runCheck, skippedCheck, type CheckReport } from './internal/check.js';
 import { modelfile, ollamaTemplate } from './internal/ollama.js';
 import * as repo from './internal/repository.js';
@@ -78,7 +78,7 @@ async function runExport(ctx: Context, record: repo.ExportRecord, signal: AbortS
   const options = record.options as unknown as StoredOptions;
   const progress = (phase: string, current: number, total: number) => repo.setProgress(ctx, record.id, { phase, current, total });
   try {
-    const resolved = resolveModel(ctx, record.model);
+    const resolved = await materializeModel(ctx, record.model);
     mkdirSync(path.dirname(record.path!), { recursive: true });
     progress('export', 0, 1);
     const result = await runEngine(

@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import type { EngineEvent } from '../engine/index.js';
-import { registerModel } from '../models/index.js';
+import { registerModel, storeModelDirs } from '../models/index.js';
 import { now } from '../store/index.js';
 import type { Method } from '../hyperparameters/index.js';
 import { checkpointModelName, patchExtension, upsertCheckpoint, type CheckpointMetrics, type JobExtension } from './internal/records.js';
@@ -145,6 +145,8 @@ export function recordEngineEvent(j: JobJournal, run: EngineOutcome, state: RunS
         });
         j.event(id, { message: `Checkpoint saved at step ${e.step}: ${name} / 已在第 ${e.step} 步保存检查点`, data: { step: e.step, epoch: e.epoch, fine_tuned_model_checkpoint: name } });
       })();
+      // With object storage: uploaded in the background (the engine goes on training; the row works from the local copy meanwhile).
+      storeModelDirs(j.ctx, name, (err) => storeFailed(j, id, name, err));
       break;
     }
     case 'error':
@@ -152,6 +154,15 @@ export function recordEngineEvent(j: JobJournal, run: EngineOutcome, state: RunS
       break;
     default:
       break; // progress and tokens: only for the in-process hooks above
+  }
+}
+
+/** An upload to object storage failed: said in the job's history; the checkpoint or model stays usable on this host. */
+export function storeFailed(j: JobJournal, id: string, name: string, err: Error): void {
+  try {
+    j.event(id, { level: 'warn', message: `${name} could not be uploaded to object storage (it stays usable on this host): ${err.message} / 未能上传到对象存储` });
+  } catch {
+    process.emitWarning(`object storage: ${name}: ${err.message}`); // the job is gone meanwhile
   }
 }
 

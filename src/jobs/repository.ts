@@ -254,9 +254,11 @@ export function selectCheckpointsPage(db: DB, jobId: string, q: { after?: string
   return selectPage<CheckpointRow>(db, { table: 'checkpoints', where: ['job_id = ?'], params: [jobId], after: q.after, limit: q.limit, orderBy: 'step' });
 }
 
-/** A job's checkpoints' steps and directories, newest first. */
-export function checkpointLocations(db: DB, jobId: string): { step: number; path: string }[] {
-  return db.prepare('SELECT step, path FROM checkpoints WHERE job_id = ? ORDER BY step DESC').all(jobId) as { step: number; path: string }[];
+/** A job's checkpoints' steps, directories and checkpoint model names, newest first. */
+export function checkpointLocations(db: DB, jobId: string): { step: number; path: string; model: string }[] {
+  return db
+    .prepare('SELECT step, path, fine_tuned_model_checkpoint AS model FROM checkpoints WHERE job_id = ? ORDER BY step DESC')
+    .all(jobId) as { step: number; path: string; model: string }[];
 }
 
 /** The newest step a checkpoint of the job was recorded at, or null. */

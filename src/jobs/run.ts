@@ -11,17 +11,17 @@ import { runEngine, type TrainRequest, type TrainResult } from '../engine/index.
 import { WeitiaoError } from '../errors.js';
 import { runForgettingCheck } from '../eval/job-checks.js';
 import { createFile, materializeFile } from '../files/index.js';
-import { registerModel, resolveModel } from '../models/index.js';
+import { materializeCheckpointDir, materializeModel, registerModel, resolveModel, storeModelDirs } from '../models/index.js';
 import { now, type DB } from '../store/index.js';
 import { buildTrainRequest, describeTrainingControls, pickTrainingControls, resolveTrainingControls } from '../hyperparameters/index.js';
-import { recordEngineEvent, type EngineOutcome, type RunState, type Weights } from './engine-events.js';
+import { recordEngineEvent, storeFailed, type EngineOutcome, type RunState, type Weights } from './engine-events.js';
 import { isGroupAlive, signalGroup } from './internal/process.js';
 import { fineTunedModelName, parseExtension, patchExtension } from './internal/records.js';
 import { discardUnrecordedCheckpoints, newestCheckpoint } from './internal/recovery.js';
 import { transition } from './internal/status.js';
 import { lost, fail, settle, type JobJournal } from './outcomes.js';
 import { reinforcementRequest } from './reinforcement.js';
-import { getJobRow, getJobState, lastMetricsStep, metricsEventData, setEnginePid, type JobRow } from './repository.js';
+import { checkpointLocations, getJobRow, getJobState, lastMetricsStep, metricsEventData, setEnginePid, type JobRow } from './repository.js';
 import { DEFAULT_DPO_BETA } from './schemas.js';
 import { jobMethod, jobToWire } from './wire.js';
 
@@ -117,7 +117,8 @@ export async function prepareRun(j: JobJournal, id: string, threads: number | nu
   const ext = parseExtension(row);
   if (!ext.resolved) throw new WeitiaoError('internal_error', `job ${id} reached the queue without resolved hyperparameters`);
 
-  const model = resolveModel(j.ctx, row.model);
+  // With object storage a fine-tuned model to continue from may have to be downloaded first.
+  const model = await materializeModel(j.ctx, row.model);
   const method = jobMethod(row);
   const outputDir = path.join(j.ctx.home.jobs, id);
   await mkdir(outputDir, { recursive: true });
@@ -127,6 +128,11 @@ export async function prepareRun(j: JobJournal, id: string, threads: number | nu
       level: 'warn',
       message: `Discarded ${discarded.join(', ')}: saved after the control plane stopped, so the steps it holds were never reported; they are trained again / 丢弃未登记的检查点 ${discarded.join(', ')}，相应步骤将重新训练`,
     });
+  }
+  // The newest recorded checkpoint, from object storage when this host lacks it (another host trained it).
+  const recorded = checkpointLocations(j.ctx.db, id)[0];
+  if (recorded && (await materializeCheckpointDir(j.ctx, recorded.path, recorded.model))) {
+    j.event(id, { message: `Checkpoint ${path.basename(recorded.path)} downloaded from object storage / 已从对象存储下载检查点` });
   }
   const newest = newestCheckpoint(outputDir);
   const state = runState(j.ctx, row, newest ? Number(newest.slice(5)) : null);
@@ -329,6 +335,7 @@ async function succeed(j: JobJournal, id: string, state: RunState, result: Train
       label_metrics: ext.label_metrics,
     },
   });
+  storeModelDirs(j.ctx, state.ftName, (err) => storeFailed(j, id, state.ftName, err));
   j.ctx.db.transaction(() => {
     if (result.early_stopped) {
       j.event(id, {

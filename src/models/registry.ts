@@ -6,6 +6,7 @@ import type { Context } from '../context.js';
 import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { now } from '../store/index.js';
 import { deleteCheckpointOfModel, unfinishedJobUsingModels } from '../jobs/repository.js';
+import { forgetModelDirs } from './stored.js';
 import { ModelKind, ModelSource, type ModelDeleted, type ModelList, type ModelObject } from './wire.js';
 
 export interface ModelRow {
@@ -124,7 +125,7 @@ export function retrieveModel(ctx: Context, id: string): ModelObject {
 
 /**
  * Deletes a fine-tuned model (with its job's checkpoint models) or a checkpoint, removing their adapter
- * directories. Base models need `force`; their files go only when weitiao downloaded or built them.
+ * directories (and their objects, with object storage). Base models need `force`; their files go only when weitiao downloaded or built them.
  */
 export function deleteModel(ctx: Context, id: string, options: { force?: boolean } = {}): ModelDeleted {
   const row = getRow(ctx, id);
@@ -163,6 +164,8 @@ export function deleteModel(ctx: Context, id: string, options: { force?: boolean
       if (r.kind === 'checkpoint') deleteCheckpointOfModel(ctx.db, r.id);
     }),
   )();
+  // With object storage their objects go too (in the background, after any upload still running).
+  forgetModelDirs(ctx, rows);
   // Rows first, files after: a crash in between leaves stray files, never a model whose files are gone.
   for (const r of rows) {
     if (r.source === 'local') continue; // the user's own directory, only registered here

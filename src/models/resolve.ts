@@ -3,7 +3,8 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
-import { expandHome, getRow, isDir, notFound, toObject } from './registry.js';
+import { expandHome, getRow, isDir, notFound, toObject, type ModelRow } from './registry.js';
+import { materializeDir, missingFiles, storedInBucket } from './stored.js';
 import type { ResolvedModel } from './wire.js';
 
 /**
@@ -17,18 +18,18 @@ export function resolveModel(ctx: Context, name: string): ResolvedModel {
     throw notFound(ctx, name);
   }
   if (row.kind === 'base') {
-    requireDir(row.path, row.id);
+    requireDir(ctx, row.path, row.id);
     return { id: row.id, kind: 'base', basePath: row.path, adapterPath: null, baseId: row.id };
   }
 
-  requireDir(row.path, row.id);
+  requireDir(ctx, row.path, row.id, row);
   // Where the weights live, from the training metadata: `format: 'full'` = the directory is a complete
   // model (full fine-tuning); `base_path` = a continued fine-tune's adapter sits on that merged base.
   const meta = toObject(row).weitiao.metadata;
   const own = (resolved: ResolvedModel): ResolvedModel => {
     if (meta.format === 'full') return { ...resolved, basePath: row.path, adapterPath: null };
     if (typeof meta.base_path === 'string') {
-      requireDir(meta.base_path, row.id);
+      requireDir(ctx, meta.base_path, row.id, row);
       return { ...resolved, basePath: meta.base_path };
     }
     return resolved;
@@ -52,7 +53,7 @@ export function resolveModel(ctx: Context, name: string): ResolvedModel {
       );
     }
     if (base.kind === 'base') {
-      if (meta.format !== 'full' && typeof meta.base_path !== 'string') requireDir(base.path, base.id);
+      if (meta.format !== 'full' && typeof meta.base_path !== 'string') requireDir(ctx, base.path, base.id);
       return own({ id: row.id, kind: row.kind, basePath: base.path, adapterPath: row.path, baseId: base.id });
     }
     if (seen.has(base.id) || !base.base_model) {
@@ -63,14 +64,22 @@ export function resolveModel(ctx: Context, name: string): ResolvedModel {
   }
 }
 
-function requireDir(dir: string, id: string): void {
-  if (!isDir(dir)) {
-    throw new WeitiaoError(
-      'not_found',
-      `the files of model '${id}' are missing at ${dir}; pull or create it again, or delete it / 模型 '${id}' 的文件不存在：${dir}`,
-      { param: 'model' },
-    );
-  }
+/** The directory is here, or (for a trained model's `row`) complete in object storage, to be downloaded by materializeModel. */
+function requireDir(ctx: Context, dir: string, id: string, row?: ModelRow): void {
+  if (isDir(dir)) return;
+  if (row && storedInBucket(ctx, row, dir)) return;
+  throw missingFiles(id, dir);
+}
+
+/**
+ * `resolveModel` with its directories made local: a checkpoint or fine-tuned model whose local copy is missing
+ * (another API host trained it, or this one was replaced) is downloaded from object storage and checked first.
+ * Everything that hands a model's directories to the engine goes through here.
+ */
+export async function materializeModel(ctx: Context, name: string): Promise<ResolvedModel> {
+  const resolved = resolveModel(ctx, name);
+  for (const dir of [resolved.basePath, resolved.adapterPath]) if (dir) await materializeDir(ctx, dir, resolved.id);
+  return resolved;
 }
 
 /** `resolveModel` for a request's `model` field: a failure names the field (`param: 'model'`) for the 400/404. */

@@ -23,6 +23,7 @@ import { S3Store } from './internal/s3.js';
 
 export { MIN_PART_SIZE } from './internal/s3.js';
 export { hashFile } from './internal/checksum.js';
+export { deleteDir, dirManifestKey, getDir, putDir, readDirManifest, DIR_MANIFEST_SUFFIX, type DirManifest } from './internal/dirs.js';
 
 export interface ObjectInfo {
   key: string;

@@ -17,6 +17,7 @@ import { existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:f
 import path from 'node:path';
 import type { Context } from '../context.js';
 import { storageFor } from '../storage/index.js';
+import { storedInBucket } from '../models/stored.js';
 import { allCheckpoints, deleteCheckpointRow, isJobUnfinished, jobStatuses, unfinishedJobUsingFileOrModel } from '../jobs/repository.js';
 
 export type FindingKind =
@@ -120,9 +121,18 @@ function plan(ctx: Context, options: IntegrityOptions): Planned[] {
   }
 
   const checkpointModels = new Set(allCheckpoints(db).map((c) => c.model));
-  const models = db.prepare('SELECT id, kind, path, job_id FROM models ORDER BY rowid').all() as { id: string; kind: string; path: string; job_id: string | null }[];
+  const models = db.prepare('SELECT id, kind, path, job_id, metadata FROM models ORDER BY rowid').all() as {
+    id: string;
+    kind: string;
+    path: string;
+    job_id: string | null;
+    metadata: string;
+  }[];
+  // Likewise a trained model or checkpoint whose row says its directory is complete in the bucket: a cache miss here.
+  const modelRows = new Map(models.map((m) => [m.id, m]));
+  const stored = (id: string, dir: string) => modelRows.has(id) && storedInBucket(ctx, modelRows.get(id)!, dir);
   for (const m of models) {
-    if (isDir(m.path) || (m.kind === 'checkpoint' && checkpointModels.has(m.id))) continue; // checkpoints: below
+    if (isDir(m.path) || (m.kind === 'checkpoint' && checkpointModels.has(m.id)) || stored(m.id, m.path)) continue; // checkpoints: below
     const job = unfinishedJobUsingFileOrModel(db, m.id) ?? (m.job_id && isJobUnfinished(db, m.job_id) ? m.job_id : undefined);
     const dependent = db.prepare('SELECT id FROM models WHERE base_model = ? LIMIT 1').get(m.id) as { id: string } | undefined;
     const why = job ? `unfinished job ${job} uses it` : dependent ? `model '${dependent.id}' was trained from it` : null;
@@ -139,7 +149,7 @@ function plan(ctx: Context, options: IntegrityOptions): Planned[] {
 
   const checkpoints = allCheckpoints(db);
   for (const c of checkpoints) {
-    if (isDir(c.path)) continue;
+    if (isDir(c.path) || stored(c.model, c.path)) continue;
     out.push({
       kind: 'checkpoint_missing',
       id: c.model,

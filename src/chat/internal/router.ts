@@ -6,7 +6,7 @@
  */
 import type { Context } from '../../context.js';
 import { WeitiaoError } from '../../errors.js';
-import { resolveModel } from '../../models/index.js';
+import { materializeModel } from '../../models/index.js';
 import type { Backend } from './backend.js';
 import { getDeployment, setDeploymentState, type DeploymentRecord } from './deployments.js';
 import { LlamaCppBackend } from './llamacpp.js';
@@ -28,7 +28,7 @@ export async function routeFor(ctx: Context, model: string): Promise<Route> {
   const held = loaded.get(model);
   if (held && held.version !== deployment?.updated_at) await unloadDeployment(model);
   if (!deployment || deployment.backend === 'engine') {
-    const resolved = resolveModel(ctx, model);
+    const resolved = await materializeModel(ctx, model); // downloaded from object storage when not here
     return { kind: 'backend', backend: new EngineBackend(resolved), deployment };
   }
   if (deployment.backend === 'vllm') return { kind: 'vllm', target: vllmTarget(deployment) };
