@@ -231,7 +231,8 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
   const evalQueue = new EvalRunQueue(ctx, { judgeBaseUrl: `${url}/v1`, ...options.evalQueue });
   evalQueue.on('queue_error', (err) => log(`eval queue: ${err.code}: ${err.message}`));
   evalQueue.start();
-  log(`weitiao API listening on ${url}/v1 (OpenAPI: ${url}/openapi.json)${worker ? ', worker running' : ''}`);
+  const store = ctx.db.dialect === 'postgres' ? 'PostgreSQL (WEITIAO_DATABASE_URL)' : 'SQLite';
+  log(`weitiao API listening on ${url}/v1 (OpenAPI: ${url}/openapi.json), store ${store}${worker ? ', worker running' : ''}`);
   // Rows without files and folders without rows (a lost WAL, a hand-deleted folder) are said at start-up.
   const integrity = checkIntegrity(ctx);
   if (!integrity.ok) log(integritySummary(integrity));
