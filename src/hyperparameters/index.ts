@@ -129,7 +129,7 @@ export interface ResolveHyperparametersInput {
   requested?: RequestedHyperparameters;
   method?: Method;
   device?: 'cpu' | 'cuda';
-  /** Training processes: each takes an equal share of a batch, so an `auto` batch rounds up to a multiple. */
+  /** Training processes (of every node: nproc × nodes): each takes an equal share of a batch, so an `auto` batch rounds up to a multiple. */
   nproc?: number;
 }
 

@@ -96,14 +96,22 @@ function checkCreate(ctx: Context, params: CreateJobParams) {
     });
   }
   const nproc = p.weitiao?.nproc ?? 1;
+  const nodes = p.weitiao?.nodes ?? 1;
   if (isDpo && nproc > 1) {
     throw new WeitiaoError('invalid_request', 'DPO trains in one process; leave weitiao.nproc at 1 / DPO 只支持单进程训练', { param: 'weitiao.nproc' });
   }
+  if ((isDpo || isRl) && nodes > 1) {
+    throw new WeitiaoError('invalid_request', `${isDpo ? 'DPO' : 'reinforcement'} trains in one process; leave weitiao.nodes at 1 / ${isDpo ? 'DPO' : '强化微调'} 只支持单节点单进程训练`, {
+      param: 'weitiao.nodes',
+    });
+  }
   const explicitBatch = (p.method?.dpo?.hyperparameters ?? p.method?.reinforcement?.hyperparameters ?? p.method?.supervised?.hyperparameters ?? p.hyperparameters)?.batch_size;
-  if (nproc > 1 && typeof explicitBatch === 'number' && explicitBatch % nproc !== 0) {
+  const ranks = nproc * nodes;
+  if (ranks > 1 && typeof explicitBatch === 'number' && explicitBatch % ranks !== 0) {
+    const what = nodes > 1 ? `weitiao.nodes × weitiao.nproc (${nodes} × ${nproc})` : `weitiao.nproc ${nproc}`;
     throw new WeitiaoError(
       'invalid_request',
-      `batch_size ${explicitBatch} is not a multiple of weitiao.nproc ${nproc}: each process takes an equal share of every batch / batch_size 必须是进程数的整数倍`,
+      `batch_size ${explicitBatch} is not a multiple of ${what}: each process takes an equal share of every batch / batch_size 必须是进程总数的整数倍`,
       { param: 'hyperparameters.batch_size' },
     );
   }

@@ -156,7 +156,9 @@ export function jobsClaimedByOthers(db: DB, workerId: string): JobRow[] {
 export function claimWaitingJob(db: DB, workerId: string, id?: string, statuses: readonly ('validating_files' | 'queued')[] = ['validating_files', 'queued']): JobRow | null {
   return db
     .transaction((): JobRow | null => {
-      const waiting = `worker_id IS NULL AND status IN (${statuses.map((s) => `'${s}'`).join(', ')})`;
+      // A multi-node job (weitiao.nodes > 1) trains only on remote workers (src/workers/groups.ts): validated here, never run.
+      const statusIn = statuses.map((s) => (s === 'queued' ? `(status = 'queued' AND ${jobNodesSql(db)} <= 1)` : `status = '${s}'`));
+      const waiting = `worker_id IS NULL AND (${statusIn.join(' OR ')})`;
       const row = (
         id === undefined
           ? db.prepare(`SELECT * FROM jobs WHERE ${waiting} ORDER BY rowid LIMIT 1${skipLocked(db)}`).get()
@@ -374,4 +376,120 @@ export function staleRemoteJobs(db: DB, cutoff: number): JobRow[] {
   return db
     .prepare(`SELECT * FROM jobs WHERE worker_id LIKE ? AND status IN ('running', 'pausing') AND (heartbeat_at IS NULL OR heartbeat_at < ?)`)
     .all(`${REMOTE_WORKER_PREFIX}%`, cutoff) as JobRow[];
+}
+
+// ------------------------------------------------------------------------- multi-node groups (job_nodes)
+
+/** SQL for a job row's `weitiao.nodes` (hosts of a multi-node run; absent = 1). */
+export function jobNodesSql(db: DB): string {
+  const raw = db.dialect === 'postgres' ? `(extension::jsonb #>> '{settings,nodes}')::double precision` : `json_extract(extension, '$.settings.nodes')`;
+  return `COALESCE(${raw}, 1)`;
+}
+
+/** One member of a multi-node run: a remote lease's rank in its job's group (table job_nodes, migration 7). */
+export interface JobNodeRow {
+  lease_id: string;
+  job_id: string;
+  /** The job's worker_id while this attempt holds it (rank 0's `remote:<worker>:<lease>`). */
+  leader: string;
+  node_rank: number;
+  nodes: number;
+  worker: string;
+  master_addr: string;
+  master_port: number;
+  joined_at: number;
+  heartbeat_at: number;
+  outcome: 'ok' | 'failed' | null;
+  plan: string | null;
+}
+
+export function insertJobNode(db: DB, row: Omit<JobNodeRow, 'outcome' | 'plan'>): void {
+  db.prepare(
+    `INSERT INTO job_nodes (lease_id, job_id, leader, node_rank, nodes, worker, master_addr, master_port, joined_at, heartbeat_at)
+     VALUES (@lease_id, @job_id, @leader, @node_rank, @nodes, @worker, @master_addr, @master_port, @joined_at, @heartbeat_at)`,
+  ).run(row);
+}
+
+/** A job's members of its current attempt (leader = the job's worker_id), by rank. */
+export function jobNodes(db: DB, jobId: string): JobNodeRow[] {
+  return db
+    .prepare('SELECT n.* FROM job_nodes n JOIN jobs j ON j.id = n.job_id AND j.worker_id = n.leader WHERE n.job_id = ? ORDER BY n.node_rank')
+    .all(jobId) as JobNodeRow[];
+}
+
+/** The member row of lease `leaseId` while its attempt holds the job, with the job's status; undefined once it ended. */
+export function jobNodeOfLease(db: DB, leaseId: string): (JobNodeRow & { status: JobStatus }) | undefined {
+  return db
+    .prepare('SELECT n.*, j.status FROM job_nodes n JOIN jobs j ON j.id = n.job_id AND j.worker_id = n.leader WHERE n.lease_id = ?')
+    .get(leaseId) as (JobNodeRow & { status: JobStatus }) | undefined;
+}
+
+/** Groups still forming (job queued, held by its rank 0) that `worker` is not in yet, oldest first, with their member count. */
+export function formingGroups(db: DB, worker: string): (JobRow & { members: number })[] {
+  return db
+    .prepare(
+      `SELECT j.*, (SELECT COUNT(*) FROM job_nodes m WHERE m.job_id = j.id AND m.leader = j.worker_id) AS members
+       FROM jobs j WHERE j.status = 'queued' AND j.worker_id LIKE ?
+       AND EXISTS (SELECT 1 FROM job_nodes n WHERE n.job_id = j.id AND n.leader = j.worker_id AND n.node_rank = 0)
+       AND NOT EXISTS (SELECT 1 FROM job_nodes n WHERE n.job_id = j.id AND n.leader = j.worker_id AND n.worker = ?)
+       ORDER BY j.rowid`,
+    )
+    .all(`${REMOTE_WORKER_PREFIX}%`, worker) as (JobRow & { members: number })[];
+}
+
+/** Groups whose job is still queued but whose rank 0 opened them before `cutoff` (epoch seconds): incomplete in time. */
+export function expiredFormingGroups(db: DB, cutoff: number): { job_id: string; leader: string }[] {
+  return db
+    .prepare(
+      `SELECT n.job_id, n.leader FROM job_nodes n JOIN jobs j ON j.id = n.job_id AND j.worker_id = n.leader
+       WHERE j.status = 'queued' AND n.node_rank = 0 AND n.joined_at < ?`,
+    )
+    .all(cutoff) as { job_id: string; leader: string }[];
+}
+
+/** Running or pausing jobs with a member (rank > 0, not finished) whose heartbeat is older than `cutoff`. */
+export function jobsWithStaleNodes(db: DB, cutoff: number): JobRow[] {
+  return db
+    .prepare(
+      `SELECT * FROM jobs j WHERE j.status IN ('running', 'pausing') AND EXISTS (SELECT 1 FROM job_nodes n WHERE n.job_id = j.id
+       AND n.leader = j.worker_id AND n.node_rank > 0 AND n.outcome IS NULL AND n.heartbeat_at < ?)`,
+    )
+    .all(cutoff) as JobRow[];
+}
+
+export function beatJobNode(db: DB, leaseId: string): void {
+  db.prepare('UPDATE job_nodes SET heartbeat_at = ? WHERE lease_id = ?').run(now(), leaseId);
+}
+
+export function setJobNodeOutcome(db: DB, leaseId: string, outcome: 'ok' | 'failed'): void {
+  db.prepare('UPDATE job_nodes SET outcome = ? WHERE lease_id = ?').run(outcome, leaseId);
+}
+
+export function setJobNodePlan(db: DB, leaseId: string, plan: string): void {
+  db.prepare('UPDATE job_nodes SET plan = ? WHERE lease_id = ?').run(plan, leaseId);
+}
+
+/** Removes the rows of every attempt of a job but the one `keepLeader` leads (null: all). */
+export function deleteJobNodes(db: DB, jobId: string, keepLeader: string | null = null): void {
+  db.prepare('DELETE FROM job_nodes WHERE job_id = ? AND leader != ?').run(jobId, keepLeader ?? '');
+}
+
+/** Rows of attempts that no longer hold their job (requeued, settled): their leases are lost already. */
+export function deleteEndedJobNodes(db: DB): void {
+  db.prepare(
+    `DELETE FROM job_nodes WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = job_nodes.job_id AND j.worker_id = job_nodes.leader)`,
+  ).run();
+}
+
+/** Holds queued job `id` for a forming group under `workerId` (it stays queued); whether it was free. */
+export function holdQueuedJob(db: DB, id: string, workerId: string): boolean {
+  const free = db.prepare(`SELECT id FROM jobs WHERE id = ? AND status = 'queued' AND worker_id IS NULL${skipLocked(db)}`).get(id);
+  if (!free) return false;
+  return db.prepare(`UPDATE jobs SET worker_id = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued' AND worker_id IS NULL`).run(workerId, now(), id).changes > 0;
+}
+
+/** Releases a queued job its forming group held (if `leader` still holds it). */
+export function releaseFormingJob(db: DB, jobId: string, leader: string): void {
+  db.prepare(`UPDATE jobs SET worker_id = NULL WHERE id = ? AND worker_id = ? AND status = 'queued'`).run(jobId, leader);
+  deleteJobNodes(db, jobId);
 }

@@ -67,6 +67,11 @@ export const WeitiaoJobSettings = z.strictObject({
   label_set: z.union([z.literal('auto'), z.null(), z.array(z.string().min(1)).min(2)]).default('auto'),
   /** Gradient accumulation and checkpointing, early stopping, bf16, length grouping and `nproc` (src/hyperparameters's TrainingControls). */
   ...TrainingControls.shape,
+  /**
+   * Hosts of a multi-node run (default 1): the job is claimed by that many remote workers, which train it
+   * together under torchrun (each with `nproc` processes; the batch is shared by nodes × nproc). Local workers never run it.
+   */
+  nodes: z.number().int().min(1).max(64).optional(),
   /** After success, score base and fine-tune on the shipped general-ability set (src/eval's forgetting check). */
   ...EvalJobSettings.shape,
   /** Validate everything a create would, create nothing, and answer with the resolved settings and the estimate (`weitiao.job_plan`). */

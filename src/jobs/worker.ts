@@ -22,7 +22,7 @@ import { WeitiaoError } from '../errors.js';
 import { IdleWait } from '../idle.js';
 import { newId } from '../store/index.js';
 import { isGroupAlive, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
-import { addEvent } from './internal/records.js';
+import { addEvent, parseExtension } from './internal/records.js';
 import { defaultMaxCrashes } from './internal/recovery.js';
 import { fail, settleAbandoned, type JobJournal, type NewJobEvent } from './outcomes.js';
 import { beatHeart, claimWaitingJob, getJobRow, jobsClaimedByOthers, releaseJob, type JobRow } from './repository.js';
@@ -211,6 +211,16 @@ export class Worker extends EventEmitter<WorkerEvents> {
       const validating = { pollMs: this.opts.pollMs, stopping: () => this.stopping };
       if (claimed.status === 'validating_files' && !(await validateJobFiles(this.journal, claimed.id, validating))) return;
       if (this.stopping || this.opts.train === false) {
+        this.release(claimed.id);
+        return;
+      }
+      const nodes = parseExtension(claimed).settings.nodes ?? 1;
+      if (nodes > 1) {
+        // Multi-node runs are gangs of remote workers (src/workers/groups.ts); this worker runs one process tree.
+        this.event(claimed.id, {
+          level: 'warn',
+          message: `This job trains on ${nodes} nodes: it waits for ${nodes} remote workers (\`weitiao worker --server URL\` on each host); the local worker does not run multi-node jobs / 该任务需要 ${nodes} 个节点：等待 ${nodes} 个远程 worker 领取，本地 worker 不运行多节点任务`,
+        });
         this.release(claimed.id);
         return;
       }

@@ -265,6 +265,27 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX eval_run_events_run ON eval_run_events(run_id, seq);
   `,
+  // 7: members of multi-node runs (src/workers/groups.ts): one row per remote lease of a job with weitiao.nodes
+  // > 1, so the group's ranks and fencing survive an API restart. `leader` is the job's worker_id while this
+  // attempt holds it; rows of an ended attempt are deleted.
+  `
+  CREATE TABLE job_nodes (
+    lease_id     TEXT PRIMARY KEY,
+    job_id       TEXT NOT NULL,
+    leader       TEXT NOT NULL,
+    node_rank    INTEGER NOT NULL,
+    nodes        INTEGER NOT NULL,
+    worker       TEXT NOT NULL,
+    master_addr  TEXT NOT NULL,
+    master_port  INTEGER NOT NULL,
+    joined_at    INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL,
+    outcome      TEXT,                          -- ok | failed, once the member finished
+    plan         TEXT,                          -- rank 0's row: the started run's request and inputs (JSON)
+    UNIQUE (job_id, node_rank)
+  );
+  CREATE INDEX job_nodes_job ON job_nodes(job_id);
+  `,
 ];
 
 /**

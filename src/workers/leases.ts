@@ -6,6 +6,8 @@
  * whose lease was not renewed for `WEITIAO_LEASE_SECONDS` (default 30). Every call on a lease that no longer
  * holds its job is `lease_lost` (409): fencing, so a partitioned worker never writes over the next holder.
  *
+ * Multi-node jobs (`weitiao.nodes` > 1) are handed to a group of workers: src/workers/groups.ts.
+ *
  * Nobody else validates jobs' files when the API runs without a local worker, so a claim also starts (in the
  * background) the validation of jobs still in validating_files, one at a time (src/jobs Worker, train: false).
  */
@@ -54,6 +56,7 @@ import {
   type WorkerInfo,
 } from './protocol.js';
 import { dirFingerprint, fileDigest, receiveTar, tarStream } from './transfer-server.js';
+import { jobNodeCount, leaseOf, NodeGroups, type GroupPlan, type GroupSeat } from './groups.js';
 
 /** `WEITIAO_LEASE_SECONDS` when a positive number, else 30: a lease not renewed for this long is reaped. */
 export function leaseSeconds(): number {
@@ -85,6 +88,7 @@ const SUPERVISED = new Set(['lora', 'qlora', 'full']);
 export class LeaseService {
   readonly journal: JobJournal;
   private readonly runs = new Map<string, LeaseRun>();
+  private readonly groups: NodeGroups;
   private readonly noted = new Set<string>();
   private reaper: NodeJS.Timeout | null = null;
   /** Validates waiting jobs' files (made on demand: a stopped one stays stopped, so a restarted server makes another). */
@@ -94,6 +98,7 @@ export class LeaseService {
 
   constructor(private readonly ctx: Context) {
     this.journal = storeJournal(ctx);
+    this.groups = new NodeGroups(ctx, this.journal);
   }
 
   // ------------------------------------------------------------------------------------------- claim
@@ -111,31 +116,44 @@ export class LeaseService {
     const leaseId = newId('lease');
     const workerId = `${REMOTE_WORKER_PREFIX}${body.worker.name}:${leaseId}`;
     const db = this.ctx.db;
-    const row = db
-      .transaction((): JobRow | null => {
+    const canRun = (row: JobRow) => this.canRun(body.worker, row);
+    const claimed = db
+      .transaction((): { row: JobRow; seat: GroupSeat | null } | null => {
+        const joined = this.groups.join(body, leaseId, canRun); // a seat in a forming multi-node group first
+        if (joined) return joined;
         for (const candidate of unclaimedQueuedJobs(db)) {
-          if (!this.canRun(body.worker, candidate)) continue;
-          if (startRun(db, candidate.id, workerId)) return candidate;
+          if (!canRun(candidate)) continue;
+          if (jobNodeCount(candidate) > 1) {
+            const seat = this.groups.open(body, leaseId, workerId, candidate);
+            if (seat) return { row: candidate, seat };
+          } else if (startRun(db, candidate.id, workerId)) return { row: candidate, seat: null };
         }
         return null;
       })
       .immediate();
-    if (!row) return null;
-    try {
-      const prepared = await prepareRun(this.journal, row.id, null);
-      this.runs.set(leaseId, { jobId: row.id, state: prepared.state, sawEngineError: false });
-      this.journal.event(row.id, { message: `Claimed by remote worker ${body.worker.name} (${body.worker.host}) / 由远程 worker ${body.worker.name} 领取` });
-      const request = remoteRequest(prepared.request);
-      const inputs = await this.inputs(row, prepared.request, prepared.resumeFrom);
-      const lease = { id: leaseId, job_id: row.id, heartbeat_seconds: Math.max(0.5, leaseSeconds() / 3), expires_in_seconds: leaseSeconds() };
-      return ClaimResponse.parse({ lease, request, inputs });
-    } catch (err) {
-      // As in the local worker: a job that cannot even start fails with the reason.
-      const e = WeitiaoError.from(err);
-      this.runs.delete(leaseId);
-      fail(this.journal, row.id, { code: e.code, message: e.message, param: e.param ?? null });
-      return null;
+    if (!claimed) return null;
+    const { row, seat } = claimed;
+    const lease = { id: leaseId, job_id: row.id, heartbeat_seconds: Math.max(0.5, leaseSeconds() / 3), expires_in_seconds: leaseSeconds() };
+    if (!seat || seat.completes) {
+      const runLease = seat ? leaseOf(seat.leader) : leaseId; // a group's events arrive on rank 0's lease
+      try {
+        const prepared = await prepareRun(this.journal, row.id, null);
+        this.runs.set(runLease, { jobId: row.id, state: prepared.state, sawEngineError: false });
+        if (!seat) this.journal.event(row.id, { message: `Claimed by remote worker ${body.worker.name} (${body.worker.host}) / 由远程 worker ${body.worker.name} 领取` });
+        const plan: GroupPlan = { request: remoteRequest(prepared.request), inputs: await this.inputs(row, prepared.request, prepared.resumeFrom) };
+        if (!seat) return ClaimResponse.parse({ lease, ...plan });
+        this.groups.publish(seat, plan);
+      } catch (err) {
+        // As in the local worker: a job that cannot even start fails with the reason.
+        const e = WeitiaoError.from(err);
+        this.runs.delete(runLease);
+        fail(this.journal, row.id, { code: e.code, message: e.message, param: e.param ?? null });
+        return null;
+      }
     }
+    // A multi-node seat: answered once the whole group holds its leases (or null when it did not fill in time).
+    const started = await this.groups.wait(seat);
+    return started && ClaimResponse.parse({ lease, ...started.plan, node: started.node });
   }
 
   /** Whether `worker` lists the job's method; continued fine-tuning of a LoRA adapter stays with local workers (its merged base is made on the worker). */
@@ -221,6 +239,11 @@ export class LeaseService {
 
   /** Renews the lease; what the server asks of the engine. */
   heartbeat(leaseId: string): RequestedAction {
+    const member = this.groups.member(leaseId);
+    if (member) {
+      this.groups.beat(leaseId);
+      return requestedStop(this.ctx.db, member.job_id);
+    }
     const row = this.hold(leaseId);
     beatHeart(this.ctx.db, row.id, row.worker_id!);
     return requestedStop(this.ctx.db, row.id);
@@ -255,6 +278,12 @@ export class LeaseService {
 
   /** Settles the job with the same logic as a local run's end; the lease is gone afterwards. */
   async finish(leaseId: string, body: FinishRequest): Promise<FinishResponse> {
+    const member = this.groups.member(leaseId);
+    if (member) {
+      // A rank > 0 node: its outcome only; rank 0 settles the job.
+      this.groups.finishMember(leaseId, body.result !== null && body.failure === null);
+      return { job_id: member.job_id, status: member.status };
+    }
     const row = this.hold(leaseId);
     const run = this.run(leaseId, row);
     const dir = path.join(this.ctx.home.jobs, row.id);
@@ -271,7 +300,10 @@ export class LeaseService {
     const reason = asked === 'cancel' ? 'cancel' : (body.stop_reason ?? asked);
     const failure = body.failure ? new WeitiaoError(errorCode(body.failure.code), body.failure.message) : null;
     this.runs.delete(leaseId);
-    await finishRun(this.journal, maxCrashes(), { jobId: row.id, reason, sawEngineError: body.engine_error || run.sawEngineError }, run.state, result, failure);
+    // In a multi-node run a lost node shows on rank 0 as a collective's error: unless every other node ended well,
+    // the error counts as a lost run (retried from the last checkpoint, up to the crash limit), not the job's failure.
+    const engineError = (body.engine_error || run.sawEngineError) && this.groups.membersEndedWell(row.id);
+    await finishRun(this.journal, maxCrashes(), { jobId: row.id, reason, sawEngineError: engineError }, run.state, result, failure);
     return { job_id: row.id, status: getJobRow(this.ctx.db, row.id)!.status };
   }
 
@@ -320,6 +352,7 @@ export class LeaseService {
       }
       this.runs.delete(leaseId);
     }
+    reaped.push(...this.groups.reap(leaseSeconds(), maxCrashes()));
     return reaped;
   }
 

@@ -19,6 +19,11 @@
  * them against it. A `checkpoint` event goes out only AFTER its directory was uploaded with PUT …/checkpoints/{step}
  * (the server records only checkpoints it holds); `finish` with a result only after PUT …/result.
  * Any lease call once the lease is gone → 409 `lease_lost`: kill the engine group and drop the job.
+ *
+ * Multi-node jobs (`weitiao.nodes` > 1, src/workers/groups.ts): the first claimer opens a group (rank 0, its
+ * `advertise_host` and `rendezvous_port` are the run's master address), later claimers join it; each claim
+ * waits (long-poll, bounded) until the group is complete, then answers with `node`. One member's lease lost
+ * ends every member's lease.
  */
 import { z } from 'zod';
 import { EngineEvent, TrainRequest, TrainResult } from '../engine/protocol.js';
@@ -57,12 +62,19 @@ export const WorkerInfo = z.object({
   devices: z.array(WorkerDevice),
   memory_bytes: z.number().int().nonnegative().nullable(),
   methods: z.array(WorkerMethod).min(1),
+  /** The address other workers reach this one at, should it host a multi-node run's rendezvous (default: its host name). */
+  advertise_host: z.string().min(1).max(255).optional(),
 });
 export type WorkerInfo = z.infer<typeof WorkerInfo>;
 
 export const ClaimRequest = z.object({
   protocol_version: z.number().int(),
   worker: WorkerInfo,
+  /**
+   * A free port on `advertise_host` for torchrun's rendezvous should this claim open a multi-node group (rank 0).
+   * A worker that sends none is never given a multi-node job (`nodes` > 1).
+   */
+  rendezvous_port: z.number().int().min(1).max(65535).optional(),
 });
 export type ClaimRequest = z.infer<typeof ClaimRequest>;
 
@@ -92,8 +104,23 @@ export const LeaseInput = z.object({
 });
 export type LeaseInput = z.infer<typeof LeaseInput>;
 
+/**
+ * This lease's place in a multi-node run (a job with `nodes` > 1, handed to that many workers): run the engine
+ * with torchrun's `PET_NNODES`, `PET_NODE_RANK`, `PET_MASTER_ADDR`, `PET_MASTER_PORT`. Rank 0 relays events,
+ * checkpoints and the result as for a one-node run; other ranks only heartbeat and `finish` (result or failure).
+ */
+export const NodeAssignment = z.object({
+  rank: z.number().int().nonnegative(),
+  nodes: z.number().int().min(2),
+  master_addr: z.string(),
+  master_port: z.number().int().min(1).max(65535),
+});
+export type NodeAssignment = z.infer<typeof NodeAssignment>;
+
 export const ClaimResponse = z.object({
   lease: Lease,
+  /** Absent or null: a one-node run. */
+  node: NodeAssignment.nullable().optional(),
   /** The engine's train request, every path relative to the job's work dir on the worker. */
   request: TrainRequest,
   inputs: z.array(LeaseInput),

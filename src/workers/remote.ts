@@ -14,6 +14,7 @@
  * worker may hold the job now: the engine group is killed at once and nothing more is written for the job.
  */
 import { mkdir, rm, symlink } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { runEngine, type EngineEvent, type TrainRequest, type TrainResult } from '../engine/index.js';
@@ -29,6 +30,7 @@ import {
   type ClaimRequest,
   type FinishRequest,
   type Lease,
+  type NodeAssignment,
   type RequestedAction,
   type WorkerDevice,
   type WorkerMethod,
@@ -47,6 +49,8 @@ export interface RemoteWorkerOptions {
   methods?: WorkerMethod[];
   /** Torch threads for the engine (null: the engine's default). */
   threads?: number | null;
+  /** The address other workers reach this one at when it hosts a multi-node run's rendezvous (default: the host name). */
+  advertiseHost?: string;
   /** How often an idle worker asks for work. */
   pollMs?: number;
   cancelGraceMs?: number;
@@ -76,6 +80,7 @@ export class RemoteWorker {
     this.client = new WorkerClient(options.server, options.token);
     this.opts = {
       methods: ['supervised', 'dpo', 'reinforcement'],
+      advertiseHost: os.hostname(),
       threads: null,
       pollMs: 2000,
       cancelGraceMs: 2000,
@@ -93,7 +98,8 @@ export class RemoteWorker {
       while (!this.stopping) {
         let claim: ClaimResponse | null = null;
         try {
-          claim = await this.client.json('POST', '/claim', this.claimRequest(), ClaimResponse, 5000);
+          // A multi-node job's claim waits on the server until its group is complete (a bounded long-poll).
+          claim = await this.client.json('POST', '/claim', { ...this.claimRequest(), rendezvous_port: await freePort() }, ClaimResponse, 5000);
         } catch (err) {
           const e = WeitiaoError.from(err);
           if (e.code !== 'unavailable' && e.code !== 'rate_limited') throw e; // a wrong key or protocol does not heal by waiting
@@ -125,7 +131,14 @@ export class RemoteWorker {
   private claimRequest(): ClaimRequest {
     return {
       protocol_version: WORKER_PROTOCOL_VERSION,
-      worker: { name: this.name, host: os.hostname().slice(0, 255), devices: this.devices, memory_bytes: os.totalmem(), methods: this.opts.methods },
+      worker: {
+        name: this.name,
+        host: os.hostname().slice(0, 255),
+        devices: this.devices,
+        memory_bytes: os.totalmem(),
+        methods: this.opts.methods,
+        advertise_host: this.opts.advertiseHost.slice(0, 255),
+      },
     };
   }
 
@@ -139,15 +152,22 @@ export class RemoteWorker {
     this.run = run;
     if (this.stopping) run.stop('shutdown');
     const session = new LeaseSession(this.client, lease, run, log);
-    log(`claimed (lease ${lease.id}) / 已领取任务`);
+    const node = claim.node ?? null;
+    const where = node ? `, node ${node.rank} of ${node.nodes}, rendezvous ${node.master_addr}:${node.master_port}` : '';
+    log(`claimed (lease ${lease.id}${where}) / 已领取任务`);
     let result: TrainResult | null = null;
     let failure: WeitiaoError | null = null;
     try {
       await rm(workDir, { recursive: true, force: true }); // what the server sends is the truth, never a stale local copy
       await mkdir(workDir, { recursive: true });
       await this.download(claim, workDir, session, log);
-      if (!run.reason) ({ result, failure } = await this.train(claim.request, workDir, run, session, log));
+      if (!run.reason) ({ result, failure } = await this.train(claim.request, workDir, run, session, log, node));
       if (session.gone) return;
+      if (node && node.rank > 0) {
+        // Node 0 reports the run; this node says only how its share ended.
+        await this.finish(session, log, { result, failure: failure && { code: failure.code, message: hideServerPaths(failure.message, workDir) }, engine_error: run.sawEngineError, stop_reason: run.reason });
+        return;
+      }
       if (result && !result.interrupted && result.model_dir) {
         const outputDir = path.resolve(workDir, claim.request.output_dir);
         const modelDir = path.resolve(outputDir, result.model_dir);
@@ -204,6 +224,7 @@ export class RemoteWorker {
     run: JobRun,
     session: LeaseSession,
     log: (line: string) => void,
+    node: NodeAssignment | null,
   ): Promise<{ result: TrainResult | null; failure: WeitiaoError | null }> {
     const at = (p: string) => path.resolve(workDir, p);
     const outputDir = at(wire.output_dir);
@@ -227,7 +248,7 @@ export class RemoteWorker {
     let failure: WeitiaoError | null = null;
     try {
       result = await runEngine('train', request, {
-        env: { WEITIAO_CACHE_DIR: path.join(this.opts.home, 'cache') }, // the precision probe's per-machine figures
+        env: { WEITIAO_CACHE_DIR: path.join(this.opts.home, 'cache'), ...torchrunNodeEnv(node) }, // the precision probe's per-machine figures
         onSpawn: (child) => {
           run.pid = child.pid ?? null;
           log(`engine started (pid ${run.pid}) / 训练引擎已启动`);
@@ -240,6 +261,7 @@ export class RemoteWorker {
             lastStepLine = Date.now();
             log(`step ${e.step}/${e.total_steps}${e.train_loss !== undefined ? `, loss ${e.train_loss.toFixed(4)}` : ''} / 第 ${e.step} 步`);
           }
+          if (node && node.rank > 0) return; // only node 0's events are the run's (this node's launcher says little)
           relay.push(e.type === 'log' || e.type === 'error' ? { ...e, message: hideServerPaths(e.message, workDir) } : e);
         },
       });
@@ -428,6 +450,24 @@ class EventRelay {
       };
     });
   }
+}
+
+/** torchrun's own settings for this host's place in a multi-node run (engine distributed.py reads them); none for one node. */
+function torchrunNodeEnv(node: NodeAssignment | null): Record<string, string> {
+  if (!node) return {};
+  return { PET_NNODES: String(node.nodes), PET_NODE_RANK: String(node.rank), PET_MASTER_ADDR: node.master_addr, PET_MASTER_PORT: String(node.master_port) };
+}
+
+/** A port free on this host now, for the rendezvous should the next claim make this worker a group's node 0. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }
 
 function formatBytes(n: number): string {

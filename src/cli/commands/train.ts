@@ -66,6 +66,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--group-by-length', 'batches of similar length (less padding)')
     .option('--long-examples <mode>', `examples longer than max_seq_length: truncate (keep the answer, cut the earliest prompt tokens) | skip | error${byDefault(CONTROLS.long_examples)}`)
     .option('--nproc <n>', 'training processes: above 1 the engine runs under torchrun (DDP; FSDP for full)', number('nproc', 'int'))
+    .option('--nodes <n>', 'hosts: above 1 the job is trained by that many remote workers together (torchrun; see docs/DEPLOY.md) / 多节点训练的节点数', number('nodes', 'int'))
     .option('--mix-general <ratio>', 'mix general chat data into the training file: RATIO general examples per training example (seeded by --seed; recorded in the job metadata) / 混入通用对话数据', number('mix_general'))
     .option('--forgetting-check [items]', 'once trained, score the base and the fine-tune on the general-ability set (default 60 of its 300 items) and store it with the job / 训练后做遗忘检查', number('forgetting_check', 'int'))
     .option('--dry-run', 'validate the files, resolve auto and print the memory and time estimate; create nothing')
@@ -128,6 +129,7 @@ export function registerTrainCommands(program: Command): void {
               ...(o.groupByLength && { group_by_length: true }),
               ...(o.longExamples !== undefined && { long_examples: o.longExamples }),
               ...(o.nproc !== undefined && { nproc: o.nproc }),
+              ...(o.nodes !== undefined && { nodes: o.nodes }),
               label_set: o.labelMetrics ? 'auto' : null,
               // Mixed by submitJob, as for the API: the job names (and trains on) the mixed copy.
               ...(o.mixGeneral !== undefined && { mix_general: o.mixGeneral }),

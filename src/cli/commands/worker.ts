@@ -20,6 +20,7 @@ export function registerWorkerCommands(program: Command): void {
     .option('--token <key>', 'an API key (env WEITIAO_TOKEN)', process.env.WEITIAO_TOKEN)
     .option('--name <name>', 'this worker\'s name in job records (default: the host name)')
     .option('--methods <list>', 'methods it runs, comma-separated: supervised,dpo,reinforcement (or lora,qlora,full)', 'supervised,dpo,reinforcement')
+    .option('--advertise-host <host>', 'the address other workers reach this host at for multi-node runs (torchrun\'s rendezvous; default: the host name)')
     .option('--threads <n>', 'torch threads per engine (default: the engine\'s)', number('threads', 'int'))
     .option('--poll-ms <ms>', 'how often an idle worker asks for work', number('poll-ms', 'int'), 2000)
     .action(async (o, cmd: Command) => {
@@ -39,6 +40,7 @@ export function registerWorkerCommands(program: Command): void {
         home: path.join(home.root, 'worker'),
         methods,
         threads: o.threads ?? null,
+        ...(o.advertiseHost ? { advertiseHost: String(o.advertiseHost) } : {}),
         pollMs: o.pollMs,
         log: (line) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`),
       });

@@ -103,7 +103,7 @@ export interface JobResolution {
 /** Resolves `auto` hyperparameters from the valid training examples and the label set from the answers; throws `invalid_request`. */
 export function resolveJob(input: { method: Method; settings: JobSettings; requested: RequestedHyperparameters; train: ValidationReport }): JobResolution {
   const { method, settings, train } = input;
-  const resolved = resolveHyperparameters({ n_examples: train.valid_examples, requested: input.requested, method, nproc: settings.nproc });
+  const resolved = resolveHyperparameters({ n_examples: train.valid_examples, requested: input.requested, method, nproc: (settings.nproc ?? 1) * (settings.nodes ?? 1) });
   const labelSet = method === 'dpo' || method === 'reinforcement' ? null : settings.label_set === 'auto' ? train.label_set : settings.label_set;
   return { resolved, labelSet };
 }
