@@ -17,8 +17,9 @@ step) 4N times and (d) N whole steps; it prints the fp32/bf16 ratios (median, sp
 decides for this run (`auto`), so a probe that disagrees with the real step shows at once. Ratios, not times.
 
 --compare VARIANT builds the recipe twice in one process, with one of its switches (VARIANTS) off and on, and times
-whole steps in interleaved rounds (which goes first alternates): off/on time ratios, median and spread, and the
-loss of the same batch each way (the switches change speed, not what is computed).
+whole steps in interleaved rounds (which goes first alternates): off/on ratios of wall and of process CPU time
+(which other processes' load disturbs less), median and spread, and the loss of the same batches each way (the
+switches change speed, not what is computed).
 
 --sources records Python stacks too and lists, for each op above 1% of the ops' time, where it is called from: the
 first engine/transformers/PEFT frame, or in backward the autograd node, and whether in forward, in backward or in
@@ -171,6 +172,7 @@ VARIANTS = {
     "packed-attention": ("weitiao_engine.training.packed_attention", "PACKED_ATTENTION", "packed rows' attention one sequence at a time, fp32"),
     "folded-dropout": ("weitiao_engine.training.lora_dropout", "FOLD_INTO_LORA_A", "LoRA dropout folded into lora_A (sparse)"),
     "fast-dropout": ("weitiao_engine.training.lora", "FAST_LORA_DROPOUT", "geometric-mask LoRA dropout (off: nn.Dropout)"),
+    "lean-lora-forward": ("weitiao_engine.training.lora_forward", "LEAN_LORA_FORWARD", "plain LoRA as one addmm over the base output"),
 }
 
 
@@ -210,17 +212,19 @@ def compare_switch(request_for, batch: int, variant: str, rounds: int, bf16: str
     print(f"{variant}: {what}; precision {states[True].precision}, checkpointing {states[True].checkpointing}, packed {states[True].packed}")
     for v in states:  # warm-up
         step(v, batches[0], SEED)
-    found = []
+    found, cpu_found = [], []
     for r in range(rounds):
-        indices, seconds = batches[1 + r % (len(batches) - 1)], {}
+        indices, seconds, cpu = batches[1 + r % (len(batches) - 1)], {}, {}
         for v in (False, True) if r % 2 == 0 else (True, False):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step(v, indices, SEED + 1 + r)
-            seconds[v] = time.perf_counter() - start
+            seconds[v], cpu[v] = time.perf_counter() - start, time.process_time() - cpu_start
         found.append(seconds[False] / seconds[True])
-        print(f"  round {r + 1}: off {seconds[False]:.2f} s, on {seconds[True]:.2f} s", flush=True)
-    found.sort()
-    print(f"whole steps, off/on: median {statistics.median(found):.2f} (min {found[0]:.2f}, max {found[-1]:.2f}, n {len(found)})")
+        cpu_found.append(cpu[False] / cpu[True])
+        print(f"  round {r + 1}: off {seconds[False]:.2f} s (CPU {cpu[False]:.2f} s), on {seconds[True]:.2f} s (CPU {cpu[True]:.2f} s)", flush=True)
+    for name, ratios in (("wall time", found), ("CPU time (less sensitive to other processes)", cpu_found)):
+        ratios.sort()
+        print(f"whole steps, off/on {name}: median {statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f}, n {len(ratios)})")
     drift = max(abs(a - b) / abs(b) for a, b in zip(losses[True], losses[False]))
     print(f"training loss, same batches and masks: on {losses[True][-1]:.4f}, off {losses[False][-1]:.4f} after {len(losses[True])} steps;"
           f" largest relative difference of a step's loss {100 * drift:.3f}%")

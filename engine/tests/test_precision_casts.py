@@ -38,8 +38,11 @@ def copies_of(model, ids, shape) -> int:
     return sum(e.count for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::_to_copy" and list(shape) in e.input_shapes)
 
 
-def test_lora_input_stays_bf16_with_the_same_loss_and_gradients(tiny_model):
+def test_lora_input_stays_bf16_with_the_same_loss_and_gradients(tiny_model, monkeypatch):
+    from weitiao_engine.training import lora_forward
+
     ids = torch.randint(0, 100, (2, 24), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(lora_forward, "LEAN_LORA_FORWARD", False)  # PEFT's forward both ways: bit for bit
     as_peft, kept = lora_model(tiny_model), lora_model(tiny_model)
     assert lora_setup.lora_input_in_compute_dtype(kept) == sum(1 for n, _ in kept.named_modules() if n.endswith("q_proj")) * 7
     (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(as_peft, ids), loss_and_grads(kept, ids)
@@ -47,6 +50,13 @@ def test_lora_input_stays_bf16_with_the_same_loss_and_gradients(tiny_model):
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
     hidden = (2, 24, as_peft.config.hidden_size)
     assert copies_of(as_peft, ids, hidden) > copies_of(kept, ids, hidden)  # PEFT's casts of the input are gone
+    monkeypatch.setattr(lora_forward, "LEAN_LORA_FORWARD", True)  # the recipe's forward (one addmm): bf16 rounding apart
+    lean = lora_model(tiny_model)
+    lora_setup.lora_input_in_compute_dtype(lean)
+    loss_c, grads_c = loss_and_grads(lean, ids)
+    assert abs(loss_c - loss_b) < 1e-2 * abs(loss_b) and copies_of(lean, ids, hidden) == copies_of(kept, ids, hidden)
+    errors = [((c - b).norm() / b.norm()).item() for b, c in zip(grads_b, grads_c)]
+    assert max(errors) < 0.05, errors
 
 
 def test_fused_rms_norm_in_fp32_gives_the_same_loss_and_gradients(tiny_model):

@@ -12,6 +12,7 @@ import torch
 from weitiao_engine.training import activation_checkpointing as checkpointing, batching
 from weitiao_engine.chat_format import tokenize_examples
 from weitiao_engine.training.lora_dropout import FoldedIntoLoraA, LoraDropout, drop_mask, use_lora_dropout
+from weitiao_engine.training.lora_forward import use_lean_lora_forward
 from weitiao_engine.training.packed_attention import sequence_layout, use_packed_attention
 from weitiao_engine.training.batching import collate, pack, packing_supported
 from weitiao_engine.training.data import load_examples
@@ -201,6 +202,42 @@ def test_dropout_folded_into_lora_a_computes_what_dropout_then_lora_a_does(tiny_
     torch.manual_seed(0)
     assert torch.equal(model.get_base_model().get_decoder()(input_ids=args[0][:, :8]).last_hidden_state,
                        model.get_base_model().get_decoder()(input_ids=args[0][:, :8]).last_hidden_state), "eval: no dropout"  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ lean LoRA forward
+
+
+def test_lean_lora_forward_computes_what_peft_does(tiny_model, batch) -> None:
+    """One addmm over the base output, the scaling on B (alpha/r = 1.75, not a power of two): PEFT's loss and
+    gradients, with the dropout folded in; disabled adapters (DPO's reference) still take PEFT's forward."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    examples, pad = batch
+    args, n = pack(examples, pad), sum(e.n_trained for e in examples)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=7, lora_dropout=0.1, target_modules=linear_module_names(model))).train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    use_lora_dropout(model)
+    torch.manual_seed(2)
+    want_loss, want = loss_and_grads(model, args, n)
+    assert use_lean_lora_forward(model) == sum(1 for m in model.modules() if isinstance(m, FoldedIntoLoraA)) > 0
+    torch.manual_seed(2)
+    got_loss, got = loss_and_grads(model, args, n)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7)
+    ids = args[0][:, :16]
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        model.eval()
+        adapted = model(input_ids=ids).logits
+    assert not torch.allclose(base, adapted), "the adapter's share is there, and gone when disabled"
 
 
 # -------------------------------------------------------------------------------- gradient checkpointing

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..protocol import EngineError, TrainRequest, log
+from .lora_forward import use_lean_lora_forward
 from .precision import trainable_in_fp32
 from .rng import seed_everything
 
@@ -87,6 +88,7 @@ def add_lora(model, request: TrainRequest) -> tuple[Any, Any]:
     except ValueError as e:  # PEFT: target modules not found in the base model
         raise EngineError("invalid_request", f"LoRA: {e} / LoRA 配置无效", "lora.target_modules") from e
     trainable_in_fp32(model)
+    use_lean_lora_forward(model)  # plain LoRA as one addmm over the base layer's output (lora_forward.py)
     return model, lora
 
 
