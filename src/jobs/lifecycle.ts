@@ -2,11 +2,10 @@
  * A job after its creation: list and retrieve it, and the requests that move it — cancel, pause, resume —
  * each checked against the status machine (internal/status.ts) in one transaction.
  */
-import { existsSync } from 'node:fs';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
 import { retrieveFile } from '../files/index.js';
-import { resolveModel } from '../models/index.js';
+import { resolveModel, trainedDirAvailable } from '../models/index.js';
 import { listPage, now, type ListPage } from '../store/index.js';
 import { isGroupAlive, STALE_WORKER_SECONDS, stopGroup, workerGone } from './internal/process.js';
 import { addEvent, parseExtension } from './internal/records.js';
@@ -104,7 +103,7 @@ export function resumeJob(ctx: Context, id: string): FineTuningJob {
       return;
     }
     const checkpoints = checkpointLocations(ctx.db, id);
-    const usable = checkpoints.filter((c) => existsSync(c.path));
+    const usable = checkpoints.filter((c) => trainedDirAvailable(ctx, c.model, c.path)); // here, or complete in object storage
     if (!usable.length) {
       throw new WeitiaoError(
         'conflict',

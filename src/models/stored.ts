@@ -163,6 +163,13 @@ export function missingFiles(id: string, dir: string, storeUrl?: string): Weitia
   );
 }
 
+/** Whether a trained model's directory `dir` can be used: here, or complete in object storage (row `model` says so). */
+export function trainedDirAvailable(ctx: Context, model: string, dir: string): boolean {
+  if (isDir(dir)) return true;
+  const row = getRow(ctx, model);
+  return row !== undefined && storedInBucket(ctx, row, dir);
+}
+
 /**
  * The newest recorded checkpoint of a job made local for a resume (a replaced host, or a remote worker's input):
  * downloaded from object storage when its directory is missing here and the bucket holds it complete.
@@ -172,8 +179,7 @@ export async function materializeCheckpointDir(ctx: Context, dir: string, model:
   const store = storageFor(ctx);
   const key = homeKey(ctx, dir);
   if (isDir(dir) || store.kind !== 's3' || key === null) return false;
-  const row = getRow(ctx, model);
-  if (!row || !storedInBucket(ctx, row, dir)) return false; // not stored: the engine resumes from what is here
+  if (!trainedDirAvailable(ctx, model, dir)) return false; // not stored: the engine resumes from what is here
   await materializeDir(ctx, dir, model);
   return true;
 }
