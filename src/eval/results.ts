@@ -9,12 +9,11 @@
  * board.rows[0]; // { rank: 1, system: 'ft:tiny:waimai:abc', metric: 'accuracy', value: 0.86, … }
  * ```
  */
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import type { MetricValue } from '../engine/protocol.js';
 import { WeitiaoError } from '../errors.js';
+import { hashFile } from '../storage/index.js';
 import { newId, now } from '../store/index.js';
 import type { BaselineComparison } from './baseline.js';
 import type { ForgettingReport } from './forgetting.js';
@@ -49,9 +48,9 @@ interface Row {
   created_at: number;
 }
 
-/** sha256 of a data file's bytes (a path or a `file-…` id). */
+/** sha256 of a data file's bytes (a path or a `file-…` id), streamed: evaluation sets can be large. */
 export async function datasetKey(ctx: Context, file: string): Promise<string> {
-  return createHash('sha256').update(await readFile(locateFile(ctx, file))).digest('hex');
+  return (await hashFile(locateFile(ctx, file))).sha256;
 }
 
 export function kindOf(r: ReportInput): EvalResultKind {

@@ -125,6 +125,23 @@ describe(`store on ${D}`, () => {
     );
   });
 
+  test("a dropped server connection is replaced, and the new session carries the request's scope", { skip: D !== 'postgres' && 'PostgreSQL only' }, () => {
+    const pid = (ctx.db.prepare('SELECT pg_backend_pid() AS pid').get() as { pid: number }).pid;
+    const admin = openDatabase(testDatabaseUrl(ctx.home.root)!);
+    admin.prepare('SELECT pg_terminate_backend(?)').get(pid);
+    admin.close();
+    try {
+      ctx.db.prepare('SELECT 1').get(); // may fail once: the cut is noticed on this call
+    } catch {
+      // the next call reconnects
+    }
+    const id = newId('ftjob');
+    runInScope(scope('waimai'), () => job(id, { model: 'reconnected' }));
+    assert.notEqual((ctx.db.prepare('SELECT pg_backend_pid() AS pid').get() as { pid: number }).pid, pid);
+    assert.equal((ctx.db.prepare('SELECT project FROM jobs WHERE id = ?').get(id) as { project: string }).project, 'waimai');
+    assert.deepEqual(runInScope(scope('other'), () => selectPage(ctx.db, { table: 'jobs', where: ["model = 'reconnected'"], limit: 5 })!.rows), []);
+  });
+
   test('file backups are SQLite-only and say what to use instead', { skip: D !== 'postgres' && 'the backup tests cover SQLite' }, () => {
     assert.throws(() => sqliteOnly(ctx.db, 'weitiao backup'), /pg_dump/);
   });

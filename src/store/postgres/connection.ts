@@ -11,7 +11,12 @@ export interface Query {
   text: string;
   values: unknown[];
 }
-export type Request = { type: 'query'; queries: Query[] } | { type: 'close' };
+/**
+ * `scope`: the request's project and the visible project ('' = all), which the session must carry when the queries
+ * run (the SQL functions weitiao_project()/weitiao_visible() read them); the thread sets them when its session
+ * does not have them (a new session after a reconnect, or `scopeUnknown` after a rollback undid them).
+ */
+export type Request = { type: 'query'; queries: Query[]; scope: [string, string]; scopeUnknown: boolean } | { type: 'close' };
 export interface QueryResult {
   rows: Record<string, unknown>[];
   rowCount: number;
@@ -59,9 +64,9 @@ export class SyncConnection {
     this.port.unref();
   }
 
-  /** Runs the queries in order in one round trip to the thread; their results. */
-  query(queries: Query[]): QueryResult[] {
-    const reply = this.call({ type: 'query', queries });
+  /** Runs the queries in order in one round trip to the thread, in a session carrying `scope`; their results. */
+  query(queries: Query[], scope: [string, string] = ['default', ''], scopeUnknown = false): QueryResult[] {
+    const reply = this.call({ type: 'query', queries, scope, scopeUnknown });
     if (reply.type === 'error') throw new PostgresError(reply.message, reply.code, reply.detail);
     return reply.results;
   }

@@ -5,7 +5,8 @@
  *   - placeholders: `?` and better-sqlite3's `@name` become `$1…`;
  *   - the request's project (src/projects): SQLite reads it through functions registered on the connection;
  *     here the session settings `weitiao.project` / `weitiao.scope` carry it to the SQL functions and triggers
- *     of the same names (migrations.ts, POSTGRES_TRIGGERS), set in the same round trip when it changes;
+ *     of the same names (migrations.ts, POSTGRES_TRIGGERS): every call states its scope and the connection's
+ *     thread sets them when its session lacks them (thread.ts);
  *   - `rowid`: every table has a BIGSERIAL `rowid` column (insertion order, as SQLite's), left out of rows.
  */
 import { activeScope, DEFAULT_PROJECT } from '../../projects/scope.js';
@@ -15,8 +16,8 @@ import type { DB, RunResult, Statement, Transaction, TransactionFn } from '../in
 export class PostgresDatabase implements DB {
   readonly dialect = 'postgres' as const;
   private readonly connection: SyncConnection;
-  /** The scope settings the session has now ('project|scope'), null when unknown (after a rollback). */
-  private sessionScope: string | null = null;
+  /** A rollback undid the session's scope settings: the next call says so. */
+  private scopeUnknown = false;
   private depth = 0;
 
   constructor(url: string) {
@@ -37,21 +38,22 @@ export class PostgresDatabase implements DB {
       const savepoint = this.depth > 0 ? `weitiao_${this.depth}` : null;
       this.exec(savepoint ? `SAVEPOINT ${savepoint}` : 'BEGIN');
       this.depth++;
+      let result: ReturnType<F>;
       try {
-        const result = fn(...args) as ReturnType<F>;
-        this.depth--;
-        this.exec(savepoint ? `RELEASE SAVEPOINT ${savepoint}` : 'COMMIT');
-        return result;
+        result = fn(...args) as ReturnType<F>;
       } catch (err) {
         this.depth--;
-        this.sessionScope = null; // a rollback also undoes set_config
         try {
           this.exec(savepoint ? `ROLLBACK TO SAVEPOINT ${savepoint}; RELEASE SAVEPOINT ${savepoint}` : 'ROLLBACK');
         } catch {
           // the connection is gone: the server has rolled back already
         }
+        this.scopeUnknown = true; // the rollback may have undone scope settings made inside the transaction
         throw err;
       }
+      this.depth--;
+      this.exec(savepoint ? `RELEASE SAVEPOINT ${savepoint}` : 'COMMIT'); // a failed COMMIT has rolled back
+      return result;
     };
     // SQLite's BEGIN IMMEDIATE/EXCLUSIVE take the write lock up front; here rows are locked as written, and
     // claims use FOR UPDATE SKIP LOCKED (src/store/index.ts `skipLocked`).
@@ -62,18 +64,12 @@ export class PostgresDatabase implements DB {
     this.connection.close();
   }
 
-  /** Runs the queries in one round trip, after the scope settings when the request's scope changed. */
+  /** Runs the queries in one round trip, in the request's scope (its project; '' outside any scope: all visible). */
   query(queries: Query[]): QueryResult[] {
     const scope = activeScope();
-    const wanted = `${scope?.project ?? DEFAULT_PROJECT}|${scope ? scope.project : ''}`;
-    if (wanted === this.sessionScope) return this.connection.query(queries);
-    const [project, visible] = wanted.split('|');
-    const results = this.connection.query([
-      { text: "SELECT set_config('weitiao.project', $1, false), set_config('weitiao.scope', $2, false)", values: [project, visible] },
-      ...queries,
-    ]);
-    this.sessionScope = wanted;
-    return results.slice(1);
+    const unknown = this.scopeUnknown;
+    this.scopeUnknown = false;
+    return this.connection.query(queries, [scope?.project ?? DEFAULT_PROJECT, scope ? scope.project : ''], unknown);
   }
 }
 

@@ -16,6 +16,8 @@ const flag = new Int32Array(signal);
 
 let client: pg.Client | null = null;
 let connecting: Promise<unknown> | null = null;
+/** The scope settings `client`'s session has ('project|visible'), null when unknown. */
+let sessionScope: string | null = null;
 
 /** The connected client; a new one after the server dropped the old (a restart, a network cut). */
 async function connection(): Promise<pg.Client> {
@@ -25,6 +27,7 @@ async function connection(): Promise<pg.Client> {
       if (client === c) client = connecting = null;
     });
     client = c;
+    sessionScope = null;
     connecting = c.connect();
   }
   const c = client;
@@ -44,6 +47,12 @@ async function answer(request: Request): Promise<Reply> {
       return { type: 'ok', results: [] };
     }
     const c = await connection();
+    const wanted = request.scope.join('|');
+    if (request.scopeUnknown) sessionScope = null;
+    if (sessionScope !== wanted) {
+      await c.query({ text: "SELECT set_config('weitiao.project', $1, false), set_config('weitiao.scope', $2, false)", values: request.scope });
+      sessionScope = wanted;
+    }
     const results = [];
     for (const q of request.queries) {
       const r = await c.query({ text: q.text, values: q.values });
