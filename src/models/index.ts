@@ -15,7 +15,7 @@ export type { HubSource, PullProgress } from './internal/hub.js';
 export { ModelDeleted, ModelKind, ModelList, ModelObject, ModelSource, type ResolvedModel } from './wire.js';
 export { deleteModel, listModels, publicModel, registerModel, retrieveModel, type RegisterModelInput } from './registry.js';
 export { materializeModel, resolveModel, resolveModelParam } from './resolve.js';
-export { materializeCheckpointDir, settledStorage, storeModelDirs, trainedDirAvailable, type ObjectStorageMark } from './stored.js';
+export { materializeCheckpointDir, settledStorage, storeModelDirs, storeUnstoredModels, trainedDirAvailable, type ObjectStorageMark } from './stored.js';
 export {
   addLocalModel, checkModelDir, createTinyModel, pullModel, validateModelName, type CreateTinyModelOptions, type PullModelOptions,
 } from './base-models.js';

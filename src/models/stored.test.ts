@@ -14,7 +14,7 @@ import { deleteDir, dirManifestKey, putDir, readDirManifest, storageFor } from '
 import { checkIntegrity, repairIntegrity } from '../store/integrity.js';
 import { setUpFixture, type Fixture } from '../testing/jobs-fixture.js';
 import { startLocalS3, type LocalS3 } from '../testing/s3rver.js';
-import { deleteModel, materializeModel, retrieveModel, settledStorage, type ObjectStorageMark } from './index.js';
+import { deleteModel, materializeModel, retrieveModel, settledStorage, storeUnstoredModels, type ObjectStorageMark } from './index.js';
 
 let tmp: string;
 let s3: LocalS3;
@@ -86,6 +86,19 @@ describe('checkpoints and fine-tuned models in object storage', () => {
     assert.deepEqual(mark(ft)?.keys, [rel(modelDir)]);
     const checkpoints = listJobCheckpoints(fx.ctx, job.id).data;
     for (const c of checkpoints) assert.ok(mark(c.fine_tuned_model_checkpoint), `${c.fine_tuned_model_checkpoint} is marked stored`);
+
+    // An upload the process never finished (it stopped meanwhile): the row is unmarked, the bucket has no manifest.
+    // storeUnstoredModels (at start-up) uploads it again.
+    const first = checkpoints.at(-1)!;
+    const firstDir = retrieveModel(fx.ctx, first.fine_tuned_model_checkpoint).weitiao.path;
+    const { object_storage: _dropped, ...unmarked } = retrieveModel(fx.ctx, first.fine_tuned_model_checkpoint).weitiao.metadata;
+    fx.ctx.db.prepare('UPDATE models SET metadata = ? WHERE id = ?').run(JSON.stringify(unmarked), first.fine_tuned_model_checkpoint);
+    await storageFor(fx.ctx).delete(dirManifestKey(rel(firstDir)));
+    assert.deepEqual(storeUnstoredModels(fx.ctx), [first.fine_tuned_model_checkpoint]);
+    await settledStorage(fx.ctx);
+    assert.deepEqual(mark(first.fine_tuned_model_checkpoint)?.keys, [rel(firstDir)]);
+    assert.ok(await readDirManifest(storageFor(fx.ctx), rel(firstDir)));
+    assert.deepEqual(storeUnstoredModels(fx.ctx), [], 'nothing left to upload');
 
     // The local folders gone: the row still resolves, doctor (and --repair) keep it, and chat downloads the weights.
     const last = checkpoints[0]!;

@@ -87,6 +87,20 @@ export function storeModelDirs(ctx: Context, id: string, onError: (err: WeitiaoE
   enqueue(ctx, () => uploadModel(ctx, id)).catch((err: unknown) => onError(WeitiaoError.from(err)));
 }
 
+/**
+ * Queues the upload of every trained model whose row is not marked stored while its directory is here: uploads
+ * a stopped process never finished, or models trained before object storage was configured. Returns their ids.
+ */
+export function storeUnstoredModels(ctx: Context, onError: (err: WeitiaoError) => void = warn): string[] {
+  if (storageFor(ctx).kind !== 's3') return [];
+  const rows = ctx.db.prepare("SELECT * FROM models WHERE source = 'training' ORDER BY created_at, rowid").all() as ModelRow[];
+  const ids = rows
+    .filter((r) => isDir(r.path) && ownedDirs(ctx, r).some((d) => !storedInBucket(ctx, r, d)))
+    .map((r) => r.id);
+  for (const id of ids) storeModelDirs(ctx, id, onError);
+  return ids;
+}
+
 async function uploadModel(ctx: Context, id: string): Promise<void> {
   const row = getRow(ctx, id);
   if (!row) return; // deleted before its turn
