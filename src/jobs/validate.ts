@@ -6,7 +6,7 @@
  */
 import type { Issue } from '../data/index.js';
 import { WeitiaoError } from '../errors.js';
-import { resolveModel } from '../models/index.js';
+import { materializeModel } from '../models/index.js';
 import { describeIssue, fileError, jobFile, resolveJob, validateJobFile, type CheckedFile, type JobResolution } from './internal/plan.js';
 import { parseExtension, patchExtension } from './internal/records.js';
 import { transition, type JobStatus } from './internal/status.js';
@@ -30,7 +30,7 @@ export async function validateJobFiles(j: JobJournal, id: string, opts: Validate
   const ext = parseExtension(row);
   let modelDir: string;
   try {
-    modelDir = resolveModel(j.ctx, row.model).basePath;
+    modelDir = (await materializeModel(j.ctx, row.model)).basePath; // a full fine-tune to continue from may be in object storage only
   } catch (err) {
     const e = WeitiaoError.from(err);
     fail(j, id, { code: 'model_not_found', message: e.message, param: 'model' });
