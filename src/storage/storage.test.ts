@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -13,16 +12,9 @@ import { createExport, openExportContent, waitForExport } from '../export/index.
 import { checkIntegrity, repairIntegrity } from '../store/integrity.js';
 import { createFile, deleteFile, fileContentPath, materializeFile, openFileContent, retrieveFile } from '../files/index.js';
 import { createTinyModel } from '../models/index.js';
+import { startLocalS3 } from '../testing/s3rver.js';
 import { TINY_WAIMAI } from '../testing/waimai.js';
 import { MIN_PART_SIZE, openStore, parseStorageUrl, storageFor, type ObjectStore } from './index.js';
-
-// s3rver ships no types: the little of it the tests use.
-interface S3rverServer {
-  run(): Promise<{ address: string; port: number }>;
-  close(): Promise<void>;
-  httpServer: import('node:http').Server;
-}
-const S3rver = createRequire(import.meta.url)('s3rver') as new (options: Record<string, unknown>) => S3rverServer;
 
 const BUCKET = 'weitiao-test';
 const PREFIX = 'team/甲';
@@ -47,29 +39,10 @@ async function localBackend(tmp: string): Promise<Backend> {
 
 /** A local S3-compatible server on a free port, with its objects in a temp dir; the SDK reaches it through the usual variables. */
 async function s3Backend(tmp: string): Promise<Backend> {
-  const dir = path.join(tmp, 's3rver');
-  const server = new S3rver({ address: '127.0.0.1', port: 0, directory: dir, silent: true, configureBuckets: [{ name: BUCKET }] });
-  const { port } = await server.run();
-  const requests: string[] = [];
-  server.httpServer.prependListener('request', (req: import('node:http').IncomingMessage) => requests.push(`${req.method} ${decodeURIComponent(req.url ?? '')}`));
-  Object.assign(process.env, {
-    AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${port}`,
-    AWS_REGION: 'us-east-1',
-    AWS_ACCESS_KEY_ID: 'S3RVER', // s3rver's built-in account
-    AWS_SECRET_ACCESS_KEY: 'S3RVER',
-    AWS_EC2_METADATA_DISABLED: 'true',
-  });
+  const server = await startLocalS3(path.join(tmp, 's3rver'), BUCKET, PREFIX);
   const cache = path.join(tmp, 'cache');
   const store = openStore({ kind: 's3', bucket: BUCKET, prefix: PREFIX }, { cache, partSize: MIN_PART_SIZE });
-  return {
-    name: 's3',
-    store,
-    url: `s3://${BUCKET}/${PREFIX}`,
-    requests,
-    // s3rver keeps an object's bytes in `<dir>/<bucket>/<key>._S3rver_object`.
-    corrupt: (key) => flipFirstByte(path.join(dir, BUCKET, ...`${PREFIX}/${key}`.split('/')) + '._S3rver_object'),
-    close: () => server.close(),
-  };
+  return { name: 's3', store, url: server.url, requests: server.requests, corrupt: server.corrupt, close: server.close };
 }
 
 function flipFirstByte(file: string): void {
