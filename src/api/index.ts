@@ -20,6 +20,7 @@ import { DEFAULT_MAX_BYTES, deleteFile } from '../files/index.js';
 import { isJobUnfinished, Worker } from '../jobs/index.js';
 import { EvalRunQueue, type EvalRunQueueOptions } from '../evals/index.js';
 import { checkIntegrity, integritySummary } from '../store/integrity.js';
+import { storeUnstoredModels } from '../models/index.js';
 import { verifyKey } from '../keys/index.js';
 import { z } from 'zod';
 import { apiKeyAuth, type ApiEnv } from './internal/auth.js';
@@ -236,6 +237,9 @@ export async function startServer(ctx: Context, options: ServerOptions): Promise
   // Rows without files and folders without rows (a lost WAL, a hand-deleted folder) are said at start-up.
   const integrity = checkIntegrity(ctx);
   if (!integrity.ok) log(integritySummary(integrity));
+  // With object storage: checkpoints and models whose upload a stopped process never finished go up now.
+  const unstored = storeUnstoredModels(ctx, (err) => log(`object storage: ${err.message}`));
+  if (unstored.length) log(`object storage: uploading ${unstored.length} checkpoint(s) and model(s) not stored yet / 正在上传尚未存储的检查点与模型`);
 
   let closing: Promise<void> | undefined;
   const close = () =>
