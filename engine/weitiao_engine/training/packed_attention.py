@@ -65,10 +65,10 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
 
     dtype = torch.float32 if longest <= FP32_UP_TO else query.dtype
 
-    def by_sequence(x: torch.Tensor) -> torch.Tensor:  # [B, h, T, D] -> [sequences, h, longest, D]
+    def by_sequence(x: torch.Tensor) -> torch.Tensor:  # [B, h, T, D] -> [sequences, h, longest, D], two copies at most
         h = x.shape[1]
-        rows = x.transpose(1, 2).reshape(batch * tokens, h * dim)[gather]
-        return rows.view(n_seq, longest, h, dim).transpose(1, 2).to(dtype)
+        tokens_by_head = x.transpose(0, 1).reshape(h, batch * tokens, dim)  # a view for one packed row (B = 1)
+        return tokens_by_head.index_select(1, gather).view(h, n_seq, longest, dim).transpose(0, 1).to(dtype)
 
     with torch.autocast(query.device.type, enabled=False):  # autocast would cast fp32 inputs back to bf16
         out = F.scaled_dot_product_attention(
