@@ -294,7 +294,8 @@ def launch(request) -> dict[str, Any]:
     log(f"launching {request.nproc} processes under torchrun{where} / 启动 {request.nproc} 个训练进程")
     # Its own session: a terminal's Ctrl-C or the control plane's group signal reaches only this process,
     # which relays it to the workers; torchrun itself would give them only 30 s to checkpoint, then kill.
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True)
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True,
+                            preexec_fn=_terminate_with_parent)  # fmt: skip
     signalled: list[int] = []
 
     def relay(signum, _frame):
@@ -336,6 +337,20 @@ def launch(request) -> dict[str, Any]:
         "engine_error",
         f"distributed training ended without a result (torchrun exit code {code}); see the engine's stderr / 分布式训练异常结束，详见日志",
     )
+
+
+def _terminate_with_parent() -> None:
+    """In torchrun's process before it starts (Linux): SIGKILL when this launcher dies (the control plane killed
+    it). Its workers notice a dead launcher themselves, but a multi-node torchrun waiting for a node that is gone
+    (at the rendezvous, or in its SIGTERM shutdown) would linger for minutes holding the engine's stderr open,
+    so the control plane would never see the engine end. Graceful stops never go this way: the launcher relays
+    SIGTERM to the workers itself."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the workers' own check still ends the run
 
 
 def _rendezvous() -> list[str]:

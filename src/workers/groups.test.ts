@@ -88,6 +88,9 @@ describe('multi-node groups', () => {
     assert.deepEqual(a.request, b.request, 'one prepared run for every node');
     assert.equal(retrieveJob(fx.ctx, id).status, 'running');
     assert.equal(jobNodes(fx.ctx.db, id).length, 2);
+    // Every node downloads the inputs on its own lease.
+    const member = host === a ? b : a;
+    assert.equal((await service.input(member.lease.id, 'inputs/training.jsonl')).kind, 'file');
     // A third worker gets no seat (the group is full) and no job.
     assert.equal(await service.claim(claimBody('node-c')), null);
 

@@ -191,7 +191,9 @@ export class LeaseService {
 
   /** Where input `name` of the lease's job is on this server; `not_found` for a name the job does not have. */
   async input(leaseId: string, name: string): Promise<InputSource> {
-    const row = this.hold(leaseId);
+    // Every node of a multi-node run downloads the inputs (only node 0 holds the job's own lease).
+    const member = this.groups.member(leaseId);
+    const row = member ? getJobRow(this.ctx.db, member.job_id)! : this.hold(leaseId);
     const missing = () => new WeitiaoError('not_found', `job ${row.id} has no input '${name}' / 任务没有输入 '${name}'`, { param: 'name' });
     switch (name) {
       case 'inputs/base':

@@ -1,0 +1,163 @@
+/**
+ * Multi-node training end to end (issue 19): the API as its own process with no local worker, two `weitiao worker`
+ * processes (own homes, reaching the API only over HTTP, rendezvous on 127.0.0.1) train one job with
+ * `weitiao.nodes: 2` together under torchrun. Mid-training, after a checkpoint was uploaded, the worker holding
+ * node 1 is SIGKILLed with its engine: the whole attempt ends (node 0's lease is lost too), the job is queued
+ * again, a restarted worker and the other one form a new group that resumes from the uploaded checkpoint, and
+ * the job succeeds with every step's metrics once in its events.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { after, before, test } from 'node:test';
+import OpenAI from 'openai';
+import type { Context } from '../context.js';
+import { signalGroup } from '../engine/process.js';
+import { createKey } from '../keys/index.js';
+import { createTinyModel } from '../models/index.js';
+import { openTestContext, testStoreEnv } from '../testing/postgres.js';
+import { REPO_ROOT, TINY_WAIMAI, writeWaimaiJsonl } from '../testing/waimai.js';
+
+const LEASE_SECONDS = 5;
+// 48 examples, batch 2 (one example per node), three epochs: 72 steps, a checkpoint every 6 — room for the kill.
+const EXAMPLES = 48;
+const STEPS = 72;
+const DEADLINE_MS = 420_000;
+
+let dir: string;
+let ctx: Context;
+let key: string;
+let workerKey: string;
+let model: string;
+const children: ChildProcess[] = [];
+const outputs: { name: string; lines: string[] }[] = [];
+
+interface Proc {
+  child: ChildProcess;
+  lines: string[];
+}
+
+/** A child in its own process group (so the test can kill it with everything it started), its output lines kept. */
+function start(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
+  const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, detached: true });
+  children.push(child);
+  const lines: string[] = [];
+  outputs.push({ name, lines });
+  for (const stream of [child.stdout!, child.stderr!]) readline.createInterface({ input: stream }).on('line', (l) => lines.push(l));
+  return { child, lines };
+}
+
+function startWorker(url: string, name: string): Proc {
+  const home = path.join(dir, `worker-${name}`);
+  return start(name, [
+    path.join(REPO_ROOT, 'src', 'cli', 'main.ts'), '--home', home, 'worker', '--server', url, '--token', workerKey,
+    '--name', name, '--threads', '1', '--poll-ms', '200', '--advertise-host', '127.0.0.1',
+  ]); // prettier-ignore
+}
+
+function logs(): string {
+  return outputs.map((o) => `--- ${o.name}\n${o.lines.slice(-60).join('\n')}`).join('\n');
+}
+
+async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, deadlineMs = DEADLINE_MS): Promise<T> {
+  const deadline = Date.now() + deadlineMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}\n${logs()}`);
+    }
+    await new Promise((r) => setTimeout(r, 150));
+  }
+}
+
+const exited = (child: ChildProcess) =>
+  child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => child.once('exit', () => r()));
+
+before(async () => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-nodes-'));
+  ctx = openTestContext(path.join(dir, 'api'));
+  key = createKey(ctx, { name: 'nodes-e2e' }).key;
+  workerKey = createKey(ctx, { name: 'nodes-e2e-workers', role: 'worker' }).key;
+  model = (await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI })).id;
+});
+
+after(async () => {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const killed = setTimeout(() => child.pid && signalGroup(child.pid, 'SIGKILL'), 30_000);
+      await exited(child);
+      clearTimeout(killed);
+    }
+  }
+  ctx?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('a 2-node job on two remote workers; node 1 SIGKILLed mid-training: the group re-forms, resumes, every step once', { timeout: 600_000 }, async () => {
+  const api = start('api', [path.join(REPO_ROOT, 'src', 'api', 'serve-main.ts'), '--home', ctx.home.root, '--port', '0', '--no-worker'], {
+    WEITIAO_LEASE_SECONDS: String(LEASE_SECONDS),
+    ...testStoreEnv(ctx.home.root),
+  });
+  const { url } = await waitFor('the API to listen', () => {
+    const line = api.lines.find((l) => l.startsWith('{"url"'));
+    return line ? (JSON.parse(line) as { url: string }) : api.child.exitCode !== null ? assert.fail(`API exited:\n${api.lines.join('\n')}`) : undefined;
+  }, 120_000);
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+
+  const data = writeWaimaiJsonl(dir, EXAMPLES, 2);
+  const train = await client.files.create({ file: createReadStream(data.train), purpose: 'fine-tune' });
+  const job = await client.fineTuning.jobs.create({
+    model,
+    training_file: train.id,
+    seed: 11,
+    method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 3, batch_size: 2 } } },
+    weitiao: { nodes: 2, save_every_steps: 6, lora: { r: 4, alpha: 8 } },
+  } as OpenAI.FineTuning.JobCreateParams);
+  const workers = new Map([['w1', startWorker(url, 'w1')], ['w2', startWorker(url, 'w2')]]);
+
+  // Training on both nodes with an uploaded checkpoint, not finished yet: kill the worker of node 1 and its engine.
+  const member = await waitFor('the group training with a recorded checkpoint', () => {
+    const row = ctx.db
+      .prepare(
+        `SELECT j.extension, n.worker FROM jobs j JOIN job_nodes n ON n.job_id = j.id AND n.leader = j.worker_id AND n.node_rank = 1
+         WHERE j.id = ? AND j.status = 'running' AND EXISTS (SELECT 1 FROM checkpoints c WHERE c.job_id = j.id)`,
+      )
+      .get(job.id) as { extension: string; worker: string } | undefined;
+    const status = (ctx.db.prepare('SELECT status FROM jobs WHERE id = ?').get(job.id) as { status: string }).status;
+    if (['succeeded', 'failed', 'cancelled'].includes(status)) assert.fail(`the job ended (${status}) before the kill\n${logs()}`);
+    const progress = row && (JSON.parse(row.extension) as { progress?: { step: number; total_steps: number } }).progress;
+    return row && progress && progress.step < progress.total_steps ? row.worker : undefined;
+  });
+  const victim = workers.get(member)!;
+  const enginePid = Number([...victim.lines].reverse().find((l) => l.includes(`job ${job.id}: engine started`))?.match(/pid (\d+)/)?.[1]);
+  assert.ok(enginePid > 0, `the member said its engine's pid:\n${victim.lines.join('\n')}`);
+  signalGroup(victim.child.pid!, 'SIGKILL');
+  signalGroup(enginePid, 'SIGKILL');
+  await exited(victim.child);
+  const checkpointsBefore = (ctx.db.prepare('SELECT step FROM checkpoints WHERE job_id = ? ORDER BY step').all(job.id) as { step: number }[]).map((c) => c.step);
+  workers.set(member, startWorker(url, member)); // restarted: the group forms again with the other worker
+
+  const done = await waitFor('the job to finish', async () => {
+    const j = await client.fineTuning.jobs.retrieve(job.id);
+    return ['succeeded', 'failed', 'cancelled'].includes(j.status) ? j : undefined;
+  });
+  assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
+  const events: OpenAI.FineTuning.FineTuningJobEvent[] = [];
+  for await (const e of client.fineTuning.jobs.listEvents(job.id, { limit: 100 })) events.push(e);
+  const steps = events.filter((e) => e.type === 'metrics').map((e) => (e.data as { step: number }).step).sort((a, b) => a - b);
+  assert.deepEqual(steps, Array.from({ length: STEPS }, (_, i) => i + 1), 'every step exactly once');
+  const resumed = events.find((e) => /^Resuming fine-tuning from checkpoint step-\d+/.test(e.message));
+  assert.ok(resumed, `resumed from its checkpoint: ${events.map((e) => e.message).join(' | ')}`);
+  // Node 0 may still have saved and uploaded a checkpoint after the kill (its engine stops cleanly when node 1 is
+  // gone): the resume starts from a recorded one, at or after the last recorded before the kill.
+  const from = Number(/step-(\d+)/.exec(resumed.message)![1]);
+  const recorded = (ctx.db.prepare('SELECT step FROM checkpoints WHERE job_id = ?').all(job.id) as { step: number }[]).map((c) => c.step);
+  assert.ok(recorded.includes(from) && from >= Math.max(...checkpointsBefore) && from < STEPS, `resumed from step ${from}; recorded before the kill: ${checkpointsBefore}`);
+  assert.ok(events.filter((e) => /^Node 0 of 2/.test(e.message)).length >= 2, 'a new group for the second attempt');
+  assert.ok((done as unknown as { weitiao: { attempts: number } }).weitiao.attempts >= 1, 'the lost attempt is counted');
+});
