@@ -107,13 +107,19 @@ async function uploadModel(ctx: Context, id: string): Promise<void> {
   const store = storageFor(ctx);
   const dirs = ownedDirs(ctx, row);
   const mark: ObjectStorageMark = { keys: [], files: 0, bytes: 0, stored_at: 0 };
-  for (const dir of dirs) {
-    const key = homeKey(ctx, dir)!;
-    // The merged base is shared by a job's checkpoints and model and never changes: stored once.
-    const manifest = (dir !== row.path && (await readDirManifest(store, key))) || (await putDir(store, key, dir));
-    mark.keys.push(key);
-    mark.files += manifest.files.length;
-    mark.bytes += manifest.files.reduce((n, f) => n + f.size, 0);
+  try {
+    for (const dir of dirs) {
+      const key = homeKey(ctx, dir)!;
+      // The merged base is shared by a job's checkpoints and model and never changes: stored once.
+      const manifest = (dir !== row.path && (await readDirManifest(store, key))) || (await putDir(store, key, dir));
+      mark.keys.push(key);
+      mark.files += manifest.files.length;
+      mark.bytes += manifest.files.reduce((n, f) => n + f.size, 0);
+    }
+  } catch (err) {
+    // Deleted meanwhile (its folder went with it): not a failure; the delete queued after this removes what got up.
+    if (getRow(ctx, id)?.path !== row.path) return;
+    throw err;
   }
   mark.stored_at = Math.floor(Date.now() / 1000);
   const now = getRow(ctx, id);
