@@ -15,8 +15,8 @@ import { cachedTokenDeps } from '../../data/token-cache.js';
 import { LoraConfig } from '../../engine/protocol.js';
 import { hideServerPaths, WeitiaoError } from '../../errors.js';
 import { evaluateFile } from '../../eval/file-evaluation.js';
-import { createFile, fileContentPath, retrieveFile } from '../../files/index.js';
-import { resolveModel, retrieveModel } from '../../models/index.js';
+import { createFile, materializeFile, retrieveFile } from '../../files/index.js';
+import { materializeModel, resolveModel, retrieveModel } from '../../models/index.js';
 import { explainHyperparameters } from '../../hyperparameters/explain.js';
 import { estimateRun } from '../../hyperparameters/estimate.js';
 import { LoraSettings, RequestedHyperparameters, resolveHyperparameters } from '../../hyperparameters/index.js';
@@ -72,10 +72,20 @@ function forParam<T>(param: string, lookup: () => T): T {
     throw new WeitiaoError(e.code, e.message, { param, cause: err });
   }
 }
-const stored = (ctx: Context, id: string, param = 'file_id') => forParam(param, () => ({ file: retrieveFile(ctx, id), path: fileContentPath(ctx, id) }));
-/** A registered model's base directory (over HTTP a name is never taken as a server path). */
+async function forParamAsync<T>(param: string, lookup: () => Promise<T>): Promise<T> {
+  try {
+    return await lookup();
+  } catch (err) {
+    const e = WeitiaoError.from(err);
+    throw new WeitiaoError(e.code, e.message, { param, cause: err });
+  }
+}
+/** A stored file and a local path of its bytes (downloaded first when they live in object storage only). */
+const stored = (ctx: Context, id: string, param = 'file_id') =>
+  forParamAsync(param, async () => ({ file: retrieveFile(ctx, id), path: await materializeFile(ctx, id) }));
+/** A registered model's base directory, downloaded first when only object storage has it (over HTTP a name is never a server path). */
 const modelDir = (ctx: Context, model: string | undefined, param = 'model') =>
-  model === undefined ? undefined : forParam(param, () => (retrieveModel(ctx, model), resolveModel(ctx, model).basePath));
+  model === undefined ? undefined : forParamAsync(param, async () => (retrieveModel(ctx, model), (await materializeModel(ctx, model)).basePath));
 
 /** Issues and stats name the uploaded file, never a server path. */
 const publicIssue = (filename: string) => (i: Issue) => ({ ...i, file: filename, message: hideServerPaths(i.message) });
@@ -101,14 +111,14 @@ const mappingOptions = (b: z.infer<typeof ValidateBody>) => ({
 });
 
 async function preview(ctx: Context, body: z.infer<typeof PreviewBody>) {
-  const { file, path: filePath } = stored(ctx, body.file_id);
+  const { file, path: filePath } = await stored(ctx, body.file_id);
   return { object: 'weitiao.dataset_preview' as const, file_id: file.id, filename: file.filename, ...(await previewDataset(filePath, file.filename, body)) };
 }
 
 /** A chat file's report as it is, or a table's as the mapping would convert it; with the stats of what is valid. */
 async function validate(ctx: Context, body: z.infer<typeof ValidateBody>) {
-  const { file, path: filePath } = stored(ctx, body.file_id);
-  const tokens = cachedTokenDeps(modelDir(ctx, body.model));
+  const { file, path: filePath } = await stored(ctx, body.file_id);
+  const tokens = cachedTokenDeps(await modelDir(ctx, body.model));
   const answer = { object: 'weitiao.dataset_validation' as const, file_id: file.id };
   if (!body.mapping && (await isChatFile(filePath, body.format, body.encoding))) {
     const enc = body.encoding ? { encoding: body.encoding } : {};
@@ -125,8 +135,8 @@ async function validate(ctx: Context, body: z.infer<typeof ValidateBody>) {
 
 /** Converts (tables) or re-splits (chat files) and stores the train/validation files; with errors nothing is stored. */
 async function prepare(ctx: Context, body: z.infer<typeof PrepareBody>) {
-  const { file, path: filePath } = stored(ctx, body.file_id);
-  const tokens = cachedTokenDeps(modelDir(ctx, body.model));
+  const { file, path: filePath } = await stored(ctx, body.file_id);
+  const tokens = cachedTokenDeps(await modelDir(ctx, body.model));
   const stem = body.name ?? (file.filename.replace(/\.[^.]+$/, '') || 'dataset');
   return withScratch(ctx, async (dir) => {
     const options = { validation: body.validation, seed: body.seed, on_invalid: body.on_invalid, dedupe: body.dedupe, train_file: `${stem}-train.jsonl`, validation_file: `${stem}-validation.jsonl` };
@@ -153,9 +163,9 @@ const STARTUP_SECONDS = 15;
  */
 async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>, signal: AbortSignal) {
   const method = body.method ?? 'lora';
-  const tokens = cachedTokenDeps(modelDir(ctx, body.model));
-  const train = stored(ctx, body.training_file, 'training_file');
-  const valid = body.validation_file ? stored(ctx, body.validation_file, 'validation_file') : null;
+  const tokens = cachedTokenDeps(await modelDir(ctx, body.model));
+  const train = await stored(ctx, body.training_file, 'training_file');
+  const valid = body.validation_file ? await stored(ctx, body.validation_file, 'validation_file') : null;
   const stats = await datasetStats(train.path, body.max_seq_length ? { max_length: body.max_seq_length } : {}, tokens);
   if (stats.examples === 0) {
     throw new WeitiaoError('invalid_file', `${train.file.filename} has no valid chat examples: validate it first / 训练文件中没有有效的对话样本`, { param: 'training_file' });
@@ -195,9 +205,9 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>, signal
 }
 
 async function evaluate(ctx: Context, body: z.infer<typeof EvaluationBody>, signal: AbortSignal) {
-  const { file, path: filePath } = stored(ctx, body.file_id);
-  modelDir(ctx, body.model);
-  if (body.compare_with !== undefined) modelDir(ctx, body.compare_with, 'compare_with');
+  const { file, path: filePath } = await stored(ctx, body.file_id);
+  forParam('model', () => resolveModel(ctx, body.model)); // evaluateFile downloads what object storage holds
+  if (body.compare_with !== undefined) forParam('compare_with', () => resolveModel(ctx, body.compare_with!));
   return evaluateFile(ctx, { file: { id: file.id, path: filePath }, model: body.model, compare_with: body.compare_with, max_examples: body.max_examples, signal });
 }
 
@@ -235,8 +245,8 @@ export function consoleRoutes(routes: RouteTable<ApiEnv>, ctx: Context): void {
   routes.add(
     { method: 'get', params: z.object({ file_id: FileId }), query: StatsQuery, ...spec('datasets/:file_id/stats', 'weitiao_dataset_stats', 'Token and label statistics of a stored chat file', 'weitiao.dataset_stats') },
     async (c, { params, query }) => {
-      const { file, path: filePath } = stored(ctx, params.file_id);
-      const stats = await datasetStats(filePath, { epochs: query.epochs }, cachedTokenDeps(modelDir(ctx, query.model)));
+      const { file, path: filePath } = await stored(ctx, params.file_id);
+      const stats = await datasetStats(filePath, { epochs: query.epochs }, cachedTokenDeps(await modelDir(ctx, query.model)));
       return c.json({ object: 'weitiao.dataset_stats', ...publicStats(stats, file.id) });
     },
   );

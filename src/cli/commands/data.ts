@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { datasetStats, formatIssue, prepareDataset, reportError, validateChatFile, type Issue } from '../../data/index.js';
 import { WeitiaoError } from '../../errors.js';
-import { resolveModel } from '../../models/index.js';
+import { materializeModel } from '../../models/index.js';
 import { fmt, printJson, table } from '../output.js';
 import { number, withContext } from './shared.js';
 
@@ -62,7 +62,7 @@ export function registerDataCommands(program: Command): void {
           conflicts: o.conflicts,
           on_invalid: o.onInvalid,
           dedupe: o.dedupe === true,
-          model_dir: o.model ? resolveModel(ctx, o.model).basePath : undefined,
+          model_dir: o.model ? (await materializeModel(ctx, o.model)).basePath : undefined,
         });
         if (o.json) printJson(result);
         else {
@@ -95,7 +95,7 @@ export function registerDataCommands(program: Command): void {
     .action(async (file: string, o, cmd: Command) => {
       await withContext(cmd, async (ctx) => {
         const report = await validateChatFile(file, {
-          model_dir: o.model ? resolveModel(ctx, o.model).basePath : undefined,
+          model_dir: o.model ? (await materializeModel(ctx, o.model)).basePath : undefined,
           max_length: o.maxLength,
           conflicts: o.conflicts,
         });
@@ -117,7 +117,7 @@ export function registerDataCommands(program: Command): void {
     .option('--json', 'print as JSON')
     .action(async (file: string, o, cmd: Command) => {
       await withContext(cmd, async (ctx) => {
-        const s = await datasetStats(file, { model_dir: o.model ? resolveModel(ctx, o.model).basePath : undefined, epochs: o.epochs });
+        const s = await datasetStats(file, { model_dir: o.model ? (await materializeModel(ctx, o.model)).basePath : undefined, epochs: o.epochs });
         if (o.json) return printJson(s);
         console.log(`${s.file}: ${s.examples} examples 条样本${s.invalid_examples ? ` (${s.invalid_examples} invalid skipped)` : ''}`);
         if (s.tokens_per_example) {
