@@ -1,6 +1,6 @@
 /** `weitiao models list|create-tiny|pull|add|delete|deploy|undeploy`: base models, fine-tuned models and how they are served. */
 import type { Command } from 'commander';
-import { addLocalModel, createTinyModel, deleteModel, listModels, pullModel, type HubSource } from '../../models/index.js';
+import { addLocalModel, createTinyModel, deleteModel, listModels, pullModel, settledStorage, type HubSource } from '../../models/index.js';
 import { closeChatEngine, deploymentsByModel, deployModel, undeployModel, type Deployment, type DeployParams } from '../../chat/index.js';
 import { ProgressBar } from '../progress.js';
 import { formatTime, printJson, table } from '../output.js';
@@ -175,8 +175,9 @@ export function registerModelCommands(program: Command): void {
     .description('delete a fine-tuned model (and its checkpoints and files); --force for base models')
     .option('--force', 'also delete base models')
     .action(async (id: string, o, cmd: Command) => {
-      await withContext(cmd, (ctx) => {
+      await withContext(cmd, async (ctx) => {
         deleteModel(ctx, id, { force: Boolean(o.force) });
+        await settledStorage(ctx); // its objects in object storage go before the store closes
         console.log(`deleted ${id}`);
       });
     });
