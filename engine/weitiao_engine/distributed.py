@@ -295,7 +295,7 @@ def launch(request) -> dict[str, Any]:
     # Its own session: a terminal's Ctrl-C or the control plane's group signal reaches only this process,
     # which relays it to the workers; torchrun itself would give them only 30 s to checkpoint, then kill.
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True,
-                            preexec_fn=_terminate_with_parent)  # fmt: skip
+                            preexec_fn=_die_with_parent())  # fmt: skip
     signalled: list[int] = []
 
     def relay(signum, _frame):
@@ -339,18 +339,19 @@ def launch(request) -> dict[str, Any]:
     )
 
 
-def _terminate_with_parent() -> None:
-    """In torchrun's process before it starts (Linux): SIGKILL when this launcher dies (the control plane killed
-    it). Its workers notice a dead launcher themselves, but a multi-node torchrun waiting for a node that is gone
-    (at the rendezvous, or in its SIGTERM shutdown) would linger for minutes holding the engine's stderr open,
+def _die_with_parent() -> Optional[Callable[[], None]]:
+    """What torchrun's process runs before it starts (Linux): SIGKILL when this launcher dies (the control plane
+    killed it). Its workers notice a dead launcher themselves, but a multi-node torchrun waiting for a node that is
+    gone (at the rendezvous, or in its SIGTERM shutdown) would linger for minutes holding the engine's stderr open,
     so the control plane would never see the engine end. Graceful stops never go this way: the launcher relays
-    SIGTERM to the workers itself."""
+    SIGTERM to the workers itself. libc is loaded here, before the fork: the child only makes the call."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass  # not Linux: the workers' own check still ends the run
+        return None  # not Linux: the workers' own check still ends the run
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _rendezvous() -> list[str]:

@@ -82,7 +82,8 @@ export class NodeGroups {
   join(body: ClaimRequest, leaseId: string, canRun: (row: JobRow) => boolean): { row: JobRow; seat: GroupSeat } | null {
     if (!body.rendezvous_port) return null;
     const db = this.ctx.db;
-    for (const { members, ...row } of formingGroups(db, body.worker.name)) {
+    for (const { members: count, ...row } of formingGroups(db, body.worker.name)) {
+      const members = Number(count); // COUNT(*) is a bigint on PostgreSQL
       const nodes = jobNodeCount(row);
       if (members >= nodes || !canRun(row)) continue;
       const leader = row.worker_id!;
