@@ -170,7 +170,7 @@ def main() -> None:
 # --compare: a recipe switch (module, attribute) and what it is.
 VARIANTS = {
     "packed-attention": ("weitiao_engine.training.packed_attention", "PACKED_ATTENTION", "packed rows' attention one sequence at a time, fp32"),
-    "folded-dropout": ("weitiao_engine.training.lora_dropout", "FOLD_INTO_LORA_A", "LoRA dropout folded into lora_A (sparse)"),
+    "folded-dropout": ("weitiao_engine.training.lora_dropout", "FOLD_INTO_LORA_A", "LoRA dropout folded into lora_A (its 1/(1-p) on A's weights; off: LoraDropout before lora_A)"),
     "fast-dropout": ("weitiao_engine.training.lora", "FAST_LORA_DROPOUT", "geometric-mask LoRA dropout (off: nn.Dropout)"),
     "lean-lora-forward": ("weitiao_engine.training.lora_forward", "LEAN_LORA_FORWARD", "plain LoRA as one addmm over the base output"),
 }

@@ -336,6 +336,9 @@ def _with_lora(model, rank: int, bf16: bool):
     targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head})
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM"))
     trainable_in_fp32(model)
+    from .lora_forward import use_lean_lora_forward
+
+    use_lean_lora_forward(model)
     if FAST_LORA_DROPOUT:
         from .lora_dropout import use_lora_dropout
 
