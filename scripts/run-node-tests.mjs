@@ -25,6 +25,7 @@ const POSTGRES_SUITES = [
   'src/evals/evals.test.ts',
   'src/api/reliability-projects.test.ts',
   'src/workers/leases.test.ts',
+  'src/workers/groups.test.ts',
   'src/workers/remote.e2e.test.ts',
 ];
 const postgres = process.argv.includes('--postgres');

@@ -91,8 +91,12 @@ export class SyncConnection {
       void this.worker.terminate();
       throw new PostgresError(`the database did not answer within ${TIMEOUT_MS / 1000} s / 数据库无响应`, null, null);
     }
-    const message = receiveMessageOnPort(this.port);
-    if (!message) throw new PostgresError('the database thread answered nothing', null, null);
-    return message.message as Reply;
+    // The answer is queued before the signal is raised; should it still be in flight, wait for it a moment.
+    for (let waited = 0; ; waited++) {
+      const message = receiveMessageOnPort(this.port);
+      if (message) return message.message as Reply;
+      if (waited >= 1000) throw new PostgresError('the database thread answered nothing', null, null);
+      Atomics.wait(this.flag, 0, 1, 1); // 1 ms
+    }
   }
 }
