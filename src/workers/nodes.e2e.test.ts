@@ -7,19 +7,17 @@
  * the job succeeds with every step's metrics once in its events.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import type { Context } from '../context.js';
-import { signalGroup } from '../engine/process.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
-import { openTestContext, testStoreEnv } from '../testing/postgres.js';
-import { REPO_ROOT, TINY_WAIMAI, writeWaimaiJsonl } from '../testing/waimai.js';
+import { Cluster } from '../testing/cluster.js';
+import { openTestContext } from '../testing/postgres.js';
+import { TINY_WAIMAI, writeWaimaiJsonl } from '../testing/waimai.js';
 
 const LEASE_SECONDS = 5;
 // 48 examples, batch 2 (one example per node), three epochs: 72 steps, a checkpoint every 6 — room for the kill.
@@ -29,56 +27,14 @@ const DEADLINE_MS = 420_000;
 
 let dir: string;
 let ctx: Context;
+let cluster: Cluster;
 let key: string;
 let workerKey: string;
 let model: string;
-const children: ChildProcess[] = [];
-const outputs: { name: string; lines: string[] }[] = [];
-
-interface Proc {
-  child: ChildProcess;
-  lines: string[];
-}
-
-/** A child in its own process group (so the test can kill it with everything it started), its output lines kept. */
-function start(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, ['--import', 'tsx', ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, detached: true });
-  children.push(child);
-  const lines: string[] = [];
-  outputs.push({ name, lines });
-  for (const stream of [child.stdout!, child.stderr!]) readline.createInterface({ input: stream }).on('line', (l) => lines.push(l));
-  return { child, lines };
-}
-
-function startWorker(url: string, name: string): Proc {
-  const home = path.join(dir, `worker-${name}`);
-  return start(name, [
-    path.join(REPO_ROOT, 'src', 'cli', 'main.ts'), '--home', home, 'worker', '--server', url, '--token', workerKey,
-    '--name', name, '--threads', '1', '--poll-ms', '200', '--advertise-host', '127.0.0.1',
-  ]); // prettier-ignore
-}
-
-function logs(): string {
-  return outputs.map((o) => `--- ${o.name}\n${o.lines.slice(-60).join('\n')}`).join('\n');
-}
-
-async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, deadlineMs = DEADLINE_MS): Promise<T> {
-  const deadline = Date.now() + deadlineMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}\n${logs()}`);
-    }
-    await new Promise((r) => setTimeout(r, 150));
-  }
-}
-
-const exited = (child: ChildProcess) =>
-  child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => child.once('exit', () => r()));
 
 before(async () => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-nodes-'));
+  cluster = new Cluster(dir, DEADLINE_MS);
   ctx = openTestContext(path.join(dir, 'api'));
   key = createKey(ctx, { name: 'nodes-e2e' }).key;
   workerKey = createKey(ctx, { name: 'nodes-e2e-workers', role: 'worker' }).key;
@@ -86,27 +42,17 @@ before(async () => {
 });
 
 after(async () => {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const killed = setTimeout(() => child.pid && signalGroup(child.pid, 'SIGKILL'), 30_000);
-      await exited(child);
-      clearTimeout(killed);
-    }
-  }
+  await cluster?.stop();
   ctx?.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
+// Both workers advertise 127.0.0.1: torchrun's rendezvous stays on this host.
+const startWorker = (url: string, name: string) => cluster.startWorker(url, workerKey, name, ['--advertise-host', '127.0.0.1']);
+const waitFor: Cluster['waitFor'] = (what, check, deadlineMs) => cluster.waitFor(what, check, deadlineMs);
+
 test('a 2-node job on two remote workers; node 1 SIGKILLed mid-training: the group re-forms, resumes, every step once', { timeout: 600_000 }, async () => {
-  const api = start('api', [path.join(REPO_ROOT, 'src', 'api', 'serve-main.ts'), '--home', ctx.home.root, '--port', '0', '--no-worker'], {
-    WEITIAO_LEASE_SECONDS: String(LEASE_SECONDS),
-    ...testStoreEnv(ctx.home.root),
-  });
-  const { url } = await waitFor('the API to listen', () => {
-    const line = api.lines.find((l) => l.startsWith('{"url"'));
-    return line ? (JSON.parse(line) as { url: string }) : api.child.exitCode !== null ? assert.fail(`API exited:\n${api.lines.join('\n')}`) : undefined;
-  }, 120_000);
+  const { url } = await cluster.startApi(ctx.home.root, { WEITIAO_LEASE_SECONDS: String(LEASE_SECONDS) });
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
 
   const data = writeWaimaiJsonl(dir, EXAMPLES, 2);
@@ -129,16 +75,14 @@ test('a 2-node job on two remote workers; node 1 SIGKILLed mid-training: the gro
       )
       .get(job.id) as { extension: string; worker: string } | undefined;
     const status = (ctx.db.prepare('SELECT status FROM jobs WHERE id = ?').get(job.id) as { status: string }).status;
-    if (['succeeded', 'failed', 'cancelled'].includes(status)) assert.fail(`the job ended (${status}) before the kill\n${logs()}`);
+    if (['succeeded', 'failed', 'cancelled'].includes(status)) assert.fail(`the job ended (${status}) before the kill\n${cluster.logs()}`);
     const progress = row && (JSON.parse(row.extension) as { progress?: { step: number; total_steps: number } }).progress;
     return row && progress && progress.step < progress.total_steps ? row.worker : undefined;
   });
   const victim = workers.get(member)!;
   const enginePid = Number([...victim.lines].reverse().find((l) => l.includes(`job ${job.id}: engine started`))?.match(/pid (\d+)/)?.[1]);
   assert.ok(enginePid > 0, `the member said its engine's pid:\n${victim.lines.join('\n')}`);
-  signalGroup(victim.child.pid!, 'SIGKILL');
-  signalGroup(enginePid, 'SIGKILL');
-  await exited(victim.child);
+  await cluster.kill(victim, enginePid);
   const checkpointsBefore = (ctx.db.prepare('SELECT step FROM checkpoints WHERE job_id = ? ORDER BY step').all(job.id) as { step: number }[]).map((c) => c.step);
   workers.set(member, startWorker(url, member)); // restarted: the group forms again with the other worker
 

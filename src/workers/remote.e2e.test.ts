@@ -6,19 +6,17 @@
  * every job succeeds with each step once in its history, and a fine-tuned model answers through the API.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import type { Context } from '../context.js';
-import { openTestContext, testStoreEnv } from '../testing/postgres.js';
-import { signalGroup } from '../engine/process.js';
 import { createKey } from '../keys/index.js';
 import { createTinyModel } from '../models/index.js';
-import { REPO_ROOT, TINY_WAIMAI, writeWaimaiJsonl } from '../testing/waimai.js';
+import { Cluster } from '../testing/cluster.js';
+import { openTestContext } from '../testing/postgres.js';
+import { TINY_WAIMAI, writeWaimaiJsonl } from '../testing/waimai.js';
 
 const LEASE_SECONDS = 3;
 // 40 examples, batch 1, two epochs: room between the first checkpoint and the end for the kill (steps take ms; engine starts take seconds).
@@ -28,57 +26,15 @@ const DEADLINE_MS = 480_000;
 
 let dir: string;
 let ctx: Context;
+let cluster: Cluster;
 let key: string;
 /** The workers' key: role `worker`, which may call nothing but /v1/weitiao/workers. */
 let workerKey: string;
 let model: string;
-const children: ChildProcess[] = [];
-const outputs: { name: string; lines: string[] }[] = [];
-
-interface Proc {
-  child: ChildProcess;
-  lines: string[];
-}
-
-/** A child in its own process group (so the test can kill it with everything it started), its output lines kept. */
-function start(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
-  const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
-    cwd: REPO_ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...env },
-    detached: true,
-  });
-  children.push(child);
-  const lines: string[] = [];
-  outputs.push({ name, lines });
-  for (const stream of [child.stdout!, child.stderr!]) readline.createInterface({ input: stream }).on('line', (l) => lines.push(l));
-  return { child, lines };
-}
-
-function startWorker(url: string, name: string): Proc {
-  const home = path.join(dir, `worker-${name}`); // never the API's home
-  return start(name, [path.join(REPO_ROOT, 'src', 'cli', 'main.ts'), '--home', home, 'worker', '--server', url, '--token', workerKey, '--name', name, '--threads', '1', '--poll-ms', '200']);
-}
-
-/** Polls `check` until it returns a value (not undefined/false) or the deadline passes. */
-async function waitFor<T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>, deadlineMs = DEADLINE_MS): Promise<T> {
-  const deadline = Date.now() + deadlineMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) {
-      const logs = outputs.map((o) => `--- ${o.name}\n${o.lines.slice(-40).join('\n')}`).join('\n');
-      throw new Error(`timed out waiting for ${what}\n${logs}`);
-    }
-    await new Promise((r) => setTimeout(r, 150));
-  }
-}
-
-const exited = (child: ChildProcess) =>
-  child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => child.once('exit', () => r()));
 
 before(async () => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-remote-'));
+  cluster = new Cluster(dir, DEADLINE_MS);
   ctx = openTestContext(path.join(dir, 'api'));
   key = createKey(ctx, { name: 'remote-e2e' }).key;
   workerKey = createKey(ctx, { name: 'remote-e2e-workers', role: 'worker' }).key;
@@ -86,27 +42,16 @@ before(async () => {
 });
 
 after(async () => {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const killed = setTimeout(() => child.pid && signalGroup(child.pid, 'SIGKILL'), 30_000);
-      await exited(child);
-      clearTimeout(killed);
-    }
-  }
+  await cluster?.stop();
   ctx?.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
+const startWorker = (url: string, name: string) => cluster.startWorker(url, workerKey, name);
+const waitFor: Cluster['waitFor'] = (what, check, deadlineMs) => cluster.waitFor(what, check, deadlineMs);
+
 test('two remote workers, one SIGKILLed mid-training: its job is re-leased, resumes from its checkpoint, all three succeed', { timeout: 600_000 }, async () => {
-  const api = start('api', [path.join(REPO_ROOT, 'src', 'api', 'serve-main.ts'), '--home', ctx.home.root, '--port', '0', '--no-worker'], {
-    WEITIAO_LEASE_SECONDS: String(LEASE_SECONDS),
-    ...testStoreEnv(ctx.home.root),
-  });
-  const { url } = await waitFor('the API to listen', () => {
-    const line = api.lines.find((l) => l.startsWith('{"url"'));
-    return line ? (JSON.parse(line) as { url: string }) : api.child.exitCode !== null ? assert.fail(`API exited:\n${api.lines.join('\n')}`) : undefined;
-  }, 120_000);
+  const { url } = await cluster.startApi(ctx.home.root, { WEITIAO_LEASE_SECONDS: String(LEASE_SECONDS) });
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
 
   const data = writeWaimaiJsonl(dir, EXAMPLES, 2);
@@ -142,10 +87,8 @@ test('two remote workers, one SIGKILLed mid-training: its job is re-leased, resu
     [...w1.lines].reverse().find((l) => l.includes(`job ${victim.id}: engine started`))?.match(/pid (\d+)/)?.[1],
   );
   assert.ok(enginePid > 0, `worker 1 said its engine's pid:\n${w1.lines.join('\n')}`);
-  signalGroup(w1.child.pid!, 'SIGKILL');
-  signalGroup(enginePid, 'SIGKILL');
   const killedAt = Date.now();
-  await exited(w1.child);
+  await cluster.kill(w1, enginePid);
   const checkpointsBefore = (ctx.db.prepare('SELECT step FROM checkpoints WHERE job_id = ? ORDER BY step').all(victim.id) as { step: number }[]).map((c) => c.step);
 
   // A restarted worker 1 (same home: its base-model cache is reused) and worker 2 compete for the requeued job.
