@@ -50,6 +50,8 @@ def ablations(used: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     rows: list[tuple[str, dict[str, Any]]] = [("weitiao − LM head at labels only", {"lm_head_at_labels_only": False})]
     if used.get("packed") is True:
         rows.append(("weitiao − padding-free packing (padded batches)", {"packing": False}))
+        rows.append(("weitiao − per-sequence attention of packed rows (SDPA with a block mask)", {"packed_attention": False}))
+    rows.append(("weitiao − one-addmm LoRA forward (PEFT's forward)", {"lean_lora_forward": False}))
     if used.get("lora_dropout") is True:
         rows.append(("weitiao − geometric LoRA dropout mask (nn.Dropout)", {"fast_lora_dropout": False}))
     if used.get("precision") in ("bf16", "bf16-weights"):

@@ -252,7 +252,7 @@ def activation_coefficients(config, request: EstimateRequest) -> tuple[float, fl
     names = sorted({n.rsplit(".", 1)[-1] for n, _ in target_linears(model, request)})
     lora = LoraConfig(r=request.lora.r, lora_alpha=request.lora.alpha, lora_dropout=request.lora.dropout, target_modules=names)
     model = get_peft_model(model, lora)
-    use_lora_dropout(model)  # as the recipe: its mask is kept as bools
+    use_lora_dropout(model)  # as the recipe: it keeps the dropped positions (int64), not a mask
     model.train()
     decoder = model.get_base_model().get_decoder()
     fixed = {t.data_ptr() for t in list(model.parameters()) + list(model.buffers())}

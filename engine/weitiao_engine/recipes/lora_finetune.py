@@ -10,7 +10,9 @@ save_final, with SIGTERM/SIGINT turned into "stop after this step" around train.
 
 Speed (bench/ measures each against TRL's SFTTrainer): the LM head and cross-entropy run only where
 labels exist; batches are padding-free (`pack`: examples end to end, position ids restarting, attention kept
-within each example); LoRA's dropout mask is drawn as geometric gaps (training/lora_dropout.py); the frozen base is
+within each example, and on a CPU attention runs per sequence without a mask: training/packed_attention.py); LoRA's
+dropout draws only the dropped positions and folds its scale into A (training/lora_dropout.py); plain LoRA is one
+addmm on the base layer's output (training/lora_forward.py); the frozen base is
 held in the checkpoint's dtype (bf16 for real checkpoints: half an fp32 copy), and the matmuls run under
 bf16 autocast where the GPU supports it or, on a CPU, where a probe of the model's own linear shapes found bf16
 faster (training/precision_probe.py: torch's bf16 GEMM on AVX512-BF16 without AMX measured 0.6x fp32 on one
