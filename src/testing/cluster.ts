@@ -5,11 +5,16 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
+import type { Context } from '../context.js';
 import { signalGroup } from '../engine/process.js';
-import { testStoreEnv } from './postgres.js';
-import { REPO_ROOT } from './waimai.js';
+import { createKey } from '../keys/index.js';
+import { createTinyModel } from '../models/index.js';
+import { openTestContext, testStoreEnv } from './postgres.js';
+import { REPO_ROOT, TINY_WAIMAI } from './waimai.js';
 
 export interface Proc {
   child: ChildProcess;
@@ -20,11 +25,35 @@ export class Cluster {
   private readonly children: ChildProcess[] = [];
   private readonly outputs: { name: string; lines: string[] }[] = [];
 
-  /** `deadlineMs`: how long `waitFor` waits by default. */
-  constructor(
+  /**
+   * A temp dir with the API's home (`ctx`, on the test store) holding the tiny model, an admin key for the
+   * openai client and a `worker` key (which may call nothing but /v1/weitiao/workers) for the workers.
+   * `deadlineMs`: how long `waitFor` waits by default.
+   */
+  static async setUp(name: string, deadlineMs: number): Promise<Cluster> {
+    const dir = mkdtempSync(path.join(os.tmpdir(), `weitiao-${name}-`));
+    const ctx = openTestContext(path.join(dir, 'api'));
+    const key = createKey(ctx, { name: `${name}-e2e` }).key;
+    const workerKey = createKey(ctx, { name: `${name}-e2e-workers`, role: 'worker' }).key;
+    const model = (await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI })).id;
+    return new Cluster(dir, ctx, key, workerKey, model, deadlineMs);
+  }
+
+  private constructor(
     readonly dir: string,
+    readonly ctx: Context,
+    readonly key: string,
+    readonly workerKey: string,
+    readonly model: string,
     private readonly deadlineMs: number,
   ) {}
+
+  /** Stops every process, closes the store, removes the temp dir. */
+  async close(): Promise<void> {
+    await this.stop();
+    this.ctx.close();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
 
   /** `node --import tsx <args>` in its own process group. */
   start(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Proc {
@@ -47,9 +76,9 @@ export class Cluster {
   }
 
   /** `weitiao worker --server url` with its own home (never the API's), one torch thread, quick polls. */
-  startWorker(url: string, token: string, name: string, extra: string[] = []): Proc {
+  startWorker(url: string, name: string, extra: string[] = []): Proc {
     const home = path.join(this.dir, `worker-${name}`);
-    const args = ['--home', home, 'worker', '--server', url, '--token', token, '--name', name, '--threads', '1', '--poll-ms', '200', ...extra];
+    const args = ['--home', home, 'worker', '--server', url, '--token', this.workerKey, '--name', name, '--threads', '1', '--poll-ms', '200', ...extra];
     return this.start(name, [path.join(REPO_ROOT, 'src', 'cli', 'main.ts'), ...args]);
   }
 

@@ -7,17 +7,12 @@
  * the job succeeds with every step's metrics once in its events.
  */
 import assert from 'node:assert/strict';
-import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { createReadStream } from 'node:fs';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import type { Context } from '../context.js';
-import { createKey } from '../keys/index.js';
-import { createTinyModel } from '../models/index.js';
 import { Cluster } from '../testing/cluster.js';
-import { openTestContext } from '../testing/postgres.js';
-import { TINY_WAIMAI, writeWaimaiJsonl } from '../testing/waimai.js';
+import { writeWaimaiJsonl } from '../testing/waimai.js';
 
 const LEASE_SECONDS = 5;
 // 48 examples, batch 2 (one example per node), three epochs: 72 steps, a checkpoint every 6 — room for the kill.
@@ -25,30 +20,20 @@ const EXAMPLES = 48;
 const STEPS = 72;
 const DEADLINE_MS = 420_000;
 
-let dir: string;
-let ctx: Context;
 let cluster: Cluster;
+let ctx: Context;
+let dir: string;
 let key: string;
-let workerKey: string;
 let model: string;
 
 before(async () => {
-  dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-nodes-'));
-  cluster = new Cluster(dir, DEADLINE_MS);
-  ctx = openTestContext(path.join(dir, 'api'));
-  key = createKey(ctx, { name: 'nodes-e2e' }).key;
-  workerKey = createKey(ctx, { name: 'nodes-e2e-workers', role: 'worker' }).key;
-  model = (await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI })).id;
+  cluster = await Cluster.setUp('nodes', DEADLINE_MS);
+  ({ ctx, dir, key, model } = cluster);
 });
-
-after(async () => {
-  await cluster?.stop();
-  ctx?.close();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => cluster?.close());
 
 // Both workers advertise 127.0.0.1: torchrun's rendezvous stays on this host.
-const startWorker = (url: string, name: string) => cluster.startWorker(url, workerKey, name, ['--advertise-host', '127.0.0.1']);
+const startWorker = (url: string, name: string) => cluster.startWorker(url, name, ['--advertise-host', '127.0.0.1']);
 const waitFor: Cluster['waitFor'] = (what, check, deadlineMs) => cluster.waitFor(what, check, deadlineMs);
 
 test('a 2-node job on two remote workers; node 1 SIGKILLed mid-training: the group re-forms, resumes, every step once', { timeout: 600_000 }, async () => {

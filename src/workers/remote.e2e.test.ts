@@ -6,17 +6,12 @@
  * every job succeeds with each step once in its history, and a fine-tuned model answers through the API.
  */
 import assert from 'node:assert/strict';
-import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { createReadStream } from 'node:fs';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import type { Context } from '../context.js';
-import { createKey } from '../keys/index.js';
-import { createTinyModel } from '../models/index.js';
 import { Cluster } from '../testing/cluster.js';
-import { openTestContext } from '../testing/postgres.js';
-import { TINY_WAIMAI, writeWaimaiJsonl } from '../testing/waimai.js';
+import { writeWaimaiJsonl } from '../testing/waimai.js';
 
 const LEASE_SECONDS = 3;
 // 40 examples, batch 1, two epochs: room between the first checkpoint and the end for the kill (steps take ms; engine starts take seconds).
@@ -24,30 +19,19 @@ const EXAMPLES = 40;
 const STEPS = 2 * EXAMPLES;
 const DEADLINE_MS = 480_000;
 
-let dir: string;
-let ctx: Context;
 let cluster: Cluster;
+let ctx: Context;
+let dir: string;
 let key: string;
-/** The workers' key: role `worker`, which may call nothing but /v1/weitiao/workers. */
-let workerKey: string;
 let model: string;
 
 before(async () => {
-  dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-remote-'));
-  cluster = new Cluster(dir, DEADLINE_MS);
-  ctx = openTestContext(path.join(dir, 'api'));
-  key = createKey(ctx, { name: 'remote-e2e' }).key;
-  workerKey = createKey(ctx, { name: 'remote-e2e-workers', role: 'worker' }).key;
-  model = (await createTinyModel(ctx, { name: 'tiny', ...TINY_WAIMAI })).id;
+  cluster = await Cluster.setUp('remote', DEADLINE_MS);
+  ({ ctx, dir, key, model } = cluster);
 });
+after(() => cluster?.close());
 
-after(async () => {
-  await cluster?.stop();
-  ctx?.close();
-  rmSync(dir, { recursive: true, force: true });
-});
-
-const startWorker = (url: string, name: string) => cluster.startWorker(url, workerKey, name);
+const startWorker = (url: string, name: string) => cluster.startWorker(url, name);
 const waitFor: Cluster['waitFor'] = (what, check, deadlineMs) => cluster.waitFor(what, check, deadlineMs);
 
 test('two remote workers, one SIGKILLed mid-training: its job is re-leased, resumes from its checkpoint, all three succeed', { timeout: 600_000 }, async () => {
