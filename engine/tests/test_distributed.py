@@ -147,7 +147,7 @@ def test_full_finetune_on_two_processes_stopped_and_resumed_equals_one(tiny_mode
 @pytest.mark.parametrize(
     ("overrides", "param", "words"),
     [
-        ({"hyperparameters": {"n_epochs": 1, "batch_size": 3, "learning_rate": 1e-3}}, "hyperparameters.batch_size", "not divisible by nproc 2"),
+        ({"hyperparameters": {"n_epochs": 1, "batch_size": 3, "learning_rate": 1e-3}}, "hyperparameters.batch_size", "not divisible by the 2 processes"),
         ({"method": "dpo"}, "nproc", "dpo runs in one process"),
     ],
 )
