@@ -68,26 +68,22 @@ function startServer(): { url: string; admin: SyncConnection } {
   const bin = postgresBinDir();
   if (!bin) throw new Error('PostgreSQL is not installed: `make postgres` (apt-get install postgresql) / 未安装 PostgreSQL');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'weitiao-pg-'));
-  const asRoot = process.getuid?.() === 0;
-  // As root, run as `postgres` (Debian's package makes that user); the temp dir must be theirs.
-  const user = asRoot ? 'postgres' : null;
-  if (user) {
-    const uid = Number(execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim());
-    const gid = Number(execFileSync('id', ['-g', user], { encoding: 'utf8' }).trim());
-    chownSync(dir, uid, gid);
-  }
-  const run = (cmd: string, args: string[]): [string, string[]] => (user ? ['runuser', ['-u', user, '--', cmd, ...args]] : [cmd, args]);
+  // As root, the server and initdb run as `postgres` (Debian's package makes that user), started with its uid/gid
+  // directly (no runuser in between, so a signal reaches the server itself); the temp dir must be theirs.
+  const ids = process.getuid?.() === 0 ? { uid: idOf('-u'), gid: idOf('-g') } : {};
+  if (ids.uid !== undefined) chownSync(dir, ids.uid, ids.gid!);
   const data = path.join(dir, 'data');
-  const init = spawnSync(...run(path.join(bin, 'initdb'), ['-D', data, '-U', 'weitiao', '--auth=trust', '-E', 'UTF8', '--no-locale', '--no-sync']), { encoding: 'utf8' });
+  const init = spawnSync(path.join(bin, 'initdb'), ['-D', data, '-U', 'weitiao', '--auth=trust', '-E', 'UTF8', '--no-locale', '--no-sync'], { encoding: 'utf8', cwd: dir, ...ids });
   if (init.status !== 0) throw new Error(`initdb failed: ${init.stderr || init.stdout}`);
   const port = freePort();
   // Durability settings off: a test server's data dies with it anyway, and fsync dominates small transactions.
   const child: ChildProcess = spawn(
-    ...run(path.join(bin, 'postgres'), [
+    path.join(bin, 'postgres'),
+    [
       '-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1',
       '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200',
-    ]),
-    { stdio: ['ignore', 'ignore', 'pipe'] },
+    ], // prettier-ignore
+    { stdio: ['ignore', 'ignore', 'pipe'], cwd: dir, ...ids },
   );
   let log = '';
   child.stderr?.on('data', (d: Buffer) => (log += d.toString()));
@@ -102,6 +98,13 @@ function startServer(): { url: string; admin: SyncConnection } {
     }
   };
   process.on('exit', stop);
+  // A test process stopped by a signal (the runner's timeout, Ctrl-C) takes its server with it too.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      stop();
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    });
+  }
   const url = `postgres://weitiao@127.0.0.1:${port}`;
   const ready = spawnSync(
     'sh',
@@ -109,6 +112,11 @@ function startServer(): { url: string; admin: SyncConnection } {
   );
   if (ready.status !== 0) throw new Error(`the test PostgreSQL did not start on port ${port}: ${log}`);
   return { url, admin: new SyncConnection(`${url}/postgres`) };
+}
+
+/** The `postgres` user's uid (`-u`) or gid (`-g`). */
+function idOf(flag: '-u' | '-g'): number {
+  return Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim());
 }
 
 /** A port nothing listens on now (the OS picks it; the server binds it a moment later). */
