@@ -382,8 +382,7 @@ export function staleRemoteJobs(db: DB, cutoff: number): JobRow[] {
 
 /** SQL for a job row's `weitiao.nodes` (hosts of a multi-node run; absent = 1). */
 export function jobNodesSql(db: DB): string {
-  const raw = db.dialect === 'postgres' ? `(extension::jsonb #>> '{settings,nodes}')::double precision` : `json_extract(extension, '$.settings.nodes')`;
-  return `COALESCE(${raw}, 1)`;
+  return `COALESCE(${jsonNumber(db, 'extension', 'settings.nodes')}, 1)`;
 }
 
 /** One member of a multi-node run: a remote lease's rank in its job's group (table job_nodes, migration 7). */

@@ -1,25 +1,16 @@
 /** The models table: registering, listing, retrieving and deleting models, and the not-found message. */
-import { readdirSync, rmSync, statSync } from 'node:fs';
+// (the row type and the two lookups stored.ts shares live in rows.ts)
+import { readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import { hideServerPaths, WeitiaoError } from '../errors.js';
 import { now } from '../store/index.js';
 import { deleteCheckpointOfModel, unfinishedJobUsingModels } from '../jobs/repository.js';
+import { getRow, isDir, type ModelRow } from './rows.js';
 import { forgetModelDirs } from './stored.js';
 import { ModelKind, ModelSource, type ModelDeleted, type ModelList, type ModelObject } from './wire.js';
 
-export interface ModelRow {
-  id: string;
-  kind: ModelKind;
-  path: string;
-  base_model: string | null;
-  job_id: string | null;
-  source: ModelSource;
-  owned_by: string;
-  created_at: number;
-  metadata: string;
-}
 
 export function toObject(row: ModelRow): ModelObject {
   let metadata: Record<string, unknown> = {};
@@ -61,9 +52,6 @@ export function publicModel(model: ModelObject, root: string): ModelObject {
   };
 }
 
-export function getRow(ctx: Context, id: string): ModelRow | undefined {
-  return ctx.db.prepare('SELECT * FROM models WHERE id = ?').get(id) as ModelRow | undefined;
-}
 
 export interface RegisterModelInput {
   id: string;
@@ -206,13 +194,6 @@ function isOwnedPath(ctx: Context, p: string): boolean {
   return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel) && rel.split(path.sep).length >= 2;
 }
 
-export function isDir(p: string): boolean {
-  try {
-    return statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
-}
 
 export function expandHome(p: string): string {
   return p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p;
@@ -264,3 +245,5 @@ function levenshtein(a: string, b: string): number {
   }
   return prev[b.length];
 }
+
+export { getRow, isDir, type ModelRow };

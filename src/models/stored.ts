@@ -13,12 +13,11 @@
  * ```
  * With the local store the home is the store: nothing here does anything.
  */
-import { statSync } from 'node:fs';
 import path from 'node:path';
 import type { Context } from '../context.js';
 import { WeitiaoError } from '../errors.js';
 import { deleteDir, getDir, putDir, readDirManifest, storageFor } from '../storage/index.js';
-import type { ModelRow } from './registry.js';
+import { getRow, isDir, type ModelRow } from './rows.js';
 
 /** What a model row's metadata records once all its directories are complete in object storage. */
 export interface ObjectStorageMark {
@@ -202,15 +201,6 @@ export async function materializeCheckpointDir(ctx: Context, dir: string, model:
   if (!trainedDirAvailable(ctx, model, dir)) return false; // not stored: the engine resumes from what is here
   await materializeDir(ctx, dir, model);
   return true;
-}
-
-// registry.ts deletes through this module: the two lookups it would lend are repeated here (no import cycle).
-function getRow(ctx: Context, id: string): ModelRow | undefined {
-  return ctx.db.prepare('SELECT * FROM models WHERE id = ?').get(id) as ModelRow | undefined;
-}
-
-function isDir(p: string): boolean {
-  return statSync(p, { throwIfNoEntry: false })?.isDirectory() ?? false;
 }
 
 function warn(err: WeitiaoError): void {

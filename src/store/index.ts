@@ -103,9 +103,9 @@ export function sqliteOnly(db: DB, what: string): SqliteDB {
   return db as SqliteDB;
 }
 
-/** SQL for the number at `key` of the JSON text in `column` (NULL when absent). */
-export function jsonNumber(db: DB, column: string, key: string): string {
-  return db.dialect === 'postgres' ? `(${column}::jsonb ->> '${key}')::double precision` : `json_extract(${column}, '$.${key}')`;
+/** SQL for the number at `path` (`key` or `outer.inner`) of the JSON text in `column` (NULL when absent). */
+export function jsonNumber(db: DB, column: string, path: string): string {
+  return db.dialect === 'postgres' ? `(${column}::jsonb #>> '{${path.split('.').join(',')}}')::double precision` : `json_extract(${column}, '$.${path}')`;
 }
 
 /**

@@ -64,15 +64,7 @@ export const EstimateBody = z.strictObject({
 export const EvaluationBody = z.strictObject({ model: ModelId, file_id: FileId, compare_with: ModelId.optional(), max_examples: z.number().int().positive().optional() });
 
 /** An error of a lookup, re-aimed at the request field that named it. */
-function forParam<T>(param: string, lookup: () => T): T {
-  try {
-    return lookup();
-  } catch (err) {
-    const e = WeitiaoError.from(err);
-    throw new WeitiaoError(e.code, e.message, { param, cause: err });
-  }
-}
-async function forParamAsync<T>(param: string, lookup: () => Promise<T>): Promise<T> {
+async function forParam<T>(param: string, lookup: () => T | Promise<T>): Promise<T> {
   try {
     return await lookup();
   } catch (err) {
@@ -82,10 +74,10 @@ async function forParamAsync<T>(param: string, lookup: () => Promise<T>): Promis
 }
 /** A stored file and a local path of its bytes (downloaded first when they live in object storage only). */
 const stored = (ctx: Context, id: string, param = 'file_id') =>
-  forParamAsync(param, async () => ({ file: retrieveFile(ctx, id), path: await materializeFile(ctx, id) }));
+  forParam(param, async () => ({ file: retrieveFile(ctx, id), path: await materializeFile(ctx, id) }));
 /** A registered model's base directory, downloaded first when only object storage has it (over HTTP a name is never a server path). */
 const modelDir = (ctx: Context, model: string | undefined, param = 'model') =>
-  model === undefined ? undefined : forParamAsync(param, async () => (retrieveModel(ctx, model), (await materializeModel(ctx, model)).basePath));
+  model === undefined ? undefined : forParam(param, async () => (retrieveModel(ctx, model), (await materializeModel(ctx, model)).basePath));
 
 /** Issues and stats name the uploaded file, never a server path. */
 const publicIssue = (filename: string) => (i: Issue) => ({ ...i, file: filename, message: hideServerPaths(i.message) });
@@ -206,8 +198,8 @@ async function estimate(ctx: Context, body: z.infer<typeof EstimateBody>, signal
 
 async function evaluate(ctx: Context, body: z.infer<typeof EvaluationBody>, signal: AbortSignal) {
   const { file, path: filePath } = await stored(ctx, body.file_id);
-  forParam('model', () => resolveModel(ctx, body.model)); // evaluateFile downloads what object storage holds
-  if (body.compare_with !== undefined) forParam('compare_with', () => resolveModel(ctx, body.compare_with!));
+  await forParam('model', () => resolveModel(ctx, body.model)); // evaluateFile downloads what object storage holds
+  if (body.compare_with !== undefined) await forParam('compare_with', () => resolveModel(ctx, body.compare_with!));
   return evaluateFile(ctx, { file: { id: file.id, path: filePath }, model: body.model, compare_with: body.compare_with, max_examples: body.max_examples, signal });
 }
 
