@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--compare", choices=sorted(VARIANTS), help="a recipe switch off vs on, whole steps in interleaved rounds")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare")
     parser.add_argument("--sources", action="store_true", help="attribute the largest ops to the code that calls them")
+    parser.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (the engine's default 0; the dropout switches of --compare need > 0)")
     args = parser.parse_args()
     from weitiao_engine import allocator
 
@@ -109,7 +110,7 @@ def main() -> None:
     def request_for(bf16: str) -> TrainRequest:
         return TrainRequest.model_validate({
             "base_model": model, "output_dir": str(work / f"profile-run-{bf16}"), "training_file": train,
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
+            "lora": {"r": 8, "alpha": 16, "dropout": args.lora_dropout, "target_modules": "all-linear"},
             "hyperparameters": {"n_epochs": 1, "batch_size": args.batch, "learning_rate": 1e-3, "seed": SEED, "bf16": bf16},
         })  # fmt: skip
 

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "engine"))
 
 PIN = ("labels", "order", "init")
-LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"}
+# The engine's LoRA defaults (dropout 0, as PEFT, torchtune and Unsloth), given to both systems alike.
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
 
 
 def peak_rss_bytes() -> int:
@@ -176,7 +177,7 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     peak = peak_rss_bytes()
     hp = request.hyperparameters
     settings = {**options, "precision": result["precision"], "group_by_length": hp.group_by_length, "packed": result["packed"],
-                "gradient_checkpointing": result["gradient_checkpointing"], "lora_dropout": lora_setup.FAST_LORA_DROPOUT,
+                "gradient_checkpointing": result["gradient_checkpointing"], "lora_dropout": lora_setup.FAST_LORA_DROPOUT and request.lora.dropout > 0,
                 "allocator": allocator.in_use()}  # fmt: skip
     return {"marks": marks, "losses": losses, "peak_rss": peak, "adapter": result["model_dir"], "settings": settings,
             "precision_choice": result.get("precision_choice")}  # how `bf16` was resolved: the probe's figures

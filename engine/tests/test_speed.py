@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from weitiao_engine.training import activation_checkpointing as checkpointing, batching
+from weitiao_engine.training import activation_checkpointing as checkpointing, batching, packed_attention
 from weitiao_engine.chat_format import tokenize_examples
 from weitiao_engine.training.lora_dropout import FoldedIntoLoraA, LoraDropout, drop_mask, use_lora_dropout
 from weitiao_engine.training.lora_forward import use_lean_lora_forward
-from weitiao_engine.training.packed_attention import sequence_layout, use_packed_attention
+from weitiao_engine.training.packed_attention import causal_attention, sequence_layout, use_packed_attention
 from weitiao_engine.training.batching import collate, pack, packing_supported
 from weitiao_engine.training.data import load_examples
 from weitiao_engine.training.lora import linear_module_names
@@ -87,11 +88,14 @@ def test_packed_batch_gives_the_padded_loss_and_gradients(tiny_model, batch) -> 
         torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-6)
 
 
-def test_packed_attention_gives_the_masked_attention_loss_and_gradients(tiny_model, batch, monkeypatch) -> None:
+@pytest.mark.parametrize("explicit_up_to", [256, 0], ids=["explicit scores", "fused kernel"])
+def test_packed_attention_gives_the_masked_attention_loss_and_gradients(tiny_model, batch, monkeypatch, explicit_up_to) -> None:
     """Each sequence attended alone (padded to the longest, causal, no mask) equals SDPA over the row with
-    transformers' block-diagonal mask; rows of several lengths, each ending in a padding block."""
+    transformers' block-diagonal mask; rows of several lengths, each ending in a padding block. Both ways of
+    attending the sequences: explicit scores (short ones) and torch's fused kernel (long ones)."""
     examples, pad = batch
     monkeypatch.setattr(batching, "PACKED_ROW_TOKENS", 300)
+    monkeypatch.setattr(packed_attention, "EXPLICIT_UP_TO", explicit_up_to)
     model = lora_model(tiny_model)
     args, n = pack(examples, pad), sum(e.n_trained for e in examples)
     assert args[0].shape[0] > 1
@@ -102,6 +106,18 @@ def test_packed_attention_gives_the_masked_attention_loss_and_gradients(tiny_mod
     for name, g in want.items():
         torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6)
     assert packing_supported(model, examples[0].input_ids) is True
+
+
+def test_causal_attention_equals_sdpa_with_grouped_query_heads() -> None:
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 6, 9, 8, requires_grad=True), torch.randn(3, 2, 9, 8, requires_grad=True), torch.randn(3, 2, 9, 8, requires_grad=True)
+    got = causal_attention(q, k, v, 0.3)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=True)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    grads = torch.autograd.grad(got, (q, k, v), g)
+    for a, b in zip(grads, torch.autograd.grad(want, (q, k, v), g)):
+        torch.testing.assert_close(a, b)
 
 
 def test_sequence_layout_cuts_rows_at_restarting_positions() -> None:
@@ -287,3 +303,30 @@ def test_selective_checkpointing_only_while_its_outputs_fit(tiny_model, waimai_s
     assert selective["packed"] is True
     assert any(e["type"] == "log" and "gradient checkpointing selective" in e["message"] for e in events)
     assert full["final_train_loss"] == pytest.approx(selective["final_train_loss"], rel=1e-6)
+
+
+def test_auto_checkpointing_is_off_while_every_activation_fits(tiny_model, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    model = lora_model(tiny_model)
+    config = model.get_base_model().config
+    layer = model.get_base_model().get_decoder().layers[0]
+    all_per_token = 832 * config.num_hidden_layers * 4 * checkpointing.ALL_ACTIVATIONS_PER_KEPT
+    assert checkpointing.all_fit(config, layer, 100, 4, base_bytes=round(100 * all_per_token) + 1)
+    assert not checkpointing.all_fit(config, layer, 101, 4, base_bytes=round(100 * all_per_token) + 1)
+
+    monkeypatch.setattr(checkpointing, "GRADIENT_CHECKPOINTING_MIN_PARAMETERS", 0)  # the tiny base counts as large
+    base = model.get_base_model()
+    base_bytes = sum(t.numel() * t.element_size() for t in [*base.parameters(), *base.buffers()] if not t.requires_grad)
+    # Batch 4 of 10-token examples, packed: 40 tokens. The share decides between off, selective and full.
+    mode = lambda setting, share: (  # noqa: E731
+        monkeypatch.setattr(checkpointing, "SELECTIVE_MAX_SHARE", share),
+        checkpointing.checkpointing_mode(SimpleNamespace(gradient_checkpointing=setting, batch_size=4, gradient_accumulation_steps=1), model, [10] * 8, True, False),
+    )[1]
+    needed_all = 40 * all_per_token / base_bytes
+    needed_selective = 40 * 832 * config.num_hidden_layers * 4 / base_bytes
+    assert mode("auto", needed_all * 1.001) == "off"
+    assert mode("auto", (needed_all + needed_selective) / 2) == "selective"
+    assert mode("auto", needed_selective / 2) == "full"
+    assert mode(True, needed_all * 10) == "selective", "asked for checkpointing: never off"
+    assert mode(False, 0.0) == "off"

@@ -111,7 +111,7 @@ describe('buildTrainRequest', () => {
     assert.equal(parsed.hyperparameters.lr_scheduler, 'cosine');
     assert.equal(parsed.hyperparameters.seed, 7);
     assert.equal(parsed.lora.r, 4);
-    assert.equal(parsed.lora.dropout, 0.05); // protocol default filled in
+    assert.equal(parsed.lora.dropout, 0); // protocol default filled in
     assert.deepEqual(parsed.label_set, ['好评', '差评']);
     assert.equal(parsed.eval_every_steps, 5);
     assert.equal(parsed.save_every_steps, 10);

@@ -46,6 +46,11 @@ async function claim(methods: string[] = ['supervised'], key?: string): Promise<
   return ClaimResponse.parse(await res.json());
 }
 
+/** The response's status, with its body in the failure message (a flaky status says why). */
+async function expectStatus(res: Response, status: number): Promise<void> {
+  assert.equal(res.status, status, `${res.status} ${await res.clone().text()}`);
+}
+
 const lease = (c: ClaimResponse) => `${WORKERS_PATH}/leases/${c.lease.id}`;
 
 async function postEvents(c: ClaimResponse, events: EngineEvent[]): Promise<Response> {
@@ -139,11 +144,11 @@ describe('remote worker leases over HTTP', () => {
   let workA = '';
 
   test('keys, version and methods: only worker or operator keys claim, a worker key calls nothing else', async () => {
-    assert.equal((await call('GET', '/v1/fine_tuning/jobs')).status, 403); // the worker key outside its routes
+    await expectStatus(await call('GET', '/v1/fine_tuning/jobs'), 403); // the worker key outside its routes
     const member = await call('POST', `${WORKERS_PATH}/claim`, { key: memberKey, json: { protocol_version: 1, worker: { ...worker, methods: ['supervised'] } } });
-    assert.equal(member.status, 403);
+    await expectStatus(member, 403);
     const old = await call('POST', `${WORKERS_PATH}/claim`, { json: { protocol_version: 99, worker: { ...worker, methods: ['supervised'] } } });
-    assert.equal(old.status, 400);
+    await expectStatus(old, 400);
     assert.match(((await old.json()) as { error: { message: string } }).error.message, /protocol.*99/);
     assert.equal(await claim(['dpo', 'reinforcement']), null); // only supervised jobs wait
   });
@@ -196,7 +201,7 @@ describe('remote worker leases over HTTP', () => {
     await relay;
     assert.ok(result.model_dir);
     const up = await tarOf(result.model_dir);
-    assert.equal((await call('PUT', `${lease(c)}/result`, { body: up.body, sha: up.sha })).status, 200);
+    await expectStatus(await call('PUT', `${lease(c)}/result`, { body: up.body, sha: up.sha }), 200);
     const finish: FinishRequest = { result, failure: null, engine_error: false, stop_reason: null };
     const res = await call('POST', `${lease(c)}/finish`, { json: finish });
     assert.equal(res.status, 200, await res.clone().text());
@@ -215,7 +220,7 @@ describe('remote worker leases over HTTP', () => {
     assert.deepEqual(checkpoints.map((k) => k.step_number).sort(), [1, 2]);
     for (const k of [1, 2]) assert.ok(existsSync(path.join(home, done.id, 'checkpoints', `step-00000${k}`, 'manifest.json')));
     // The lease is gone with the job settled.
-    assert.equal((await call('POST', `${lease(c)}/heartbeat`)).status, 409);
+    await expectStatus(await call('POST', `${lease(c)}/heartbeat`), 409);
   });
 
   test('a cancel asked through the jobs API comes back as requested_action, and finish settles it cancelled', async () => {
@@ -234,17 +239,17 @@ describe('remote worker leases over HTTP', () => {
     const ckptA = path.join(workA, 'output', 'checkpoints', 'step-000001');
     const good = await tarOf(ckptA);
     const bad = await call('PUT', `${lease(c)}/checkpoints/1`, { body: good.body, sha: '0'.repeat(64) });
-    assert.equal(bad.status, 400);
+    await expectStatus(bad, 400);
     const jobDir = path.join(fx.ctx.home.jobs, id);
     assert.deepEqual(existsSync(path.join(jobDir, 'checkpoints')) ? readdirSync(path.join(jobDir, 'checkpoints')) : [], []);
     // An event for a checkpoint the server does not hold is refused.
     const early = recorded.filter((e) => e.type === 'checkpoint')[0];
-    assert.equal((await postEvents(c, [early])).status, 400);
+    await expectStatus(await postEvents(c, [early]), 400);
 
     // The first run gets through step 2 but only checkpoint 1 goes up.
-    assert.equal((await call('PUT', `${lease(c)}/checkpoints/1`, { body: good.body, sha: good.sha })).status, 200);
+    await expectStatus(await call('PUT', `${lease(c)}/checkpoints/1`, { body: good.body, sha: good.sha }), 200);
     const upToStep2 = recorded.filter((e) => e.type !== 'checkpoint' || e.step === 1).filter((e) => !(e.type === 'metrics' && e.step > 2));
-    assert.equal((await postEvents(c, upToStep2)).status, 200);
+    await expectStatus(await postEvents(c, upToStep2), 200);
     assert.deepEqual(metricsSteps(id), [1, 2]);
 
     process.env.WEITIAO_LEASE_SECONDS = '1';
@@ -256,7 +261,7 @@ describe('remote worker leases over HTTP', () => {
     const warn = listJobEvents(fx.ctx, id, { limit: 1000, order: 'asc' }).data.find((e) => e.level === 'warn' && /lease/.test(e.message));
     assert.ok(warn, 'a warn event names the expired lease');
     const lost = await call('POST', `${lease(c)}/heartbeat`);
-    assert.equal(lost.status, 409);
+    await expectStatus(lost, 409);
     assert.equal(((await lost.json()) as { error: { code: string } }).error.code, 'lease_lost');
 
     const again = await claim();
@@ -270,7 +275,7 @@ describe('remote worker leases over HTTP', () => {
     assert.ok(listJobEvents(fx.ctx, id, { limit: 1000, order: 'asc' }).data.some((e) => /Resuming fine-tuning from checkpoint step-000001/.test(e.message)));
     // The resumed run trains step 2 again: it replaces the first run's figures, so the history holds it once.
     const step2 = recorded.filter((e) => e.type === 'metrics' && e.step === 2);
-    assert.equal((await postEvents(again, step2)).status, 200);
+    await expectStatus(await postEvents(again, step2), 200);
     assert.deepEqual(metricsSteps(id), [1, 2]);
     const res = await call('POST', `${lease(again)}/finish`, { json: { result: null, failure: null, engine_error: false, stop_reason: 'shutdown' } });
     assert.deepEqual(await res.json(), { job_id: id, status: 'queued' });

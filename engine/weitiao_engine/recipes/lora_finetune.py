@@ -10,8 +10,9 @@ save_final, with SIGTERM/SIGINT turned into "stop after this step" around train.
 
 Speed (bench/ measures each against TRL's SFTTrainer): the LM head and cross-entropy run only where
 labels exist; batches are padding-free (`pack`: examples end to end, position ids restarting, attention kept
-within each example, and on a CPU attention runs per sequence without a mask: training/packed_attention.py); LoRA's
-dropout draws only the dropped positions and folds its scale into A (training/lora_dropout.py); plain LoRA is one
+within each example, and on a CPU attention runs per sequence without a mask, short ones as two batched matmuls:
+training/packed_attention.py); LoRA's dropout (0 by default) draws only the dropped positions and folds its scale
+into A (training/lora_dropout.py); plain LoRA is one
 addmm on the base layer's output (training/lora_forward.py); the frozen base is
 held in the checkpoint's dtype (bf16 for real checkpoints: half an fp32 copy), and the matmuls run under
 bf16 autocast where the GPU supports it or, on a CPU, where a probe of the model's own linear shapes found bf16
@@ -19,9 +20,10 @@ faster (training/precision_probe.py: torch's bf16 GEMM on AVX512-BF16 without AM
 machine, 4x on another), else in fp32 from upcast weights; the LoRA weights and optimizer stay
 fp32; one torch thread per physical core. Memory: the base is read tensor by tensor (loading.load_causal_lm,
 never a dense copy beside it; QLoRA quantizes each matrix as it arrives), freed activations are reused by
-tcmalloc or handed back to the OS by glibc (allocator.py), and gradient checkpointing is on by default for
-bases of 100M+ parameters, whose activations outweigh their weights: selective (the matmul outputs kept, only the cheap
-ops recomputed) while what it keeps fits in the base's own size, else full (training/activation_checkpointing.py).
+tcmalloc or handed back to the OS by glibc (allocator.py). Gradient checkpointing ("auto") is for bases of 100M+
+parameters whose batches' activations outweigh the weights: none while every activation fits in the base's own
+size (short examples), else selective (the matmul outputs kept, only the cheap ops recomputed) while what it keeps
+fits there, else full (training/activation_checkpointing.py).
 
 Determinism: the data order of epoch e comes from its own generator seeded with (seed, e), and each
 checkpoint holds the optimizer, scheduler and every RNG state (dropout included) plus the position in

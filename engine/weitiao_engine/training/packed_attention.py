@@ -5,10 +5,11 @@ causal mask over the whole row: with a mask, torch's CPU kernel computes every (
 its bf16 kernel runs at a quarter of its fp32 speed on AVX512-BF16 without AMX. Here the row is cut into its
 sequences (gathered into a [sequences, longest] batch, shorter ones padded at the end) and SDPA runs causal with no
 mask: the same attention (a query sees its own sequence up to itself; padding comes after every real token, so
-no real query sees it, and the padded rows' outputs are dropped). Sequences of up to FP32_UP_TO tokens are computed
-in fp32, where torch's CPU kernel (forward + backward) measured 2x faster than in bf16 at 64-128 tokens (even at
-256, slower from 512): on the 0.5B shape's packed rows (8 reviews of ~55 tokens) ~0.3x the time of the masked
-bf16 call (bench/profile_step.py --compare packed-attention for whole steps).
+no real query sees it, and the padded rows' outputs are dropped). Sequences of up to EXPLICIT_UP_TO tokens are
+attended as transformers' eager attention computes it (`causal_attention`: two batched matmuls in the model's dtype,
+the softmax in fp32): torch's fused CPU kernel has a fixed cost per block that dominates at these lengths, and
+forward + backward at 8 sequences of 66 tokens (the 0.5B shape's batches) measured 2.7 ms in bf16 against 11-19 ms
+for the fused kernel in fp32 and 19 ms in bf16. Longer sequences take the fused kernel (no length² scores kept).
 
 The boundaries are computed once per batch (the position-ids tensor every layer receives), not per layer.
 Anything else (a padded batch, a cache, a sliding window, attention dropout, or sequences so uneven that
@@ -27,8 +28,8 @@ NAME = "weitiao_packed_sdpa"
 
 # On unless the benchmark's ablation turns it off to measure it.
 PACKED_ATTENTION = True
-# Sequences up to this long are attended in fp32 (bf16 runs): faster on the CPU kernel, and exact-er.
-FP32_UP_TO = 256
+# Sequences up to this long are attended by `causal_attention` (explicit scores), longer ones by SDPA's fused kernel.
+EXPLICIT_UP_TO = 256
 
 
 def use_packed_attention(model) -> bool:
@@ -63,20 +64,32 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     gather, scatter, n_seq, longest = layout
     batch, heads, tokens, dim = query.shape
 
-    dtype = torch.float32 if longest <= FP32_UP_TO else query.dtype
-
-    def by_sequence(x: torch.Tensor) -> torch.Tensor:  # [B, h, T, D] -> [sequences, h, longest, D], two copies at most
+    def by_sequence(x: torch.Tensor) -> torch.Tensor:  # [B, h, T, D] -> [sequences, h, longest, D], one copy
         h = x.shape[1]
         tokens_by_head = x.transpose(0, 1).reshape(h, batch * tokens, dim)  # a view for one packed row (B = 1)
-        return tokens_by_head.index_select(1, gather).view(h, n_seq, longest, dim).transpose(0, 1).to(dtype)
+        return tokens_by_head.index_select(1, gather).view(h, n_seq, longest, dim).transpose(0, 1)
 
-    with torch.autocast(query.device.type, enabled=False):  # autocast would cast fp32 inputs back to bf16
-        out = F.scaled_dot_product_attention(
-            by_sequence(query), by_sequence(key), by_sequence(value), is_causal=True, scale=scaling,
-            enable_gqa=key.shape[1] != heads,
-        )  # fmt: skip
-    out = out.to(query.dtype).transpose(1, 2).reshape(n_seq * longest, heads, dim)[scatter]
+    q, k, v = by_sequence(query), by_sequence(key), by_sequence(value)
+    scale = scaling if scaling is not None else dim**-0.5
+    if longest <= EXPLICIT_UP_TO:
+        out = causal_attention(q, k, v, scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=key.shape[1] != heads)
+    out = out.transpose(1, 2).reshape(n_seq * longest, heads, dim)[scatter]
     return out.view(batch, tokens, heads, dim), None
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale, future keys masked)·v for q [S, H, L, D], k/v [S, KV, L, D] (H a multiple of KV, grouped
+    query heads as transformers' repeat_kv orders them) -> [S, H, L, D]: the matmuls in q's dtype, the softmax in fp32
+    (transformers' eager attention). A group's query heads share one matmul with their key head: no repeated k/v."""
+    s, h, length, d = q.shape
+    kv = k.shape[1]
+    g = h // kv
+    scores = torch.matmul((q * scale).reshape(s, kv, g * length, d), k.transpose(-1, -2)).view(s, kv, g, length, length)
+    future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")), -1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs.view(s, kv, g * length, length), v).view(s, h, length, d)
 
 
 _cached: tuple[Any, Any] = (None, None)  # (weak reference to the last position-ids tensor, its layout)

@@ -43,7 +43,8 @@ export type CountTokensRequest = z.input<typeof CountTokensRequest>;
 export const LoraConfig = z.object({
   r: z.number().int().positive().max(1024).default(8),
   alpha: z.number().positive().default(16),
-  dropout: z.number().min(0).max(1).default(0.05),
+  /** 0 by default, as PEFT, torchtune, Unsloth and LLaMA-Factory (the engine's protocol.py says why). */
+  dropout: z.number().min(0).max(1).default(0),
   /** `all-linear` (every linear layer but the LM head) or explicit module names. */
   target_modules: z.union([z.literal('all-linear'), z.array(z.string().min(1)).min(1)]).default('all-linear'),
   /**
