@@ -120,6 +120,8 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     layers = config.num_hidden_layers
     one_layer = per_token * widest + per_token2 * widest**2  # one packed row: its block-diagonal mask is widest²
     value_bytes = 2 if precision == "bf16" else 4
+    if checkpointing and request.gradient_checkpointing == "auto" and ac.all_fit(config, layer, widest, value_bytes, base_weights):
+        checkpointing = False  # as the recipe: "auto" keeps every activation while they fit in the base's bytes
     if checkpointing:
         # As the recipe (training/activation_checkpointing.checkpointing_mode): selective while its kept outputs fit in the base's bytes.
         selective = ac.selective_fits(config, layer, widest, value_bytes, base_weights)
