@@ -120,15 +120,12 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     layers = config.num_hidden_layers
     one_layer = per_token * widest + per_token2 * widest**2  # one packed row: its block-diagonal mask is widest²
     value_bytes = 2 if precision == "bf16" else 4
-    if checkpointing and request.gradient_checkpointing == "auto" and ac.all_fit(config, layer, widest, value_bytes, base_weights):
-        checkpointing = False  # as the recipe: "auto" keeps every activation while they fit in the base's bytes
-    if checkpointing:
-        # As the recipe (training/activation_checkpointing.checkpointing_mode): selective while its kept outputs fit in the base's bytes.
-        selective = ac.selective_fits(config, layer, widest, value_bytes, base_weights)
-        checkpointing = "selective" if selective else "full"
+    # "off", "selective" or "full", decided as the recipe decides (training/activation_checkpointing.mode_for).
+    checkpointing = ac.mode_for(request.gradient_checkpointing, config, layer, widest, value_bytes, base_weights) if checkpointing else "off"
+    if checkpointing != "off":
         # Each layer's input (fp32) is kept (selective: and its matmul outputs); backward recomputes one layer at a
         # time, holding its activations and their gradients.
-        kept = config.hidden_size * 4 + (ac.kept_values_per_token(config, layer) * value_bytes if selective else 0)
+        kept = config.hidden_size * 4 + (ac.kept_values_per_token(config, layer) * value_bytes if checkpointing == "selective" else 0)
         activations = layers * widest * kept + 2 * one_layer
     else:
         # All layers' saved tensors, plus one layer's worth of gradients in flight during backward.
@@ -136,7 +133,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
     if qlora:
         activations += counts["largest_linear"] * (4 + 4 + 4)  # one layer's dequantization scratch: byte indices, values, scaled
     elif precision == "bf16-weights":  # with checkpointing, the recomputed layer's upcasts are kept for its backward
-        activations += (counts["linear"] // layers if checkpointing else counts["largest_linear"] * 2) * 4
+        activations += (counts["linear"] // layers if checkpointing != "off" else counts["largest_linear"] * 2) * 4
     lm_head = head_positions * config.vocab_size * 4 * 3
     trainable = counts["lora"] + counts["modules_to_save"]
     train = base_weights + counts["modules_to_save"] * 4 + trainable * (4 + 4 + ADAMW_BYTES) + activations + lm_head
@@ -189,7 +186,7 @@ def run(request: EstimateRequest) -> dict[str, Any]:
         "threads": threads,
         "precision": precision,
         "precision_choice": choice,
-        "gradient_checkpointing": checkpointing or "off",
+        "gradient_checkpointing": checkpointing,
     }
 
 

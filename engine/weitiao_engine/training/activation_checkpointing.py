@@ -40,10 +40,14 @@ def kept_values_per_token(config: Any, layer: torch.nn.Module) -> int:
     return linears + heads * head_dim
 
 
+def kept_bytes(config: Any, layer: torch.nn.Module, tokens: int, value_bytes: int) -> int:
+    """Bytes selective checkpointing keeps for a micro-batch of `tokens` tokens (every decoder layer)."""
+    return tokens * config.num_hidden_layers * kept_values_per_token(config, layer) * value_bytes
+
+
 def selective_fits(config: Any, layer: torch.nn.Module, tokens: int, value_bytes: int, base_bytes: int) -> bool:
     """Whether the outputs kept for a micro-batch of `tokens` tokens fit in SELECTIVE_MAX_SHARE of the base's bytes."""
-    kept = tokens * config.num_hidden_layers * kept_values_per_token(config, layer) * value_bytes
-    return kept <= SELECTIVE_MAX_SHARE * base_bytes
+    return kept_bytes(config, layer, tokens, value_bytes) <= SELECTIVE_MAX_SHARE * base_bytes
 
 
 # Everything a decoder layer saves for backward without checkpointing, as a multiple of what selective keeps: the
@@ -54,8 +58,16 @@ ALL_ACTIVATIONS_PER_KEPT = 2.2
 
 def all_fit(config: Any, layer: torch.nn.Module, tokens: int, value_bytes: int, base_bytes: int) -> bool:
     """Whether every activation of a micro-batch of `tokens` tokens (no checkpointing) fits in SELECTIVE_MAX_SHARE of the base's bytes."""
-    kept = tokens * config.num_hidden_layers * kept_values_per_token(config, layer) * value_bytes * ALL_ACTIVATIONS_PER_KEPT
-    return kept <= SELECTIVE_MAX_SHARE * base_bytes
+    return kept_bytes(config, layer, tokens, value_bytes) * ALL_ACTIVATIONS_PER_KEPT <= SELECTIVE_MAX_SHARE * base_bytes
+
+
+def mode_for(setting: Any, config: Any, layer: torch.nn.Module, tokens: int, value_bytes: int, base_bytes: int) -> str:
+    """The checkpointing of a run that checkpoints at all (`setting`: true or "auto"), for its largest micro-batch of
+    `tokens` tokens: "auto" none while every activation fits in the base's bytes; else selective while what it keeps
+    fits there; else full. The recipe and `estimate` both decide here."""
+    if setting == "auto" and all_fit(config, layer, tokens, value_bytes, base_bytes):
+        return "off"
+    return "selective" if selective_fits(config, layer, tokens, value_bytes, base_bytes) else "full"
 
 
 # gradient_checkpointing "auto" turns it on from this many base parameters: on Qwen2.5-0.5B's shape (494M) the
@@ -91,10 +103,7 @@ def checkpointing_mode(hp: Any, model, lengths: list[int], packed: bool, bf16: b
     longest = sorted(lengths, reverse=True)[:micro]
     tokens = sum(longest) if packed else micro * longest[0]
     base_bytes = sum(t.numel() * t.element_size() for t in [*causal_lm.parameters(), *causal_lm.buffers()] if not t.requires_grad)
-    value_bytes = 2 if bf16 else 4
-    if hp.gradient_checkpointing == "auto" and all_fit(causal_lm.config, layers[0], tokens, value_bytes, base_bytes):
-        return "off"
-    return "selective" if selective_fits(causal_lm.config, layers[0], tokens, value_bytes, base_bytes) else "full"
+    return mode_for(hp.gradient_checkpointing, causal_lm.config, layers[0], tokens, 2 if bf16 else 4, base_bytes)
 
 
 def enable(model: Any, selective: bool = False, lora_rank: Optional[int] = None) -> None:
