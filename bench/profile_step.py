@@ -174,6 +174,8 @@ VARIANTS = {
     "folded-dropout": ("weitiao_engine.training.lora_dropout", "FOLD_INTO_LORA_A", "LoRA dropout folded into lora_A (its 1/(1-p) on A's weights; off: LoraDropout before lora_A)"),
     "fast-dropout": ("weitiao_engine.training.lora", "FAST_LORA_DROPOUT", "geometric-mask LoRA dropout (off: nn.Dropout)"),
     "lean-lora-forward": ("weitiao_engine.training.lora_forward", "LEAN_LORA_FORWARD", "plain LoRA as one addmm over the base output"),
+    "silu-mul": ("weitiao_engine.training.fused_ops", "SILU_MUL", "SwiGLU keeping gate and up only (silu recomputed in backward)"),
+    "fused-projections": ("weitiao_engine.training.fused_projections", "FUSE_PROJECTIONS", "q/k/v and gate/up as one matmul each"),
 }
 
 

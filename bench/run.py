@@ -51,7 +51,10 @@ def ablations(used: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if used.get("packed") is True:
         rows.append(("weitiao − padding-free packing (padded batches)", {"packing": False}))
         rows.append(("weitiao − per-sequence attention of packed rows (SDPA with a block mask)", {"packed_attention": False}))
+        rows.append(("weitiao − packed rows rounded to a multiple of 8 tokens", {"row_multiple": 1}))
     rows.append(("weitiao − one-addmm LoRA forward (PEFT's forward)", {"lean_lora_forward": False}))
+    rows.append(("weitiao − q/k/v and gate/up as one matmul each (separate linears)", {"fused_projections": False}))
+    rows.append(("weitiao − SwiGLU keeping gate and up only (autograd keeps silu(gate) too)", {"silu_mul": False}))
     if used.get("lora_dropout") is True:
         rows.append(("weitiao − geometric LoRA dropout mask (nn.Dropout)", {"fast_lora_dropout": False}))
     if used.get("precision") in ("bf16", "bf16-weights"):

@@ -42,7 +42,7 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-SWITCHES = ("lm_head_at_labels_only", "packing", "fast_lora_dropout", "selective_checkpointing", "packed_attention", "lean_lora_forward")  # recipe switches, not request fields
+SWITCHES = ("lm_head_at_labels_only", "packing", "fast_lora_dropout", "selective_checkpointing", "packed_attention", "lean_lora_forward", "fused_projections", "silu_mul", "row_multiple")  # recipe switches, not request fields
 
 
 def engine_hyperparameters(spec: dict[str, Any]) -> dict[str, Any]:
@@ -136,15 +136,18 @@ def run_weitiao(spec: dict[str, Any]) -> dict[str, Any]:
     from weitiao_engine.protocol import TrainRequest
     from weitiao_engine.recipes import lora_finetune
     from weitiao_engine.training import activation_checkpointing, batching, lora as lora_setup, loss as training_loss
-    from weitiao_engine.training import lora_forward, packed_attention
+    from weitiao_engine.training import fused_ops, fused_projections, lora_forward, packed_attention
 
     options = spec.get("options", {})
     # Techniques with no request field: module switches of the recipe, on by default (the ablations turn one off).
     training_loss.LM_HEAD_AT_LABELS_ONLY = options.get("lm_head_at_labels_only", True)
     batching.PACKING = options.get("packing", True)
+    batching.ROW_MULTIPLE = options.get("row_multiple", batching.ROW_MULTIPLE)
     lora_setup.FAST_LORA_DROPOUT = options.get("fast_lora_dropout", True)
     packed_attention.PACKED_ATTENTION = options.get("packed_attention", True)
     lora_forward.LEAN_LORA_FORWARD = options.get("lean_lora_forward", True)
+    fused_projections.FUSE_PROJECTIONS = options.get("fused_projections", True)
+    fused_ops.SILU_MUL = options.get("silu_mul", True)
     if options.get("selective_checkpointing", True) is False:
         activation_checkpointing.SELECTIVE_MAX_SHARE = 0.0  # full checkpointing whenever checkpointing is on
     marks: list[tuple[float, int]] = []

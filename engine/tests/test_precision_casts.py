@@ -39,10 +39,11 @@ def copies_of(model, ids, shape) -> int:
 
 
 def test_lora_input_stays_bf16_with_the_same_loss_and_gradients(tiny_model, monkeypatch):
-    from weitiao_engine.training import lora_forward
+    from weitiao_engine.training import fused_projections, lora_forward
 
     ids = torch.randint(0, 100, (2, 24), generator=torch.Generator().manual_seed(1))
     monkeypatch.setattr(lora_forward, "LEAN_LORA_FORWARD", False)  # PEFT's forward both ways: bit for bit
+    monkeypatch.setattr(fused_projections, "FUSE_PROJECTIONS", False)
     as_peft, kept = lora_model(tiny_model), lora_model(tiny_model)
     assert lora_setup.lora_input_in_compute_dtype(kept) == sum(1 for n, _ in kept.named_modules() if n.endswith("q_proj")) * 7
     (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(as_peft, ids), loss_and_grads(kept, ids)
@@ -51,6 +52,7 @@ def test_lora_input_stays_bf16_with_the_same_loss_and_gradients(tiny_model, monk
     hidden = (2, 24, as_peft.config.hidden_size)
     assert copies_of(as_peft, ids, hidden) > copies_of(kept, ids, hidden)  # PEFT's casts of the input are gone
     monkeypatch.setattr(lora_forward, "LEAN_LORA_FORWARD", True)  # the recipe's forward (one addmm): bf16 rounding apart
+    monkeypatch.setattr(fused_projections, "FUSE_PROJECTIONS", True)  # and q/k/v, gate/up fused
     lean = lora_model(tiny_model)
     lora_setup.lora_input_in_compute_dtype(lean)
     loss_c, grads_c = loss_and_grads(lean, ids)

@@ -1,6 +1,7 @@
 """The LoRA recipe's speed techniques change how fast, not what is computed: padding-free packing and its
-attention one sequence at a time, the geometric LoRA dropout mask folded into lora_A and selective gradient
-checkpointing (the benchmark and bench/profile_step.py --compare measure how much faster)."""
+attention one sequence at a time, the geometric LoRA dropout mask folded into lora_A, q/k/v and gate/up as one
+matmul each, SwiGLU keeping less, and selective gradient checkpointing (the benchmark and bench/profile_step.py
+--compare measure how much faster)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def test_packed_rows_hold_every_token_once_with_positions_restarting(batch, monk
     monkeypatch.setattr(batching, "PACKED_ROW_TOKENS", 200)  # several rows
     ids, mask, labels, positions = pack(examples, pad)
     total = sum(len(e.input_ids) for e in examples)
+    assert ids.shape[1] % batching.ROW_MULTIPLE == 0
     assert mask is None and ids.shape[0] == math.ceil(total / 200) and ids.numel() - total < ids.shape[0] * max(len(e.input_ids) for e in examples)
     real = labels != -100
     assert int(real.sum()) == sum(e.n_trained for e in examples)  # every trained token once, nothing else
@@ -256,6 +258,91 @@ def test_lean_lora_forward_computes_what_peft_does(tiny_model, batch) -> None:
     assert not torch.allclose(base, adapted), "the adapter's share is there, and gone when disabled"
 
 
+# ------------------------------------------------------------------------ fused projections and SwiGLU
+
+
+def test_fused_projections_compute_what_separate_linears_do(tiny_model, batch, monkeypatch) -> None:
+    """q/k/v and gate/up as one matmul each (their LoRA too): the separate layers' loss and gradients; the members'
+    weights are views of the group's one matrix; dropout in training or disabled adapters take the members' own way."""
+    from weitiao_engine.training.fused_projections import ProjectionGroup, use_fused_projections
+
+    original = ProjectionGroup.outputs
+    examples, pad = batch
+    args, n = pack(examples, pad), sum(e.n_trained for e in examples)
+    model = lora_model(tiny_model)
+    use_lean_lora_forward(model)
+    want_loss, want = loss_and_grads(model, args, n)
+    layers = model.get_base_model().get_decoder().layers
+    assert use_fused_projections(model) == 2 * len(layers)
+    attention = layers[0].self_attn
+    weights = [getattr(attention, f"{p}_proj").base_layer.weight for p in "qkv"]
+    assert weights[0].untyped_storage().data_ptr() == weights[2].untyped_storage().data_ptr(), "views of one matrix"
+    got_loss, got = loss_and_grads(model, args, n)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-6)
+
+    ids = args[0][:, :16]
+    with torch.no_grad():
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        plain = lora_model(tiny_model)
+        with plain.disable_adapter():
+            torch.testing.assert_close(base, plain(input_ids=ids).logits, rtol=1e-5, atol=1e-6)
+    dropout = lora_model(tiny_model, dropout=0.1)
+    use_lean_lora_forward(dropout)
+    use_fused_projections(dropout)
+    fused_calls = []
+    monkeypatch.setattr(ProjectionGroup, "outputs", lambda self, *a: fused_calls.append(1) or original(self, *a))
+    loss_and_grads(dropout, args, n)
+    assert not fused_calls, "dropout in training: each member's own forward"
+    with torch.no_grad():
+        dropout.eval()(input_ids=ids)
+    assert len(fused_calls) == 2 * len(layers), "in eval the dropout is the identity: fused"
+
+
+def test_fused_lora_widths_are_recomputed_by_selective_checkpointing() -> None:
+    """The policy keeps frozen matmuls' outputs, not LoRA's, also where a group's A's sit side by side (3 x rank)."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    widths = checkpointing._lora_widths(8)
+    mm, x = torch.ops.aten.mm.default, torch.zeros(5, 64)
+    assert checkpointing._policy(widths, None, mm, x, torch.zeros(64, 24)) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert checkpointing._policy(widths, None, mm, x, torch.zeros(64, 8)) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert checkpointing._policy(widths, None, mm, x, torch.zeros(64, 96)) == CheckpointPolicy.MUST_SAVE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_keeps_less_and_computes_the_same(tiny_model, batch, dtype) -> None:
+    """SwiGLU through SiluMul: bit for bit the MLP's output and input gradient, with a third less kept for backward."""
+    from transformers import AutoModelForCausalLM
+
+    from weitiao_engine.training.fused_ops import use_silu_mul
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype)
+    mlp = model.get_decoder().layers[0].mlp
+    x = torch.randn(1, 40, model.config.hidden_size, dtype=dtype, generator=torch.Generator().manual_seed(0), requires_grad=True)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, int]:
+        kept: list[int] = []
+
+        def pack_hook(t: torch.Tensor) -> torch.Tensor:
+            kept.append(t.untyped_storage().nbytes() if t is not x else 0)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
+            out = mlp(x)
+        (grad,) = torch.autograd.grad(out.float().square().sum(), x)
+        return out.detach(), grad, sum(kept)
+
+    want, want_grad, want_kept = run()
+    assert use_silu_mul(model) == model.config.num_hidden_layers
+    got, got_grad, got_kept = run()
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    intermediate = 40 * model.config.intermediate_size * x.element_size()
+    assert got_kept <= want_kept - intermediate, (got_kept, want_kept)
+
+
 # -------------------------------------------------------------------------------- gradient checkpointing
 
 
@@ -275,6 +362,26 @@ def test_checkpointing_gives_the_gradients_of_none(tiny_model, batch, mode, dtyp
     want_loss, want = loss_and_grads(model, args, n)
     checkpointing.enable(model, mode == "selective", lora_rank=4)
     torch.manual_seed(3)
+    got_loss, got = loss_and_grads(model, args, n)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_checkpointing_gives_the_gradients_of_none_with_fused_projections_and_silu_mul(tiny_model, batch, mode) -> None:
+    """The recipe's default forward (no LoRA dropout): fused q/k/v and gate/up, SiluMul, packed attention."""
+    from weitiao_engine.training.fused_ops import use_silu_mul
+    from weitiao_engine.training.fused_projections import use_fused_projections
+
+    examples, pad = batch
+    args, n = pack(examples, pad), sum(e.n_trained for e in examples)
+    model = lora_model(tiny_model)
+    use_lean_lora_forward(model)
+    assert use_fused_projections(model) > 0 and use_silu_mul(model) > 0
+    use_packed_attention(model)
+    want_loss, want = loss_and_grads(model, args, n)
+    checkpointing.enable(model, mode == "selective", lora_rank=4)
     got_loss, got = loss_and_grads(model, args, n)
     assert got_loss == pytest.approx(want_loss, rel=1e-6)
     for name, g in want.items():

@@ -46,7 +46,7 @@ from ..training.precision import autocast, autocast_context, choose_for_run, com
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput, emit_metrics, finish_step
 from ..training.final_model import save_final_model
-from ..training.fused_ops import use_fused_rms_norm
+from ..training.fused_ops import use_fused_ops
 
 
 @dataclass
@@ -111,7 +111,7 @@ def setup(request: TrainRequest) -> Run:
     if activation_checkpointing.use_gradient_checkpointing(hp.gradient_checkpointing, model):  # "auto": by the base's size
         activation_checkpointing.enable(model)
 
-    use_fused_rms_norm(model)  # fp32 RMSNorm as one kernel, the reference scored with it too (training/fused_ops.py)
+    use_fused_ops(model)  # fp32 RMSNorm as one kernel, SwiGLU keeping less; the reference too (training/fused_ops.py)
     # The reference never changes: its log-probabilities once, now, instead of a second forward per step
     # (with the policy's precision, so that before any step policy and reference agree up to rounding).
     progress("setup", 4, 5, "scoring with the reference model / 参考模型打分")

@@ -36,7 +36,7 @@ from ..training.rng import seed_everything
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput
 from ..training.final_model import save_final_model
-from ..training.fused_ops import use_fused_rms_norm
+from ..training.fused_ops import use_fused_ops
 
 
 @dataclass(kw_only=True)
@@ -90,7 +90,7 @@ def setup(request: TrainRequest) -> Run:
     # chosen by `auto` where the probe's training layer ran faster under it (cached per machine).
     choice = choose_for_run(request, full=True)
     precision = choice["precision"]
-    use_fused_rms_norm(model)  # fp32 RMSNorm as one kernel (training/fused_ops.py)
+    use_fused_ops(model)  # fp32 RMSNorm as one kernel, SwiGLU keeping less (training/fused_ops.py)
     model.train()
     # Under torchrun: FSDP2 shards every weight, its gradient and AdamW's moments over the processes (one unit
     # per decoder layer); before the optimizer, which must see the shards.

@@ -54,7 +54,7 @@ from ..training.rng import seed_everything
 from ..training.sampling import answer_text, sample_answers, scored_example, stop_ids, tokenize_prompts
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput, emit_metrics, finish_step
-from ..training.fused_ops import use_fused_rms_norm
+from ..training.fused_ops import use_fused_ops
 
 EVAL_PROMPTS_PER_BATCH = 32  # greedy validation answers decoded together
 ADVANTAGE_EPS = 1e-4  # a group whose answers all score the same has advantage 0, not 0/0
@@ -158,7 +158,7 @@ def setup(request: TrainRequest) -> Run:
         if precision == "bf16-weights":
             compute_in_fp32(model)
         description = lora_setup.describe(lora, model)
-    use_fused_rms_norm(model)  # fp32 RMSNorm as one kernel (training/fused_ops.py)
+    use_fused_ops(model)  # fp32 RMSNorm as one kernel, SwiGLU keeping less (training/fused_ops.py)
     model.train()
 
     optimizer = adamw(model, hp)

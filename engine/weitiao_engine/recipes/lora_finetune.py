@@ -11,9 +11,11 @@ save_final, with SIGTERM/SIGINT turned into "stop after this step" around train.
 Speed (bench/ measures each against TRL's SFTTrainer): the LM head and cross-entropy run only where
 labels exist; batches are padding-free (`pack`: examples end to end, position ids restarting, attention kept
 within each example, and on a CPU attention runs per sequence without a mask, short ones as two batched matmuls:
-training/packed_attention.py); LoRA's dropout (0 by default) draws only the dropped positions and folds its scale
-into A (training/lora_dropout.py); plain LoRA is one
-addmm on the base layer's output (training/lora_forward.py); the frozen base is
+training/packed_attention.py), a row's width rounded to a multiple of 8 (CPU GEMMs slow down at some other row
+counts); LoRA's dropout (0 by default) draws only the dropped positions and folds its scale into A
+(training/lora_dropout.py); plain LoRA is one addmm on the base layer's output (training/lora_forward.py), and
+q/k/v and gate/up with their LoRA are one matmul each (training/fused_projections.py); the SwiGLU MLP keeps gate
+and up for backward, not silu(gate) too (training/fused_ops.py); the frozen base is
 held in the checkpoint's dtype (bf16 for real checkpoints: half an fp32 copy), and the matmuls run under
 bf16 autocast where the GPU supports it or, on a CPU, where a probe of the model's own linear shapes found bf16
 faster (training/precision_probe.py: torch's bf16 GEMM on AVX512-BF16 without AMX measured 0.6x fp32 on one
@@ -51,7 +53,7 @@ from ..training.precision import choose_for_run, compute_in_fp32
 from ..training.state import TrainingState, interrupt, result, stopping_on_signals
 from ..training.step_metrics import Throughput
 from ..training.final_model import save_final_model
-from ..training.fused_ops import use_fused_rms_norm
+from ..training.fused_ops import use_fused_ops
 
 
 @dataclass(kw_only=True)
@@ -117,7 +119,7 @@ def setup(request: TrainRequest) -> Run:
         compute_in_fp32(model, keep_upcast=checkpointing != "off")
     if checkpointing != "off":
         activation_checkpointing.enable(model, checkpointing == "selective", request.lora.r)
-    use_fused_rms_norm(model)  # fp32 RMSNorm as one kernel (training/fused_ops.py)
+    use_fused_ops(model)  # fp32 RMSNorm as one kernel, SwiGLU keeping less (training/fused_ops.py)
     model.train()
 
     optimizer = adamw(model, hp)

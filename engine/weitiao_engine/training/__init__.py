@@ -9,7 +9,10 @@ A recipe reads top to bottom and calls these; no recipe imports another. One mod
     precision                bf16 on/off/auto for every recipe (by the probe), autocast, bf16-stored frozen weights computed in fp32
     lora                     the LoRA base loader (QLoRA's NF4 included) and adapter setup
     lora_dropout             LoRA's input dropout with a geometric-gap mask
-    fused_ops                RMSNorm as one torch kernel in fp32 (where it measured faster)
+    lora_forward             plain LoRA as one addmm over the base layer's output
+    fused_projections        q/k/v and gate/up (with their LoRA) as one matmul each
+    packed_attention         attention within each packed sequence, short ones as two batched matmuls
+    fused_ops                RMSNorm as one torch kernel in fp32 (where it measured faster), SwiGLU keeping less
     activation_checkpointing gradient checkpointing: when, and full or selective
     optimization             AdamW's weight-decay groups, step counts and the learning-rate schedule
     state                    the counters every run has, signals, the result fields

@@ -112,7 +112,7 @@ def enable(model: Any, selective: bool = False, lora_rank: Optional[int] = None)
     if selective:
         from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, functools.partial(_policy, lora_rank))
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, functools.partial(_policy, _lora_widths(lora_rank)))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
@@ -127,12 +127,20 @@ _MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
 _ATTENTION = _attention_ops()
 
 
-def _policy(lora_rank: int, ctx, op, *args, **kwargs):
+def _lora_widths(lora_rank: int) -> frozenset[int]:
+    """The inner widths of LoRA's matmuls: the rank, or the ranks of a fused group side by side (fused_projections.py)."""
+    from .fused_projections import LARGEST_GROUP
+
+    return frozenset(lora_rank * k for k in range(1, LARGEST_GROUP + 1))
+
+
+def _policy(lora_widths: frozenset[int], ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy
 
     if op in _ATTENTION:
         return CheckpointPolicy.MUST_SAVE
-    # mm(x, Wᵀ) / addmm(b, x, Wᵀ): keep a frozen linear's output; LoRA's A and B (one side = the rank) are cheap to redo.
-    if op in _MATMULS and lora_rank not in args[-1].shape:
+    # mm(x, Wᵀ) / addmm(b, x, Wᵀ): keep a frozen linear's output; LoRA's A and B (one side = the rank, or the ranks of
+    # a fused q/k/v or gate/up group side by side: fused_projections.py) are cheap to redo.
+    if op in _MATMULS and lora_widths.isdisjoint(args[-1].shape):
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..protocol import EngineError, TrainRequest, log
+from .fused_projections import use_fused_projections
 from .lora_forward import use_lean_lora_forward
 from .precision import trainable_in_fp32
 from .rng import seed_everything
@@ -89,6 +90,7 @@ def add_lora(model, request: TrainRequest) -> tuple[Any, Any]:
         raise EngineError("invalid_request", f"LoRA: {e} / LoRA 配置无效", "lora.target_modules") from e
     trainable_in_fp32(model)
     use_lean_lora_forward(model)  # plain LoRA as one addmm over the base layer's output (lora_forward.py)
+    use_fused_projections(model)  # q/k/v and gate/up as one matmul each (fused_projections.py)
     return model, lora
 
 

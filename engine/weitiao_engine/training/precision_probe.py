@@ -278,13 +278,13 @@ def measure_layer(config, full: bool = False, tokens: int = PROBE_TOKENS, lora_r
     autocast; bf16 weights upcast per matmul (precision.compute_in_fp32), only where bf16 compute did not win by
     BF16_MARGIN (a choice between fp32 and bf16-stored weights). Frozen weights, as the LoRA recipe's: with
     `lora_rank`, LoRA of that rank on every linear (fp32, its dropout, its input kept bf16 under autocast), else the
-    gradient flows back to the input only; RMSNorm fused as the recipes fuse it. full: the weights train (their
+    gradient flows back to the input only; RMSNorm and SwiGLU fused as the recipes fuse them. full: the weights train (their
     gradients too), fp32-stored: fp32, and bf16 autocast over the fp32 weights.
     The whole layer, not only its matmuls: autocast's casts and the bf16 norms/activations decide small models
     (a 128-wide model's matmuls ran 2.2x faster in bf16 while its training step ran 0.27x, issue 17)."""
     from transformers import AutoModelForCausalLM
 
-    from .fused_ops import use_fused_rms_norm
+    from .fused_ops import use_fused_ops
     from .precision import autocast_context, compute_in_fp32
 
     fields = {**config.to_dict(), "num_hidden_layers": 1, "vocab_size": 256, "tie_word_embeddings": False}
@@ -303,7 +303,7 @@ def measure_layer(config, full: bool = False, tokens: int = PROBE_TOKENS, lora_r
             model.get_input_embeddings().weight.requires_grad_(True)  # gradients flow back through the layer, as to LoRA's
         if variant == "bf16-weights":
             compute_in_fp32(model)
-        use_fused_rms_norm(model)
+        use_fused_ops(model)
         model.train()
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -336,9 +336,11 @@ def _with_lora(model, rank: int, bf16: bool):
     targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head})
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules=targets, task_type="CAUSAL_LM"))
     trainable_in_fp32(model)
+    from .fused_projections import use_fused_projections
     from .lora_forward import use_lean_lora_forward
 
     use_lean_lora_forward(model)
+    use_fused_projections(model)
     if FAST_LORA_DROPOUT:
         from .lora_dropout import use_lora_dropout
 
