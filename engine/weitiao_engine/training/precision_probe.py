@@ -50,7 +50,7 @@ MAX_RELATIVE_ERROR = 2e-2  # bf16 keeps 8 mantissa bits: a product's relative er
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX / AVX512-BF16, aarch64 BF16 (FEAT_BF16)
 NATIVE_FP16_FLAGS = ("amx_fp16", "avx512_fp16", "fphp")
 VARIANTS = ("fp32", "bf16", "bf16-weights")
-CACHE_VERSION = 4  # 2: interleaved rounds, fastest pass; 3: one layer's step timed too; 4: at the run's tokens, with LoRA, contention
+CACHE_VERSION = 5  # 2: interleaved rounds, fastest pass; 3: one layer's step timed too; 4: at the run's tokens, with LoRA, contention; 5: fused q/k/v, gate/up, SiluMul
 
 
 def choose(
