@@ -60,6 +60,14 @@ def loss_and_grads(model, args, n: int) -> tuple[float, dict[str, torch.Tensor]]
     return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
+def assert_same_loss_and_grads(got, want, rel: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-7) -> None:
+    """(loss, gradients) of loss_and_grads: the same loss (relative `rel`) and every gradient close."""
+    (got_loss, got_grads), (want_loss, want_grads) = got, want
+    assert got_loss == pytest.approx(want_loss, rel=rel)
+    for name, g in want_grads.items():
+        torch.testing.assert_close(got_grads[name], g, rtol=rtol, atol=atol)
+
+
 # ---------------------------------------------------------------------------------------------- packing
 
 
@@ -104,9 +112,7 @@ def test_packed_attention_gives_the_masked_attention_loss_and_gradients(tiny_mod
     want_loss, want = loss_and_grads(model, args, n)
     assert use_packed_attention(model) and model.get_base_model().config._attn_implementation == "weitiao_packed_sdpa"
     got_loss, got = loss_and_grads(model, args, n)
-    assert got_loss == pytest.approx(want_loss, rel=1e-5)
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6)
+    assert_same_loss_and_grads((got_loss, got), (want_loss, want), rel=1e-5, rtol=1e-4, atol=1e-6)
     assert packing_supported(model, examples[0].input_ids) is True
 
 
@@ -213,9 +219,7 @@ def test_dropout_folded_into_lora_a_computes_what_dropout_then_lora_a_does(tiny_
         torch.manual_seed(11)
         results.append(loss_and_grads(model, args, n))
     (want_loss, want), (got_loss, got) = results
-    assert got_loss == pytest.approx(want_loss, rel=1e-6)
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7)
+    assert_same_loss_and_grads((got_loss, got), (want_loss, want))
     model.eval()
     torch.manual_seed(0)
     assert torch.equal(model.get_base_model().get_decoder()(input_ids=args[0][:, :8]).last_hidden_state,
@@ -246,9 +250,7 @@ def test_lean_lora_forward_computes_what_peft_does(tiny_model, batch) -> None:
     assert use_lean_lora_forward(model) == sum(1 for m in model.modules() if isinstance(m, FoldedIntoLoraA)) > 0
     torch.manual_seed(2)
     got_loss, got = loss_and_grads(model, args, n)
-    assert got_loss == pytest.approx(want_loss, rel=1e-6)
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7)
+    assert_same_loss_and_grads((got_loss, got), (want_loss, want))
     ids = args[0][:, :16]
     with torch.no_grad():
         with model.disable_adapter():
@@ -278,9 +280,7 @@ def test_fused_projections_compute_what_separate_linears_do(tiny_model, batch, m
     weights = [getattr(attention, f"{p}_proj").base_layer.weight for p in "qkv"]
     assert weights[0].untyped_storage().data_ptr() == weights[2].untyped_storage().data_ptr(), "views of one matrix"
     got_loss, got = loss_and_grads(model, args, n)
-    assert got_loss == pytest.approx(want_loss, rel=1e-6)
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-6)
+    assert_same_loss_and_grads((got_loss, got), (want_loss, want), rel=1e-6, rtol=1e-5, atol=1e-6)
 
     ids = args[0][:, :16]
     with torch.no_grad():
@@ -363,9 +363,7 @@ def test_checkpointing_gives_the_gradients_of_none(tiny_model, batch, mode, dtyp
     checkpointing.enable(model, mode == "selective", lora_rank=4)
     torch.manual_seed(3)
     got_loss, got = loss_and_grads(model, args, n)
-    assert got_loss == pytest.approx(want_loss, rel=1e-6)
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7)
+    assert_same_loss_and_grads((got_loss, got), (want_loss, want))
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])
@@ -383,9 +381,7 @@ def test_checkpointing_gives_the_gradients_of_none_with_fused_projections_and_si
     want_loss, want = loss_and_grads(model, args, n)
     checkpointing.enable(model, mode == "selective", lora_rank=4)
     got_loss, got = loss_and_grads(model, args, n)
-    assert got_loss == pytest.approx(want_loss, rel=1e-6)
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7)
+    assert_same_loss_and_grads((got_loss, got), (want_loss, want))
 
 
 def test_selective_checkpointing_only_while_its_outputs_fit(tiny_model, waimai_small, tmp_path, monkeypatch) -> None:

@@ -101,7 +101,7 @@ class ProjectionGroup:
         b_weight = torch.block_diag(*[m.lora_B[name].weight * m.scaling[name] for m in self.members])
         a = F.linear(x, a_weight)
         out = torch.addmm(y.reshape(-1, y.shape[-1]), a.reshape(-1, a.shape[-1]), b_weight.t())
-        return out.view(y.shape).to(y.dtype).split(self.sizes, dim=-1)
+        return out.view(y.shape).split(self.sizes, dim=-1)  # y's dtype: adapter() admits no input that would change it
 
     def forward(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Member `index`'s output: computed with its siblings' on the first call for this input, then handed out."""
