@@ -15,9 +15,11 @@ import { Cluster } from '../testing/cluster.js';
 import { writeWaimaiJsonl } from '../testing/waimai.js';
 
 const LEASE_SECONDS = 5;
-// 48 examples, batch 2 (one example per node), three epochs: 72 steps, a checkpoint every 6 — room for the kill.
+// 48 examples, batch 2 (one example per node), ten epochs: 240 steps, a checkpoint every 12. A tiny model's steps
+// take ~40 ms, so 72 steps (the first version) were over in 3 s, sometimes before the kill landed; 240 leave ~8 s.
 const EXAMPLES = 48;
-const STEPS = 72;
+const EPOCHS = 10;
+const STEPS = (EPOCHS * EXAMPLES) / 2;
 const DEADLINE_MS = 420_000;
 
 let cluster: Cluster;
@@ -46,8 +48,8 @@ test('a 2-node job on two remote workers; node 1 SIGKILLed mid-training: the gro
     model,
     training_file: train.id,
     seed: 11,
-    method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 3, batch_size: 2 } } },
-    weitiao: { nodes: 2, save_every_steps: 6, lora: { r: 4, alpha: 8 } },
+    method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: EPOCHS, batch_size: 2 } } },
+    weitiao: { nodes: 2, save_every_steps: 12, lora: { r: 4, alpha: 8 } },
   } as OpenAI.FineTuning.JobCreateParams);
   const workers = new Map([['w1', startWorker(url, 'w1')], ['w2', startWorker(url, 'w2')]]);
 
@@ -81,12 +83,16 @@ test('a 2-node job on two remote workers; node 1 SIGKILLed mid-training: the gro
   const steps = events.filter((e) => e.type === 'metrics').map((e) => (e.data as { step: number }).step).sort((a, b) => a - b);
   assert.deepEqual(steps, Array.from({ length: STEPS }, (_, i) => i + 1), 'every step exactly once');
   const resumed = events.find((e) => /^Resuming fine-tuning from checkpoint step-\d+/.test(e.message));
-  assert.ok(resumed, `resumed from its checkpoint: ${events.map((e) => e.message).join(' | ')}`);
+  assert.ok(resumed, `resumed from its checkpoint:\n${messages(events)}`);
   // Node 0 may still have saved and uploaded a checkpoint after the kill (its engine stops cleanly when node 1 is
   // gone): the resume starts from a recorded one, at or after the last recorded before the kill.
   const from = Number(/step-(\d+)/.exec(resumed.message)![1]);
   const recorded = (ctx.db.prepare('SELECT step FROM checkpoints WHERE job_id = ?').all(job.id) as { step: number }[]).map((c) => c.step);
-  assert.ok(recorded.includes(from) && from >= Math.max(...checkpointsBefore) && from < STEPS, `resumed from step ${from}; recorded before the kill: ${checkpointsBefore}`);
+  assert.ok(recorded.includes(from) && from >= Math.max(...checkpointsBefore) && from < STEPS, `resumed from step ${from}; recorded before the kill: ${checkpointsBefore}\n${messages(events)}\n${cluster.logs()}`);
   assert.ok(events.filter((e) => /^Node 0 of 2/.test(e.message)).length >= 2, 'a new group for the second attempt');
   assert.ok((done as unknown as { weitiao: { attempts: number } }).weitiao.attempts >= 1, 'the lost attempt is counted');
 });
+
+/** The job's events but its per-step metrics, oldest first, for a failure's message. */
+const messages = (events: OpenAI.FineTuning.FineTuningJobEvent[]) =>
+  events.filter((e) => e.type !== 'metrics').reverse().map((e) => `${e.created_at} ${e.message}`).join('\n');

@@ -14,9 +14,11 @@ import { Cluster } from '../testing/cluster.js';
 import { writeWaimaiJsonl } from '../testing/waimai.js';
 
 const LEASE_SECONDS = 3;
-// 40 examples, batch 1, two epochs: room between the first checkpoint and the end for the kill (steps take ms; engine starts take seconds).
+// 40 examples, batch 1, five epochs: room between the first checkpoint and the end for the kill. A tiny model's
+// steps take ~20 ms: two epochs (the first version) were over ~2 s after the first checkpoint, close to the kill's lag.
 const EXAMPLES = 40;
-const STEPS = 2 * EXAMPLES;
+const EPOCHS = 5;
+const STEPS = EPOCHS * EXAMPLES;
 const DEADLINE_MS = 480_000;
 
 let cluster: Cluster;
@@ -47,8 +49,8 @@ test('two remote workers, one SIGKILLed mid-training: its job is re-leased, resu
         model,
         training_file: train.id,
         seed: 10 + i,
-        method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 2, batch_size: 1 } } },
-        weitiao: { save_every_steps: 8, lora: { r: 4, alpha: 8 } },
+        method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: EPOCHS, batch_size: 1 } } },
+        weitiao: { save_every_steps: 20, lora: { r: 4, alpha: 8 } },
       } as OpenAI.FineTuning.JobCreateParams),
     );
   }
