@@ -21,9 +21,14 @@ export const NEAR_DUPLICATE_STREAM_LIMITS = { texts: 50_000, shingles: 4_000_000
 // LSH: BANDS bands of ROWS min-hashes. A pair is a candidate when one band matches entirely: for Jaccard s
 // that happens with probability 1 − (1 − s²)¹²: 0.998 at s = 0.6, 0.9999 at 0.7, 0.42 at 0.2 (then rejected
 // by the exact Jaccard). Candidates are checked best first (most matching bands), at most MAX_CANDIDATES.
+// A prompt template that every example shares puts thousands of texts in the same buckets: each bucket is read
+// from its newest BUCKET_SCAN entries, so a lookup's cost stays bounded. On the 12k waimai reviews behind a
+// 31-character template: 1.9 s (a Map of band counts and 64 candidates took 17.6 s) and 3223 of the 3516 near
+// duplicates a pairwise scan finds (3096 before). Without a template: 35 of 35 either way.
 const BANDS = 12;
 const ROWS = 2;
-const MAX_CANDIDATES = 64;
+const MAX_CANDIDATES = 256;
+const BUCKET_SCAN = 1024;
 
 /** 32-bit FNV-1a of a string, mixed (murmur3's finalizer) so nearby shingles spread. */
 function hashString(s: string): number {
@@ -107,11 +112,13 @@ export interface NearMatch {
   similarity: number;
 }
 
-/** Texts added one by one; `find` gives the most similar added text at or above the threshold. */
+/** Texts added one by one; `find` gives the most similar of the best candidates (see MAX_CANDIDATES) at or above the threshold. */
 export class NearDuplicateIndex {
   private readonly shingles: Uint32Array[] = [];
   private readonly buckets = new Map<number, number | number[]>();
   private shinglesHeld = 0;
+  /** Scratch for lookup: band matches per text, all zero between lookups. */
+  private bandHits = new Uint8Array(0);
 
   /** `threshold`: Jaccard at or above which two texts count as the same; `limit` texts and `maxShingles` shingle hashes held at most. */
   constructor(
@@ -147,17 +154,31 @@ export class NearDuplicateIndex {
 
   private lookup(s: Uint32Array): { match: NearMatch | null; keys: number[] } {
     const keys = bandKeys(s);
-    const hits = new Map<number, number>();
+    // Band matches per text in a reusable counter (a Map here made long buckets the whole cost).
+    const touched: number[] = [];
     for (const key of keys) {
       const bucket = this.buckets.get(key);
       if (bucket === undefined) continue;
-      for (const i of typeof bucket === 'number' ? [bucket] : bucket) hits.set(i, (hits.get(i) ?? 0) + 1);
+      if (typeof bucket === 'number') {
+        if (this.bandHits[bucket]++ === 0) touched.push(bucket);
+      } else {
+        for (let j = bucket.length - 1, end = Math.max(0, bucket.length - BUCKET_SCAN); j >= end; j--) if (this.bandHits[bucket[j]]++ === 0) touched.push(bucket[j]);
+      }
     }
-    const candidates = [...hits].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, MAX_CANDIDATES);
+    // The candidates with the most matching bands first (the earliest of equals), by counting sort.
+    const byHits: number[][] = Array.from({ length: BANDS + 1 }, () => []);
+    for (const i of touched) {
+      byHits[this.bandHits[i]].push(i);
+      this.bandHits[i] = 0;
+    }
     let match: NearMatch | null = null;
-    for (const [i] of candidates) {
-      const sim = jaccard(s, this.shingles[i]);
-      if (sim >= this.threshold && (!match || sim > match.similarity)) match = { index: i, similarity: sim };
+    let checked = 0;
+    for (let h = BANDS; h > 0 && checked < MAX_CANDIDATES; h--) {
+      for (const i of byHits[h].sort((x, y) => x - y)) {
+        if (checked++ >= MAX_CANDIDATES) break;
+        const sim = jaccard(s, this.shingles[i]);
+        if (sim >= this.threshold && (!match || sim > match.similarity)) match = { index: i, similarity: sim };
+      }
     }
     return { match, keys };
   }
@@ -166,6 +187,11 @@ export class NearDuplicateIndex {
     if (this.full) return -1;
     const i = this.shingles.length;
     this.shingles.push(s);
+    if (i >= this.bandHits.length) {
+      const grown = new Uint8Array(Math.max(1024, 2 * this.bandHits.length));
+      grown.set(this.bandHits);
+      this.bandHits = grown;
+    }
     this.shinglesHeld += s.length;
     for (const key of keys) {
       const bucket = this.buckets.get(key);
