@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { prepareDataset, validateChatFile } from './index.js';
+import { WAIMAI_CSV } from '../testing/waimai.js';
 import { NearDuplicateCheck, NearDuplicateIndex, similarity } from './near-duplicates.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-neardup-'));
@@ -32,6 +33,22 @@ describe('near-duplicate index', () => {
     let found = 0;
     for (let i = 0; i < 300; i++) if (index.find(`订单${i}：这家店的外卖很好吃，送餐也很快，包装严实，下次还点`)) found++;
     assert.equal(found, 300);
+  });
+
+  test('behind a template every prompt shares, an edited review is still matched to its original among 6000', () => {
+    // The template's shingles put most prompts in the same few (long) buckets: the review's own must still lead to it.
+    const template = '请判断下面这条外卖评论是好评还是差评，只回答好评或差评。评论：';
+    const reviews = readFileSync(WAIMAI_CSV, 'utf8').split(/\r?\n/).slice(1).filter(Boolean).map((l) => l.slice(l.indexOf(',') + 1));
+    const index = new NearDuplicateIndex(0.7);
+    for (const r of reviews.slice(0, 6000)) index.add(template + r); // index i is reviews[i]
+    // The first hundred distinct reviews of 20+ characters, the last character changed and a full stop added.
+    const originals = [...new Set(reviews.slice(0, 6000).filter((r) => r.length >= 20))].slice(0, 100);
+    for (const review of originals) {
+      const edited = template + review.slice(0, -1) + '好。';
+      const match = index.find(edited);
+      assert.ok(match, `no match for the edited ${review}`);
+      assert.ok(similarity(edited, template + reviews[match.index]) >= similarity(edited, template + review), `${review}: matched ${reviews[match.index]}`);
+    }
   });
 });
 
