@@ -104,6 +104,26 @@ describe('prepare', () => {
     assert.equal(r.warnings.filter((w) => /duplicate|leak/.test(w.code)).length, 0);
   });
 
+  test("a user template's shared instruction is not compared: the same warnings, dedupe keeps the same rows", async () => {
+    const user =
+      '你是一位外卖平台的评论分析助手。请判断下面这条外卖评论是好评还是差评，只回答“好评”或“差评”，不要解释原因。' +
+      '例如：“很好吃，下次还点”是好评；“送得太慢，菜都凉了”是差评。评论：{review}';
+    const instruction = user.replace('{review}', '');
+    // Whole prompts, any two rows would be near duplicates through the instruction alone (3 and 9: 78%).
+    assert.ok(similarity(instruction + ROWS[1][1], instruction + ROWS[7][1]) >= 0.7);
+    const r = await prepareDataset({ ...base, user, output_dir: path.join(tmp, 'template') });
+    assert.deepEqual(
+      r.warnings.filter((w) => /duplicate/.test(w.code)).map((w) => [w.line, w.code, w.message.match(/line (\d+)/)?.[1]]),
+      [
+        [4, 'near_duplicate', '2'],
+        [6, 'exact_duplicate', '3'],
+        [8, 'near_duplicate', '5'],
+      ],
+    );
+    const deduped = await prepareDataset({ ...base, user, output_dir: path.join(tmp, 'template-dedupe'), dedupe: true });
+    assert.deepEqual(deduped.skipped.map((s) => s.line), [4, 6, 8]);
+  });
+
   test('a validation example near a training one is a leak, named at its line with the training line', async () => {
     // The rows without the exact duplicate, so each review's text names its line.
     const rows = ROWS.filter((_, i) => i !== 4);
@@ -150,7 +170,7 @@ describe('validateChatFile', () => {
 
   test('a bounded check stops when its index is full and says from which line', () => {
     // Bounds of 3 prompts: lines 1-3 are indexed (3 is near 1), line 4 finds the index full.
-    const check = new NearDuplicateCheck(chat, false, undefined, { texts: 3, shingles: 1_000 });
+    const check = new NearDuplicateCheck(chat, { bounds: { texts: 3, shingles: 1_000 } });
     const examples = readFileSync(chat, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     const results = examples.map((e, i) => check.check(e, i + 1));
     assert.deepEqual(
@@ -161,7 +181,7 @@ describe('validateChatFile', () => {
     assert.equal(check.stoppedAt, 4);
     assert.match((results[3] as { problem: { message: string } }).problem.message, /stopped at line 4.*3 prompts/);
     // The shingle bound stops it too: line 1's 12 shingles fill a bound of 10.
-    const byShingles = new NearDuplicateCheck(chat, false, undefined, { texts: 1_000, shingles: 10 });
+    const byShingles = new NearDuplicateCheck(chat, { bounds: { texts: 1_000, shingles: 10 } });
     examples.forEach((e, i) => byShingles.check(e, i + 1));
     assert.equal(byShingles.stoppedAt, 2);
   });

@@ -13,7 +13,7 @@ import { assertReadable, openSource, readJsonLines, readTable, type OpenedSource
 import { readXlsxTable } from './internal/xlsx.js';
 import { detectLabelSet, labelCounts } from './labels.js';
 import { isObject, jsonValue, makeMapper, type Mapper } from './mapper.js';
-import { leakageWarnings, NearDuplicateCheck } from './near-duplicates.js';
+import { leakageWarnings, NearDuplicateCheck, promptText } from './near-duplicates.js';
 import { parseOptions, PrepareOptions, type DataDeps, type DataFormat, type Issue, type PrepareResult, type SourceFormat } from './schemas.js';
 import { splitExamples } from './split.js';
 import { checkLengths, tokenCounter, type Located } from './tokens.js';
@@ -34,7 +34,9 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
     : await openSource(file, options.format as Exclude<DataFormat, 'xlsx'> | undefined, options.encoding);
   const issues = new IssueList(file);
   const duplicates = new DuplicateFinder(options.conflicts);
-  const nearDuplicates = new NearDuplicateCheck(file, options.dedupe);
+  // Compared without the user template's shared instruction (columns mode; chat lines have no template).
+  const prompt = promptText(options.user);
+  const nearDuplicates = new NearDuplicateCheck(file, { dedupe: options.dedupe, prompt });
   /** The object written per example: the mapped example, or a chat line as it was (keeping e.g. `name`). */
   let items: (Located & { output: unknown })[] = [];
   let rows = 0;
@@ -193,7 +195,7 @@ export async function prepareDataset(input: PrepareOptions, deps: DataDeps = {})
   if (errors.length) return result;
 
   const split = splitExamples(answers, { validation: options.validation, seed: options.seed, stratify: stratified });
-  result.warnings.push(...leakageWarnings(file, split.train.map((i) => items[i]), split.validation.map((i) => items[i])));
+  result.warnings.push(...leakageWarnings(file, split.train.map((i) => items[i]), split.validation.map((i) => items[i]), prompt));
   const trainPath = path.resolve(options.output_dir, options.train_file);
   const validationPath = path.resolve(options.output_dir, options.validation_file);
   const lines = (indices: number[]) => indices.map((i) => JSON.stringify(items[i].output) + '\n');
