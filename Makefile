@@ -71,7 +71,7 @@ typecheck: node_modules/.stamp
 	npx tsc -p web/tsconfig.node.json --noEmit
 
 test-engine: $(VENV)/.stamp
-	cd engine && ../$(VPY) -m pytest -q --durations=15 tests
+	cd engine && ../$(VPY) -m pytest -q -n auto --durations=15 tests
 
 # The store and queue suites run a second time on PostgreSQL (a throwaway server per test process, started as an
 # unprivileged user in a temp dir: src/testing/postgres.ts). Debian's package provides the server binaries.
