@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { prepareDataset, validateChatFile } from './index.js';
-import { WAIMAI_CSV } from '../testing/waimai.js';
+import { waimaiRows } from '../testing/waimai.js';
 import { NearDuplicateCheck, NearDuplicateIndex, similarity } from './near-duplicates.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'weitiao-neardup-'));
@@ -38,7 +38,7 @@ describe('near-duplicate index', () => {
   test('behind a template every prompt shares, an edited review is still matched to its original among 6000', () => {
     // The template's shingles put most prompts in the same few (long) buckets: the review's own must still lead to it.
     const template = '请判断下面这条外卖评论是好评还是差评，只回答好评或差评。评论：';
-    const reviews = readFileSync(WAIMAI_CSV, 'utf8').split(/\r?\n/).slice(1).filter(Boolean).map((l) => l.slice(l.indexOf(',') + 1));
+    const reviews = waimaiRows().map((r) => r.review);
     const index = new NearDuplicateIndex(0.7);
     for (const r of reviews.slice(0, 6000)) index.add(template + r); // index i is reviews[i]
     // The first hundred distinct reviews of 20+ characters, the last character changed and a full stop added.

@@ -21,18 +21,24 @@ export async function createTestModel(ctx: Context, name = 'tiny-waimai'): Promi
   return name;
 }
 
+/** Every data line of the waimai CSV, split at its first comma (a quoted review keeps its quotes), in file order. */
+export function waimaiRows(): { label: string; review: string }[] {
+  return readFileSync(WAIMAI_CSV, 'utf8')
+    .split(/\r?\n/)
+    .slice(1)
+    .filter(Boolean)
+    .map((line) => {
+      const comma = line.indexOf(',');
+      return { label: line.slice(0, comma), review: line.slice(comma + 1) };
+    });
+}
+
 /**
  * `train.jsonl` (nTrain) and `validation.jsonl` (nValid) in `dir`: short waimai reviews, half 好评 half 差评,
  * taken deterministically from across the file (it is sorted by label).
  */
 export function writeWaimaiJsonl(dir: string, nTrain = 64, nValid = 32): { train: string; validation: string } {
-  const rows = readFileSync(WAIMAI_CSV, 'utf8')
-    .split(/\r?\n/)
-    .slice(1)
-    .map((line) => {
-      const comma = line.indexOf(',');
-      return { label: line.slice(0, comma), review: line.slice(comma + 1) };
-    })
+  const rows = waimaiRows()
     // Plain, short rows only: a quoted CSV field is a parser's job (src/data), not this fixture's.
     .filter((r) => (r.label === '0' || r.label === '1') && r.review.length >= 4 && r.review.length <= 40 && !r.review.includes('"'));
   const pick = (label: string, n: number) => {

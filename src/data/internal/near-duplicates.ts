@@ -171,14 +171,12 @@ export class NearDuplicateIndex {
       byHits[this.bandHits[i]].push(i);
       this.bandHits[i] = 0;
     }
+    const ranked: number[] = [];
+    for (let h = BANDS; h > 0 && ranked.length < MAX_CANDIDATES; h--) ranked.push(...byHits[h].sort((x, y) => x - y));
     let match: NearMatch | null = null;
-    let checked = 0;
-    for (let h = BANDS; h > 0 && checked < MAX_CANDIDATES; h--) {
-      for (const i of byHits[h].sort((x, y) => x - y)) {
-        if (checked++ >= MAX_CANDIDATES) break;
-        const sim = jaccard(s, this.shingles[i]);
-        if (sim >= this.threshold && (!match || sim > match.similarity)) match = { index: i, similarity: sim };
-      }
+    for (const i of ranked.slice(0, MAX_CANDIDATES)) {
+      const sim = jaccard(s, this.shingles[i]);
+      if (sim >= this.threshold && (!match || sim > match.similarity)) match = { index: i, similarity: sim };
     }
     return { match, keys };
   }
